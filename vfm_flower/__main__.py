@@ -1,0 +1,5 @@
+import sys
+
+from vfm_flower.cli import main
+
+sys.exit(main())
