@@ -1,0 +1,116 @@
+"""The Flower party: routes message types to protocol steps and keeps per-run state.
+
+Every message is translated into a ``StepRequest`` for the Flower-free ``PartyRuntime`` and its
+``StepReply`` back into a Flower reply. Per-run state lives in ``context.state`` (a ConfigRecord
+of scalars and an ArrayRecord of numpy arrays): in the Deployment Engine each message runs in a
+fresh process, so nothing survives in Python globals.
+
+A partner's private settings come from its SuperNode's node-config (see
+``vfm_flower.party.NODE_CONFIG_KEYS``). Under Flower's simulation engine, node-config only holds
+``partition-id``; then the run-config key ``demo-dir`` (a directory made by
+``vfm demo --prepare-only``) maps partition ``i`` to the ``i``-th party of the demo.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message
+
+from vfm_flower.errors import (
+    ConfigurationError,
+    DataError,
+    PolicyViolation,
+    ProtocolAbort,
+    VfmError,
+)
+from vfm_flower.party import PartyRuntime, PartySettings
+from vfm_flower.runtime import wire
+from vfm_flower.state import PartyState
+
+logger = logging.getLogger(__name__)
+
+_VALUES = "vfm.values"
+_ARRAYS = "vfm.arrays"
+
+
+def demo_node_config(demo_dir: Path, party: str) -> dict[str, str]:
+    """The node-config of one party of a prepared demo directory."""
+    base = demo_dir / "parties" / party
+    return {
+        "party": party,
+        "data-path": str(base / f"{party}.csv"),
+        "key-path": str(base / f"{party}.key"),
+        "agreement-path": str(demo_dir / "agreement.toml"),
+        "work-dir": str(base / "work"),
+    }
+
+
+def settings_from_context(context: Context) -> PartySettings:
+    """Read and validate the partner's settings (or the simulation demo's)."""
+    node_config: dict[str, Any] = dict(context.node_config)
+    if "party" not in node_config and "partition-id" in node_config:
+        demo_dir = str(context.run_config.get("demo-dir", "")).strip()
+        if not demo_dir:
+            raise ConfigurationError(
+                "running under the simulation engine without node-config: set run-config "
+                "'demo-dir' to a directory made by `vfm demo --prepare-only DIR`"
+            )
+        from vfm_flower.demo_data import DEMO_PARTIES
+
+        index = int(node_config["partition-id"])
+        if index >= len(DEMO_PARTIES):
+            raise ConfigurationError(
+                f"simulation has more SuperNodes than demo parties ({len(DEMO_PARTIES)})"
+            )
+        node_config = demo_node_config(Path(demo_dir), DEMO_PARTIES[index])
+    return PartySettings.from_node_config(node_config)
+
+
+def load_state(context: Context) -> PartyState:
+    values = context.state.get(_VALUES)
+    arrays = context.state.get(_ARRAYS)
+    return PartyState(
+        values=dict(values) if values is not None else {},
+        arrays={k: v.numpy() for k, v in arrays.items()} if arrays is not None else {},
+    )
+
+
+def save_state(context: Context, state: PartyState) -> None:
+    from flwr.app import Array
+
+    context.state[_VALUES] = ConfigRecord(dict(state.values))
+    context.state[_ARRAYS] = ArrayRecord({k: Array(v) for k, v in state.arrays.items()})
+
+
+def _error_code(exc: VfmError) -> int:
+    if isinstance(exc, PolicyViolation):
+        return wire.ERROR_CODE_POLICY
+    if isinstance(exc, ConfigurationError):
+        return wire.ERROR_CODE_CONFIG
+    if isinstance(exc, DataError):
+        return wire.ERROR_CODE_DATA
+    return wire.ERROR_CODE_PROTOCOL
+
+
+class VerticalParty:
+    """Routes one Flower message to the protocol step of its kind and answers it."""
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        kind = message.metadata.message_type
+        try:
+            import vfm_flower.steps  # noqa: F401  (registers the protocol steps)
+
+            settings = settings_from_context(context)
+            state = load_state(context)
+            runtime = PartyRuntime(settings, state)
+            request = wire.decode_request(kind, message.content)
+            reply = runtime.handle(request)
+            save_state(context, state)
+            return Message(wire.encode_reply(reply), reply_to=message)
+        except VfmError as exc:
+            logger.error("%s refused: %s", kind, exc)
+            reason = str(exc) if not isinstance(exc, ProtocolAbort) else exc.reason
+            return Message(Error(code=_error_code(exc), reason=reason), reply_to=message)

@@ -1,0 +1,42 @@
+"""Payload codec for what travels inside envelopes: named numpy arrays and small metadata.
+
+Uses numpy's ``.npz`` container with ``allow_pickle=False`` on load, so a payload can never
+execute code; metadata is JSON. Big integers (Paillier) are packed to fixed-width bytes by
+``vfm_flower.paillier`` before they get here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from vfm_flower.errors import EnvelopeError
+
+_META = "__meta__"
+
+
+def pack_payload(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> bytes:
+    """Serialize arrays (and JSON metadata) into one byte string."""
+    buffer = io.BytesIO()
+    items = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    if meta is not None:
+        items[_META] = np.frombuffer(json.dumps(dict(meta), sort_keys=True).encode(), np.uint8)
+    np.savez(buffer, **items)
+    return buffer.getvalue()
+
+
+def unpack_payload(blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Inverse of ``pack_payload``; refuses anything that is not such a payload."""
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise EnvelopeError("payload is not a valid vfm payload") from exc
+    meta_raw = arrays.pop(_META, None)
+    meta = json.loads(meta_raw.tobytes().decode()) if meta_raw is not None else {}
+    return arrays, meta

@@ -1,0 +1,73 @@
+"""Run session: the run key every envelope is bound to, and signed public replies.
+
+The run key mixes Flower's run id, a nonce from the server and a fresh nonce from every party
+(sent in the hello phase). A party only accepts a session that contains its own nonce, so a
+server cannot replay envelopes of an earlier run into a new one: each run has a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vfm_flower.errors import ProtocolAbort
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Compact, sorted-key JSON: the bytes that get hashed and signed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What identifies one run: Flower's run id, the server nonce, every party's nonce."""
+
+    flower_run_id: int
+    server_nonce: str
+    party_nonces: Mapping[str, str]
+
+    @property
+    def run_key(self) -> str:
+        digest = hashlib.sha256(
+            canonical_json(
+                {
+                    "flower_run_id": self.flower_run_id,
+                    "server_nonce": self.server_nonce,
+                    "party_nonces": dict(self.party_nonces),
+                }
+            )
+        )
+        return digest.hexdigest()[:32]
+
+    def to_json(self) -> str:
+        return canonical_json(
+            {
+                "flower_run_id": self.flower_run_id,
+                "server_nonce": self.server_nonce,
+                "party_nonces": dict(self.party_nonces),
+            }
+        ).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> SessionInfo:
+        try:
+            obj = json.loads(text)
+            return cls(
+                flower_run_id=int(obj["flower_run_id"]),
+                server_nonce=str(obj["server_nonce"]),
+                party_nonces={str(k): str(v) for k, v in obj["party_nonces"].items()},
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ProtocolAbort("session", None, "malformed session information") from exc
+
+
+def reply_signing_bytes(
+    *, run_ref: str, phase: str, step: int, party: str, public: Mapping[str, Any]
+) -> bytes:
+    """The bytes a party signs for the public part of its reply (the server verifies)."""
+    return canonical_json(
+        {"run": run_ref, "phase": phase, "step": step, "party": party, "public": dict(public)}
+    )

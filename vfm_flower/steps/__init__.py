@@ -1,0 +1,3 @@
+"""Protocol steps, one module per phase; importing this package registers them all."""
+
+from vfm_flower.steps import hello  # noqa: F401

@@ -1,0 +1,156 @@
+"""Phase 2, alignment by ECDH-PSI over X25519, party side (three rounds).
+
+Round 1: every party normalizes and hashes its ids (domain: agreement id and run key) and
+blinds them with a fresh secret. The label owner (LO) sends its blinded set X^a to every
+passive party P_k; P_k sends its blinded set Y_k^b, in a secret random order, to the LO.
+Round 2: P_k re-blinds the LO's set (X^ab, LO order) for the LO; the LO re-blinds Y_k (Y_k^ab)
+and keeps it.
+Round 3: the LO matches the doubly blinded sets, applies the minimum-intersection gate before
+anyone learns a match, draws a common random order and sends each P_k the positions of the
+joint rows in P_k's shuffled list. P_k receives them with the first message of the next phase
+(``finish_alignment``), maps them through its secret permutation to local rows, and all
+parties hold their local row indices of the joint rows in the same order.
+
+Every payload travels in an envelope (``vfm_flower.envelope``): the server sees sizes only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vfm_flower import psi
+from vfm_flower.agreement import check_set_size
+from vfm_flower.codec import pack_payload, unpack_payload
+from vfm_flower.errors import ProtocolAbort
+from vfm_flower.normalize import IdSpec, check_unique
+from vfm_flower.party import PartyRuntime, StepReply, StepRequest, step_handler
+from vfm_flower.tables import read_party_table
+
+ALIGN = "query.align"
+TOPIC_LO_BLINDED = "psi.lo_blinded"
+TOPIC_PASSIVE_BLINDED = "psi.passive_blinded"
+TOPIC_LO_DOUBLE = "psi.lo_double"
+TOPIC_POSITIONS = "psi.positions"
+JOINT_ROWS = "joint_rows"
+
+
+def id_spec_of(runtime: PartyRuntime) -> IdSpec:
+    terms = runtime.terms
+    return IdSpec(
+        kind=terms.id_kind,
+        columns=tuple(terms.id_columns),
+        default_country_code=terms.default_country_code,
+        case_sensitive=terms.case_sensitive,
+    )
+
+
+def load_normalized_ids(runtime: PartyRuntime) -> list[str]:
+    """Read this party's id columns, normalize them, refuse empties and duplicates."""
+    spec = id_spec_of(runtime)
+    frame = read_party_table(
+        runtime.settings.data_path, party=runtime.party, id_columns=spec.columns
+    )
+    ids = spec.normalize(frame, party=runtime.party)
+    check_unique(ids, runtime.party)
+    check_set_size(runtime.agreement, runtime.party, len(ids))
+    return ids
+
+
+def _points(runtime: PartyRuntime, ids: list[str]) -> np.ndarray:
+    domain = psi.psi_domain(runtime.agreement.agreement_id, runtime.run_key)
+    return psi.hash_ids_to_points(ids, domain)
+
+
+def _received_points(runtime: PartyRuntime, request: StepRequest, sender: str, topic: str,
+                     round: int) -> np.ndarray:
+    arrays, _ = unpack_payload(runtime.open(request, sender, topic, phase=ALIGN, round=round))
+    points = psi.points_from_bytes(arrays["points"].tobytes())
+    check_set_size(runtime.agreement, sender, len(points))
+    return points
+
+
+def _payload(points: np.ndarray) -> bytes:
+    return pack_payload({"points": np.frombuffer(psi.points_to_bytes(points), np.uint8)})
+
+
+@step_handler(ALIGN)
+def align_step(runtime: PartyRuntime, request: StepRequest) -> StepReply:
+    """Route the three alignment rounds by role."""
+    lo = runtime.agreement.label_owner
+    passives = runtime.agreement.passive_parties
+    state = runtime.state
+    reply = StepReply(party=runtime.party)
+    if request.step == 1:
+        ids = load_normalized_ids(runtime)
+        secret = psi.PsiSecret.generate()
+        state.set_bytes("psi.secret", secret.to_bytes())
+        points = _points(runtime, ids)
+        reply.public["rows"] = len(ids)
+        if runtime.is_label_owner:
+            blinded = psi.first_blind_label_owner(points, secret)
+            payload = _payload(blinded)
+            for peer in passives:
+                reply.outbox[(peer, TOPIC_LO_BLINDED)] = runtime.seal(
+                    peer, TOPIC_LO_BLINDED, payload, phase=ALIGN, round=1
+                )
+        else:
+            blinded, permutation = psi.first_blind_passive(points, secret)
+            state.set_array("psi.permutation", permutation)
+            reply.outbox[(lo, TOPIC_PASSIVE_BLINDED)] = runtime.seal(
+                lo, TOPIC_PASSIVE_BLINDED, _payload(blinded), phase=ALIGN, round=1
+            )
+        return reply
+    secret = psi.PsiSecret.from_bytes(state.get_bytes("psi.secret"))
+    if request.step == 2:
+        if runtime.is_label_owner:
+            for peer in passives:
+                theirs = _received_points(runtime, request, peer, TOPIC_PASSIVE_BLINDED, 1)
+                state.set_array(f"psi.passive_double.{peer}", psi.second_blind(theirs, secret))
+        else:
+            lo_points = _received_points(runtime, request, lo, TOPIC_LO_BLINDED, 1)
+            double = psi.second_blind(lo_points, secret)
+            reply.outbox[(lo, TOPIC_LO_DOUBLE)] = runtime.seal(
+                lo, TOPIC_LO_DOUBLE, _payload(double), phase=ALIGN, round=2
+            )
+        return reply
+    if request.step == 3 and runtime.is_label_owner:
+        lo_double = {
+            peer: _received_points(runtime, request, peer, TOPIC_LO_DOUBLE, 2) for peer in passives
+        }
+        passive_double = {peer: state.array(f"psi.passive_double.{peer}") for peer in passives}
+        minimum = max(runtime.agreement.min_intersection, request.job.min_intersection or 0)
+        joint = psi.match_joint_rows(lo_double, passive_double, min_intersection=minimum)
+        state.set_array(JOINT_ROWS, joint.label_owner_rows)
+        for peer in passives:
+            positions = pack_payload({"positions": joint.passive_positions[peer]})
+            reply.outbox[(peer, TOPIC_POSITIONS)] = runtime.seal(
+                peer, TOPIC_POSITIONS, positions, phase=ALIGN, round=3
+            )
+            state.pop_array(f"psi.passive_double.{peer}")
+        state.pop_array("psi.secret")
+        reply.public["joint_rows"] = int(len(joint.label_owner_rows))
+        return reply
+    raise ProtocolAbort(ALIGN, runtime.party, f"no alignment step {request.step} for this role")
+
+
+def finish_alignment(runtime: PartyRuntime, request: StepRequest) -> np.ndarray:
+    """First thing of the phase after alignment: every party's joint rows, in common order.
+
+    The label owner already holds them; a passive party opens the LO's positions envelope
+    (relayed with this message) and maps them through its secret permutation.
+    """
+    state = runtime.state
+    if JOINT_ROWS in state:
+        return state.array(JOINT_ROWS)
+    if runtime.is_label_owner:
+        raise ProtocolAbort(request.kind, runtime.party, "alignment has not run in this session")
+    arrays, _ = unpack_payload(
+        runtime.open(
+            request, runtime.agreement.label_owner, TOPIC_POSITIONS, phase=ALIGN, round=3
+        )
+    )
+    rows = psi.local_rows_from_positions(arrays["positions"], state.array("psi.permutation"))
+    state.set_array(JOINT_ROWS, rows)
+    state.pop_array("psi.permutation")
+    state.pop_array("psi.secret")
+    return rows
