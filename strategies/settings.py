@@ -46,7 +46,7 @@ class ServerSettings:
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> ServerSettings:
-        unknown = sorted(set(config) - set(RUN_CONFIG_KEYS) - {"agreement-hash"})
+        unknown = sorted(set(config) - set(RUN_CONFIG_KEYS))
         if unknown:
             raise ConfigurationError(
                 f"unknown run-config key(s) {', '.join(unknown)}; known: "

@@ -23,7 +23,7 @@ from flwr.common.serde import (
     message_from_proto,
     message_to_proto,
 )
-from flwr.proto.context_pb2 import Context as ProtoContext  # pylint: disable=E0611
+from flwr.proto.message_pb2 import Context as ProtoContext  # pylint: disable=E0611
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=E0611
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run, RunStatus
@@ -63,6 +63,9 @@ class InProcessGrid(Grid):
         Flower's run id.
     offline : iterable of int
         Indices of nodes that never come online (to test a party that never connects).
+    record : bool
+        Keep every serialized message, both ways, in ``transcript``: what the SuperLink and
+        the ServerApp see (privacy tests search it for plaintext).
     """
 
     def __init__(
@@ -72,8 +75,10 @@ class InProcessGrid(Grid):
         run_config: Mapping[str, Any],
         run_id: int,
         offline: Iterable[int] = (),
+        record: bool = False,
     ) -> None:
         self._client_app = client_app
+        self.transcript: list[tuple[str, str, bytes]] | None = [] if record else None
         self._run_id = run_id
         skip = set(offline)
         self._contexts: dict[int, Context] = {}
@@ -92,6 +97,17 @@ class InProcessGrid(Grid):
         self._replies: dict[str, Message] = {}
         self.bytes_sent = 0
         self.bytes_received = 0
+
+    @property
+    def contexts(self) -> dict[int, Context]:
+        """Each node's current ``Context`` (state included), by node id."""
+        return self._contexts
+
+    def _record(self, direction: str, message: Message) -> bytes:
+        blob = message_to_proto(message).SerializeToString()
+        if self.transcript is not None:
+            self.transcript.append((direction, message.metadata.message_type, blob))
+        return blob
 
     # --- Grid interface ----------------------------------------------------------------
     def set_run(self, run: Run) -> None:  # pragma: no cover - nothing to do in-process
@@ -138,7 +154,7 @@ class InProcessGrid(Grid):
             if message.metadata.dst_node_id not in self._contexts:
                 raise ValueError(f"no node {message.metadata.dst_node_id} in this grid")
             wire_message = _roundtrip_message(message)
-            self.bytes_sent += message_to_proto(message).ByteSize()
+            self.bytes_sent += len(self._record("to-party", message))
             self._pending[message.metadata.message_id] = wire_message
             ids.append(message.metadata.message_id)
         return ids
@@ -177,7 +193,7 @@ class InProcessGrid(Grid):
                     reply_to=message,
                 )
             reply.metadata.__dict__["_message_id"] = str(uuid4())
-            self.bytes_received += message_to_proto(reply).ByteSize()
+            self.bytes_received += len(self._record("to-server", reply))
             self._replies[message.metadata.message_id] = _roundtrip_message(reply)
             self._contexts[node_id] = _roundtrip_context(context)
         finally:
@@ -192,13 +208,16 @@ def run_inprocess(
     *,
     run_id: int | None = None,
     offline: Iterable[int] = (),
+    record: bool = False,
 ) -> InProcessGrid:
     """Run ``server_app`` against one ``client_app`` node per node-config, in this process.
 
     Returns the grid (for its byte counters). Exceptions of the ServerApp propagate.
     """
     run_id = run_id if run_id is not None else int(time.time_ns() % (2**62))
-    grid = InProcessGrid(client_app, node_configs, run_config, run_id, offline=offline)
+    grid = InProcessGrid(
+        client_app, node_configs, run_config, run_id, offline=offline, record=record
+    )
     context = Context(
         run_id=run_id,
         node_id=SUPERLINK_NODE_ID,

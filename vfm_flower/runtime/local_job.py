@@ -43,8 +43,13 @@ def run_local_job(
     run_config: Mapping[str, Any],
     *,
     offline: tuple[str, ...] = (),
+    grid_out: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Run one job in-process; returns the server's ``result.json`` content."""
+    """Run one job in-process; returns the server's ``result.json`` content.
+
+    With ``grid_out`` (a list), the in-process grid is appended to it, recording the server's
+    view of every message (tests inspect it).
+    """
     from clients.client_app import app as client_app
     from strategies.server_app import app as server_app
     from vfm_flower.runtime.inprocess import run_inprocess
@@ -60,11 +65,14 @@ def run_local_job(
     unknown_offline = [p for p in offline if p not in parties]
     if unknown_offline:
         raise ConfigurationError(f"unknown party(ies) {unknown_offline}")
-    run_inprocess(
+    grid = run_inprocess(
         server_app,
         client_app,
         node_configs,
         config,
         offline=[names.index(p) for p in offline],
+        record=grid_out is not None,
     )
+    if grid_out is not None:
+        grid_out.append(grid)
     return json.loads((workdir / "server" / "result.json").read_text(encoding="utf-8"))

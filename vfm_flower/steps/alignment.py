@@ -39,7 +39,7 @@ def id_spec_of(runtime: PartyRuntime) -> IdSpec:
     return IdSpec(
         kind=terms.id_kind,
         columns=tuple(terms.id_columns),
-        default_country_code=terms.default_country_code,
+        default_country_code=terms.default_country_code or "1",
         case_sensitive=terms.case_sensitive,
     )
 

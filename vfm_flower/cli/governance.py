@@ -1,0 +1,413 @@
+"""Governance commands: ``vfm keygen``, ``vfm agreement init|sign|verify|show``,
+``vfm audit verify``.
+
+Exit codes: 0 success; 1 a check failed (``agreement verify``, ``audit verify``); 2 a usage or
+configuration error (raised as ``VfmError`` and reported by :func:`vfm_flower.cli.main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+from vfm_flower.errors import ConfigurationError, PolicyViolation, VfmError
+from vfm_flower.keys import PartyIdentity, PublicIdentity
+
+ID_KINDS = ("email", "phone", "plain")
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(" ".join(text.split()) + "\n")
+
+
+def _pairs(values: list[str] | None, option: str) -> list[tuple[str, str]]:
+    out = []
+    for value in values or []:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise ConfigurationError(f"{option} expects NAME=VALUE, got {value!r}")
+        out.append((name.strip(), rest.strip()))
+    return out
+
+
+def _when(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    from vfm_flower.agreement import parse_utc
+
+    return parse_utc(text, option)
+
+
+# ----------------------------------------------------------------------------------------------
+# keygen
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Write ``DIR/NAME.key`` (mode 0600) and ``DIR/NAME.pub``."""
+    try:
+        identity = PartyIdentity.generate(args.party)
+    except ValueError as exc:
+        raise ConfigurationError(f"--party: {exc}") from exc
+    key_path, pub_path = identity.save(args.out)
+    _out(f"wrote {key_path} (private: keep it secret, mode 0600)")
+    _out(f"wrote {pub_path} (public: send it to whoever drafts the agreement)")
+    _out(f"fingerprint {identity.public.fingerprint}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# agreement
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_agreement_init(args: argparse.Namespace) -> int:
+    """Draft a new, unsigned agreement file."""
+    from vfm_flower.agreement import SignedAgreement, init_agreement
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ConfigurationError(f"{out} exists already: refusing to overwrite (use --force)")
+    parties: dict[str, PublicIdentity] = {}
+    for name, pub_file in _pairs(args.party, "--party"):
+        if name in parties:
+            raise ConfigurationError(f"--party {name} is given twice")
+        ident = PublicIdentity.load(pub_file)
+        if ident.party != name:
+            raise ConfigurationError(
+                f"--party {name}={pub_file}: that public key file belongs to party '{ident.party}'"
+            )
+        parties[name] = ident
+    if len(parties) < 2:
+        raise ConfigurationError("give at least two --party NAME=PUBKEYFILE")
+    if args.label_owner not in parties:
+        raise ConfigurationError(
+            f"--label-owner '{args.label_owner}' must be one of the --party names "
+            f"({', '.join(parties)})"
+        )
+    id_columns: dict[str, list[str]] = {name: list(args.id_column) for name in parties}
+    overrides: dict[str, list[str]] = {}
+    for name, col in _pairs(args.party_id_column, "--party-id-column"):
+        if name not in parties:
+            raise ConfigurationError(f"--party-id-column names unknown party '{name}'")
+        overrides.setdefault(name, []).append(col)
+    id_columns.update(overrides)
+    id_kinds: dict[str, str] = {name: args.id_kind for name in parties}
+    for name, kind in _pairs(args.party_id_kind, "--party-id-kind"):
+        if name not in parties:
+            raise ConfigurationError(f"--party-id-kind names unknown party '{name}'")
+        id_kinds[name] = kind
+    denied: dict[str, list[str]] = {}
+    for name, col in _pairs(args.deny, "--deny"):
+        denied.setdefault(name, []).append(col)
+    allowed: dict[str, list[str] | None] = {}
+    for name, col in _pairs(args.allow, "--allow"):
+        allowed.setdefault(name, []).append(col)  # type: ignore[union-attr]
+    agreement = init_agreement(
+        purpose=args.purpose,
+        label_owner=args.label_owner,
+        label_column=args.label_column,
+        id_column=id_columns,
+        id_kind=id_kinds,
+        parties=parties,
+        positive_class=args.positive_class,
+        min_intersection=args.min_intersection,
+        min_cohort=args.min_cohort,
+        min_paillier_bits=args.min_paillier_bits,
+        max_iterations=args.max_iterations,
+        max_set_size=args.max_set_size,
+        result_owner=args.result_owner,
+        allowed_models=args.models.split(",") if args.models else ("linear", "logistic"),
+        allowed_operations=(
+            args.operations.split(",") if args.operations else ("evaluate", "score", "train")
+        ),
+        allowed_features=allowed or None,
+        denied_features=denied or None,
+        default_country_code=args.default_country_code or "",
+        case_sensitive=args.case_sensitive,
+        valid_days=args.valid_days,
+        not_before=_when(args.not_before, "--not-before"),
+    )
+    SignedAgreement(agreement, {}).save(out)
+    _out(f"wrote {out}: agreement {agreement.agreement_id}, terms hash {agreement.terms_hash()}")
+    _out("next: every party signs it:")
+    for name in agreement.party_names:
+        _out(f"  vfm agreement sign {out} --party {name} --key {name}.key")
+    return 0
+
+
+def cmd_agreement_sign(args: argparse.Namespace) -> int:
+    """Add (or renew) one party's signature and rewrite the file atomically."""
+    from vfm_flower.agreement import SignedAgreement
+
+    signed = SignedAgreement.load(args.file)
+    signed.agreement.party(args.party)  # unknown party: PolicyViolation "parties"
+    identity = PartyIdentity.load(args.key, expected_party=args.party)
+    signed = signed.with_signature(identity)
+    signed.save(args.file)
+    missing = signed.missing_signatures()
+    _out(f"signed {args.file} as {args.party} (terms hash {signed.terms_hash()})")
+    _out(f"still missing: {', '.join(missing)}" if missing else "all parties have signed")
+    return 0
+
+
+def cmd_agreement_verify(args: argparse.Namespace) -> int:
+    """Exit 0 only if every party signed the current terms and the agreement is in force."""
+    from vfm_flower.agreement import SignedAgreement, format_utc
+
+    try:
+        signed = SignedAgreement.load(args.file)
+        if args.expect_hash and signed.terms_hash() != args.expect_hash.strip().lower():
+            raise PolicyViolation(
+                "agreement_hash",
+                f"terms hash is {signed.terms_hash()}, expected {args.expect_hash}",
+            )
+        signed.verify(_when(args.at, "--at"))
+    except VfmError as exc:
+        _err(f"agreement {args.file} is not valid: {exc}")
+        return 1
+    a = signed.agreement
+    _out(
+        f"ok: agreement {a.agreement_id} signed by {', '.join(signed.signed_by())}; valid until "
+        f"{format_utc(a.not_after)}; terms hash {signed.terms_hash()}"
+    )
+    return 0
+
+
+def cmd_agreement_show(args: argparse.Namespace) -> int:
+    """Print the terms and who has signed, for a person."""
+    from vfm_flower.agreement import SignedAgreement, format_utc
+
+    signed = SignedAgreement.load(args.file)
+    a = signed.agreement
+    good, bad = set(signed.signed_by()), set(signed.invalid_signatures())
+    _out(f"Agreement {a.agreement_id}")
+    _out(f"  purpose           {a.purpose}")
+    _out(f"  valid             {format_utc(a.not_before)} .. {format_utc(a.not_after)}")
+    _out(f"  terms hash        {a.terms_hash()}")
+    positive = (
+        "labels are 0/1" if a.positive_class is None else f"positive class {a.positive_class!r}"
+    )
+    _out(f"  label             {a.label_owner}.{a.label_column} ({positive})")
+    _out(f"  result owner      {a.result_owner}")
+    _out(f"  models            {', '.join(a.allowed_models)}")
+    _out(f"  operations        {', '.join(a.allowed_operations)}")
+    _out(f"  max iterations    {a.max_iterations}")
+    _out(f"  min intersection  {a.min_intersection}")
+    _out(f"  min cohort        {a.min_cohort}")
+    _out(f"  min Paillier bits {a.min_paillier_bits}")
+    _out("Parties")
+    for p in a.parties:
+        if p.name in good:
+            status = "signed"
+        elif p.name in bad:
+            status = "SIGNATURE INVALID"
+        else:
+            status = "NOT SIGNED"
+        extras = []
+        if p.default_country_code:
+            extras.append(f"default country code {p.default_country_code}")
+        if p.case_sensitive is not None:
+            extras.append("case sensitive" if p.case_sensitive else "case insensitive")
+        features = "all" if p.allowed_features is None else ", ".join(p.allowed_features) or "none"
+        _out(f"  {p.name} ({p.role}) - {status}")
+        _out(f"    key fingerprint {p.public_identity.fingerprint}")
+        _out(
+            f"    ids             {', '.join(p.id_columns)} as {p.id_kind}"
+            + (f" ({'; '.join(extras)})" if extras else "")
+        )
+        _out(f"    features        {features}")
+        _out(f"    denied          {', '.join(p.denied_features) or '-'}")
+        _out(f"    max set size    {p.max_set_size}")
+    try:
+        signed.verify()
+        _out("Status: valid (every party signed, within the validity window)")
+    except PolicyViolation as exc:
+        _out(f"Status: NOT valid: {exc}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# audit
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Exit 0 only if every audit log under PATH is intact and sealed."""
+    from vfm_flower.audit import verify_audit_tree
+
+    path = Path(args.path)
+    if not path.exists():
+        _err(f"audit verify: {path} does not exist")
+        return 1
+    results = verify_audit_tree(path)
+    if not results:
+        _err(f"audit verify: no audit log (*.jsonl) under {path}")
+        return 1
+    agreement = None
+    if args.agreement:
+        from vfm_flower.agreement import SignedAgreement
+
+        try:
+            agreement = SignedAgreement.load(args.agreement).agreement
+        except VfmError as exc:
+            _err(f"audit verify: {exc}")
+            return 1
+    failed = 0
+    for log_path, res in results:
+        if res.ok and agreement is not None:
+            if res.agreement_hash != agreement.terms_hash():
+                res = replace(
+                    res,
+                    ok=False,
+                    first_bad_line=1,
+                    reason="the log records another agreement than --agreement",
+                )
+            elif res.writer in agreement.party_names and (
+                res.public_key != agreement.party(res.writer).signing_key
+            ):
+                res = replace(
+                    res,
+                    ok=False,
+                    first_bad_line=1,
+                    reason=f"the log is signed with another key than {res.writer}'s "
+                    "in the agreement",
+                )
+        if res.ok:
+            _out(f"ok {log_path}: {res.entries} entries by {res.writer}, sealed")
+        else:
+            failed += 1
+            where = f"line {res.first_bad_line}" if res.first_bad_line else "file"
+            _err(f"FAILED {log_path}: {where}: {res.reason}")
+    if failed:
+        _err(f"{failed} of {len(results)} audit log(s) failed verification")
+        return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# registration
+# ----------------------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``keygen``, ``agreement`` and ``audit`` to the ``vfm`` command."""
+    p = subparsers.add_parser("keygen", help="create a party's key pair (NAME.key, NAME.pub)")
+    p.add_argument("--party", required=True, help="party name")
+    p.add_argument("--out", required=True, help="directory for NAME.key and NAME.pub")
+    p.set_defaults(func=cmd_keygen)
+
+    agr = subparsers.add_parser("agreement", help="draft, sign, verify and show agreements")
+    agr_sub = agr.add_subparsers(dest="agreement_command", metavar="ACTION")
+    agr_sub.required = True
+
+    p = agr_sub.add_parser("init", help="draft a new (unsigned) agreement file")
+    p.add_argument("--out", required=True, help="agreement TOML file to write")
+    p.add_argument("--purpose", required=True, help="what the collaboration is for")
+    p.add_argument("--label-owner", required=True, help="party holding the label column")
+    p.add_argument("--label-column", required=True)
+    p.add_argument(
+        "--id-column", required=True, action="append", help="id column (repeat for a composite id)"
+    )
+    p.add_argument(
+        "--id-kind", choices=ID_KINDS, default="plain", help="id normalization (default: plain)"
+    )
+    p.add_argument(
+        "--party",
+        required=True,
+        action="append",
+        metavar="NAME=PUBKEYFILE",
+        help="a party and its NAME.pub file (repeat per party)",
+    )
+    p.add_argument(
+        "--party-id-column",
+        action="append",
+        metavar="NAME=COL",
+        help="id column of one party when it differs (repeatable)",
+    )
+    p.add_argument(
+        "--party-id-kind",
+        action="append",
+        metavar="NAME=KIND",
+        help="id kind of one party when it differs",
+    )
+    p.add_argument("--default-country-code", help="for phone ids written without one")
+    cs = p.add_mutually_exclusive_group()
+    cs.add_argument(
+        "--case-sensitive",
+        dest="case_sensitive",
+        action="store_true",
+        default=None,
+        help="plain ids are case sensitive",
+    )
+    cs.add_argument(
+        "--case-insensitive",
+        dest="case_sensitive",
+        action="store_false",
+        help="plain ids are case insensitive",
+    )
+    p.add_argument("--positive-class", help="label value of the positive class (else 0/1)")
+    p.add_argument(
+        "--result-owner", help="party receiving scores and metrics (default: label owner)"
+    )
+    p.add_argument("--valid-days", type=float, default=365.0)
+    p.add_argument("--not-before", help="start of validity, ISO 8601 UTC (default: now)")
+    p.add_argument("--min-intersection", type=_positive, default=100)
+    p.add_argument("--min-cohort", type=_positive, default=20)
+    p.add_argument("--min-paillier-bits", type=_positive, default=2048)
+    p.add_argument("--max-iterations", type=_positive, default=100)
+    p.add_argument("--max-set-size", type=_positive, default=10_000_000)
+    p.add_argument("--models", help="comma-separated: logistic,linear (default both)")
+    p.add_argument("--operations", help="comma-separated: train,evaluate,score (default all)")
+    p.add_argument(
+        "--deny",
+        action="append",
+        metavar="NAME=COL",
+        help="a column party NAME must never contribute (repeatable)",
+    )
+    p.add_argument(
+        "--allow",
+        action="append",
+        metavar="NAME=COL",
+        help="restrict party NAME to listed columns (repeatable; default all)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=cmd_agreement_init)
+
+    p = agr_sub.add_parser("sign", help="sign an agreement with a party's key")
+    p.add_argument("file")
+    p.add_argument("--party", required=True)
+    p.add_argument("--key", required=True, help="the party's NAME.key file")
+    p.set_defaults(func=cmd_agreement_sign)
+
+    p = agr_sub.add_parser("verify", help="exit 0 only if fully signed and in force")
+    p.add_argument("file")
+    p.add_argument("--expect-hash", help="also require this terms hash")
+    p.add_argument("--at", help="check validity at this ISO 8601 UTC time instead of now")
+    p.set_defaults(func=cmd_agreement_verify)
+
+    p = agr_sub.add_parser("show", help="print the terms and who has signed")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_agreement_show)
+
+    aud = subparsers.add_parser("audit", help="verify audit trails")
+    aud_sub = aud.add_subparsers(dest="audit_command", metavar="ACTION")
+    aud_sub.required = True
+    p = aud_sub.add_parser("verify", help="exit 0 only if every audit log under PATH is intact")
+    p.add_argument("path", help="a work directory or one .jsonl log")
+    p.add_argument("--agreement", help="also check writers' keys and agreement hash")
+    p.set_defaults(func=cmd_audit_verify)
