@@ -15,7 +15,7 @@ app = ClientApp()
 _party = VerticalParty()
 
 # Every message kind of the protocol, by Flower category.
-QUERY_KINDS = ("hello", "align", "score", "combine")
+QUERY_KINDS = ("hello", "align", "score", "combine", "close")
 TRAIN_KINDS = ("prepare", "forward", "residual", "backward", "decrypt", "finish")
 
 

@@ -10,6 +10,7 @@ counted per phase and logged.
 
 from __future__ import annotations
 
+import base64
 import logging
 import secrets
 import time
@@ -31,11 +32,11 @@ from vfm_flower.agreement import (
     check_same_agreement,
     check_set_size,
 )
-from vfm_flower.audit import AuditLog
+from vfm_flower.audit import AuditLog, sign_head
 from vfm_flower.envelope import peek_header
 from vfm_flower.errors import EnvelopeError, ProtocolAbort, SignatureError, VfmError
 from vfm_flower.keys import PartyIdentity
-from vfm_flower.party import StepReply, StepRequest
+from vfm_flower.party import StepReply, StepRequest, audit_log_path
 from vfm_flower.runtime import wire
 from vfm_flower.session import SessionInfo, reply_signing_bytes
 
@@ -143,8 +144,10 @@ class VerticalStrategy(ABC):
         """Run the whole job on ``grid``; raise ``ProtocolAbort`` naming who/what failed."""
         self._grid = grid
         self.workdir.mkdir(parents=True, exist_ok=True)
-        identity = load_server_identity(self.workdir)
-        self._audit = AuditLog.open(self.workdir / "audit.jsonl", identity, self.agreement_hash)
+        self._identity = load_server_identity(self.workdir)
+        self._audit = AuditLog.open(
+            audit_log_path(self.workdir, self.agreement_hash), self._identity, self.agreement_hash
+        )
         try:
             check_job(self.signed, self.job)
             self.hello(flower_run_id)
@@ -152,11 +155,53 @@ class VerticalStrategy(ABC):
         except VfmError as exc:
             rule = getattr(exc, "rule", None)
             self._audit.record(
-                self._phase, 0, f"refused:{rule}" if rule else "abort", detail=str(exc)[:300]
+                self._phase, 0, f"refused:{rule}" if rule else "abort", detail=str(exc)[:200]
             )
+            self._close_after_abort()
             raise
         self._audit.record("job", 0, "done", sizes={"rounds": self.result.total_rounds})
+        self.close()
         return self.result
+
+    def close(self) -> None:
+        """Last round of every job: cross-sign audit heads with every party, seal all logs."""
+        self._phase = "close"
+        self.result.phases.setdefault("close", PhaseStats())
+        seq, head = self.audit.head()
+        public = self._identity.public
+        params = {
+            "server_seq": seq,
+            "server_head": head,
+            "server_head_sig": base64.b64encode(sign_head(self._identity, seq, head)).decode(),
+            "server_signing_key": base64.b64encode(public.signing_key).decode(),
+            "server_exchange_key": base64.b64encode(public.exchange_key).decode(),
+        }
+        replies = self.exchange(
+            "query.close", {p: self.request("query.close", 1, params=params) for p in self.node_of}
+        )
+        heads = {}
+        for party, reply in replies.items():
+            pseq, phead = int(reply.public["audit_seq"]), str(reply.public["audit_head"])
+            self.audit.attest_peer_head(
+                party,
+                pseq,
+                phead,
+                base64.b64decode(reply.public["audit_head_sig"]),
+                peer_public=self.agreement.party(party).public_identity,
+            )
+            heads[party] = (pseq, phead)
+        self.audit.seal(heads)
+
+    def _close_after_abort(self) -> None:
+        """Best effort after an abort: seal every reachable party's log, then the server's."""
+        if self.session is not None and self.node_of:
+            self.round_timeout = min(self.round_timeout, 30.0)
+            try:
+                self.close()
+                return
+            except VfmError as exc:
+                logger.warning("could not close the parties' audit logs after the abort: %s", exc)
+        self.audit.seal()
 
     @property
     def audit(self) -> AuditLog:

@@ -176,7 +176,9 @@ class PartyRuntime:
     def audit(self) -> AuditLog:
         if self._audit is None:
             self._audit = AuditLog.open(
-                self.work_dir / "audit.jsonl", self.identity, self.agreement.terms_hash()
+                audit_log_path(self.work_dir, self.agreement.terms_hash()),
+                self.identity,
+                self.agreement.terms_hash(),
             )
         return self._audit
 
@@ -239,6 +241,17 @@ class PartyRuntime:
             raise
         reply.party = self.party
         reply.public.setdefault("step", request.step)
+        if request.kind == "query.close":  # the log is sealed: the reply is signed, not logged
+            reply.signature = self.identity.sign(
+                reply_signing_bytes(
+                    run_ref=request.session.run_key if request.session else "hello",
+                    phase=request.kind,
+                    step=request.step,
+                    party=self.party,
+                    public=reply.public,
+                )
+            )
+            return reply
         run_ref = request.session.run_key if request.session else "hello"
         reply.signature = self.identity.sign(
             reply_signing_bytes(
@@ -287,6 +300,11 @@ class PartyRuntime:
             if stored and stored != key:
                 raise PolicyViolation("session", "the session changed within one run")
             self.state.set("run_key", key)
+
+
+def audit_log_path(work_dir: Path, agreement_hash: str) -> Path:
+    """One audit log per agreement in a work dir."""
+    return work_dir / f"audit-{agreement_hash[:16]}.jsonl"
 
 
 def new_nonce() -> str:

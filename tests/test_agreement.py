@@ -1,0 +1,472 @@
+"""Signed agreements: terms, canonical form, signatures, validity, and the policy checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from vfm_flower.agreement import (
+    Agreement,
+    JobRequest,
+    SignedAgreement,
+    check_features,
+    check_identity,
+    check_job,
+    check_min_cohort,
+    check_min_intersection,
+    check_party_presence,
+    check_same_agreement,
+    check_set_size,
+    init_agreement,
+)
+from vfm_flower.errors import ConfigurationError, KeyFileError, PolicyViolation
+from vfm_flower.keys import PartyIdentity
+
+NAMES = ("insurer", "bank", "broker")
+START = datetime(2025, 1, 1, tzinfo=UTC)
+NOW = START + timedelta(days=10)
+
+
+@pytest.fixture(scope="module")
+def ids() -> dict[str, PartyIdentity]:
+    return {n: PartyIdentity.generate(n) for n in NAMES}
+
+
+def draft(ids: dict[str, PartyIdentity], **kw) -> Agreement:
+    args = dict(
+        purpose="Caravan insurance propensity",
+        label_owner="insurer",
+        label_column="Purchase",
+        id_column="email",
+        id_kind="email",
+        parties={n: i.public for n, i in ids.items()},
+        not_before=START,
+        denied_features={"bank": ["AGE"]},
+        allowed_features={"broker": ["MOSTYPE", "MAANTHUI"]},
+    )
+    args.update(kw)
+    return init_agreement(**args)
+
+
+def sign_all(agreement: Agreement, ids: dict[str, PartyIdentity]) -> SignedAgreement:
+    signed = SignedAgreement(agreement, {})
+    for ident in ids.values():
+        signed = signed.with_signature(ident)
+    return signed
+
+
+@pytest.fixture
+def signed(ids) -> SignedAgreement:
+    return sign_all(draft(ids), ids)
+
+
+def job(**kw) -> JobRequest:
+    base = dict(operation="train", model="logistic", paillier_bits=2048, max_iterations=30)
+    base.update(kw)
+    return JobRequest(**base)
+
+
+def rule_of(excinfo: pytest.ExceptionInfo) -> str:
+    return excinfo.value.rule
+
+
+# ---------------------------------------------------------------------------- terms
+
+
+def test_init_defaults(ids):
+    a = init_agreement(
+        "p", "insurer", "Purchase", "email", "email", {n: i.public for n, i in ids.items()}
+    )
+    assert len(a.agreement_id) == 32 and int(a.agreement_id, 16) >= 0
+    assert a.not_after - a.not_before == timedelta(days=365)
+    assert abs(a.not_before - datetime.now(UTC)) < timedelta(minutes=1)
+    assert a.result_owner == "insurer"
+    assert a.positive_class is None
+    assert (a.min_intersection, a.min_cohort, a.min_paillier_bits, a.max_iterations) == (
+        100,
+        20,
+        2048,
+        100,
+    )
+    assert a.party_names == ("bank", "broker", "insurer")
+    assert a.passive_parties == ("bank", "broker")
+    assert all(p.allowed_features is None and p.max_set_size == 10_000_000 for p in a.parties)
+    assert a.party("bank").public_identity == ids["bank"].public
+    other = init_agreement(
+        "p", "insurer", "Purchase", "email", "email", {n: i.public for n, i in ids.items()}
+    )
+    assert other.agreement_id != a.agreement_id
+
+
+def test_unknown_party_lookup(ids):
+    a = draft(ids)
+    with pytest.raises(PolicyViolation) as e:
+        a.party("mallory")
+    assert rule_of(e) == "parties" and "mallory" in str(e.value)
+
+
+def test_feature_allowed(ids):
+    a = draft(ids)
+    assert a.feature_allowed("bank", "PPERSAUT")
+    assert not a.feature_allowed("bank", "AGE")  # denied
+    assert not a.feature_allowed("bank", "email")  # id column
+    assert not a.feature_allowed("insurer", "Purchase")  # label
+    assert a.feature_allowed("broker", "MOSTYPE")
+    assert not a.feature_allowed("broker", "PPERSAUT")  # not in the allowed list
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"purpose": "something else"},
+        {"min_intersection": 99},
+        {"min_cohort": 21},
+        {"min_paillier_bits": 3072},
+        {"max_iterations": 101},
+        {"positive_class": "yes"},
+        {"result_owner": "bank"},
+        {"allowed_models": ("logistic",)},
+        {"allowed_operations": ("train",)},
+        {"not_after": START + timedelta(days=366)},
+        {"agreement_id": "0" * 32},
+    ],
+)
+def test_any_term_change_changes_hash(ids, change):
+    a = draft(ids)
+    assert dataclasses.replace(a, **change).terms_hash() != a.terms_hash()
+
+
+def test_party_term_change_changes_hash(ids):
+    a = draft(ids)
+    bank = a.party("bank")
+    for change in (
+        {"denied_features": ()},
+        {"max_set_size": 5},
+        {"id_columns": ("email", "zip")},
+        {"id_kind": "plain"},
+        {"allowed_features": ("X",)},
+        {"case_sensitive": True},
+    ):
+        parties = tuple(dataclasses.replace(p, **change) if p is bank else p for p in a.parties)
+        assert dataclasses.replace(a, parties=parties).terms_hash() != a.terms_hash()
+
+
+def test_order_of_parties_and_sets_does_not_matter(ids):
+    a = draft(ids)
+    b = dataclasses.replace(
+        a,
+        parties=tuple(reversed(a.parties)),
+        allowed_models=("logistic", "linear"),
+        allowed_operations=("train", "score", "evaluate"),
+    )
+    assert b == a and b.canonical_bytes() == a.canonical_bytes()
+
+
+@pytest.mark.parametrize(
+    ("kw", "needle"),
+    [
+        ({"label_owner": "mallory"}, "label owner"),
+        ({"min_paillier_bits": 1024}, "min-paillier-bits"),
+        ({"min_intersection": 0}, "min-intersection"),
+        ({"id_kind": "mail"}, "id-kind"),
+        ({"result_owner": "mallory"}, "result-owner"),
+        ({"allowed_models": ("tree",)}, "jobs.models"),
+        ({"allowed_operations": ("export",)}, "jobs.operations"),
+        ({"valid_days": 0}, "valid days"),
+        ({"allowed_features": {"insurer": ["Purchase"]}}, "label column"),
+        ({"denied_features": {"bank": ["X"]}, "allowed_features": {"bank": ["X"]}}, "both"),
+    ],
+)
+def test_init_refuses_bad_terms(ids, kw, needle):
+    with pytest.raises(ConfigurationError, match=needle):
+        draft(ids, **kw)
+
+
+def test_init_refuses_single_party_and_shared_keys(ids):
+    with pytest.raises(ConfigurationError, match="at least two"):
+        draft(
+            ids,
+            parties={"insurer": ids["insurer"].public},
+            denied_features=None,
+            allowed_features=None,
+        )
+    twin = dataclasses.replace(ids["insurer"].public, party="bank")
+    with pytest.raises(ConfigurationError, match="same public key"):
+        draft(ids, parties={"insurer": ids["insurer"].public, "bank": twin}, allowed_features=None)
+    with pytest.raises(ConfigurationError, match="belongs to party"):
+        draft(
+            ids,
+            parties={"insurer": ids["insurer"].public, "bank": ids["broker"].public},
+            allowed_features=None,
+        )
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def test_save_load_roundtrip(tmp_path: Path, signed):
+    path = signed.save(tmp_path / "agreement.toml")
+    loaded = SignedAgreement.load(path)
+    assert loaded.agreement == signed.agreement
+    assert dict(loaded.signatures) == dict(signed.signatures)
+    loaded.verify(NOW)
+    assert loaded.signed_by() == ["bank", "broker", "insurer"]
+    assert [p.name for p in tmp_path.iterdir()] == ["agreement.toml"]  # no temp file left
+    data = tomllib.loads(path.read_text())
+    assert data["parties"]["insurer"]["allowed-features"] == "*"
+    assert set(data["signatures"]) == set(NAMES)
+
+
+def test_reformatted_toml_keeps_signatures(tmp_path: Path, signed):
+    data = tomllib.loads(signed.to_toml())
+
+    # reverse the order of every table and key, use TOML datetimes instead of strings
+    def rev(obj):
+        if isinstance(obj, dict):
+            return {k: rev(v) for k, v in reversed(list(obj.items()))}
+        return obj
+
+    data = rev(data)
+    data["not-before"] = signed.agreement.not_before
+    data["not-after"] = signed.agreement.not_after
+    # a lone string id column instead of a one-element list
+    data["parties"]["bank"]["id-columns"] = "email"
+    text = "# reformatted by hand\n\n" + tomli_w.dumps(data).replace(" = ", "   =   ")
+    text = text.replace("[limits]", "\n\n# limits below\n[limits]  # comment")
+    path = tmp_path / "reformatted.toml"
+    path.write_text(text)
+    loaded = SignedAgreement.load(path)
+    assert loaded.terms_hash() == signed.terms_hash()
+    loaded.verify(NOW)
+
+
+def test_tampered_terms_break_every_signature(tmp_path: Path, signed):
+    path = signed.save(tmp_path / "a.toml")
+    text = path.read_text().replace("min-intersection = 100", "min-intersection = 5")
+    path.write_text(text)
+    loaded = SignedAgreement.load(path)
+    with pytest.raises(PolicyViolation) as e:
+        loaded.verify(NOW)
+    assert rule_of(e) == "signatures"
+    assert "bank, broker, insurer" in str(e.value) and "does not verify" in str(e.value)
+    assert loaded.signed_by() == []
+
+
+def test_missing_signature_is_named(ids):
+    signed = SignedAgreement(draft(ids), {}).with_signature(ids["insurer"])
+    assert signed.missing_signatures() == ["bank", "broker"]
+    with pytest.raises(PolicyViolation) as e:
+        signed.verify(NOW)
+    assert rule_of(e) == "signatures" and "missing signature of bank, broker" in str(e.value)
+
+
+def test_wrong_key_signature_is_named(ids, signed):
+    impostor = PartyIdentity.generate("bank")
+    sigs = dict(signed.signatures)
+    sigs["bank"] = impostor.sign(signed.agreement.canonical_bytes())
+    forged = SignedAgreement(signed.agreement, sigs)
+    with pytest.raises(PolicyViolation) as e:
+        forged.verify(NOW)
+    assert rule_of(e) == "signatures"
+    assert "signature of bank does not verify" in str(e.value)
+    assert forged.invalid_signatures() == ["bank"]
+    sigs["bank"] = b"short"
+    with pytest.raises(PolicyViolation, match="bank"):
+        SignedAgreement(signed.agreement, sigs).verify(NOW)
+
+
+def test_sign_with_another_partys_key_refused(ids):
+    unsigned = SignedAgreement(draft(ids), {})
+    impostor = PartyIdentity.generate("bank")
+    with pytest.raises(KeyFileError, match="key is not bank's"):
+        unsigned.with_signature(impostor)
+    with pytest.raises(KeyFileError, match="not in the agreement"):
+        unsigned.with_signature(PartyIdentity.generate("mallory"))
+
+
+def test_validity_window(signed):
+    a = signed.agreement
+    with pytest.raises(PolicyViolation) as e:
+        signed.verify(a.not_before - timedelta(seconds=1))
+    assert rule_of(e) == "validity" and "not yet valid" in str(e.value)
+    with pytest.raises(PolicyViolation) as e:
+        signed.verify(a.not_after)
+    assert rule_of(e) == "validity" and "expired" in str(e.value)
+    assert "2026-01-01T00:00:00Z" in str(e.value)
+    signed.verify(a.not_before)
+
+
+def test_signed_agreement_is_immutable(signed):
+    with pytest.raises(TypeError):
+        signed.signatures["bank"] = b"x"  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        signed.agreement.purpose = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda d: d.pop("purpose"), "missing field purpose"),
+        (lambda d: d["parties"]["bank"].pop("signing-key"), "parties.bank.signing-key"),
+        (lambda d: d["parties"]["bank"].update({"id-kind": "fax"}), "parties.bank.id-kind"),
+        (lambda d: d["parties"]["bank"].update({"role": "label_owner"}), "exactly one party"),
+        (lambda d: d["label"].update({"owner": "bank"}), "label.owner"),
+        (lambda d: d["label"].update({"result-owner": "x"}), "label.result-owner"),
+        (lambda d: d["limits"].update({"min-cohort": -1}), "limits.min-cohort"),
+        (lambda d: d["limits"].update({"min-paillier-bits": 1024}), "min-paillier-bits"),
+        (lambda d: d["jobs"].update({"models": ["tree"]}), "jobs.models"),
+        (lambda d: d.update({"not-after": d["not-before"]}), "must be earlier"),
+        (lambda d: d.update({"not-after": "2026-01-01T00:00:00"}), "time zone"),
+        (lambda d: d["limits"].update({"min-intersecton": 5}), "unknown field"),
+        (lambda d: d["signatures"].update({"mallory": "AAAA"}), "signatures.mallory"),
+        (lambda d: d["signatures"].update({"bank": "not base64!"}), "signatures.bank"),
+        (lambda d: d.update({"format": "other/9"}), "format"),
+    ],
+)
+def test_load_names_file_and_field(tmp_path: Path, signed, edit, needle):
+    data = tomllib.loads(signed.to_toml())
+    edit(data)
+    path = tmp_path / "bad.toml"
+    path.write_text(tomli_w.dumps(data))
+    with pytest.raises(ConfigurationError) as e:
+        SignedAgreement.load(path)
+    assert str(path) in str(e.value) and needle in str(e.value)
+
+
+def test_load_unreadable(tmp_path: Path):
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        SignedAgreement.load(tmp_path / "nope.toml")
+    (tmp_path / "x.toml").write_text("this is = = not toml")
+    with pytest.raises(ConfigurationError, match="not valid TOML"):
+        SignedAgreement.load(tmp_path / "x.toml")
+
+
+# ---------------------------------------------------------------------------- policy checks
+
+
+def test_job_request_roundtrip():
+    j = job(features={"bank": ["PPERSAUT", "PBRAND"]}, min_intersection=500)
+    assert JobRequest.from_dict(j.to_dict()) == j
+    assert JobRequest.from_json(j.to_json()) == j
+    assert j.features["bank"] == ("PPERSAUT", "PBRAND")
+    assert JobRequest.from_dict(job().to_dict()).features is None
+    with pytest.raises(ConfigurationError, match="missing field model"):
+        JobRequest.from_dict({"operation": "train"})
+    with pytest.raises(ConfigurationError, match="paillier_bits"):
+        JobRequest.from_dict({**j.to_dict(), "paillier_bits": "2048"})
+    with pytest.raises(ConfigurationError, match="features"):
+        JobRequest.from_dict({**j.to_dict(), "features": {"bank": "PPERSAUT"}})
+
+
+def test_check_job_ok(signed):
+    check_job(signed, job(features={"bank": ["PPERSAUT"], "broker": ["MOSTYPE"]}), NOW)
+    check_job(signed, job(operation="score", model="linear", min_intersection=100), NOW)
+
+
+@pytest.mark.parametrize(
+    ("request_", "rule"),
+    [
+        (job(operation="export"), "operation"),
+        (job(model="tree"), "model"),
+        (job(paillier_bits=1024), "paillier_bits"),
+        (job(max_iterations=101), "max_iterations"),
+        (job(max_iterations=0), "max_iterations"),
+        (job(features={"bank": ["AGE"]}), "features"),
+        (job(features={"broker": ["PPERSAUT"]}), "features"),
+        (job(features={"insurer": ["Purchase"]}), "features"),
+        (job(features={"bank": ["email"]}), "features"),
+        (job(features={"mallory": ["X"]}), "parties"),
+        (job(min_intersection=10), "min_intersection"),
+    ],
+)
+def test_check_job_refusals(signed, request_, rule):
+    with pytest.raises(PolicyViolation) as e:
+        check_job(signed, request_, NOW)
+    assert rule_of(e) == rule
+
+
+def test_check_job_restricted_agreement(ids):
+    signed = sign_all(
+        draft(
+            ids, allowed_models=("linear",), allowed_operations=("train",), min_paillier_bits=3072
+        ),
+        ids,
+    )
+    for bad, rule in (
+        (job(model="logistic", paillier_bits=3072), "model"),
+        (job(model="linear", operation="score", paillier_bits=3072), "operation"),
+        (job(model="linear", paillier_bits=2048), "paillier_bits"),
+    ):
+        with pytest.raises(PolicyViolation) as e:
+            check_job(signed, bad, NOW)
+        assert rule_of(e) == rule
+        assert "3072" in str(e.value) or rule != "paillier_bits"
+    check_job(signed, job(model="linear", paillier_bits=3072), NOW)
+
+
+def test_check_job_checks_signatures_and_validity(ids, signed):
+    unsigned = SignedAgreement(draft(ids), {})
+    with pytest.raises(PolicyViolation) as e:
+        check_job(unsigned, job(), NOW)
+    assert rule_of(e) == "signatures"
+    with pytest.raises(PolicyViolation) as e:
+        check_job(signed, job(), signed.agreement.not_after + timedelta(days=1))
+    assert rule_of(e) == "validity"
+
+
+def test_denied_feature_message(signed):
+    with pytest.raises(PolicyViolation) as e:
+        check_features(signed.agreement, "bank", ["PPERSAUT", "AGE"])
+    assert "AGE (denied)" in str(e.value) and "PPERSAUT" not in str(e.value)
+
+
+def test_check_sizes(ids, signed):
+    a = signed.agreement
+    check_min_intersection(a, 100)
+    with pytest.raises(PolicyViolation) as e:
+        check_min_intersection(a, 99)
+    assert rule_of(e) == "min_intersection" and "99" in str(e.value)
+    check_min_cohort(a, 20, "lift bucket 1")
+    with pytest.raises(PolicyViolation) as e:
+        check_min_cohort(a, 19, "lift bucket 1")
+    assert rule_of(e) == "min_cohort" and "lift bucket 1" in str(e.value)
+    small = sign_all(draft(ids, max_set_size={"bank": 1000}), ids)
+    check_set_size(small.agreement, "bank", 1000)
+    with pytest.raises(PolicyViolation) as e:
+        check_set_size(small.agreement, "bank", 1001)
+    assert rule_of(e) == "max_set_size" and "bank" in str(e.value)
+    check_set_size(small.agreement, "broker", 10_000_000)
+
+
+def test_check_party_presence(signed):
+    a = signed.agreement
+    check_party_presence(a, ["broker", "insurer", "bank"])
+    with pytest.raises(PolicyViolation) as e:
+        check_party_presence(a, ["insurer", "bank"])
+    assert rule_of(e) == "parties" and "missing: broker" in str(e.value)
+    with pytest.raises(PolicyViolation) as e:
+        check_party_presence(a, ["insurer", "bank", "broker", "mallory"])
+    assert "mallory" in str(e.value)
+    with pytest.raises(PolicyViolation, match="more than once: bank"):
+        check_party_presence(a, ["insurer", "bank", "bank", "broker"])
+
+
+def test_check_same_agreement(signed):
+    h = signed.terms_hash()
+    check_same_agreement(h, {"insurer": h, "bank": h, "broker": h})
+    with pytest.raises(PolicyViolation) as e:
+        check_same_agreement(h, {"insurer": h, "bank": "f" * 64, "broker": h})
+    assert rule_of(e) == "agreement_hash" and "bank" in str(e.value)
+    assert "insurer" not in str(e.value).split("hold")[0]
+
+
+def test_check_identity(ids, signed):
+    check_identity(signed.agreement, ids["bank"].public)
+    with pytest.raises(PolicyViolation) as e:
+        check_identity(signed.agreement, PartyIdentity.generate("bank").public)
+    assert rule_of(e) == "identity"

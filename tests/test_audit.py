@@ -1,0 +1,334 @@
+"""Audit trail: hash chain, signatures, resume, cross-signing, and every kind of tampering."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from vfm_flower.audit import (
+    _ENTRY_DOMAIN,
+    TRUNCATED,
+    AuditIntegrityError,
+    AuditLog,
+    entry_hash,
+    payload_hash,
+    sign_head,
+    verify_audit_log,
+    verify_audit_tree,
+    verify_head_signature,
+)
+from vfm_flower.errors import PolicyViolation, SignatureError
+from vfm_flower.keys import PartyIdentity
+
+AGREEMENT = "a" * 64
+
+
+@pytest.fixture(scope="module")
+def bank() -> PartyIdentity:
+    return PartyIdentity.generate("bank")
+
+
+@pytest.fixture(scope="module")
+def server() -> PartyIdentity:
+    return PartyIdentity.generate("server")
+
+
+def write_run(path: Path, signer: PartyIdentity, *, seal: bool = True) -> AuditLog:
+    log = AuditLog.open(path, signer, AGREEMENT)
+    log.record("hello", 1, "ok", sizes={"rows": 5000})
+    log.record(
+        "align",
+        2,
+        "ok",
+        sizes={"ids": 5000, "intersection": 3100},
+        bytes_in=160_000,
+        bytes_out=160_000,
+        payload_hashes=[payload_hash(b"blinded ids")],
+    )
+    log.record("train", 3, "ok", bytes_out=4096, detail="iteration 1")
+    if seal:
+        log.seal()
+    return log
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines(keepends=True)
+
+
+def rewrite(path: Path, new_lines: list[str]) -> None:
+    path.write_text("".join(new_lines))
+
+
+# ---------------------------------------------------------------------------- intact logs
+
+
+def test_intact_log_with_resume_across_reopen(tmp_path: Path, bank):
+    path = tmp_path / "bank" / "audit.jsonl"
+    log = AuditLog.open(path, bank, AGREEMENT)
+    first = log.record("hello", 1, "ok", sizes={"rows": 10})
+    assert log.head() == (1, first)
+    # a fresh process (Flower message) resumes the same log
+    again = AuditLog.open(path, bank, AGREEMENT)
+    assert again.head() == (1, first)
+    again.record("align", 2, "ok")
+    third = AuditLog.open(path, bank, AGREEMENT)
+    seal = third.seal(peer_heads={"server": (3, "b" * 64)})
+    assert third.sealed
+    res = verify_audit_log(path, expected_key=bank.public.signing_key)
+    assert res.ok, res.reason
+    assert (res.entries, res.sealed, res.head, res.first_bad_line) == (4, True, (3, seal), None)
+    assert res.writer == "bank" and res.agreement_hash == AGREEMENT
+    assert res.attested_heads == {"server": [(3, "b" * 64)]}
+    genesis = json.loads(lines(path)[0])
+    assert genesis["kind"] == "genesis" and genesis["writer"] == "bank"
+    assert genesis["prev"] == "0" * 64 and genesis["agreement_hash"] == AGREEMENT
+    # a sealed log can be resumed for a new run; it is unsealed until sealed again
+    fourth = AuditLog.open(path, bank, AGREEMENT)
+    fourth.record("hello", 1, "ok")
+    assert not fourth.sealed
+    assert verify_audit_log(path).reason == TRUNCATED
+    fourth.seal()
+    assert verify_audit_log(path).ok
+
+
+def test_entry_format_has_no_payloads(tmp_path: Path, bank):
+    path = tmp_path / "audit.jsonl"
+    write_run(path, bank)
+    entry = json.loads(lines(path)[2])
+    assert set(entry) == {
+        "seq", "ts", "kind", "actor", "phase", "round", "decision", "sizes", "bytes_in",
+        "bytes_out", "payload_hashes", "detail", "prev", "hash", "sig",
+    }  # fmt: skip
+    assert entry["payload_hashes"] == [payload_hash(b"blinded ids")]
+    assert entry["hash"] == entry_hash(entry)
+    assert entry["ts"].endswith("Z")
+    assert "blinded ids" not in path.read_text()
+
+
+def test_two_writers_take_turns(tmp_path: Path, bank):
+    path = tmp_path / "audit.jsonl"
+    a = AuditLog.open(path, bank, AGREEMENT)
+    b = AuditLog.open(path, bank, AGREEMENT)
+    a.record("x", 1, "ok")
+    b.record("y", 1, "ok")  # b first verifies and follows what a appended
+    a.seal()
+    res = verify_audit_log(path)
+    assert res.ok and res.entries == 4
+
+
+def test_record_refuses_data_shaped_arguments(tmp_path: Path, bank):
+    log = AuditLog.open(tmp_path / "audit.jsonl", bank, AGREEMENT)
+    with pytest.raises(ValueError, match="sha256"):
+        log.record("align", 1, "ok", payload_hashes=["alice@example.com"])
+    with pytest.raises(ValueError, match="integer count"):
+        log.record("align", 1, "ok", sizes={"ids": "alice"})
+    with pytest.raises(ValueError, match="decision"):
+        log.record("align", 1, "")
+    log.record("align", 1, "ok", detail="x" * 1000)
+    assert len(json.loads(lines(log.path)[-1])["detail"]) == 200
+    h = log.record_refusal("hello", 1, PolicyViolation("min_intersection", "too small"))
+    last = json.loads(lines(log.path)[-1])
+    assert last["decision"] == "refused:min_intersection" and last["hash"] == h
+
+
+def test_head_signatures(bank, server):
+    sig = sign_head(bank, 3, "c" * 64)
+    verify_head_signature(bank.public, 3, "c" * 64, sig)
+    verify_head_signature(bank.public.signing_key, 3, "c" * 64, sig)
+    with pytest.raises(SignatureError):
+        verify_head_signature(bank.public, 4, "c" * 64, sig)
+    with pytest.raises(SignatureError):
+        verify_head_signature(server.public, 3, "c" * 64, sig)
+
+
+def test_attest_checks_peer_signature_when_key_given(tmp_path: Path, bank, server):
+    log = AuditLog.open(tmp_path / "server.jsonl", server, AGREEMENT)
+    with pytest.raises(SignatureError):
+        log.attest_peer_head("bank", 1, "d" * 64, b"\0" * 64, peer_public=bank.public)
+    good = sign_head(bank, 1, "d" * 64)
+    log.attest_peer_head("bank", 1, "d" * 64, good, peer_public=bank.public)
+
+
+# ---------------------------------------------------------------------------- tampering
+
+
+def test_edited_field_is_a_hash_mismatch(tmp_path: Path, bank):
+    path = tmp_path / "audit.jsonl"
+    write_run(path, bank)
+    ls = lines(path)
+    ls[2] = ls[2].replace('"intersection":3100', '"intersection":9999')
+    rewrite(path, ls)
+    res = verify_audit_log(path)
+    assert not res.ok and res.first_bad_line == 3 and "hash mismatch" in res.reason
+    assert res.entries == 2
+
+
+def test_edited_field_with_recomputed_hash_has_bad_signature(tmp_path: Path, bank):
+    path = tmp_path / "audit.jsonl"
+    write_run(path, bank)
+    ls = lines(path)
+    entry = json.loads(ls[1])
+    entry["decision"] = "refused:min_intersection"
+    entry["hash"] = entry_hash(entry)
+    ls[1] = json.dumps(entry) + "\n"
+    rewrite(path, ls)
+    res = verify_audit_log(path)
+    assert not res.ok and res.first_bad_line == 2 and "bad signature" in res.reason
+
+
+def test_entry_signed_by_another_key(tmp_path: Path, bank):
+    """An impostor with the same name writes a well-formed entry: the signature gives it away."""
+    path = tmp_path / "audit.jsonl"
+    write_run(path, bank, seal=False)
+    impostor = PartyIdentity.generate("bank")
+    forged = tmp_path / "forged.jsonl"
+    AuditLog.open(forged, impostor, AGREEMENT)
+    # rebuild one entry continuing the real chain, signed by the impostor
+    head_seq, head_hash = verify_audit_log(path).head
+    entry = json.loads(lines(path)[-1])
+    entry.update(seq=head_seq + 1, prev=head_hash, phase="score", detail="")
+    entry["hash"] = entry_hash(entry)
+    entry["sig"] = base64.b64encode(
+        impostor.sign(_ENTRY_DOMAIN + bytes.fromhex(entry["hash"]))
+    ).decode()
+    rewrite(path, lines(path) + [json.dumps(entry) + "\n"])
+    res = verify_audit_log(path)
+    assert res.first_bad_line == 5 and "bad signature" in res.reason
+    # the whole log rewritten by another key: caught by the expected key
+    res = verify_audit_log(forged, expected_key=bank.public.signing_key)
+    assert not res.ok and res.first_bad_line == 1 and "another key" in res.reason
+
+
+def test_deleted_line(tmp_path: Path, bank):
+    path = tmp_path / "audit.jsonl"
+    write_run(path, bank)
+    ls = lines(path)
+    del ls[2]
+    rewrite(path, ls)
+    res = verify_audit_log(path)
+    assert not res.ok and res.first_bad_line == 3
+    assert "deleted, inserted or reordered" in res.reason
+
+
+def test_inserted_line(tmp_path: Path, bank):
+    path = tmp_path / "audit.jsonl"
+    write_run(path, bank)
+    ls = lines(path)
+    ls.insert(3, ls[1])  # a genuine, signed entry replayed at another place
+    rewrite(path, ls)
+    res = verify_audit_log(path)
+    assert not res.ok and res.first_bad_line == 4
+    assert "deleted, inserted or reordered" in res.reason
+
+
+def test_reordered_lines(tmp_path: Path, bank):
+    path = tmp_path / "audit.jsonl"
+    write_run(path, bank)
+    ls = lines(path)
+    ls[1], ls[2] = ls[2], ls[1]
+    rewrite(path, ls)
+    res = verify_audit_log(path)
+    assert not res.ok and res.first_bad_line == 2
+    assert "deleted, inserted or reordered" in res.reason
+
+
+def test_truncated_end_without_seal(tmp_path: Path, bank):
+    path = tmp_path / "audit.jsonl"
+    write_run(path, bank)
+    rewrite(path, lines(path)[:-2])
+    res = verify_audit_log(path)
+    assert not res.ok and res.reason == TRUNCATED
+    assert res.first_bad_line == 4 and res.entries == 3 and not res.sealed
+
+
+def test_truncated_inside_a_line_and_garbage(tmp_path: Path, bank):
+    path = tmp_path / "audit.jsonl"
+    write_run(path, bank)
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    res = verify_audit_log(path)
+    assert not res.ok and res.first_bad_line == 5 and "incomplete" in res.reason
+    path.write_bytes(data + b"\n")
+    assert "blank line" in verify_audit_log(path).reason
+    path.write_bytes(b"")
+    assert verify_audit_log(path).reason.startswith("empty log")
+    path.write_bytes(b"[1, 2]\n")
+    assert verify_audit_log(path).first_bad_line == 1
+
+
+def test_truncated_log_whose_head_was_attested(tmp_path: Path, bank, server):
+    """Cut back to an earlier seal: intact on its own; the server's attestation shows it."""
+    work = tmp_path / "work"
+    bank_path = work / "bank" / "audit.jsonl"
+    write_run(bank_path, bank)  # run 1, sealed
+    keep = len(lines(bank_path))
+    log = AuditLog.open(bank_path, bank, AGREEMENT)  # run 2
+    log.record("score", 1, "ok")
+    log.seal()
+    seq, head = log.head()
+    server_log = AuditLog.open(work / "server.jsonl", server, AGREEMENT)
+    server_log.attest_peer_head("bank", seq, head, sign_head(bank, seq, head))
+    server_log.seal()
+    assert all(r.ok for _, r in verify_audit_tree(work))
+
+    rewrite(bank_path, lines(bank_path)[:keep])  # drop run 2
+    assert verify_audit_log(bank_path).ok  # undetectable from the log alone
+    results = dict(verify_audit_tree(work))
+    assert results[work / "server.jsonl"].ok
+    bad = results[bank_path]
+    assert not bad.ok
+    assert bad.reason == "truncated or rewritten: head attested by server not found"
+    assert bad.first_bad_line == keep + 1
+
+
+def test_attested_head_in_seal_and_unsealed_truncation(tmp_path: Path, bank, server):
+    work = tmp_path / "work"
+    bank_log = write_run(work / "bank.jsonl", bank, seal=False)
+    seq, head = bank_log.head()
+    server_log = AuditLog.open(work / "server.jsonl", server, AGREEMENT)
+    server_log.seal(peer_heads={"bank": (seq, head)})
+    bank_log.seal()
+    assert all(r.ok for _, r in verify_audit_tree(work))
+    rewrite(work / "bank.jsonl", lines(work / "bank.jsonl")[:2])
+    bad = dict(verify_audit_tree(work))[work / "bank.jsonl"]
+    assert bad.reason == "truncated or rewritten: head attested by server not found"
+
+
+def test_tree_reports_other_problems_per_file(tmp_path: Path, bank, server):
+    write_run(tmp_path / "a" / "bank.jsonl", bank)
+    write_run(tmp_path / "server.jsonl", server)
+    ls = lines(tmp_path / "server.jsonl")
+    rewrite(tmp_path / "server.jsonl", ls[:1] + ls[2:])
+    results = dict(verify_audit_tree(tmp_path))
+    assert results[tmp_path / "a" / "bank.jsonl"].ok
+    assert results[tmp_path / "server.jsonl"].first_bad_line == 2
+    assert verify_audit_tree(tmp_path / "a" / "bank.jsonl")[0][1].ok
+    assert verify_audit_tree(tmp_path / "empty") == []
+
+
+# ---------------------------------------------------------------------------- resume refusals
+
+
+def test_open_refuses_tampered_or_foreign_log(tmp_path: Path, bank, server):
+    path = tmp_path / "audit.jsonl"
+    write_run(path, bank)
+    with pytest.raises(AuditIntegrityError, match="another key"):
+        AuditLog.open(path, server, AGREEMENT)
+    with pytest.raises(AuditIntegrityError, match="agreement"):
+        AuditLog.open(path, bank, "b" * 64)
+    ls = lines(path)
+    del ls[1]
+    rewrite(path, ls)
+    with pytest.raises(AuditIntegrityError, match="line 2"):
+        AuditLog.open(path, bank, AGREEMENT)
+
+
+def test_append_refuses_log_changed_underneath(tmp_path: Path, bank):
+    path = tmp_path / "audit.jsonl"
+    log = write_run(path, bank, seal=False)
+    rewrite(path, lines(path)[:-1])
+    with pytest.raises(AuditIntegrityError, match="shrank"):
+        log.record("x", 1, "ok")

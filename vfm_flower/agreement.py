@@ -1,0 +1,1274 @@
+"""Signed collaboration agreements and the policy checks every phase runs.
+
+An agreement is a TOML file a person can read and diff. It lists the parties with their public
+keys, who owns the labels and the results, which id columns align the rows, which feature
+columns each party may contribute, which jobs may run, and the minimum sizes that protect
+individuals. Every party signs the *terms*, not the file: the signature is a detached Ed25519
+signature over :meth:`Agreement.canonical_bytes`, a canonical JSON serialization with a version
+tag. Reformatting the TOML (whitespace, comments, order of tables and keys) keeps the signatures
+valid; changing any term breaks them.
+
+File layout (version 1)::
+
+    format = "vfm-agreement/1"
+    agreement-id = "3f0c..."
+    purpose = "Caravan insurance propensity model"
+    not-before = "2025-01-01T00:00:00Z"   # ISO 8601 UTC (a TOML date-time works too)
+    not-after = "2026-01-01T00:00:00Z"
+
+    [label]
+    owner = "insurer"
+    column = "Purchase"
+    positive-class = "yes"        # absent: the labels are 0/1
+    result-owner = "insurer"
+
+    [jobs]
+    models = ["linear", "logistic"]
+    operations = ["evaluate", "score", "train"]
+    max-iterations = 100
+
+    [limits]
+    min-intersection = 100
+    min-cohort = 20
+    min-paillier-bits = 2048
+
+    [parties.insurer]
+    role = "label_owner"          # or "passive"
+    signing-key = "<base64 Ed25519 public key>"
+    exchange-key = "<base64 X25519 public key>"
+    id-columns = ["email"]
+    id-kind = "email"             # email | phone | plain
+    default-country-code = "31"   # optional (phone ids)
+    case-sensitive = false        # optional (plain ids)
+    allowed-features = "*"        # "*" = every column but the id and label columns
+    denied-features = ["AGE"]
+    max-set-size = 10000000
+
+    [signatures]
+    insurer = "<base64 Ed25519 signature over the canonical terms>"
+
+The policy checks (:func:`check_job`, :func:`check_min_intersection`, ...) are plain functions
+that the server and every party call before each phase; each refusal is a
+:class:`~vfm_flower.errors.PolicyViolation` whose ``rule`` names the term that refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import tomllib
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import tomli_w
+
+from vfm_flower.errors import ConfigurationError, KeyFileError, PolicyViolation, SignatureError
+from vfm_flower.keys import PartyIdentity, PublicIdentity, validate_party_name
+
+logger = logging.getLogger(__name__)
+
+FILE_FORMAT = "vfm-agreement/1"
+TERMS_VERSION = "vfm-agreement-terms/1"
+
+ROLE_LABEL_OWNER = "label_owner"
+ROLE_PASSIVE = "passive"
+ROLES = (ROLE_LABEL_OWNER, ROLE_PASSIVE)
+ID_KINDS = ("email", "phone", "plain")
+MODEL_KINDS = ("linear", "logistic")
+OPERATIONS = ("evaluate", "score", "train")
+ALL_FEATURES = "*"
+
+#: No agreement may ever accept a Paillier modulus below this many bits.
+PAILLIER_FLOOR_BITS = 2048
+
+DEFAULT_VALID_DAYS = 365
+DEFAULT_MIN_INTERSECTION = 100
+DEFAULT_MAX_SET_SIZE = 10_000_000
+DEFAULT_MIN_COHORT = 20
+DEFAULT_MAX_ITERATIONS = 100
+
+_SIGNATURE_LEN = 64
+
+
+# ----------------------------------------------------------------------------------------------
+# small helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: Any, what: str, size: int | None = None) -> bytes:
+    if not isinstance(text, str):
+        raise ConfigurationError(f"{what}: expected a base64 string")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ConfigurationError(f"{what}: not valid base64") from exc
+    if size is not None and len(raw) != size:
+        raise ConfigurationError(f"{what}: must decode to {size} bytes, got {len(raw)}")
+    return raw
+
+
+def parse_utc(value: Any, what: str) -> datetime:
+    """Normalize a datetime / date / ISO 8601 text to an aware UTC datetime.
+
+    Raises
+    ------
+    ConfigurationError
+        Naming ``what`` if the value is not a date-time or has no time zone.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"{what}: {value!r} is not an ISO 8601 date-time (e.g. 2026-01-31T00:00:00Z)"
+            ) from exc
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, time(0, 0), tzinfo=UTC)
+    if not isinstance(value, datetime):
+        raise ConfigurationError(f"{what}: expected a date-time, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ConfigurationError(
+            f"{what}: {value.isoformat()} has no time zone: write it in UTC with a 'Z' suffix"
+        )
+    return value.astimezone(UTC)
+
+
+def format_utc(value: datetime) -> str:
+    """ISO 8601 text of an aware datetime in UTC with a ``Z`` suffix."""
+    value = value.astimezone(UTC)
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += f".{value.microsecond:06d}"
+    return text + "Z"
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"{what}: must be a positive integer, got {value!r}")
+    return value
+
+
+def _text(value: Any, what: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
+        raise ConfigurationError(f"{what}: must be a non-empty string, got {value!r}")
+    return value
+
+
+def _names(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ConfigurationError(f"{what}: must be a list of column names")
+    out = tuple(value)
+    for item in out:
+        _text(item, what)
+    return out
+
+
+def _sorted_unique(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(values)))
+
+
+def _now(now: datetime | None) -> datetime:
+    return datetime.now(UTC) if now is None else parse_utc(now, "now")
+
+
+# ----------------------------------------------------------------------------------------------
+# terms
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartyTerms:
+    """What the agreement says about one party.
+
+    Parameters
+    ----------
+    name : str
+        Party name (as in its key files).
+    role : str
+        ``"label_owner"`` or ``"passive"``.
+    signing_key, exchange_key : bytes
+        The party's Ed25519 and X25519 public keys (32 bytes each).
+    id_columns : tuple of str
+        The column(s) holding the customer id, in order (several are concatenated).
+    id_kind : str
+        Id normalization: ``"email"``, ``"phone"`` or ``"plain"``.
+    default_country_code : str
+        Country code for phone numbers written without one (``""``: none).
+    case_sensitive : bool or None
+        Whether plain ids are case sensitive (``None``: the normalizer's default).
+    allowed_features : tuple of str or None
+        Columns the party may contribute; ``None`` means every column but the id and label
+        columns.
+    denied_features : tuple of str
+        Columns the party must never contribute (wins over ``allowed_features``).
+    max_set_size : int
+        Largest id set the party may bring to alignment.
+    """
+
+    name: str
+    role: str
+    signing_key: bytes
+    exchange_key: bytes
+    id_columns: tuple[str, ...]
+    id_kind: str
+    default_country_code: str = ""
+    case_sensitive: bool | None = None
+    allowed_features: tuple[str, ...] | None = None
+    denied_features: tuple[str, ...] = ()
+    max_set_size: int = DEFAULT_MAX_SET_SIZE
+
+    def __post_init__(self) -> None:
+        where = f"parties.{self.name}"
+        try:
+            validate_party_name(self.name)
+        except ValueError as exc:
+            raise ConfigurationError(f"parties: {exc}") from exc
+        if self.role not in ROLES:
+            raise ConfigurationError(
+                f"{where}.role: {self.role!r} is not one of {', '.join(ROLES)}"
+            )
+        for attr, key in (("signing_key", "signing-key"), ("exchange_key", "exchange-key")):
+            raw = getattr(self, attr)
+            if not isinstance(raw, bytes) or len(raw) != 32:
+                raise ConfigurationError(f"{where}.{key}: must be a 32-byte public key")
+        ids = _names(self.id_columns, f"{where}.id-columns")
+        if not ids:
+            raise ConfigurationError(f"{where}.id-columns: name at least one id column")
+        if len(set(ids)) != len(ids):
+            raise ConfigurationError(f"{where}.id-columns: a column is listed twice")
+        object.__setattr__(self, "id_columns", ids)
+        if self.id_kind not in ID_KINDS:
+            raise ConfigurationError(
+                f"{where}.id-kind: {self.id_kind!r} is not one of {', '.join(ID_KINDS)}"
+            )
+        cc = _text(self.default_country_code, f"{where}.default-country-code", allow_empty=True)
+        if cc and not cc.lstrip("+").isdigit():
+            raise ConfigurationError(
+                f'{where}.default-country-code: {cc!r} must be digits (e.g. "31")'
+            )
+        if self.case_sensitive is not None and not isinstance(self.case_sensitive, bool):
+            raise ConfigurationError(f"{where}.case-sensitive: must be true or false")
+        denied = _sorted_unique(_names(self.denied_features, f"{where}.denied-features"))
+        object.__setattr__(self, "denied_features", denied)
+        if self.allowed_features is not None:
+            allowed = _sorted_unique(_names(self.allowed_features, f"{where}.allowed-features"))
+            both = sorted(set(allowed) & set(denied))
+            if both:
+                raise ConfigurationError(
+                    f"{where}: column(s) {', '.join(both)} are both allowed and denied: "
+                    "remove them from one list"
+                )
+            ids_as_features = sorted(set(allowed) & set(ids))
+            if ids_as_features:
+                raise ConfigurationError(
+                    f"{where}.allowed-features: id column(s) {', '.join(ids_as_features)} "
+                    "can never be features"
+                )
+            object.__setattr__(self, "allowed_features", allowed)
+        _positive_int(self.max_set_size, f"{where}.max-set-size")
+
+    @property
+    def public_identity(self) -> PublicIdentity:
+        """The party's public keys as listed in the agreement."""
+        return PublicIdentity(
+            party=self.name, signing_key=self.signing_key, exchange_key=self.exchange_key
+        )
+
+    def _canonical(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "signing_key": _b64(self.signing_key),
+            "exchange_key": _b64(self.exchange_key),
+            "id_columns": list(self.id_columns),
+            "id_kind": self.id_kind,
+            "default_country_code": self.default_country_code,
+            "case_sensitive": self.case_sensitive,
+            "allowed_features": (
+                ALL_FEATURES if self.allowed_features is None else list(self.allowed_features)
+            ),
+            "denied_features": list(self.denied_features),
+            "max_set_size": self.max_set_size,
+        }
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """The terms of a collaboration agreement (without signatures).
+
+    Construction validates every term and raises :class:`ConfigurationError` naming the bad
+    field. Parties are kept sorted by name; sets of names (models, operations, features) are
+    kept sorted, so two agreements with the same terms compare equal and hash equal.
+    """
+
+    agreement_id: str
+    purpose: str
+    not_before: datetime
+    not_after: datetime
+    parties: tuple[PartyTerms, ...]
+    label_owner: str
+    label_column: str
+    positive_class: str | None
+    result_owner: str
+    allowed_models: tuple[str, ...] = MODEL_KINDS
+    allowed_operations: tuple[str, ...] = OPERATIONS
+    min_intersection: int = DEFAULT_MIN_INTERSECTION
+    min_cohort: int = DEFAULT_MIN_COHORT
+    min_paillier_bits: int = PAILLIER_FLOOR_BITS
+    max_iterations: int = DEFAULT_MAX_ITERATIONS
+
+    def __post_init__(self) -> None:
+        _text(self.agreement_id, "agreement-id")
+        _text(self.purpose, "purpose")
+        object.__setattr__(self, "not_before", parse_utc(self.not_before, "not-before"))
+        object.__setattr__(self, "not_after", parse_utc(self.not_after, "not-after"))
+        if not self.not_before < self.not_after:
+            raise ConfigurationError(
+                f"not-before ({format_utc(self.not_before)}) must be earlier than "
+                f"not-after ({format_utc(self.not_after)})"
+            )
+        parties = tuple(self.parties)
+        for p in parties:
+            if not isinstance(p, PartyTerms):
+                raise ConfigurationError("parties: every entry must be a PartyTerms")
+        names = [p.name for p in parties]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigurationError(f"parties: party name(s) listed twice: {', '.join(dupes)}")
+        if len(parties) < 2:
+            raise ConfigurationError("parties: a vertical collaboration needs at least two parties")
+        keys: dict[bytes, str] = {}
+        for p in parties:
+            for key in (p.signing_key, p.exchange_key):
+                if key in keys and keys[key] != p.name:
+                    raise ConfigurationError(
+                        f"parties: '{keys[key]}' and '{p.name}' list the same public key: "
+                        "each party needs its own key (vfm keygen)"
+                    )
+                keys[key] = p.name
+        object.__setattr__(self, "parties", tuple(sorted(parties, key=lambda p: p.name)))
+        owners = [p.name for p in parties if p.role == ROLE_LABEL_OWNER]
+        if len(owners) != 1:
+            raise ConfigurationError(
+                f"parties: exactly one party must have role '{ROLE_LABEL_OWNER}', found "
+                f"{len(owners)}" + (f" ({', '.join(sorted(owners))})" if owners else "")
+            )
+        _text(self.label_owner, "label.owner")
+        if owners[0] != self.label_owner:
+            raise ConfigurationError(
+                f"label.owner: is '{self.label_owner}' but the party with role "
+                f"'{ROLE_LABEL_OWNER}' is '{owners[0]}'"
+            )
+        _text(self.label_column, "label.column")
+        if self.positive_class is not None:
+            _text(self.positive_class, "label.positive-class", allow_empty=True)
+        _text(self.result_owner, "label.result-owner")
+        if self.result_owner not in names:
+            raise ConfigurationError(
+                f"label.result-owner: '{self.result_owner}' is not a party "
+                f"(parties: {', '.join(sorted(names))})"
+            )
+        owner_terms = next(p for p in parties if p.name == self.label_owner)
+        if self.label_column in owner_terms.id_columns:
+            raise ConfigurationError("label.column: the label column cannot be an id column")
+        if owner_terms.allowed_features and self.label_column in owner_terms.allowed_features:
+            raise ConfigurationError(
+                f"parties.{self.label_owner}.allowed-features: the label column "
+                f"'{self.label_column}' can never be a feature"
+            )
+        for attr, key, known in (
+            ("allowed_models", "jobs.models", MODEL_KINDS),
+            ("allowed_operations", "jobs.operations", OPERATIONS),
+        ):
+            values = _names(getattr(self, attr), key)
+            unknown = sorted(set(values) - set(known))
+            if unknown:
+                raise ConfigurationError(
+                    f"{key}: unknown {', '.join(unknown)} (known: {', '.join(known)})"
+                )
+            if not values:
+                raise ConfigurationError(f"{key}: allow at least one of {', '.join(known)}")
+            object.__setattr__(self, attr, _sorted_unique(values))
+        _positive_int(self.min_intersection, "limits.min-intersection")
+        _positive_int(self.min_cohort, "limits.min-cohort")
+        _positive_int(self.min_paillier_bits, "limits.min-paillier-bits")
+        if self.min_paillier_bits < PAILLIER_FLOOR_BITS:
+            raise ConfigurationError(
+                f"limits.min-paillier-bits: {self.min_paillier_bits} is below the floor of "
+                f"{PAILLIER_FLOOR_BITS} bits that vfm-flower never goes under"
+            )
+        _positive_int(self.max_iterations, "jobs.max-iterations")
+
+    # ------------------------------------------------------------------ canonical form
+
+    def _canonical(self) -> dict[str, Any]:
+        return {
+            "version": TERMS_VERSION,
+            "agreement_id": self.agreement_id,
+            "purpose": self.purpose,
+            "not_before": format_utc(self.not_before),
+            "not_after": format_utc(self.not_after),
+            "label_owner": self.label_owner,
+            "label_column": self.label_column,
+            "positive_class": self.positive_class,
+            "result_owner": self.result_owner,
+            "allowed_models": list(self.allowed_models),
+            "allowed_operations": list(self.allowed_operations),
+            "min_intersection": self.min_intersection,
+            "min_cohort": self.min_cohort,
+            "min_paillier_bits": self.min_paillier_bits,
+            "max_iterations": self.max_iterations,
+            "parties": [p._canonical() for p in self.parties],
+        }
+
+    def canonical_bytes(self) -> bytes:
+        """Canonical serialization of the terms: what every party signs.
+
+        Sorted-key compact JSON (ASCII) with a version tag; parties sorted by name; sets of
+        names sorted; id columns in their defined order; times in UTC with a ``Z`` suffix.
+        """
+        return json.dumps(
+            self._canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+        ).encode("ascii")
+
+    def terms_hash(self) -> str:
+        """SHA-256 (hex) of :meth:`canonical_bytes`: the agreement's identity in the protocol."""
+        return hashlib.sha256(self.canonical_bytes()).hexdigest()
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def party_names(self) -> tuple[str, ...]:
+        """All party names, sorted."""
+        return tuple(p.name for p in self.parties)
+
+    @property
+    def passive_parties(self) -> tuple[str, ...]:
+        """Names of the parties without labels, sorted."""
+        return tuple(p.name for p in self.parties if p.role == ROLE_PASSIVE)
+
+    def party(self, name: str) -> PartyTerms:
+        """The terms of party ``name``.
+
+        Raises
+        ------
+        PolicyViolation
+            Rule ``"parties"`` if ``name`` is not a party of this agreement.
+        """
+        for p in self.parties:
+            if p.name == name:
+                return p
+        raise PolicyViolation(
+            "parties",
+            f"'{name}' is not a party of agreement {self.agreement_id} "
+            f"(parties: {', '.join(self.party_names)}): use the party name from the agreement",
+        )
+
+    def feature_allowed(self, party: str, column: str) -> bool:
+        """Whether ``party`` may contribute ``column`` as a feature.
+
+        Id columns and the label column are never features; denied columns never are;
+        otherwise the column must be in the party's allowed list (or the list is ``"*"``).
+        """
+        terms = self.party(party)
+        if column in terms.id_columns or column in terms.denied_features:
+            return False
+        if party == self.label_owner and column == self.label_column:
+            return False
+        return terms.allowed_features is None or column in terms.allowed_features
+
+    # ------------------------------------------------------------------ TOML
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        """The agreement as the nested dict written to the TOML file (no signatures)."""
+        label: dict[str, Any] = {"owner": self.label_owner, "column": self.label_column}
+        if self.positive_class is not None:
+            label["positive-class"] = self.positive_class
+        label["result-owner"] = self.result_owner
+        parties: dict[str, Any] = {}
+        for p in self.parties:
+            entry: dict[str, Any] = {
+                "role": p.role,
+                "signing-key": _b64(p.signing_key),
+                "exchange-key": _b64(p.exchange_key),
+                "id-columns": list(p.id_columns),
+                "id-kind": p.id_kind,
+            }
+            if p.default_country_code:
+                entry["default-country-code"] = p.default_country_code
+            if p.case_sensitive is not None:
+                entry["case-sensitive"] = p.case_sensitive
+            entry["allowed-features"] = (
+                ALL_FEATURES if p.allowed_features is None else list(p.allowed_features)
+            )
+            entry["denied-features"] = list(p.denied_features)
+            entry["max-set-size"] = p.max_set_size
+            parties[p.name] = entry
+        return {
+            "format": FILE_FORMAT,
+            "agreement-id": self.agreement_id,
+            "purpose": self.purpose,
+            "not-before": format_utc(self.not_before),
+            "not-after": format_utc(self.not_after),
+            "label": label,
+            "jobs": {
+                "models": list(self.allowed_models),
+                "operations": list(self.allowed_operations),
+                "max-iterations": self.max_iterations,
+            },
+            "limits": {
+                "min-intersection": self.min_intersection,
+                "min-cohort": self.min_cohort,
+                "min-paillier-bits": self.min_paillier_bits,
+            },
+            "parties": parties,
+        }
+
+    @classmethod
+    def from_toml_dict(cls, data: Mapping[str, Any]) -> Agreement:
+        """Build an agreement from a parsed TOML document (``[signatures]`` is ignored).
+
+        Raises
+        ------
+        ConfigurationError
+            Naming the missing, unknown or malformed field.
+        """
+        r = _Reader(data, "")
+        r.known(
+            {
+                "format",
+                "agreement-id",
+                "purpose",
+                "not-before",
+                "not-after",
+                "label",
+                "jobs",
+                "limits",
+                "parties",
+                "signatures",
+            }
+        )
+        fmt = r.get("format")
+        if fmt != FILE_FORMAT:
+            raise ConfigurationError(
+                f"format: {fmt!r} is not {FILE_FORMAT!r} (not a vfm agreement, or a newer "
+                "version of vfm-flower wrote it)"
+            )
+        label = r.table("label")
+        label.known({"owner", "column", "positive-class", "result-owner"})
+        jobs = r.table("jobs")
+        jobs.known({"models", "operations", "max-iterations"})
+        limits = r.table("limits")
+        limits.known({"min-intersection", "min-cohort", "min-paillier-bits"})
+        party_tables = r.table("parties")
+        parties = []
+        for name in party_tables.data:
+            pt = party_tables.table(name)
+            pt.known(
+                {
+                    "role",
+                    "signing-key",
+                    "exchange-key",
+                    "id-columns",
+                    "id-kind",
+                    "default-country-code",
+                    "case-sensitive",
+                    "allowed-features",
+                    "denied-features",
+                    "max-set-size",
+                }
+            )
+            allowed = pt.get("allowed-features", ALL_FEATURES)
+            if allowed == ALL_FEATURES:
+                allowed = None
+            elif isinstance(allowed, str):
+                raise ConfigurationError(
+                    f'{pt.where("allowed-features")}: write "*" for every column or a list '
+                    "of column names"
+                )
+            id_cols = pt.get("id-columns")
+            if isinstance(id_cols, str):
+                id_cols = [id_cols]
+            parties.append(
+                PartyTerms(
+                    name=name,
+                    role=pt.get("role"),
+                    signing_key=_unb64(pt.get("signing-key"), pt.where("signing-key"), 32),
+                    exchange_key=_unb64(pt.get("exchange-key"), pt.where("exchange-key"), 32),
+                    id_columns=id_cols,
+                    id_kind=pt.get("id-kind"),
+                    default_country_code=str(pt.get("default-country-code", "")),
+                    case_sensitive=pt.get("case-sensitive", None),
+                    allowed_features=allowed,
+                    denied_features=pt.get("denied-features", []),
+                    max_set_size=pt.get("max-set-size", DEFAULT_MAX_SET_SIZE),
+                )
+            )
+        owner = label.get("owner")
+        return cls(
+            agreement_id=r.get("agreement-id"),
+            purpose=r.get("purpose"),
+            not_before=r.get("not-before"),
+            not_after=r.get("not-after"),
+            parties=tuple(parties),
+            label_owner=owner,
+            label_column=label.get("column"),
+            positive_class=label.get("positive-class", None),
+            result_owner=label.get("result-owner", owner),
+            allowed_models=jobs.get("models", list(MODEL_KINDS)),
+            allowed_operations=jobs.get("operations", list(OPERATIONS)),
+            max_iterations=jobs.get("max-iterations", DEFAULT_MAX_ITERATIONS),
+            min_intersection=limits.get("min-intersection", DEFAULT_MIN_INTERSECTION),
+            min_cohort=limits.get("min-cohort", DEFAULT_MIN_COHORT),
+            min_paillier_bits=limits.get("min-paillier-bits", PAILLIER_FLOOR_BITS),
+        )
+
+
+_MISSING = object()
+
+
+class _Reader:
+    """Reads one TOML table and names the dotted field path in every error."""
+
+    def __init__(self, data: Any, prefix: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"{prefix or 'document'}: must be a table")
+        self.data = data
+        self.prefix = prefix
+
+    def where(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    def known(self, keys: set[str]) -> None:
+        unknown = sorted(set(self.data) - keys)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown field(s) {', '.join(self.where(k) for k in unknown)} "
+                f"(known here: {', '.join(sorted(keys))}): a misspelled term would be ignored"
+            )
+
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        if key in self.data:
+            return self.data[key]
+        if default is _MISSING:
+            raise ConfigurationError(f"missing field {self.where(key)}")
+        return default
+
+    def table(self, key: str) -> _Reader:
+        return _Reader(self.get(key), f"{self.where(key)}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# signed agreement
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignedAgreement:
+    """An agreement and the parties' detached signatures over its canonical terms.
+
+    Immutable: :meth:`with_signature` returns a new object.
+    """
+
+    agreement: Agreement
+    signatures: Mapping[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        sigs = dict(self.signatures)
+        names = set(self.agreement.party_names)
+        for name, sig in sigs.items():
+            if name not in names:
+                raise ConfigurationError(
+                    f"signatures.{name}: '{name}' is not a party of the agreement"
+                )
+            if not isinstance(sig, bytes):
+                raise ConfigurationError(f"signatures.{name}: must be bytes")
+        object.__setattr__(self, "signatures", MappingProxyType(sigs))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------ files
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = "agreement") -> SignedAgreement:
+        """Parse an agreement file's text; errors name ``source`` and the field."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{source}: not valid TOML: {exc}") from exc
+        try:
+            agreement = Agreement.from_toml_dict(data)
+            raw_sigs = data.get("signatures", {})
+            if not isinstance(raw_sigs, Mapping):
+                raise ConfigurationError("signatures: must be a table of party = signature")
+            sigs = {name: _unb64(value, f"signatures.{name}") for name, value in raw_sigs.items()}
+            return cls(agreement, sigs)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SignedAgreement:
+        """Read and validate an agreement file.
+
+        Raises
+        ------
+        ConfigurationError
+            If the file cannot be read, is not TOML, or a field is missing or malformed; the
+            message names the file and the field.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read agreement file {path}: {exc.strerror or exc}"
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigurationError(f"{path}: not UTF-8 text") from exc
+        return cls.from_toml(text, source=str(path))
+
+    def to_toml(self) -> str:
+        """The agreement file's text: a header comment, the terms, then ``[signatures]``."""
+        data = self.agreement.to_toml_dict()
+        if self.signatures:
+            data["signatures"] = {n: _b64(self.signatures[n]) for n in sorted(self.signatures)}
+        header = (
+            "# vfm-flower collaboration agreement.\n"
+            "# Every party signs the terms (not the formatting): comments, whitespace and the\n"
+            "# order of tables do not matter; changing any value invalidates the signatures.\n"
+            f"# terms-hash: {self.agreement.terms_hash()}\n\n"
+        )
+        return header + tomli_w.dumps(data)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the agreement file atomically (temporary file + ``os.replace``)."""
+        path = Path(path)
+        text = self.to_toml()
+        directory = path.parent if str(path.parent) else Path(".")
+        try:
+            mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    # ------------------------------------------------------------------ signing
+
+    def with_signature(self, identity: PartyIdentity) -> SignedAgreement:
+        """Return a copy signed by ``identity`` (replacing that party's earlier signature).
+
+        Raises
+        ------
+        KeyFileError
+            If ``identity`` is not a party, or its keys are not the ones the agreement lists
+            for that party ("key is not NAME's").
+        """
+        name = identity.party
+        if name not in self.agreement.party_names:
+            raise KeyFileError(
+                f"party '{name}' is not in the agreement (parties: "
+                f"{', '.join(self.agreement.party_names)})"
+            )
+        terms = self.agreement.party(name)
+        pub = identity.public
+        if pub.signing_key != terms.signing_key or pub.exchange_key != terms.exchange_key:
+            raise KeyFileError(
+                f"key is not {name}'s: its public key (fingerprint {pub.fingerprint}) differs "
+                f"from the one the agreement lists for '{name}' "
+                f"(fingerprint {terms.public_identity.fingerprint})"
+            )
+        sigs = dict(self.signatures)
+        sigs[name] = identity.sign(self.agreement.canonical_bytes())
+        return SignedAgreement(self.agreement, sigs)
+
+    def _valid_signers(self) -> tuple[list[str], list[str]]:
+        message = self.agreement.canonical_bytes()
+        good, bad = [], []
+        for name in sorted(self.signatures):
+            try:
+                sig = self.signatures[name]
+                if len(sig) != _SIGNATURE_LEN:
+                    raise SignatureError("wrong length")
+                self.agreement.party(name).public_identity.verify(sig, message)
+                good.append(name)
+            except SignatureError:
+                bad.append(name)
+        return good, bad
+
+    def signed_by(self) -> list[str]:
+        """Parties whose signature verifies over the current terms, sorted."""
+        return self._valid_signers()[0]
+
+    def missing_signatures(self) -> list[str]:
+        """Parties without a signature in the file, sorted."""
+        return [n for n in self.agreement.party_names if n not in self.signatures]
+
+    def invalid_signatures(self) -> list[str]:
+        """Parties whose signature is present but does not verify, sorted."""
+        return self._valid_signers()[1]
+
+    def terms_hash(self) -> str:
+        """Shortcut for ``self.agreement.terms_hash()``."""
+        return self.agreement.terms_hash()
+
+    def verify(self, now: datetime | None = None) -> None:
+        """Check that every party signed the current terms and the agreement is in force.
+
+        Raises
+        ------
+        PolicyViolation
+            Rule ``"signatures"`` naming missing signers or signatures that do not verify;
+            rule ``"validity"`` if ``now`` is before ``not_before`` or not before ``not_after``.
+        """
+        missing = self.missing_signatures()
+        bad = self.invalid_signatures()
+        if missing or bad:
+            parts = []
+            if missing:
+                parts.append(
+                    f"missing signature of {', '.join(missing)} (each party runs "
+                    "'vfm agreement sign FILE --party NAME --key NAME.key')"
+                )
+            if bad:
+                parts.append(
+                    f"signature of {', '.join(bad)} does not verify over the current terms "
+                    "(terms changed after signing, or signed with another key): re-sign the "
+                    "agreement"
+                )
+            raise PolicyViolation("signatures", "; ".join(parts))
+        moment = _now(now)
+        a = self.agreement
+        window = f"{format_utc(a.not_before)} .. {format_utc(a.not_after)}"
+        if moment < a.not_before:
+            raise PolicyViolation(
+                "validity",
+                f"agreement {a.agreement_id} is not yet valid: valid from "
+                f"{format_utc(a.not_before)} (window {window}, now {format_utc(moment)}); wait "
+                "or check the clock",
+            )
+        if moment >= a.not_after:
+            raise PolicyViolation(
+                "validity",
+                f"agreement {a.agreement_id} expired on {format_utc(a.not_after)} (window "
+                f"{window}): agree and sign a renewed agreement",
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# job requests and policy checks
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What the server asks the parties to run; travels as JSON text in a ConfigRecord.
+
+    Parameters
+    ----------
+    operation : str
+        ``"train"``, ``"evaluate"`` or ``"score"``.
+    model : str
+        ``"logistic"`` or ``"linear"``.
+    paillier_bits : int
+        Modulus size of the label owner's Paillier key for this job.
+    max_iterations : int
+        Iteration budget of the job.
+    features : mapping of party name to column names, or None
+        The feature columns each party will use; ``None``: each party's default selection
+        (which the party checks locally with :func:`check_features`).
+    min_intersection : int or None
+        A stricter minimum intersection for this job (never a lower one).
+    """
+
+    operation: str
+    model: str
+    paillier_bits: int
+    max_iterations: int
+    features: Mapping[str, tuple[str, ...]] | None = None
+    min_intersection: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.features is not None:
+            feats = {str(k): tuple(str(c) for c in v) for k, v in dict(self.features).items()}
+            object.__setattr__(self, "features", MappingProxyType(feats))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict."""
+        return {
+            "operation": self.operation,
+            "model": self.model,
+            "paillier_bits": self.paillier_bits,
+            "max_iterations": self.max_iterations,
+            "features": (
+                None
+                if self.features is None
+                else {k: list(v) for k, v in sorted(self.features.items())}
+            ),
+            "min_intersection": self.min_intersection,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobRequest:
+        """Inverse of :meth:`to_dict`; raises :class:`ConfigurationError` on a bad field."""
+        if not isinstance(data, Mapping):
+            raise ConfigurationError("job request: must be a JSON object")
+        try:
+            operation, model = data["operation"], data["model"]
+            bits, iters = data["paillier_bits"], data["max_iterations"]
+        except KeyError as exc:
+            raise ConfigurationError(f"job request: missing field {exc.args[0]}") from exc
+        for key, value in (("operation", operation), ("model", model)):
+            if not isinstance(value, str):
+                raise ConfigurationError(f"job request: {key} must be a string")
+        for key, value in (("paillier_bits", bits), ("max_iterations", iters)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigurationError(f"job request: {key} must be an integer")
+        min_inter = data.get("min_intersection")
+        if min_inter is not None and (
+            isinstance(min_inter, bool) or not isinstance(min_inter, int)
+        ):
+            raise ConfigurationError("job request: min_intersection must be an integer or null")
+        features = data.get("features")
+        if features is not None:
+            if not isinstance(features, Mapping) or not all(
+                isinstance(v, list | tuple) and all(isinstance(c, str) for c in v)
+                for v in features.values()
+            ):
+                raise ConfigurationError(
+                    "job request: features must map party names to lists of column names"
+                )
+            features = {str(k): tuple(v) for k, v in features.items()}
+        return cls(
+            operation=operation,
+            model=model,
+            paillier_bits=bits,
+            max_iterations=iters,
+            features=features,
+            min_intersection=min_inter,
+        )
+
+    def to_json(self) -> str:
+        """Compact JSON text (for a ConfigRecord string value)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> JobRequest:
+        """Parse :meth:`to_json` output."""
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError("job request: not valid JSON") from exc
+        return cls.from_dict(data)
+
+
+def check_features(agreement: Agreement, party: str, columns: Iterable[str]) -> None:
+    """Refuse any column ``party`` may not contribute (rule ``"features"``)."""
+    terms = agreement.party(party)
+    bad = sorted({c for c in columns if not agreement.feature_allowed(party, c)})
+    if not bad:
+        return
+    reasons = []
+    for c in bad:
+        if c in terms.id_columns:
+            reasons.append(f"{c} (id column)")
+        elif party == agreement.label_owner and c == agreement.label_column:
+            reasons.append(f"{c} (label column)")
+        elif c in terms.denied_features:
+            reasons.append(f"{c} (denied)")
+        else:
+            reasons.append(f"{c} (not in allowed-features)")
+    raise PolicyViolation(
+        "features",
+        f"party '{party}' may not use column(s) {', '.join(reasons)}: drop them from the job "
+        "or amend and re-sign the agreement",
+    )
+
+
+def check_job(signed: SignedAgreement, job: JobRequest, now: datetime | None = None) -> None:
+    """Refuse a job the signed agreement does not allow.
+
+    Checks, in order: signatures, validity window, operation, model, Paillier key size,
+    iteration budget, feature columns per party, and that the job does not lower the minimum
+    intersection.
+
+    Raises
+    ------
+    PolicyViolation
+        With rule ``"signatures"``, ``"validity"``, ``"operation"``, ``"model"``,
+        ``"paillier_bits"``, ``"max_iterations"``, ``"parties"``, ``"features"`` or
+        ``"min_intersection"``.
+    """
+    signed.verify(now)
+    a = signed.agreement
+    if job.operation not in a.allowed_operations:
+        raise PolicyViolation(
+            "operation",
+            f"operation '{job.operation}' is not allowed by the agreement (allowed: "
+            f"{', '.join(a.allowed_operations)}): request an allowed operation",
+        )
+    if job.model not in a.allowed_models:
+        raise PolicyViolation(
+            "model",
+            f"model '{job.model}' is not allowed by the agreement (allowed: "
+            f"{', '.join(a.allowed_models)}): request an allowed model",
+        )
+    floor = max(a.min_paillier_bits, PAILLIER_FLOOR_BITS)
+    if isinstance(job.paillier_bits, bool) or job.paillier_bits < floor:
+        raise PolicyViolation(
+            "paillier_bits",
+            f"a {job.paillier_bits}-bit Paillier key is below the minimum of {floor} bits: "
+            f"generate a key of at least {floor} bits",
+        )
+    if job.max_iterations < 1 or job.max_iterations > a.max_iterations:
+        raise PolicyViolation(
+            "max_iterations",
+            f"max_iterations {job.max_iterations} is outside 1..{a.max_iterations} allowed by "
+            "the agreement: lower it",
+        )
+    if job.features is not None:
+        for party, columns in sorted(job.features.items()):
+            check_features(a, party, columns)
+    if job.min_intersection is not None and job.min_intersection < a.min_intersection:
+        raise PolicyViolation(
+            "min_intersection",
+            f"the job asks for a minimum intersection of {job.min_intersection}, below the "
+            f"agreement's {a.min_intersection}: a job may only raise it",
+        )
+
+
+def check_min_intersection(agreement: Agreement, count: int) -> None:
+    """Refuse an intersection smaller than the agreement's minimum (rule ``"min_intersection"``)."""
+    if count < agreement.min_intersection:
+        raise PolicyViolation(
+            "min_intersection",
+            f"the intersection has {count} rows, below the agreement's minimum of "
+            f"{agreement.min_intersection}: nothing about the joint rows is revealed; bring "
+            "more overlapping customers or amend the agreement",
+        )
+
+
+def check_min_cohort(agreement: Agreement, count: int, what: str) -> None:
+    """Refuse releasing an aggregate over fewer than ``min_cohort`` rows (rule ``"min_cohort"``).
+
+    Parameters
+    ----------
+    what : str
+        What the aggregate is (e.g. ``"evaluation metrics"``, ``"lift bucket 3"``).
+    """
+    if count < agreement.min_cohort:
+        raise PolicyViolation(
+            "min_cohort",
+            f"{what} would cover {count} rows, below the minimum cohort of "
+            f"{agreement.min_cohort}: use a larger group (fewer buckets, a larger hold-out)",
+        )
+
+
+def check_set_size(agreement: Agreement, party: str, n: int) -> None:
+    """Refuse an id set larger than the party's declared maximum (rule ``"max_set_size"``)."""
+    limit = agreement.party(party).max_set_size
+    if n > limit:
+        raise PolicyViolation(
+            "max_set_size",
+            f"party '{party}' brings {n} ids, above its maximum set size of {limit}: "
+            "align a smaller set or amend the agreement",
+        )
+
+
+def check_party_presence(agreement: Agreement, present: Iterable[str]) -> None:
+    """Refuse unless exactly the agreement's parties are present (rule ``"parties"``)."""
+    seen = list(present)
+    expected = set(agreement.party_names)
+    missing = sorted(expected - set(seen))
+    unknown = sorted(set(seen) - expected)
+    twice = sorted({n for n in seen if seen.count(n) > 1})
+    if not (missing or unknown or twice):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing: {', '.join(missing)} (start their SuperNodes)")
+    if unknown:
+        parts.append(f"not in the agreement: {', '.join(unknown)} (check node-config 'party')")
+    if twice:
+        parts.append(f"present more than once: {', '.join(twice)} (one SuperNode per party)")
+    raise PolicyViolation("parties", "; ".join(parts))
+
+
+def check_same_agreement(expected_hash: str, reported: Mapping[str, str]) -> None:
+    """Refuse unless every party reports the same terms hash (rule ``"agreement_hash"``)."""
+    differ = sorted(name for name, h in reported.items() if h != expected_hash)
+    if differ:
+        raise PolicyViolation(
+            "agreement_hash",
+            f"party(ies) {', '.join(differ)} hold a different agreement than "
+            f"{expected_hash[:16]}...: distribute the same signed agreement file to every party",
+        )
+
+
+def check_identity(agreement: Agreement, identity: PublicIdentity) -> None:
+    """Refuse when the agreement does not list ``identity``'s keys for it (rule ``"identity"``).
+
+    A party calls this with its own public keys before trusting an agreement file: it proves
+    the file names *this* party's keys, not keys substituted by someone else.
+    """
+    terms = agreement.party(identity.party)
+    if (terms.signing_key, terms.exchange_key) != (identity.signing_key, identity.exchange_key):
+        raise PolicyViolation(
+            "identity",
+            f"the agreement lists other keys for '{identity.party}' than this party's key "
+            f"(fingerprint {identity.fingerprint}): use the agreement you signed",
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# creation
+# ----------------------------------------------------------------------------------------------
+
+
+def _per_party(value: Any, name: str, default: Any) -> Any:
+    if isinstance(value, Mapping):
+        return value.get(name, default)
+    return value
+
+
+def init_agreement(
+    purpose: str,
+    label_owner: str,
+    label_column: str,
+    id_column: str | Sequence[str] | Mapping[str, str | Sequence[str]],
+    id_kind: str | Mapping[str, str],
+    parties: Mapping[str, PublicIdentity],
+    positive_class: str | None = None,
+    min_intersection: int = DEFAULT_MIN_INTERSECTION,
+    *,
+    min_cohort: int = DEFAULT_MIN_COHORT,
+    min_paillier_bits: int = PAILLIER_FLOOR_BITS,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    max_set_size: int | Mapping[str, int] = DEFAULT_MAX_SET_SIZE,
+    result_owner: str | None = None,
+    allowed_models: Sequence[str] = MODEL_KINDS,
+    allowed_operations: Sequence[str] = OPERATIONS,
+    allowed_features: Mapping[str, Sequence[str] | None] | None = None,
+    denied_features: Mapping[str, Sequence[str]] | None = None,
+    default_country_code: str | Mapping[str, str] = "",
+    case_sensitive: bool | None | Mapping[str, bool | None] = None,
+    valid_days: float = DEFAULT_VALID_DAYS,
+    not_before: datetime | None = None,
+    agreement_id: str | None = None,
+) -> Agreement:
+    """Draft new agreement terms (unsigned).
+
+    Parameters
+    ----------
+    purpose : str
+        Free text: what the collaboration is for.
+    label_owner, label_column : str
+        The party holding the labels, and the label column.
+    id_column : str, sequence of str, or mapping party -> column(s)
+        The id column(s), the same for every party or per party.
+    id_kind : str or mapping party -> str
+        ``"email"``, ``"phone"`` or ``"plain"``.
+    parties : mapping of party name to PublicIdentity
+        Every party's public keys (from its ``NAME.pub``); the name must match the file's.
+    positive_class : str or None
+        Label value of the positive class; ``None`` means labels are 0/1.
+    valid_days : float
+        Length of the validity window starting at ``not_before`` (default: now).
+
+    Other keyword arguments set the terms of the same name; per-party ones accept a mapping.
+
+    Returns
+    -------
+    Agreement
+        With a fresh random agreement id (uuid4 hex).
+    """
+    if label_owner not in parties:
+        raise ConfigurationError(
+            f"label owner '{label_owner}' is not one of the parties ({', '.join(sorted(parties))})"
+        )
+    for name, ident in parties.items():
+        if ident.party != name:
+            raise ConfigurationError(
+                f"the public key given for '{name}' belongs to party '{ident.party}'"
+            )
+    if unknown := sorted(set(denied_features or {}) - set(parties)):
+        raise ConfigurationError(f"denied features name unknown party(ies): {', '.join(unknown)}")
+    if unknown := sorted(set(allowed_features or {}) - set(parties)):
+        raise ConfigurationError(f"allowed features name unknown party(ies): {', '.join(unknown)}")
+    start = _now(not_before).replace(microsecond=0)
+    if not valid_days > 0:
+        raise ConfigurationError(f"valid days must be positive, got {valid_days}")
+    terms = []
+    for name, ident in parties.items():
+        ids = _per_party(id_column, name, None)
+        if ids is None:
+            raise ConfigurationError(f"no id column given for party '{name}'")
+        if isinstance(ids, str):
+            ids = (ids,)
+        kind = _per_party(id_kind, name, None)
+        if kind is None:
+            raise ConfigurationError(f"no id kind given for party '{name}'")
+        terms.append(
+            PartyTerms(
+                name=name,
+                role=ROLE_LABEL_OWNER if name == label_owner else ROLE_PASSIVE,
+                signing_key=ident.signing_key,
+                exchange_key=ident.exchange_key,
+                id_columns=tuple(ids),
+                id_kind=kind,
+                default_country_code=_per_party(default_country_code, name, ""),
+                case_sensitive=_per_party(case_sensitive, name, None),
+                allowed_features=(
+                    None
+                    if allowed_features is None or allowed_features.get(name) is None
+                    else tuple(allowed_features[name])  # type: ignore[arg-type]
+                ),
+                denied_features=tuple((denied_features or {}).get(name, ())),
+                max_set_size=_per_party(max_set_size, name, DEFAULT_MAX_SET_SIZE),
+            )
+        )
+    return Agreement(
+        agreement_id=agreement_id or uuid.uuid4().hex,
+        purpose=purpose,
+        not_before=start,
+        not_after=start + timedelta(days=valid_days),
+        parties=tuple(terms),
+        label_owner=label_owner,
+        label_column=label_column,
+        positive_class=positive_class,
+        result_owner=result_owner or label_owner,
+        allowed_models=tuple(allowed_models),
+        allowed_operations=tuple(allowed_operations),
+        min_intersection=min_intersection,
+        min_cohort=min_cohort,
+        min_paillier_bits=min_paillier_bits,
+        max_iterations=max_iterations,
+    )
