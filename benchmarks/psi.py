@@ -46,6 +46,9 @@ x25519_us_per_op (single core, cached private key), floor_ids_per_sec_per_core
 (1 / (2 x seconds per op)), efficiency (ratio of the two), naive_x25519_us_per_op (with
 from_private_bytes per op), correct (1 iff both parties get the plain set intersection in the
 same order), peak_rss_mb (max RSS of this process + largest reaped child, i.e. a pool worker).
+cpu_share (CPU seconds / (wall seconds x cores) while the pool was open: warm-up,
+id generation, the timed part and the check), other_cpu_share (the same for every other
+process on the machine, from /proc/stat: a busy machine slows the run), load_avg_1min_before.
 The blinding pool is opened (and its workers started) before the ids are generated."""
 
 
@@ -84,6 +87,24 @@ def make_ids(n: int) -> tuple[list[str], list[str], int]:
     return lo, passive, shared
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its reaped children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def machine_busy_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine since boot (Linux /proc/stat), else None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = [int(x) for x in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -103,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     workers = args.workers or cores
 
+    load_before = os.getloadavg()[0]
     per_op, naive_per_op = measure_x25519(args.floor_points)
     print(f"X25519 single core: {per_op * 1e6:.1f} us/op with a cached private key")
     print(f"X25519 single core: {naive_per_op * 1e6:.1f} us/op with from_private_bytes per op")
@@ -110,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     # A long-lived party process keeps one pool; open it (and start its workers) before the
     # ids exist. 'spawn' forks before it execs, so a worker started from a large parent
     # reports the parent's RSS in RUSAGE_CHILDREN although it never uses that memory.
+    pool_cpu_start = cpu_seconds()
+    busy_start = machine_busy_seconds()
+    pool_start = time.perf_counter()
     with blinding_pool(workers) as pool:
         warm = np.zeros((POOL_MIN_POINTS, 32), dtype=np.uint8)
         warm[:, 0] = 9
@@ -133,6 +158,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         seconds = time.perf_counter() - start
         align_seconds = seconds - normalize_seconds
+    # Workers are reaped when the pool closes: only then is their CPU time counted.
+    pool_wall = time.perf_counter() - pool_start
+    own_cpu = cpu_seconds() - pool_cpu_start
+    cpu_share = own_cpu / (pool_wall * cores)
+    busy_end = machine_busy_seconds()
+    other_share = (
+        None
+        if busy_start is None or busy_end is None
+        else max(0.0, (busy_end - busy_start - own_cpu) / (pool_wall * cores))
+    )
 
     lo_rows, passive_rows = result["label_owner"], result["passive"]
     joint_lo = [lo_ids[i] for i in lo_rows.tolist()]
@@ -163,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         "naive_x25519_us_per_op": round(naive_per_op * 1e6, 2),
         "correct": correct,
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "cpu_share": round(cpu_share, 3),
+        "other_cpu_share": None if other_share is None else round(other_share, 3),
+        "load_avg_1min_before": round(load_before, 2),
     }
     print(
         f"normalization {normalize_seconds:.2f} s, alignment {align_seconds:.2f} s, "
@@ -174,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"joint rows {len(joint_lo)} (expected {len(expected)}), correct={correct}")
     print(f"peak RSS {report['peak_rss_mb']:.0f} MB (this process + largest child)")
+    print(
+        f"CPU used {cpu_share:.0%} of {cores} cores while the pool was open; "
+        f"other processes used {other_share if other_share is not None else float('nan'):.0%}"
+        f" (1-min load average before the run: {load_before:.2f})"
+    )
     print(json.dumps(report))
     return 0 if correct else 1
 

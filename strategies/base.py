@@ -48,7 +48,9 @@ progress_logger = logging.getLogger("vfm_flower.progress")
 
 def log_progress(event: str, details: dict[str, Any]) -> None:
     """Default progress sink: a log record the CLI (or any log handler) can render."""
-    progress_logger.info("%s %s", event, details, extra={"vfm_event": event, "vfm_details": details})
+    progress_logger.info(
+        "%s %s", event, details, extra={"vfm_event": event, "vfm_details": details}
+    )
 
 
 @dataclass
@@ -261,7 +263,8 @@ class VerticalStrategy(ABC):
             )
         check_party_presence(self.agreement, by_party)
         check_same_agreement(
-            self.agreement_hash, {p: str(r.public.get("agreement_hash")) for p, r in by_party.items()}
+            self.agreement_hash,
+            {p: str(r.public.get("agreement_hash")) for p, r in by_party.items()},
         )
         for party, reply in by_party.items():
             rows = int(reply.public.get("rows", 0))
@@ -398,14 +401,18 @@ class VerticalStrategy(ABC):
         """
         self.begin_phase("align")
         lo = self.agreement.label_owner
-        first = self.exchange("query.align", {p: self.request("query.align", 1) for p in self.parties})
+        first = self.exchange(
+            "query.align", {p: self.request("query.align", 1) for p in self.parties}
+        )
         inboxes = self.relay(first.values())
         second = self.exchange(
             "query.align",
             {p: self.request("query.align", 2, inbox=inboxes[p]) for p in self.parties},
         )
         inboxes = self.relay(second.values())
-        third = self.exchange("query.align", {lo: self.request("query.align", 3, inbox=inboxes[lo])})
+        third = self.exchange(
+            "query.align", {lo: self.request("query.align", 3, inbox=inboxes[lo])}
+        )
         self.carry = self.relay(third.values())
         joint = int(third[lo].public.get("joint_rows", 0))
         self.result.joint_rows = joint
@@ -423,8 +430,14 @@ class VerticalStrategy(ABC):
 
     def end_phase(self, name: str, **sizes: int) -> None:
         stats = self.result.phases[name]
-        self.audit.record(name, stats.rounds, "ok", sizes={"rounds": stats.rounds, **sizes},
-                          bytes_in=stats.bytes_from_parties, bytes_out=stats.bytes_to_parties)
+        self.audit.record(
+            name,
+            stats.rounds,
+            "ok",
+            sizes={"rounds": stats.rounds, **sizes},
+            bytes_in=stats.bytes_from_parties,
+            bytes_out=stats.bytes_to_parties,
+        )
         logger.info(
             "phase %s done: %d rounds, %.1fs, %d bytes to parties, %d bytes from parties",
             name,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from strategies.base import VerticalStrategy
 from strategies.settings import ServerSettings
 from vfm_flower.agreement import SignedAgreement
-from vfm_flower.errors import ConfigurationError
+from vfm_flower.errors import ConfigurationError, ProtocolAbort
+from vfm_flower.masking import sum_masked
 
 
 class VerticalRegression(VerticalStrategy):
@@ -25,6 +28,95 @@ class VerticalRegression(VerticalStrategy):
 
     def run_phases(self) -> None:
         self.align()
+        if self.job.operation in ("train", "evaluate"):
+            self.train()
+        else:
+            raise ConfigurationError(f"operation '{self.job.operation}' is not supported yet")
+
+    @property
+    def training_params(self) -> dict[str, Any]:
+        return {"l2": self.l2, "holdout_fraction": self.holdout_fraction}
+
+    def train(self) -> None:
+        """Prepare, iterate (4 rounds each), finish: see ``vfm_flower.steps.training``."""
+        self.begin_phase("train")
+        lo = self.agreement.label_owner
+        passives = list(self.agreement.passive_parties)
+        params = self.training_params
+        prepared = self.exchange(
+            "train.prepare",
+            {
+                p: self.request("train.prepare", 0, params=params, inbox=self.take_carry(p))
+                for p in self.parties
+            },
+        )
+        joint = {p: int(r.public.get("joint_rows", -1)) for p, r in prepared.items()}
+        for party, count in joint.items():
+            if count != joint[lo]:
+                raise ProtocolAbort(
+                    "train", party, f"holds {count} aligned rows, the label owner {joint[lo]}"
+                )
+        pending: dict[str, dict[tuple[str, str], bytes]] = {}
+        inboxes: dict[str, dict[tuple[str, str], bytes]] = {}
+        limit = int(self.job.max_iterations)
+        t = 0
+        while True:
+            sums = {}
+            if passives:
+                forward = self.exchange(
+                    "train.forward",
+                    {
+                        p: self.request("train.forward", t, params=params, inbox=pending.get(p))
+                        for p in passives
+                    },
+                )
+                sums["forward"] = sum_masked([forward[p].masked["forward"] for p in passives])
+            residual = self.exchange(
+                "train.residual", {lo: self.request("train.residual", t, params=params, sums=sums)}
+            )[lo]
+            self.progress(
+                "iteration",
+                {
+                    "iteration": t,
+                    "max_iterations": limit,
+                    "train_loss": residual.public.get("objective"),
+                    "holdout_loss": residual.public.get("holdout_loss"),
+                },
+            )
+            inboxes = self.relay([residual])
+            if residual.public.get("stop"):
+                break
+            if t >= limit:
+                raise ProtocolAbort(
+                    "train", lo, f"did not stop within max-iterations={limit} (agreement term)"
+                )
+            backward = self.exchange(
+                "train.backward",
+                {
+                    p: self.request("train.backward", t, params=params, inbox=inboxes[p])
+                    for p in passives
+                },
+            )
+            inboxes = self.relay(backward.values())
+            decrypted = self.exchange(
+                "train.decrypt",
+                {lo: self.request("train.decrypt", t, params=params, inbox=inboxes[lo])},
+            )
+            pending = self.relay(decrypted.values())
+            t += 1
+        finished = self.exchange(
+            "train.finish",
+            {
+                p: self.request("train.finish", t, params=params, inbox=inboxes.get(p))
+                for p in self.parties
+            },
+        )
+        stats = self.result.phases["train"]
+        self.result.public.update(finished[lo].public)
+        self.result.public["iterations"] = t
+        self.result.public["rounds_per_iteration"] = 4 if passives else 1
+        self.result.public["train_rounds"] = stats.rounds
+        self.end_phase("train", iterations=t)
 
 
 class VerticalLogisticRegression(VerticalRegression):

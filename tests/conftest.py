@@ -97,8 +97,10 @@ def synthetic_frames(
         only = [f"only{party}{i:04d}@example.com" for i in range(n_only)]
         ids = shared + only
         values = np.concatenate([x[party], rng.normal(size=n_only)])
-        ids_fmt = [s.upper() if (k == 1 and i % 2) else f" {s} " if k == 2 else s
-                   for i, s in enumerate(ids)]
+        ids_fmt = [
+            s.upper() if (k == 1 and i % 2) else f" {s} " if k == 2 else s
+            for i, s in enumerate(ids)
+        ]
         frame = pd.DataFrame({"email": ids_fmt, f"{party}_x": values})
         if party == parties[0]:
             frame["y"] = np.concatenate([y, rng.integers(0, 2, n_only)])

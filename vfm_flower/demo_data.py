@@ -49,10 +49,7 @@ def load_caravan() -> pd.DataFrame:
 
 def _emails(ids: np.ndarray) -> np.ndarray:
     return np.array(
-        [
-            f"{_FIRST[i % len(_FIRST)]}.customer{i:06d}@{_DOMAINS[i % len(_DOMAINS)]}"
-            for i in ids
-        ],
+        [f"{_FIRST[i % len(_FIRST)]}.customer{i:06d}@{_DOMAINS[i % len(_DOMAINS)]}" for i in ids],
         dtype=object,
     )
 
@@ -104,7 +101,7 @@ def write_demo_parties(out_dir: str | os.PathLike[str], seed: int = 2000) -> Dem
         extra_ids = np.arange(next_id, next_id + _EXTRA[party])
         next_id += _EXTRA[party]
         prefix = _COLUMN_PREFIX[party]
-        columns = [c for c in table.columns if c.startswith(prefix)]
+        columns = [c for c in table.columns if c.startswith(prefix) and c != DEMO_LABEL_COLUMN]
         if party == DEMO_LABEL_OWNER:
             columns.append(DEMO_LABEL_COLUMN)
         rows = np.concatenate([real, extra_rows])

@@ -41,14 +41,21 @@ current search direction ``s_k`` and its previous step ``p_k``. One iteration is
 
 For a quadratic objective (linear regression) exact minimization over ``span{s, p}`` is the
 preconditioned conjugate-gradient method: it is exact after at most ``n_params`` iterations
-and in practice converges in about 10. For logistic regression it is a nonlinear conjugate
+and in practice converges in about 12. For logistic regression it is a nonlinear conjugate
 gradient with an *exact* plane search (memory-gradient / SESOP family): the objective
-decreases monotonically, no step size, momentum schedule or restart rule has to be tuned
-(``b = 0`` *is* a restart, chosen by the search when it pays), and it typically reaches a
-relative objective gap of 1e-4 in 15 to 25 iterations on standardized data. A plain
-preconditioned gradient step with step ``1/K`` (the MM bound ``X^T X <= K blockdiag``) is
-one point of the plane, so each iteration decreases the objective at least as much as that
-provably monotone step.
+decreases monotonically and no step size, momentum schedule or restart rule has to be
+tuned (``b = 0`` *is* a restart, chosen by the search when it pays). The preconditioned
+gradient step of size ``1/K`` (provably monotone by Böhning's bound and
+``X^T X <= K blockdiag(X_k^T X_k)``, with ``M_k`` set up on the training rows) is the point
+``(a, b) = (1/K, 0)`` of the plane, so each iteration decreases the objective at least as
+much as that majorize-minimize step. (When parties set up ``M_k`` on all aligned rows so as
+not to learn the hold-out split, ``s`` is still a descent direction with a bounded
+preconditioner, and exact search along it converges.) On the
+demo data (three parties, ``l2 = 1e-3``) it stops on the default tolerance after about 30
+iterations with the hold-out AUC within 5e-4 of centralized scikit-learn (within 0.003
+after 10 iterations); with ``l2 = 1e-2`` after about 18. Iterations with Nesterov momentum
+and adaptive restart on the same preconditioner gave an objective gap 5 to 10 times larger
+after 40 iterations; per-party L-BFGS directions added to the search did not help.
 
 What is shared
 --------------
@@ -421,7 +428,7 @@ class BlockOptimizer:
         return np.array([x @ x, x @ s, x @ p, s @ s, s @ p, p @ p], dtype=np.float64)
 
     def partial_score(self, X: np.ndarray) -> np.ndarray:
-        """Plaintext forward message ``X_k v`` (+ the intercept entry) for ``v = forward_weights()``.
+        """Plaintext forward message ``X_k v`` (+ intercept) for ``v = forward_weights()``.
 
         Parameters
         ----------
@@ -620,7 +627,7 @@ class ConvergenceMonitor:
     """
 
     max_iterations: int = 40
-    tol: float = 1e-6
+    tol: float = 1e-5
     window: int = 2
     patience: int | None = None
     min_delta: float = 0.0
@@ -668,9 +675,7 @@ class ConvergenceMonitor:
         mark_best = False
         if holdout_loss is not None and math.isfinite(holdout_loss):
             self.holdout_loss.append(float(holdout_loss))
-            best = (
-                self.holdout_loss[self.best_iteration] if self.best_iteration >= 0 else math.inf
-            )
+            best = self.holdout_loss[self.best_iteration] if self.best_iteration >= 0 else math.inf
             if holdout_loss < best - self.min_delta:
                 self.best_iteration = t
                 mark_best = True
@@ -1111,6 +1116,8 @@ def holdout_split(
     labels = np.asarray(stratify).ravel()
     if labels.size != n:
         raise DataError(f"stratify has {labels.size} rows, expected {n}")
+    if np.unique(labels).size > max(2, n // 2):
+        raise ConfigurationError("stratify expects class labels, not a continuous target")
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
         k = int(round(fraction * idx.size))

@@ -385,6 +385,8 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 
 
 def _resolve_workers(workers: int | None, work: int, threshold: int) -> int:
+    if multiprocessing.current_process().daemon:
+        return 1  # daemonic processes cannot have children
     if workers is None:
         return max(1, os.cpu_count() or 1) if work >= threshold else 1
     if workers < 1:
@@ -690,6 +692,11 @@ class CRTDecryptor:
     def __repr__(self) -> str:
         return f"CRTDecryptor(bits={self._n.bit_length()})"
 
+    @property
+    def key_bits(self) -> int:
+        """Size of the modulus in bits."""
+        return int(self._n.bit_length())
+
     def decrypt(self, ciphertext: int) -> mpz:
         """Raw plaintext in ``[0, n)`` of one ciphertext."""
         c = mpz(ciphertext)
@@ -902,7 +909,7 @@ def encrypted_dot_products(
         ``n`` ciphertexts ``[[d_i]]`` (ours or ``phe``'s raw ciphertexts).
     X_int : np.ndarray
         ``n x m`` integer matrix (``int64``, e.g. from :func:`quantize_features`), any sign,
-        ``|x| < 2**62``.
+        ``|x| < 2**61``.
     nsquare : int
         ``n**2`` of the public key.
     workers : int, optional
@@ -922,6 +929,8 @@ def encrypted_dot_products(
     rows, cols = X.shape
     if rows != len(enc_d):
         raise ValueError(f"X has {rows} rows but {len(enc_d)} ciphertexts were given")
+    if X.size and int(np.max(np.abs(X.astype(np.int64)))) >= 2**61:
+        raise ValueError("X_int entries must satisfy |x| < 2**61")
     if rows == 0:
         return [_ONE] * cols
     n2 = mpz(nsquare)
@@ -1231,8 +1240,17 @@ def masked_encrypted_gradient(
     return payload, state
 
 
-def decrypt_masked_gradient(private: PaillierPrivateKey, packed: PackedCiphertexts) -> np.ndarray:
+def decrypt_masked_gradient(
+    private: PaillierPrivateKey | CRTDecryptor, packed: PackedCiphertexts
+) -> np.ndarray:
     """Label owner: decrypt and unpack the masked gradient (it learns only masked values).
+
+    Parameters
+    ----------
+    private : PaillierPrivateKey or CRTDecryptor
+        The label owner's key (pass a :class:`CRTDecryptor` to reuse its precomputation).
+    packed : PackedCiphertexts
+        A passive party's reply.
 
     Returns
     -------
@@ -1240,7 +1258,9 @@ def decrypt_masked_gradient(private: PaillierPrivateKey, packed: PackedCiphertex
         ``object`` array of ``packed.count`` non-negative Python ints ``g_j + offset + r_j``,
         to return to the party (see :func:`masked_values_to_bytes`).
     """
-    decryptor = CRTDecryptor(private)
+    decryptor = private if isinstance(private, CRTDecryptor) else CRTDecryptor(private)
+    if packed.slot_bits * packed.slots_per_ciphertext > decryptor.key_bits - 1:
+        raise ValueError("packed gradient declares slots that do not fit the key")
     values: list[int] = []
     remaining = packed.count
     for c in packed.ciphertexts:

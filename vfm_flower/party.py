@@ -162,8 +162,9 @@ class PartyRuntime:
         self.party = settings.party
         self.work_dir = settings.work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._replay = ReplayGuard(self.state.get("replay_ids", "").split(",") if self.state.get(
-            "replay_ids") else ())
+        self._replay = ReplayGuard(
+            self.state.get("replay_ids", "").split(",") if self.state.get("replay_ids") else ()
+        )
         self._audit: AuditLog | None = None
         self.request: StepRequest | None = None
 
@@ -189,7 +190,9 @@ class PartyRuntime:
             raise ProtocolAbort("session", self.party, "no session yet: the hello phase must run")
         return str(key)
 
-    def seal(self, recipient: str, topic: str, plaintext: bytes, *, phase: str, round: int) -> bytes:
+    def seal(
+        self, recipient: str, topic: str, plaintext: bytes, *, phase: str, round: int
+    ) -> bytes:
         """Encrypt and sign a payload for another party of the agreement."""
         peer = self.agreement.party(recipient).public_identity
         return seal_envelope(
@@ -202,7 +205,9 @@ class PartyRuntime:
             plaintext=plaintext,
         )
 
-    def open(self, request: StepRequest, sender: str, topic: str, *, phase: str, round: int) -> bytes:
+    def open(
+        self, request: StepRequest, sender: str, topic: str, *, phase: str, round: int
+    ) -> bytes:
         """Verify and decrypt the envelope ``sender`` sent on ``topic``; refuse anything else."""
         blob = request.inbox.get((sender, topic))
         if blob is None:
@@ -272,7 +277,11 @@ class PartyRuntime:
             request.kind,
             request.step,
             "ok",
-            sizes={k: v for k, v in reply.public.items() if isinstance(v, int)},
+            sizes={
+                k: v
+                for k, v in reply.public.items()
+                if isinstance(v, int) and not isinstance(v, bool)
+            },
             bytes_in=bytes_in,
             bytes_out=bytes_out,
             payload_hashes=[payload_hash(b) for b in reply.outbox.values()],

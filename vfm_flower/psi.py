@@ -3,9 +3,9 @@
 Protocol (hub form: the label owner LO aligns with every passive party P_k; the server only
 relays end-to-end encrypted envelopes, which is not this module's concern):
 
-1. Every party normalizes its ids (:mod:`vfm_flower.normalize`) and hashes each one to a
-   32-byte X25519 u-coordinate, ``H(id)``, domain-separated by agreement and run
-   (:func:`psi_domain`, :func:`hash_ids_to_points`).
+1. Every party normalizes its ids (:mod:`vfm_flower.normalize`) and hashes each one to the
+   32-byte X25519 u-coordinate of a point on Curve25519 (never its twist), ``H(id)``,
+   domain-separated by agreement and run (:func:`psi_domain`, :func:`hash_ids_to_points`).
 2. Every party draws a fresh secret scalar per run (:class:`PsiSecret`): ``a`` for LO,
    ``b_k`` for P_k. Blinding is X25519 scalar multiplication, ``P^s`` (multiplicative
    notation); clamped scalars multiply, so ``(P^a)^b == (P^b)^a``.
@@ -21,14 +21,17 @@ relays end-to-end encrypted envelopes, which is not this module's concern):
 
 What each party learns (the accepted leakage of the design): LO learns which of its own rows
 each passive party holds (pairwise membership of its own customers) and every set size;
-P_k learns the size of LO's set and which of its own rows are joint, in the common order;
-nobody learns anything about ids it does not hold (decisional Diffie-Hellman on Curve25519
-and its twist, hash modelled as a random oracle). Semi-honest model: a party that deviates
-(e.g. returns shuffled doubles) can spoil the alignment but not read ids it does not hold.
+P_k learns the size of LO's set and which of its own rows are joint (joint with *all*
+parties, not pairwise), in the common order; nobody learns anything about ids it does not
+hold (decisional Diffie-Hellman in Curve25519's prime-order group, hash modelled as a random
+oracle). Semi-honest model: a party that deviates (e.g. returns its doubles reordered) can
+spoil the alignment but not read ids it does not hold. A passive party that colluded with LO
+would learn which of its own rows LO and the others hold, as LO does.
 
-Performance: two X25519 operations per id per party is the floor; blinding runs in a
-process pool over all cores in chunks (bounded memory), hashing and matching are cheap by
-comparison (one SHA-256 per id; numpy sort and binary search on 32-byte rows).
+Performance: two X25519 operations per id per party (about 33 us each here) is the floor.
+Hashing (about 5 us per id: two SHA-256 and Legendre-symbol attempts on average) and
+blinding run in one process pool over all cores, in chunks (bounded memory); matching is a
+numpy sort and binary search on 64-bit prefixes, verified on all 32 bytes.
 
 Matching never goes through an unordered Python set (PaddleFL #156 silently misaligned
 rows that way): positions are exact 32-byte comparisons on numpy arrays.
@@ -52,7 +55,9 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
+import gmpy2
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -70,9 +75,13 @@ DEFAULT_CHUNK_SIZE = 4096
 POOL_MIN_POINTS = 16384
 """Below this many points blinding runs in-process (pool start-up would cost more)."""
 
-_HASH_TAG = b"vfm-flower/v1/psi-hash-to-u"
+_HASH_TAG = b"vfm-flower/v1/psi-hash-to-curve25519"
 _DOMAIN_TAG = b"vfm-flower/v1/psi-domain"
 _VOID32 = np.dtype((np.void, POINT_BYTES))
+_FIELD_PRIME = 2**255 - 19
+_CURVE_A = 486662  # Curve25519: v^2 = u^3 + A u^2 + u
+_U_MASK = (1 << 255) - 1
+_COUNTERS = tuple(bytes((i,)) for i in range(256))
 _POSITION_DTYPE = np.dtype("<i8")
 
 
@@ -108,12 +117,61 @@ def psi_domain(agreement_id: str, run_id: str) -> bytes:
     )
 
 
-def hash_ids_to_points(ids: Sequence[str], domain: bytes) -> np.ndarray:
-    """Hash normalized ids to X25519 u-coordinates.
+def _hash_chunk(domain: bytes, ids: Sequence[str]) -> bytes | int:
+    """Hash ids to on-curve u-coordinates (see :func:`hash_ids_to_points`).
 
-    ``SHA-256(tag || len(domain) || domain || len(id) || id)`` with 4-byte big-endian lengths
-    and UTF-8 ids; the top bit of the last byte is cleared (RFC 7748: X25519 ignores it), so
-    two different digests give two different points.
+    Runs in pool workers: a list of str in, bytes out. Returns the chunk-relative index of
+    the first value that is not a string instead of bytes.
+    """
+    base = hashlib.sha256(_HASH_TAG + _length_prefixed(domain))
+    copy = base.copy
+    mpz = gmpy2.mpz
+    legendre = gmpy2.legendre
+    prime = mpz(_FIELD_PRIME)
+    out: list[bytes] = []
+    append = out.append
+    for row, value in enumerate(ids):
+        try:
+            data = value.encode("utf-8")
+        except (AttributeError, UnicodeEncodeError):
+            return row
+        h = copy()
+        h.update(len(data).to_bytes(4, "big") + data)
+        for counter in _COUNTERS:
+            attempt = h.copy()
+            attempt.update(counter)
+            u = int.from_bytes(attempt.digest(), "little") & _U_MASK
+            m = mpz(u)
+            # On the curve (not its twist) and not u = 0: u^3 + A u^2 + u is a non-zero square.
+            if u < _FIELD_PRIME and legendre((m * (m * (m + _CURVE_A) + 1)) % prime, prime) == 1:
+                append(u.to_bytes(POINT_BYTES, "little"))
+                break
+        else:  # pragma: no cover - probability 2^-256
+            raise DataError("hash_ids_to_points: no curve point found for an id")
+    return b"".join(out)
+
+
+def hash_ids_to_points(
+    ids: Sequence[str],
+    domain: bytes,
+    *,
+    workers: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    executor: Executor | None = None,
+) -> np.ndarray:
+    """Hash normalized ids to X25519 u-coordinates of points on Curve25519.
+
+    ``u = SHA-256(tag || len(domain) || domain || len(id) || id || counter)`` read
+    little-endian with the top bit cleared (RFC 7748: X25519 ignores it, so two different
+    digests stay two different points), for the first one-byte counter 0, 1, ... whose ``u``
+    is canonical (``u < 2^255 - 19``) and lies on the curve rather than on its quadratic
+    twist (Legendre symbol of ``u^3 + A u^2 + u``, gmpy2); about two attempts per id.
+    Lengths are 4-byte big-endian, ids UTF-8.
+
+    Why not any 255-bit string: X25519 also computes on the twist, but scalar
+    multiplication keeps a point on its curve, so a blinded point would still show whether
+    the id's hash lies on the curve or the twist: one bit about every id, shared or not,
+    linked to the sender's row order. On-curve points only close that channel.
 
     Parameters
     ----------
@@ -121,30 +179,41 @@ def hash_ids_to_points(ids: Sequence[str], domain: bytes) -> np.ndarray:
         Normalized ids (see :func:`vfm_flower.normalize.normalize_ids`).
     domain : bytes
         From :func:`psi_domain`.
+    workers, chunk_size, executor
+        As for :func:`blind_points` (hashing large inputs uses the same process pool).
 
     Returns
     -------
     numpy.ndarray
         Shape ``(n, 32)``, dtype uint8, row ``i`` is the point of ``ids[i]``.
+
+    Raises
+    ------
+    DataError
+        A value is not a string (names the row).
     """
     if not isinstance(domain, bytes | bytearray) or not domain:
         raise ConfigurationError("hash_ids_to_points: domain must be non-empty bytes")
-    base = hashlib.sha256(_HASH_TAG + _length_prefixed(bytes(domain)))
-    copy = base.copy
-    digests: list[bytes] = []
-    append = digests.append
-    try:
-        for value in ids:
-            data = value.encode("utf-8")
-            h = copy()
-            h.update(len(data).to_bytes(4, "big") + data)
-            append(h.digest())
-    except (AttributeError, UnicodeEncodeError) as exc:
-        raise DataError(
-            f"hash_ids_to_points: row {len(digests) + 1} is not a normalized id string"
-        ) from exc
-    out = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, POINT_BYTES).copy()
-    out[:, POINT_BYTES - 1] &= 0x7F
+    domain = bytes(domain)
+    n = len(ids)
+    out = np.empty((n, POINT_BYTES), dtype=np.uint8)
+
+    def chunk(start: int) -> list[str]:
+        part = ids[start : start + chunk_size]
+        return part if isinstance(part, list) else list(part)
+
+    def store(start: int, result: bytes | int) -> None:
+        if isinstance(result, int):
+            raise DataError(
+                f"hash_ids_to_points: row {start + result + 1} is not a normalized id string"
+            )
+        out[start : start + len(result) // POINT_BYTES] = np.frombuffer(
+            result, dtype=np.uint8
+        ).reshape(-1, POINT_BYTES)
+
+    _map_chunks(
+        _hash_chunk, domain, chunk, store, n, chunk_size, workers=workers, executor=executor
+    )
     return out
 
 
@@ -241,7 +310,7 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 
 @contextmanager
 def blinding_pool(workers: int | None = None) -> Iterator[ProcessPoolExecutor]:
-    """A process pool for :func:`blind_points`, to reuse across several blinding steps.
+    """A process pool for :func:`hash_ids_to_points` and :func:`blind_points`, to reuse.
 
     Parameters
     ----------
@@ -270,6 +339,63 @@ def _low_order_error(row: int) -> DataError:
         "zero). A correctly hashed or blinded id never does this: the input is malformed "
         "or was crafted"
     )
+
+
+def _map_chunks(
+    function: Callable[[bytes, Any], bytes | int],
+    constant: bytes,
+    make_chunk: Callable[[int], Any],
+    store: Callable[[int, bytes | int], None],
+    n: int,
+    chunk_size: int,
+    *,
+    workers: int | None,
+    executor: Executor | None,
+) -> None:
+    """Apply ``function(constant, chunk)`` to consecutive chunks, in a pool when it pays.
+
+    At most ``2 * workers`` chunks are in flight, so memory stays bounded; results are
+    stored in order as they arrive. Without ``executor``, inputs under
+    :data:`POOL_MIN_POINTS` (or ``workers=1``) run in this process, larger ones in a
+    process pool opened for the call.
+    """
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigurationError("chunk_size must be a positive integer")
+    count = _worker_count(workers)
+    if n == 0:
+        return
+
+    def run_here() -> None:
+        for start in range(0, n, chunk_size):
+            store(start, function(constant, make_chunk(start)))
+
+    if executor is None and (count == 1 or n < POOL_MIN_POINTS):
+        run_here()
+        return
+
+    def run(pool: Executor, in_flight: int) -> None:
+        pending: deque[tuple[int, Future[bytes | int]]] = deque()
+        for start in range(0, n, chunk_size):
+            if len(pending) >= in_flight:
+                done_start, future = pending.popleft()
+                store(done_start, future.result())
+            pending.append((start, pool.submit(function, constant, make_chunk(start))))
+        while pending:
+            done_start, future = pending.popleft()
+            store(done_start, future.result())
+
+    try:
+        if executor is not None:
+            run(executor, 2 * count)
+        else:
+            logger.debug("processing %d items with %d worker processes", n, count)
+            with blinding_pool(count) as pool:
+                run(pool, 2 * count)
+    except BrokenProcessPool:
+        # Liveness over speed: a pool that cannot start (e.g. no importable __main__ for
+        # 'spawn') or lost a worker must not hang or fail the alignment.
+        logger.warning("the process pool broke; continuing in this process (slower)")
+        run_here()
 
 
 def blind_points(
@@ -309,15 +435,12 @@ def blind_points(
     """
     if not isinstance(secret, PsiSecret):
         raise ConfigurationError("blind_points needs a PsiSecret")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ConfigurationError("chunk_size must be a positive integer")
     arr = _as_points(points, "blind_points")
     n = arr.shape[0]
     out = np.empty((n, POINT_BYTES), dtype=np.uint8)
-    if n == 0:
-        return out
-    key = secret.to_bytes()
-    count = _worker_count(workers)
+
+    def chunk(start: int) -> bytes:
+        return arr[start : start + chunk_size].tobytes()
 
     def store(start: int, result: bytes | int) -> None:
         if isinstance(result, int):
@@ -326,36 +449,16 @@ def blind_points(
             result, dtype=np.uint8
         ).reshape(-1, POINT_BYTES)
 
-    if executor is None and (count == 1 or n < POOL_MIN_POINTS):
-        for start in range(0, n, chunk_size):
-            store(start, _blind_chunk(key, arr[start : start + chunk_size].tobytes()))
-        return out
-
-    def run(pool: Executor, in_flight: int) -> None:
-        pending: deque[tuple[int, Future[bytes | int]]] = deque()
-        for start in range(0, n, chunk_size):
-            if len(pending) >= in_flight:
-                done_start, future = pending.popleft()
-                store(done_start, future.result())
-            chunk = arr[start : start + chunk_size].tobytes()
-            pending.append((start, pool.submit(_blind_chunk, key, chunk)))
-        while pending:
-            done_start, future = pending.popleft()
-            store(done_start, future.result())
-
-    try:
-        if executor is not None:
-            run(executor, 2 * count)
-        else:
-            logger.debug("blinding %d points with %d worker processes", n, count)
-            with blinding_pool(count) as pool:
-                run(pool, 2 * count)
-    except BrokenProcessPool:
-        # Liveness over speed: a pool that cannot start (e.g. no importable __main__ for
-        # 'spawn') or lost a worker must not hang or fail the alignment.
-        logger.warning("the blinding process pool broke; blinding in this process (slower)")
-        for start in range(0, n, chunk_size):
-            store(start, _blind_chunk(key, arr[start : start + chunk_size].tobytes()))
+    _map_chunks(
+        _blind_chunk,
+        secret.to_bytes(),
+        chunk,
+        store,
+        n,
+        chunk_size,
+        workers=workers,
+        executor=executor,
+    )
     return out
 
 
@@ -809,13 +912,15 @@ def align_in_process(
 
         # Round 1. LO: hash, blind in row order. P_k: hash, blind in a secret order.
         def lo_first() -> bytes:
-            points = hash_ids_to_points(party_ids[label_owner], domain)
+            points = hash_ids_to_points(
+                party_ids[label_owner], domain, workers=workers, executor=pool
+            )
             return points_to_bytes(
                 first_blind_label_owner(points, secret_lo, workers=workers, executor=pool)
             )
 
         def passive_first(party: str) -> tuple[bytes, np.ndarray]:
-            points = hash_ids_to_points(party_ids[party], domain)
+            points = hash_ids_to_points(party_ids[party], domain, workers=workers, executor=pool)
             blinded, permutation = first_blind_passive(
                 points, secret[party], workers=workers, executor=pool
             )

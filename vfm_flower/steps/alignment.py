@@ -61,8 +61,9 @@ def _points(runtime: PartyRuntime, ids: list[str]) -> np.ndarray:
     return psi.hash_ids_to_points(ids, domain)
 
 
-def _received_points(runtime: PartyRuntime, request: StepRequest, sender: str, topic: str,
-                     round: int) -> np.ndarray:
+def _received_points(
+    runtime: PartyRuntime, request: StepRequest, sender: str, topic: str, round: int
+) -> np.ndarray:
     arrays, _ = unpack_payload(runtime.open(request, sender, topic, phase=ALIGN, round=round))
     points = psi.points_from_bytes(arrays["points"].tobytes())
     check_set_size(runtime.agreement, sender, len(points))
@@ -145,9 +146,7 @@ def finish_alignment(runtime: PartyRuntime, request: StepRequest) -> np.ndarray:
     if runtime.is_label_owner:
         raise ProtocolAbort(request.kind, runtime.party, "alignment has not run in this session")
     arrays, _ = unpack_payload(
-        runtime.open(
-            request, runtime.agreement.label_owner, TOPIC_POSITIONS, phase=ALIGN, round=3
-        )
+        runtime.open(request, runtime.agreement.label_owner, TOPIC_POSITIONS, phase=ALIGN, round=3)
     )
     rows = psi.local_rows_from_positions(arrays["positions"], state.array("psi.permutation"))
     state.set_array(JOINT_ROWS, rows)

@@ -1,0 +1,426 @@
+"""Tests of the Paillier fast paths (vfm_flower.paillier)."""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+import pytest
+from gmpy2 import mpz
+from phe import EncryptedNumber
+from phe import paillier as phe_paillier
+
+from vfm_flower import paillier as P
+from vfm_flower.errors import PolicyViolation
+
+ROWS = 300
+
+
+@pytest.fixture(scope="session")
+def keypair() -> tuple[phe_paillier.PaillierPublicKey, phe_paillier.PaillierPrivateKey]:
+    return P.generate_paillier_keypair(2048)
+
+
+@pytest.fixture(scope="session")
+def encryptor(keypair) -> P.DJNEncryptor:
+    return P.DJNEncryptor(keypair[0])
+
+
+def _features(rows: int, seed: int) -> np.ndarray:
+    """Marketing-like standardized columns plus edge cases (test data only)."""
+    rng = np.random.default_rng(seed)
+
+    def std(c: np.ndarray) -> np.ndarray:
+        return (c - c.mean()) / c.std()
+
+    cols = [
+        rng.integers(0, 2, rows).astype(float),  # raw binary
+        std(rng.binomial(1, 0.1, rows).astype(float)),  # standardized rare flag
+        rng.integers(0, 10, rows).astype(float),  # small integers
+        std(rng.integers(0, 10, rows).astype(float)),  # standardized levels
+        -rng.integers(0, 4, rows).astype(float),  # non-positive integers
+        rng.normal(size=rows),  # continuous, many distinct values
+        std(rng.lognormal(0, 1, rows)),  # skewed continuous
+        rng.normal(scale=1000.0, size=rows),  # wide range
+        np.zeros(rows),  # all zero
+        np.full(rows, -2.75),  # constant
+    ]
+    return np.column_stack(cols)
+
+
+def _exact_gradient(X: np.ndarray, d: np.ndarray, bound: float | None = 1.0) -> list[int]:
+    d_q, _ = P.quantize_residuals(d, bound=bound)
+    X_q = P.quantize_features(X)
+    return [sum(int(a) * int(b) for a, b in zip(X_q[:, j], d_q)) for j in range(X.shape[1])]
+
+
+# ---------------------------------------------------------------------------- keys
+
+
+def test_keys_shorter_than_2048_bits_are_refused() -> None:
+    with pytest.raises(PolicyViolation) as info:
+        P.generate_paillier_keypair(1024)
+    assert info.value.rule == "paillier_bits"
+    with pytest.raises(PolicyViolation):
+        P.check_key_bits(2047)
+    with pytest.raises(PolicyViolation):
+        P.check_key_bits(4096, minimum=1024)
+    small_public, _ = phe_paillier.generate_paillier_keypair(n_length=1024)
+    with pytest.raises(PolicyViolation):
+        P.DJNEncryptor(small_public)
+    with pytest.raises(PolicyViolation):
+        P.public_key_from_bytes(P.public_key_to_bytes(small_public))
+    P.check_key_bits(3072, minimum=3072)
+    with pytest.raises(PolicyViolation):
+        P.check_key_bits(2048, minimum=3072)  # an agreement may require more
+
+
+def test_public_key_codec(keypair) -> None:
+    public, _ = keypair
+    data = P.public_key_to_bytes(public)
+    assert len(data) == 256
+    assert P.public_key_from_bytes(data) == public
+    with pytest.raises(ValueError, match="leading zero"):
+        P.public_key_from_bytes(b"\x00" + data)
+    with pytest.raises(ValueError):
+        P.public_key_from_bytes(data[:-1] + bytes([data[-1] & 0xFE]))  # even modulus
+    with pytest.raises(ValueError):
+        P.public_key_from_bytes(b"")
+
+
+def test_private_key_codec(keypair) -> None:
+    public, private = keypair
+    data = P.private_key_to_bytes(private)
+    back = P.private_key_from_bytes(data)
+    assert back == private and back.public_key == public
+    with pytest.raises(ValueError, match="magic"):
+        P.private_key_from_bytes(b"XXXX" + data[4:])
+    with pytest.raises(ValueError, match="length"):
+        P.private_key_from_bytes(data[:-1])
+    width = (len(data) - 6) // 2
+    same = data[:6] + data[6 : 6 + width] * 2
+    with pytest.raises(ValueError, match="distinct primes"):
+        P.private_key_from_bytes(same)
+
+
+# ---------------------------------------------------------------------------- encryption
+
+
+def test_djn_ciphertexts_decrypt_with_phe(keypair, encryptor) -> None:
+    public, private = keypair
+    values = [0, 1, -1, 12345, -987654321, 2**100, -(2**100)]
+    cts = P.encrypt_vector(public, np.array(values, dtype=object), encryptor=encryptor)
+    for value, c in zip(values, cts):
+        assert 0 < c < public.nsquare
+        assert private.decrypt(EncryptedNumber(public, int(c), 0)) == value
+    assert P.decrypt_vector(private, cts) == values
+    # Probabilistic: two encryptions of the same value differ.
+    again = P.encrypt_vector(public, np.array(values, dtype=object), encryptor=encryptor)
+    assert all(a != b for a, b in zip(cts, again))
+
+
+def test_crt_decryption_reads_phe_ciphertexts(keypair) -> None:
+    public, private = keypair
+    values = [0, 7, -7, 2**60]
+    cts = [public.encrypt(v).ciphertext() for v in values]
+    assert P.decrypt_vector(private, cts) == values
+    decryptor = P.CRTDecryptor(private)
+    assert decryptor.key_bits == 2048
+    with pytest.raises(ValueError, match="out of range"):
+        decryptor.decrypt(public.nsquare)
+
+
+def test_encryptor_pool_and_parameters(keypair) -> None:
+    public, private = keypair
+    enc = P.DJNEncryptor(public)
+    assert enc.exponent_bits == 256 == P.djn_exponent_bits(2048)
+    assert P.djn_exponent_bits(7680) == 384 and P.djn_exponent_bits(15360) == 512
+    enc.fill_pool(5, workers=1)
+    assert enc.pooled == 5
+    cts = enc.encrypt_ints([3, -4])
+    assert enc.pooled == 3
+    assert P.decrypt_vector(private, cts) == [3, -4]
+    # An obfuscator is an encryption of zero.
+    assert P.decrypt_vector(private, enc.take_obfuscators(4)) == [0, 0, 0, 0]
+    assert enc.pooled == 0
+    assert "pooled=0" in repr(enc)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        P.DJNEncryptor(public, exponent_bits=100)
+    other_public, _ = P.generate_paillier_keypair(2048)
+    with pytest.raises(ValueError, match="another public key"):
+        P.encrypt_vector(other_public, np.array([1]), encryptor=enc)
+    with pytest.raises(ValueError, match="too large"):
+        P.encrypt_vector(public, np.array([public.n // 2], dtype=object), encryptor=enc)
+    with pytest.raises(ValueError, match="integer"):
+        P.encrypt_vector(public, np.array([0.5]), encryptor=enc)
+
+
+def test_process_pool_paths_match(keypair) -> None:
+    public, private = keypair
+    values = list(range(-20, 20))
+    cts = P.encrypt_vector(public, np.array(values), workers=2)
+    assert P.decrypt_vector(private, cts) == values
+    enc = P.DJNEncryptor(public)
+    enc.fill_pool(6, workers=2)
+    assert enc.pooled == 6
+    X_q = P.quantize_features(_features(40, 3))
+    serial = P.encrypted_dot_products(cts, X_q, public.nsquare, workers=1)
+    parallel = P.encrypted_dot_products(cts, X_q, public.nsquare, workers=2)
+    expected = [int(v) for v in X_q.T.astype(object) @ np.array(values, dtype=object)]
+    assert P.decrypt_vector(private, serial) == expected
+    assert P.decrypt_vector(private, parallel) == expected
+
+
+# ---------------------------------------------------------------------------- dot products
+
+
+def test_encrypted_dot_products_are_exact(keypair, encryptor) -> None:
+    public, private = keypair
+    rng = np.random.default_rng(11)
+    d = rng.integers(-(2**33), 2**33, ROWS)
+    X_q = P.quantize_features(_features(ROWS, 5))
+    X_int = np.column_stack([X_q, rng.integers(-(2**40), 2**40, ROWS), rng.integers(-3, 4, ROWS)])
+    cts = P.encrypt_vector(public, d, encryptor=encryptor)
+    result = P.encrypted_dot_products(cts, X_int, public.nsquare)
+    expected = [int(v) for v in X_int.T.astype(object) @ d.astype(object)]
+    assert P.decrypt_vector(private, result) == expected
+    # phe's private key reads them too.
+    for c, e in zip(result, expected):
+        assert private.decrypt(EncryptedNumber(public, int(c), 0)) == e
+
+
+def test_phe_ciphertexts_work_in_our_dot_product(keypair) -> None:
+    public, private = keypair
+    d = [5, -3, 0, 11, -8, 2]
+    cts = [public.encrypt(v).ciphertext() for v in d]
+    X_int = np.array(
+        [[1, 0, -2], [0, 7, 3], [1, 1, 1], [0, -5, 0], [1, 0, 9], [1, 2, -4]], dtype=np.int64
+    )
+    result = P.encrypted_dot_products(cts, X_int, public.nsquare)
+    expected = [int(v) for v in X_int.T @ np.array(d)]
+    assert [private.decrypt(EncryptedNumber(public, int(c), 0)) for c in result] == expected
+
+
+def test_dot_products_validate_inputs(keypair) -> None:
+    public, _ = keypair
+    with pytest.raises(ValueError, match="rows"):
+        P.encrypted_dot_products([mpz(2)] * 3, np.zeros((4, 2), np.int64), public.nsquare)
+    with pytest.raises(ValueError, match="integer matrix"):
+        P.encrypted_dot_products([mpz(2)] * 4, np.zeros((4, 2)), public.nsquare)
+    with pytest.raises(ValueError, match="2\\*\\*61"):
+        P.encrypted_dot_products([mpz(2)], np.array([[2**62]], np.int64), public.nsquare)
+
+
+# ---------------------------------------------------------------------------- full backward step
+
+
+@pytest.mark.parametrize(("scale", "bound"), [(1.0, 1.0), (40.0, None)], ids=["logistic", "linear"])
+def test_masked_gradient_equals_plain_gradient(keypair, encryptor, scale, bound) -> None:
+    public, private = keypair
+    rng = np.random.default_rng(21)
+    X = _features(ROWS, 7)
+    d = rng.uniform(-1.0, 1.0, ROWS) * scale
+    enc_d = P.encrypt_residuals(public, d, bound=bound, encryptor=encryptor)
+    packed, state = P.masked_encrypted_gradient(public, enc_d, X)
+    assert packed.count == X.shape[1]
+    assert len(packed.ciphertexts) < X.shape[1]  # packing saves decryptions
+    masked = P.decrypt_masked_gradient(private, packed)
+    gradient = P.unmask_gradient(masked, state)
+    scale_bits = P.RESIDUAL_FRACTION_BITS + P.FEATURE_FRACTION_BITS
+    exact = np.array(_exact_gradient(X, d, bound), dtype=float) / 2.0**scale_bits
+    assert np.allclose(gradient, exact, rtol=1e-15, atol=0.0)
+    # To the named precision against the float gradient.
+    tol = ROWS * (
+        np.max(np.abs(d)) * 2.0 ** -(P.FEATURE_FRACTION_BITS + 1)
+        + np.max(np.abs(X)) * 2.0 ** -(P.RESIDUAL_FRACTION_BITS + 1)
+    )
+    assert np.all(np.abs(gradient - X.T @ d) <= tol)
+
+
+def test_label_owner_sees_only_masked_values(keypair, encryptor) -> None:
+    public, private = keypair
+    rng = np.random.default_rng(3)
+    X = _features(ROWS, 9)
+    d = rng.uniform(-1, 1, ROWS)
+    enc_d = P.encrypt_residuals(public, d, bound=1.0, encryptor=encryptor)
+    packed, state = P.masked_encrypted_gradient(public, enc_d, X)
+    packed2, state2 = P.masked_encrypted_gradient(public, enc_d, X)
+    masked = P.decrypt_masked_gradient(private, packed)
+    masked2 = P.decrypt_masked_gradient(private, packed2)
+    layout = P.slot_layout(ROWS, enc_d.value_bits, 2048)
+    exact = _exact_gradient(X, d)
+    for a, b, g in zip(masked, masked2, exact):
+        assert 0 <= a < 2**layout.slot_bits
+        assert a != b  # fresh masks every time
+        # The masked value is the gradient shifted by a mask of value_bits + 65 bits.
+        assert abs(a - (g + 2**layout.value_bits)) > 2**layout.value_bits
+    assert np.allclose(P.unmask_gradient(masked2, state2), P.unmask_gradient(masked, state))
+    # The packed ciphertexts are re-randomized: identical inputs give unrelated ciphertexts.
+    assert set(packed.ciphertexts).isdisjoint(packed2.ciphertexts)
+    assert repr(state) == f"MaskState(count={X.shape[1]})"
+
+
+def test_party_without_private_key_cannot_decrypt(keypair, encryptor) -> None:
+    public, _ = keypair
+    rng = np.random.default_rng(5)
+    X = _features(60, 2)
+    d = rng.uniform(-1, 1, 60)
+    enc_d = P.encrypt_residuals(public, d, bound=1.0, encryptor=encryptor)
+    packed, state = P.masked_encrypted_gradient(public, enc_d, X)
+    # Everything leaving the party is a header plus full-width ciphertexts.
+    blob = P.packed_to_bytes(packed, public)
+    assert len(blob) == 16 + len(packed.ciphertexts) * P.ciphertext_width(public)
+    # Another key (what a party could make up) decrypts to values that fail the mask check.
+    _, other_private = P.generate_paillier_keypair(2048)
+    foreign = P.CRTDecryptor(other_private)
+    junk = [int(foreign.decrypt(c)) for c in packed.ciphertexts]
+    assert all(j.bit_length() > 1900 for j in junk)  # uniform noise, not packed slots
+    with pytest.raises(ValueError):
+        P.decrypt_masked_gradient(other_private, packed)
+
+
+def test_unmask_rejects_a_mismatched_state(keypair, encryptor) -> None:
+    public, private = keypair
+    X = _features(50, 4)
+    d = np.linspace(-1, 1, 50)
+    enc_d = P.encrypt_residuals(public, d, bound=1.0, encryptor=encryptor)
+    packed, state = P.masked_encrypted_gradient(public, enc_d, X)
+    _, other_state = P.masked_encrypted_gradient(public, enc_d, X)
+    masked = P.decrypt_masked_gradient(private, packed)
+    with pytest.raises(ValueError, match="does not match"):
+        P.unmask_gradient(masked, other_state)
+    with pytest.raises(ValueError, match="masked values"):
+        P.unmask_gradient(masked[:-1], state)
+
+
+def test_masking_uses_the_given_random_source(keypair, encryptor) -> None:
+    public, private = keypair
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def randbits(self, k: int) -> int:
+            self.calls += 1
+            return secrets.randbits(k)
+
+    rng = Recorder()
+    X = _features(30, 6)
+    enc_d = P.encrypt_residuals(public, np.linspace(-1, 1, 30), bound=1.0, encryptor=encryptor)
+    packed, state = P.masked_encrypted_gradient(public, enc_d, X, rng=rng)
+    assert rng.calls >= X.shape[1] + len(packed.ciphertexts)
+    gradient = P.unmask_gradient(P.decrypt_masked_gradient(private, packed), state)
+    assert np.allclose(gradient, X.T @ np.linspace(-1, 1, 30), atol=1e-3)
+
+
+# ---------------------------------------------------------------------------- packing
+
+
+def test_slot_layout_has_no_overflow_between_slots() -> None:
+    layout = P.slot_layout(10_000, 33, 2048)
+    assert layout.mask_bits == layout.value_bits + 1 + P.STATISTICAL_SECURITY_BITS
+    largest = (2**layout.value_bits - 1) + 2**layout.value_bits + (2**layout.mask_bits - 1)
+    smallest = -(2**layout.value_bits - 1) + 2**layout.value_bits + 0
+    assert 0 < smallest and largest < 2**layout.slot_bits
+    assert layout.slots_per_ciphertext * layout.slot_bits <= 2047
+    assert (layout.slots_per_ciphertext + 1) * layout.slot_bits > 2047
+    with pytest.raises(ValueError, match="does not fit"):
+        P.slot_layout(10, 33, 2048, feature_value_bits=2000)
+    with pytest.raises(ValueError, match="40 bits"):
+        P.slot_layout(10, 33, 2048, statistical_bits=20)
+
+
+@pytest.mark.parametrize("count", [1, 13, 14, 15, 28, 29])
+def test_packing_round_trips_at_slot_boundaries(keypair, encryptor, count) -> None:
+    public, private = keypair
+    slot_bits, slots = 146, 14  # 14 * 146 = 2044 bits: the top slot ends 3 bits below n
+    top = 2**slot_bits - 1
+    values = [
+        top if i % 3 == 0 else (0 if i % 3 == 1 else 2 ** (slot_bits - 1)) for i in range(count)
+    ]
+    cts = P.encrypt_vector(public, np.array(values, dtype=object), encryptor=encryptor)
+    packed_cts = P.pack_ciphertexts(
+        cts, public.nsquare, slot_bits=slot_bits, slots_per_ciphertext=slots
+    )
+    assert len(packed_cts) == -(-count // slots)
+    packed = P.PackedCiphertexts(tuple(packed_cts), count, slot_bits, slots)
+    assert list(P.decrypt_masked_gradient(private, packed)) == values
+
+
+def test_unpack_rejects_bits_above_the_last_slot() -> None:
+    assert P.unpack_plaintext((5 << 10) | 3, slot_bits=10, count=2) == [3, 5]
+    with pytest.raises(ValueError, match="does not fit"):
+        P.unpack_plaintext(1 << 20, slot_bits=10, count=2)
+    with pytest.raises(ValueError, match="does not fit"):
+        P.unpack_plaintext(-1, slot_bits=10, count=2)
+
+
+# ---------------------------------------------------------------------------- codecs
+
+
+def test_ciphertext_codec_checks_widths(keypair, encryptor) -> None:
+    public, _ = keypair
+    cts = encryptor.encrypt_ints([1, 2, 3])
+    width = P.ciphertext_width(public)
+    assert width == 512
+    data = P.ciphertexts_to_bytes(cts, public)
+    assert len(data) == 3 * width
+    assert P.ciphertexts_from_bytes(data, public) == cts
+    assert P.ciphertexts_from_bytes(data, public, count=3) == cts
+    with pytest.raises(ValueError, match="multiple of 512"):
+        P.ciphertexts_from_bytes(data[:-1], public)
+    with pytest.raises(ValueError, match="expected 2"):
+        P.ciphertexts_from_bytes(data, public, count=2)
+    with pytest.raises(ValueError, match="out of range"):
+        P.ciphertexts_from_bytes(bytes(width), public)
+    with pytest.raises(ValueError, match="out of range"):
+        P.ciphertexts_from_bytes(b"\xff" * width, public)
+    with pytest.raises(ValueError, match="out of range"):
+        P.ciphertexts_to_bytes([public.nsquare], public)
+
+
+def test_payload_codecs_round_trip(keypair, encryptor) -> None:
+    public, private = keypair
+    X = _features(40, 8)
+    enc_d = P.encrypt_residuals(public, np.linspace(-1, 1, 40), bound=1.0, encryptor=encryptor)
+    ev_bytes = P.encrypted_vector_to_bytes(enc_d, public)
+    assert P.encrypted_vector_from_bytes(ev_bytes, public) == enc_d
+    with pytest.raises(ValueError, match="expected 40"):
+        P.encrypted_vector_from_bytes(ev_bytes[:-512], public)
+    with pytest.raises(ValueError, match="not a serialized"):
+        P.encrypted_vector_from_bytes(b"XXXX" + ev_bytes[4:], public)
+    packed, state = P.masked_encrypted_gradient(public, enc_d, X)
+    pk_bytes = P.packed_to_bytes(packed, public)
+    assert P.packed_from_bytes(pk_bytes, public) == packed
+    with pytest.raises(ValueError):
+        P.packed_from_bytes(pk_bytes[:-1], public)
+    bad_slots = pk_bytes[:8] + (4000).to_bytes(4, "big") + pk_bytes[12:]
+    with pytest.raises(ValueError, match="do not fit"):
+        P.packed_from_bytes(bad_slots, public)
+    masked = P.decrypt_masked_gradient(private, packed)
+    mv_bytes = P.masked_values_to_bytes(masked, packed.slot_bits)
+    assert len(mv_bytes) == packed.count * ((packed.slot_bits + 7) // 8)
+    back = P.masked_values_from_bytes(mv_bytes, packed.slot_bits, packed.count)
+    assert list(back) == list(masked)
+    with pytest.raises(ValueError, match="expected"):
+        P.masked_values_from_bytes(mv_bytes[:-1], packed.slot_bits, packed.count)
+    with pytest.raises(ValueError, match="does not fit"):
+        P.masked_values_to_bytes([2**packed.slot_bits], packed.slot_bits)
+    assert np.allclose(P.unmask_gradient(back, state), X.T @ np.linspace(-1, 1, 40), atol=1e-3)
+
+
+# ---------------------------------------------------------------------------- quantization
+
+
+def test_quantization_checks() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        P.quantize_features(np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match="standardize"):
+        P.quantize_features(np.array([[2.0**24]]))
+    with pytest.raises(ValueError, match="exceeds the declared bound"):
+        P.quantize_residuals(np.array([0.5, 1.5]), bound=1.0)
+    d_q, bits = P.quantize_residuals(np.array([0.5, -1.0]), bound=1.0)
+    assert list(d_q) == [2**31, -(2**32)] and bits == 33
+    _, default_bits = P.quantize_residuals(np.array([3.0, -0.1]))
+    assert default_bits == 35  # bound rounded up to 4 = 2**2
+    assert P.encode_signed(-5, 101) == 96 and P.decode_signed(96, 101) == -5
