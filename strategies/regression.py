@@ -20,6 +20,11 @@ class VerticalRegression(VerticalStrategy):
         super().__init__(*args, **kwargs)
         self.l2 = float(l2)
         self.holdout_fraction = float(holdout_fraction)
+        if self.agreement.result_owner != self.agreement.label_owner:
+            raise ConfigurationError(
+                "this version delivers results to the label owner only: the agreement names "
+                f"'{self.agreement.result_owner}' as result owner"
+            )
         if self.job.model != self.model_kind:
             raise ConfigurationError(
                 f"{type(self).__name__} runs model '{self.model_kind}', the job asks for "
@@ -30,8 +35,36 @@ class VerticalRegression(VerticalStrategy):
         self.align()
         if self.job.operation in ("train", "evaluate"):
             self.train()
+        elif self.job.operation == "score":
+            self.score()
         else:
-            raise ConfigurationError(f"operation '{self.job.operation}' is not supported yet")
+            raise ConfigurationError(f"unknown operation '{self.job.operation}'")
+
+    def score(self) -> None:
+        """Partial scores from every party's slice, masked sum, result owner combines."""
+        self.begin_phase("score")
+        lo = self.agreement.label_owner
+        passives = list(self.agreement.passive_parties)
+        partial = self.exchange(
+            "query.score",
+            {p: self.request("query.score", 1, inbox=self.take_carry(p)) for p in self.parties},
+        )
+        models = {p: r.public.get("model_id") for p, r in partial.items()}
+        for party, model_id in models.items():
+            if model_id != models[lo]:
+                raise ProtocolAbort(
+                    "score",
+                    party,
+                    "its model slice comes from another training run than the "
+                    "label owner's: retrain or restore matching slices",
+                )
+        sums = {}
+        if passives:
+            sums["score"] = sum_masked([partial[p].masked["score"] for p in passives])
+        combined = self.exchange("query.combine", {lo: self.request("query.combine", 1, sums=sums)})
+        scored = int(combined[lo].public.get("scored_rows", 0))
+        self.result.public["scored_rows"] = scored
+        self.end_phase("score", scored_rows=scored)
 
     @property
     def training_params(self) -> dict[str, Any]:

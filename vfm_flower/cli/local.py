@@ -59,18 +59,160 @@ def cmd_demo(args: argparse.Namespace) -> int:
             staging,
             {"job": "train", "model": "logistic", "max-iterations": args.iterations},
         )
+        console.print("[bold]score[/] scoring the shared customers with the trained slices")
+        scored = run_local_job(
+            demo.agreement_path, files, staging, {"job": "score", "model": "logistic"}
+        )
+        result["public"]["scored_rows"] = scored["public"].get("scored_rows")
         _commit_staging(staging, workdir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    public = result["public"]
     console.print(f"[bold]aligned rows[/] {result['joint_rows']:,} customers shared by all parties")
-    console.print(f"rounds: {result['total_rounds']} in total; results in {workdir}")
+    console.print(
+        f"[bold]hold-out AUC[/] federated {public['auc']:.3f} vs insurer's own columns "
+        f"{public['auc_label_owner_only']:.3f} ({public['iterations']} iterations, "
+        f"{public['rounds_per_iteration']} rounds each)"
+    )
+    console.print(
+        f"[bold]scores[/] {public['scored_rows']:,} customers scored: "
+        f"{workdir / 'parties' / 'insurer' / 'scores.csv'}"
+    )
+    console.print(f"rounds: {result['total_rounds']} in the training job; results in {workdir}")
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))  # noqa: T201
     return 0
 
 
+def _pairs(values: list[str] | None, option: str) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for item in values or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigurationError(f"{option} expects NAME=PATH, got {item!r}")
+        if name in out:
+            raise ConfigurationError(f"{option} names party '{name}' twice")
+        out[name] = Path(path).expanduser()
+    return out
+
+
+def _party_files(args: argparse.Namespace) -> tuple[Path, dict]:
+    """Check --agreement/--data/--key(s) against the agreement; one clear error per problem."""
+    from vfm_flower.agreement import SignedAgreement
+    from vfm_flower.runtime.local_job import PartyFiles
+
+    agreement_path = Path(args.agreement).expanduser()
+    if not agreement_path.is_file():
+        raise ConfigurationError(f"--agreement {agreement_path} does not exist")
+    agreement = SignedAgreement.load(agreement_path).agreement
+    data = _pairs(args.data, "--data")
+    keys = _pairs(args.key, "--key")
+    parties = list(agreement.party_names)
+    unknown = sorted(set(data) - set(parties)) + sorted(set(keys) - set(parties))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown party(ies) {', '.join(unknown)}: the agreement names {', '.join(parties)}"
+        )
+    missing = [p for p in parties if p not in data]
+    if missing:
+        raise ConfigurationError(f"no --data for party(ies) {', '.join(missing)}")
+    keys_dir = Path(args.keys).expanduser() if args.keys else agreement_path.parent
+    files = {}
+    for party in parties:
+        key = keys.get(party, keys_dir / f"{party}.key")
+        if not key.is_file():
+            raise ConfigurationError(
+                f"no private key for party '{party}': looked for {key} (use --key {party}=FILE)"
+            )
+        if not data[party].is_file():
+            raise ConfigurationError(f"--data {party}={data[party]}: no such file")
+        files[party] = PartyFiles(data_path=data[party], key_path=key)
+    return agreement_path, files
+
+
+def _job_config(args: argparse.Namespace, job: str) -> dict:
+    config = {"job": job, "model": args.model}
+    if getattr(args, "iterations", None):
+        config["max-iterations"] = args.iterations
+    if getattr(args, "l2", None) is not None:
+        config["l2"] = args.l2
+    return config
+
+
+def cmd_local_train(args: argparse.Namespace) -> int:
+    from vfm_flower.cli.progress import attach_progress
+    from vfm_flower.runtime.local_job import run_local_job
+
+    console = attach_progress(args.quiet)
+    agreement_path, files = _party_files(args)
+    workdir = Path(args.workdir).expanduser().resolve()
+    result = run_local_job(agreement_path, files, workdir, _job_config(args, "train"))
+    public = result["public"]
+    metric = "auc" if args.model == "logistic" else "r2"
+    federated = public.get(metric, float("nan"))
+    own_only = public.get(f"{metric}_label_owner_only", float("nan"))
+    console.print(
+        f"trained on {result['joint_rows']:,} aligned rows in {public.get('iterations')} "
+        f"iterations; hold-out {metric} {federated:.4f} (label owner's columns alone: "
+        f"{own_only:.4f})"
+    )
+    console.print(f"model slices under {workdir / 'parties'}; server result {workdir / 'server'}")
+    return 0
+
+
+def cmd_local_score(args: argparse.Namespace) -> int:
+    from vfm_flower.agreement import SignedAgreement
+    from vfm_flower.cli.progress import attach_progress
+    from vfm_flower.runtime.local_job import run_local_job
+
+    console = attach_progress(args.quiet)
+    agreement_path, files = _party_files(args)
+    workdir = Path(args.workdir).expanduser().resolve()
+    out = Path(args.out).expanduser()
+    if out.exists() and not args.force:
+        raise ConfigurationError(f"{out} exists: choose another --out or pass --force")
+    result = run_local_job(agreement_path, files, workdir, _job_config(args, "score"))
+    owner = SignedAgreement.load(agreement_path).agreement.result_owner
+    scores = workdir / "parties" / owner / "scores.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.copyfile(scores, tmp)
+    os.replace(tmp, out)
+    console.print(f"scored {result['public'].get('scored_rows', 0):,} customers -> {out}")
+    return 0
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--agreement", required=True, help="the signed agreement TOML")
+    parser.add_argument(
+        "--data", action="append", metavar="NAME=CSV", help="a party's CSV file (one per party)"
+    )
+    parser.add_argument("--workdir", required=True, help="work dir (server/ and parties/NAME/)")
+    parser.add_argument("--model", choices=("logistic", "linear"), default="logistic")
+    parser.add_argument("--keys", help="directory with NAME.key files (default: the agreement's)")
+    parser.add_argument("--key", action="append", metavar="NAME=FILE", help="one party's key")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    local = subparsers.add_parser(
+        "local",
+        help="run a job for several parties on this machine (in-process Flower runner)",
+    )
+    local_sub = local.add_subparsers(dest="local_command", metavar="COMMAND")
+    local_sub.required = True
+    train = local_sub.add_parser("train", help="align, train and evaluate")
+    _add_job_options(train)
+    train.add_argument("--iterations", type=int, help="training iterations at most")
+    train.add_argument("--l2", type=float, help="L2 penalty (default 1e-3)")
+    train.set_defaults(func=cmd_local_train)
+    score = local_sub.add_parser("score", help="align new ids and score them with trained slices")
+    _add_job_options(score)
+    score.add_argument("--out", required=True, help="SCORES.csv: columns id, score")
+    score.add_argument("--force", action="store_true", help="overwrite --out")
+    score.set_defaults(func=cmd_local_score)
+
     demo = subparsers.add_parser(
         "demo",
         help="run the whole vertical job on the embedded Caravan demo (three parties)",

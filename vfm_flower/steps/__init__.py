@@ -1,3 +1,3 @@
 """Protocol steps, one module per phase; importing this package registers them all."""
 
-from vfm_flower.steps import alignment, governance, training  # noqa: F401
+from vfm_flower.steps import alignment, governance, scoring, training  # noqa: F401

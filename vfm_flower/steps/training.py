@@ -98,7 +98,8 @@ def model_spec(request: StepRequest) -> ModelSpec:
     return ModelSpec(kind=request.job.model, l2=float(request.params.get("l2", 1e-3)))
 
 
-def _seeds(runtime: PartyRuntime) -> dict[str, bytes]:
+def pairwise_seeds(runtime: PartyRuntime) -> dict[str, bytes]:
+    """This party's pairwise mask seeds with every other party (derived, never stored)."""
     peers = {
         p: runtime.agreement.party(p).public_identity
         for p in runtime.agreement.party_names
@@ -244,7 +245,7 @@ def send_masked_forward(runtime: PartyRuntime, request: StepRequest) -> StepRepl
         _apply_decrypted_gradient(runtime, request, optimizer, t - 1)
     forward = np.concatenate([optimizer.partial_score(X), optimizer.forward_scalars()])
     masked = masking.mask_vector(
-        masking.encode_fixed(forward), runtime.party, _seeds(runtime), _forward_label(t)
+        masking.encode_fixed(forward), runtime.party, pairwise_seeds(runtime), _forward_label(t)
     )
     _save_optimizer(runtime, optimizer)
     return StepReply(party=runtime.party, masked={"forward": masked})
@@ -286,7 +287,9 @@ def encrypt_residuals_step(runtime: PartyRuntime, request: StepRequest) -> StepR
         if masked_sum is None or masked_sum.shape != (n + N_FORWARD_SCALARS,):
             raise ProtocolAbort(request.kind, runtime.party, "the server's forward sum is missing")
         forward = masking.decode_fixed(
-            masking.unmask_sum(masked_sum, runtime.party, _seeds(runtime), _forward_label(t))
+            masking.unmask_sum(
+                masked_sum, runtime.party, pairwise_seeds(runtime), _forward_label(t)
+            )
         )
     forward_sum = forward[:n] + optimizer.partial_score(X)
     scalars = forward[n:] + optimizer.forward_scalars()
