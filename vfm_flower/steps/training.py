@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import numpy as np
 import pandas as pd
@@ -318,7 +319,10 @@ def encrypt_residuals_step(runtime: PartyRuntime, request: StepRequest) -> StepR
     else:
         optimizer.step(optimizer.data_gradient(X, backward), control)
         public = paillier.public_key_from_bytes(runtime.state.get_bytes("paillier.public"))
-        bound = 1.0 if spec.kind == "logistic" else None
+        # A public bound on |d / n_train|: 1 for logistic; a power of two >= 1 for linear
+        # (only its bit length is revealed).
+        largest = float(np.max(np.abs(backward))) if backward.size else 0.0
+        bound = 1.0 if largest <= 1.0 else 2.0 ** math.ceil(math.log2(largest))
         encrypted = paillier.encrypt_residuals(public, backward, bound=bound)
         payload = pack_payload(
             {
