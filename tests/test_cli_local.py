@@ -1,0 +1,196 @@
+"""The local CLI: demo, local train and local score, and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.conftest import make_collaboration, synthetic_frames
+from vfm_flower.cli import main
+from vfm_flower.errors import ConfigurationError
+from vfm_flower.party import PartySettings
+
+
+@pytest.fixture
+def collab(tmp_path):
+    frames, _ = synthetic_frames(n_shared=150, n_only=10, seed=21)
+    return make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
+
+
+def _data_args(collab):
+    args = []
+    for party, path in collab.data.items():
+        args += ["--data", f"{party}={path}"]
+    return args
+
+
+def test_local_train_then_score(collab, tmp_path, capsys):
+    work = tmp_path / "work"
+    keys = collab.keys["lo"].parent
+    key_args = [f"--key={p}={k}" for p, k in collab.keys.items()]
+    code = main(
+        [
+            "local",
+            "train",
+            "--agreement",
+            str(collab.agreement_path),
+            *_data_args(collab),
+            "--workdir",
+            str(work),
+            "--iterations",
+            "5",
+            "--quiet",
+            *key_args,
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert keys.exists()
+    out = tmp_path / "scores.csv"
+    code = main(
+        [
+            "local",
+            "score",
+            "--agreement",
+            str(collab.agreement_path),
+            *_data_args(collab),
+            "--workdir",
+            str(work),
+            "--out",
+            str(out),
+            "--quiet",
+            *key_args,
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    scores = pd.read_csv(out)
+    assert list(scores.columns) == ["id", "score"] and len(scores) == 150
+    raw_ids = set(pd.read_csv(collab.data["lo"])["email"])
+    assert set(scores["id"]) <= raw_ids  # the result owner's own id format
+    # --out is not overwritten without --force
+    code = main(
+        [
+            "local",
+            "score",
+            "--agreement",
+            str(collab.agreement_path),
+            *_data_args(collab),
+            "--workdir",
+            str(work),
+            "--out",
+            str(out),
+            "--quiet",
+            *key_args,
+        ]
+    )
+    assert code == 2 and "--force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda a, c: a + ["--data", f"ghost={c.data['lo']}"], "unknown party"),
+        (lambda a, c: [x for x in a if not x.startswith("p2=")][:-1], "no --data for party"),
+        (lambda a, c: [x.replace("p1.csv", "nope.csv") for x in a], "no such file"),
+    ],
+)
+def test_local_train_bad_settings(collab, tmp_path, capsys, mutate, message):
+    work = tmp_path / "work"
+    key_args = [f"--key={p}={k}" for p, k in collab.keys.items()]
+    args = mutate(_data_args(collab), collab)
+    code = main(
+        [
+            "local",
+            "train",
+            "--agreement",
+            str(collab.agreement_path),
+            *args,
+            "--workdir",
+            str(work),
+            "--quiet",
+            *key_args,
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and err.startswith("error:") and "\n" not in err
+    assert not work.exists()
+
+
+def test_unreadable_data_file_named(collab, tmp_path, capsys):
+    collab.data["p1"].write_bytes(b"\x00\xff\xfe garbage \x00")
+    key_args = [f"--key={p}={k}" for p, k in collab.keys.items()]
+    code = main(
+        [
+            "local",
+            "train",
+            "--agreement",
+            str(collab.agreement_path),
+            *_data_args(collab),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--quiet",
+            *key_args,
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "p1" in err
+
+
+def test_missing_key_named(collab, tmp_path, capsys):
+    code = main(
+        [
+            "local",
+            "train",
+            "--agreement",
+            str(collab.agreement_path),
+            *_data_args(collab),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--keys",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "no private key for party" in err
+
+
+def test_node_config_errors_say_what_to_set(tmp_path):
+    with pytest.raises(ConfigurationError, match="data-path.*--node-config"):
+        PartySettings.from_node_config({"party": "bank"})
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        PartySettings.from_node_config(
+            {
+                "party": "bank",
+                "data-path": str(tmp_path / "missing.csv"),
+                "key-path": str(tmp_path / "k"),
+                "agreement-path": str(tmp_path / "a"),
+                "work-dir": str(tmp_path),
+            }
+        )
+    with pytest.raises(ConfigurationError, match="party"):
+        PartySettings.from_node_config(
+            {
+                "party": "bad/name",
+                "data-path": "x",
+                "key-path": "x",
+                "agreement-path": "x",
+                "work-dir": "x",
+            }
+        )
+
+
+def test_demo_end_to_end_and_refuses_non_empty_workdir(tmp_path, capsys):
+    work = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(work), "--iterations", "3", "--quiet"]) == 0
+    result = json.loads((work / "server" / "result.json").read_text())
+    assert result["joint_rows"] > 4000
+    assert (work / "parties" / "insurer" / "scores.csv").exists()
+    assert main(["audit", "verify", str(work)]) == 0
+    before = sorted(p.name for p in work.rglob("*"))
+    assert main(["demo", "--workdir", str(work), "--quiet"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert sorted(p.name for p in work.rglob("*")) == before
+    assert not list(tmp_path.glob(".demo.partial-*"))
