@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.perf_counter()
     public, private = paillier.generate_paillier_keypair(args.bits)
-    encryptor = paillier.DJNEncryptor(public)
+    encryptor = paillier.DJNEncryptor(public, private=private)  # LO encrypts under its own key
     print(f"setup: key generation {time.perf_counter() - started:.2f} s (once per run)")
 
     X_all = make_features(args.rows, args.features, args.dense, rng)

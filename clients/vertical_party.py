@@ -100,10 +100,12 @@ class VerticalParty:
 
     def __call__(self, message: Message, context: Context) -> Message:
         kind = message.metadata.message_type
+        party = str(context.node_config.get("party", "")) or None
         try:
             import vfm_flower.steps  # noqa: F401  (registers the protocol steps)
 
             settings = settings_from_context(context)
+            party = settings.party
             state = load_state(context)
             runtime = PartyRuntime(settings, state)
             request = wire.decode_request(kind, message.content)
@@ -113,4 +115,7 @@ class VerticalParty:
         except VfmError as exc:
             logger.error("%s refused: %s", kind, exc)
             reason = str(exc) if not isinstance(exc, ProtocolAbort) else exc.reason
-            return Message(Error(code=_error_code(exc), reason=reason), reply_to=message)
+            return Message(
+                Error(code=_error_code(exc), reason=wire.error_reason(party, reason)),
+                reply_to=message,
+            )

@@ -346,7 +346,8 @@ class VerticalStrategy(ABC):
             node = message.metadata.src_node_id
             who = party_of.get(node, f"node {node}")
             if message.has_error():
-                raise ProtocolAbort(self._phase, who, _error_reason(message))
+                named, reason = wire.parse_error_reason(_error_reason(message))
+                raise ProtocolAbort(self._phase, named or who, reason)
             stats.bytes_from_parties += recorddict_to_proto(message.content).ByteSize()
             reply = wire.decode_reply(kind, message.content)
             got[node if by_node else party_of.get(node, reply.party)] = reply

@@ -28,7 +28,10 @@ class Collaboration:
 
         return {p: PartyFiles(self.data[p], self.keys[p]) for p in self.data}
 
-    def run(self, workdir: Path | None = None, grid_out=None, offline=(), **run_config):
+    def run(
+        self, workdir: Path | None = None, grid_out=None, offline=(), party_agreements=None,
+        **run_config,
+    ):
         from vfm_flower.runtime.local_job import run_local_job
 
         config = {"party-wait-timeout": 0.2, **run_config}
@@ -40,6 +43,7 @@ class Collaboration:
             config,
             offline=tuple(offline),
             grid_out=grid_out,
+            party_agreements=party_agreements,
         )
 
 

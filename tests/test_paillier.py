@@ -130,6 +130,22 @@ def test_crt_decryption_reads_phe_ciphertexts(keypair) -> None:
         decryptor.decrypt(public.nsquare)
 
 
+def test_crt_encryptor_matches_phe(keypair) -> None:
+    public, private = keypair
+    enc = P.DJNEncryptor(public, private=private)
+    assert "crt=True" in repr(enc)
+    values = [0, 5, -5, 2**70, -(2**70)]
+    cts = enc.encrypt_ints(values)
+    assert [private.decrypt(EncryptedNumber(public, int(c), 0)) for c in cts] == values
+    enc.fill_pool(3, workers=2)
+    assert P.decrypt_vector(private, enc.take_obfuscators(3)) == [0, 0, 0]
+    parallel = P.encrypt_vector(public, np.arange(-10, 10), encryptor=enc, workers=2)
+    assert P.decrypt_vector(private, parallel) == list(range(-10, 10))
+    _, other_private = P.generate_paillier_keypair(2048)
+    with pytest.raises(ValueError, match="does not belong"):
+        P.DJNEncryptor(public, private=other_private)
+
+
 def test_encryptor_pool_and_parameters(keypair) -> None:
     public, private = keypair
     enc = P.DJNEncryptor(public)

@@ -46,7 +46,9 @@ The speed comes from:
   the label owner's own obfuscators raised to the party's feature values, which the key owner
   could extract and test hypotheses against; re-randomization makes the ciphertext a uniformly
   random encryption of its (masked) plaintext.
-* **CRT decryption** modulo ``p**2`` and ``q**2`` with precomputed ``hp`` and ``hq``.
+* **CRT** on the key owner's side: decryption modulo ``p**2`` and ``q**2`` with precomputed
+  ``hp`` and ``hq``; and, since the label owner encrypts its own residuals, its obfuscators are
+  also computed modulo ``p**2`` and ``q**2`` and recombined (``DJNEncryptor(private=...)``).
 * **Process pools** across cores for large batches (encryption split by rows, dot products split
   by columns with a cost model); small batches run in-process.
 
@@ -65,7 +67,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import gmpy2
@@ -433,40 +435,84 @@ def djn_exponent_bits(key_bits: int) -> int:
 
 @dataclass(frozen=True)
 class _DJNParams:
-    """What a worker process needs to make obfuscators (public values only)."""
+    """What a worker process needs to make obfuscators.
+
+    ``p`` and ``q`` are set only when the key owner encrypts (CRT speed-up); they then travel
+    to the owner's own worker processes over local pipes, nowhere else.
+    """
 
     n: mpz
     h_s: mpz
     exponent_bytes: int
+    p: mpz | None = field(default=None, repr=False)
+    q: mpz | None = field(default=None, repr=False)
 
 
-def _fixed_base_table(h_s: mpz, nsquare: mpz, exponent_bytes: int) -> list[list[mpz]]:
-    """``table[t][k] = h_s ** (k * 256**t) mod n**2`` for ``k < 256``, ``t < exponent_bytes``."""
+def _fixed_base_table(base: mpz, modulus: mpz, exponent_bytes: int) -> list[list[mpz]]:
+    """``table[t][k] = base ** (k * 256**t) mod modulus``, ``k < 256``, ``t < exponent_bytes``."""
     table: list[list[mpz]] = []
-    base = h_s
     for _ in range(exponent_bytes):
         row = [_ONE, base]
         last = base
         for _ in range(254):
-            last = last * base % nsquare
+            last = last * base % modulus
             row.append(last)
         table.append(row)
-        base = last * base % nsquare
+        base = last * base % modulus
     return table
 
 
-def _make_obfuscators(table: list[list[mpz]], nsquare: mpz, count: int) -> list[mpz]:
-    """``count`` obfuscators ``h_s ** alpha`` with ``alpha`` from ``secrets.token_bytes``."""
-    width = len(table)
-    out: list[mpz] = []
-    for _ in range(count):
-        acc = None
-        while acc is None:  # alpha == 0 (probability 2**-256) is redrawn
-            for row, k in zip(table, secrets.token_bytes(width)):
-                if k:
-                    acc = row[k] if acc is None else acc * row[k] % nsquare
-        out.append(acc)
-    return out
+class _ObfuscatorSource:
+    """Makes DJN obfuscators ``h_s ** alpha mod n**2`` from fixed-base tables.
+
+    With the factorization (the key owner encrypting its own values), the tables and products
+    live modulo ``p**2`` and ``q**2`` (2048-bit numbers for a 2048-bit key, ~3x cheaper
+    multiplications) and one CRT step rebuilds the value modulo ``n**2``: same obfuscator,
+    about 35% less work.
+    """
+
+    __slots__ = ("_width", "_nsquare", "_tables", "_moduli", "_crt")
+
+    def __init__(self, params: _DJNParams) -> None:
+        self._width = params.exponent_bytes
+        self._nsquare = params.n * params.n
+        if params.p is None or params.q is None:
+            self._moduli = (self._nsquare,)
+            self._crt: tuple[mpz, mpz, mpz] | None = None
+        else:
+            p2, q2 = params.p * params.p, params.q * params.q
+            self._moduli = (p2, q2)
+            self._crt = (p2, q2, gmpy2.invert(p2, q2))
+        self._tables = [_fixed_base_table(params.h_s % m, m, self._width) for m in self._moduli]
+
+    def make(self, count: int) -> list[mpz]:
+        """``count`` obfuscators with ``alpha`` from ``secrets.token_bytes``."""
+        out: list[mpz] = []
+        width = self._width
+        if self._crt is None:
+            table, modulus = self._tables[0], self._moduli[0]
+            for _ in range(count):
+                acc = None
+                while acc is None:  # alpha == 0 (probability 2**-256) is redrawn
+                    for row, k in zip(table, secrets.token_bytes(width)):
+                        if k:
+                            acc = row[k] if acc is None else acc * row[k] % modulus
+                out.append(acc)
+            return out
+        table_p, table_q = self._tables
+        p2, q2, p2_inv = self._crt
+        for _ in range(count):
+            acc_p = acc_q = None
+            while acc_p is None or acc_q is None:
+                for row_p, row_q, k in zip(table_p, table_q, secrets.token_bytes(width)):
+                    if k:
+                        if acc_p is None or acc_q is None:
+                            acc_p, acc_q = row_p[k], row_q[k]
+                        else:
+                            acc_p = acc_p * row_p[k] % p2
+                            acc_q = acc_q * row_q[k] % q2
+            out.append(acc_p + p2 * ((acc_q - acc_p) * p2_inv % q2))
+        return out
 
 
 def _apply_obfuscators(
@@ -482,20 +528,15 @@ def _apply_obfuscators(
 
 def _obfuscator_worker(payload: tuple[_DJNParams, int]) -> list[mpz]:
     params, count = payload
-    nsquare = params.n * params.n
-    table = _fixed_base_table(params.h_s, nsquare, params.exponent_bytes)
-    return _make_obfuscators(table, nsquare, count)
+    return _ObfuscatorSource(params).make(count)
 
 
 def _encrypt_worker(payload: tuple[_DJNParams, list[int]]) -> list[mpz]:
     params, values = payload
     n = params.n
-    nsquare = n * n
-    table = _fixed_base_table(params.h_s, nsquare, params.exponent_bytes)
     plaintexts = [encode_signed(v, n) for v in values]
-    return _apply_obfuscators(
-        plaintexts, _make_obfuscators(table, nsquare, len(values)), n, nsquare
-    )
+    obfuscators = _ObfuscatorSource(params).make(len(values))
+    return _apply_obfuscators(plaintexts, obfuscators, n, n * n)
 
 
 class DJNEncryptor:
@@ -509,35 +550,50 @@ class DJNEncryptor:
     ----------
     public : PaillierPublicKey
         The ``phe`` public key.
+    private : PaillierPrivateKey, optional
+        The matching private key, when the key owner encrypts its own values (the label owner
+        encrypting residuals): obfuscators are then computed modulo ``p**2`` and ``q**2`` and
+        recombined (CRT), ~35% faster. The ciphertexts are the same as without it.
     exponent_bits : int, optional
         Size of the short exponent ``alpha`` (multiple of 8, at least 224). Default:
         :func:`djn_exponent_bits` of the modulus size.
     """
 
-    __slots__ = ("_public", "_n", "_nsquare", "_h_s", "_exponent_bytes", "_table", "_pool")
+    __slots__ = ("_public", "_n", "_nsquare", "_params", "_source", "_pool")
 
-    def __init__(self, public: PaillierPublicKey, *, exponent_bits: int | None = None) -> None:
+    def __init__(
+        self,
+        public: PaillierPublicKey,
+        *,
+        private: PaillierPrivateKey | None = None,
+        exponent_bits: int | None = None,
+    ) -> None:
         n = mpz(public.n)
         check_key_bits(n.bit_length())
         bits = djn_exponent_bits(n.bit_length()) if exponent_bits is None else exponent_bits
         if bits % 8 or bits < 224:
             raise ValueError("the DJN exponent size must be a multiple of 8 and at least 224 bits")
+        p = q = None
+        if private is not None:
+            p, q = mpz(private.p), mpz(private.q)
+            if p * q != n:
+                raise ValueError("the private key does not belong to this public key")
         self._public = public
         self._n = n
         self._nsquare = n * n
         x = mpz(0)
         while x < 2 or gmpy2.gcd(x, n) != 1:
             x = mpz(secrets.randbelow(int(n)))
-        h = n - x * x % n  # -x**2 mod n: a quadratic-residue-like generator, as in DJN/HEU
-        self._h_s = gmpy2.powmod(h, n, self._nsquare)
-        self._exponent_bytes = bits // 8
-        self._table: list[list[mpz]] | None = None
+        h = n - x * x % n  # -x**2 mod n, as in DJN and HEU
+        h_s = gmpy2.powmod(h, n, self._nsquare)
+        self._params = _DJNParams(n=n, h_s=h_s, exponent_bytes=bits // 8, p=p, q=q)
+        self._source: _ObfuscatorSource | None = None
         self._pool: list[mpz] = []
 
     def __repr__(self) -> str:
         return (
-            f"DJNEncryptor(bits={self._n.bit_length()}, exponent_bits={8 * self._exponent_bytes}, "
-            f"pooled={len(self._pool)})"
+            f"DJNEncryptor(bits={self._n.bit_length()}, exponent_bits={self.exponent_bits}, "
+            f"crt={self._params.p is not None}, pooled={len(self._pool)})"
         )
 
     @property
@@ -548,20 +604,17 @@ class DJNEncryptor:
     @property
     def exponent_bits(self) -> int:
         """Size of the short exponents."""
-        return 8 * self._exponent_bytes
+        return 8 * self._params.exponent_bytes
 
     @property
     def pooled(self) -> int:
         """Number of obfuscators computed ahead and not used yet."""
         return len(self._pool)
 
-    def _params(self) -> _DJNParams:
-        return _DJNParams(n=self._n, h_s=self._h_s, exponent_bytes=self._exponent_bytes)
-
-    def _get_table(self) -> list[list[mpz]]:
-        if self._table is None:
-            self._table = _fixed_base_table(self._h_s, self._nsquare, self._exponent_bytes)
-        return self._table
+    def _make(self, count: int) -> list[mpz]:
+        if self._source is None:
+            self._source = _ObfuscatorSource(self._params)
+        return self._source.make(count)
 
     def fill_pool(self, count: int, *, workers: int | None = None) -> None:
         """Compute ``count`` obfuscators ahead of need (in parallel for large counts)."""
@@ -569,10 +622,9 @@ class DJNEncryptor:
             return
         n_workers = _resolve_workers(workers, count, _PARALLEL_MIN_ENCRYPTIONS)
         if n_workers == 1:
-            self._pool.extend(_make_obfuscators(self._get_table(), self._nsquare, count))
+            self._pool.extend(self._make(count))
             return
-        params = self._params()
-        payloads = [(params, end - start) for start, end in _chunks(count, n_workers)]
+        payloads = [(self._params, end - start) for start, end in _chunks(count, n_workers)]
         for part in _run_pool(_obfuscator_worker, payloads, n_workers):
             self._pool.extend(part)
 
@@ -582,7 +634,7 @@ class DJNEncryptor:
         out = self._pool[len(self._pool) - take :]
         del self._pool[len(self._pool) - take :]
         if count > take:
-            out.extend(_make_obfuscators(self._get_table(), self._nsquare, count - take))
+            out.extend(self._make(count - take))
         return out
 
     def encrypt_int(self, value: int) -> mpz:
@@ -603,11 +655,11 @@ class DJNEncryptor:
             return out
         n_workers = _resolve_workers(workers, len(rest), _PARALLEL_MIN_ENCRYPTIONS)
         if n_workers == 1:
-            obfs = _make_obfuscators(self._get_table(), self._nsquare, len(rest))
+            obfs = self._make(len(rest))
             out.extend(_apply_obfuscators(plaintexts[pooled:], obfs, self._n, self._nsquare))
             return out
-        params = self._params()
-        payloads = [(params, rest[start:end]) for start, end in _chunks(len(rest), n_workers)]
+        chunks = _chunks(len(rest), n_workers)
+        payloads = [(self._params, rest[start:end]) for start, end in chunks]
         for part in _run_pool(_encrypt_worker, payloads, n_workers):
             out.extend(part)
         return out
@@ -1150,6 +1202,7 @@ def encrypt_residuals(
     *,
     bound: float | None = None,
     encryptor: DJNEncryptor | None = None,
+    private: PaillierPrivateKey | None = None,
     workers: int | None = None,
 ) -> EncryptedVector:
     """Label owner: encrypt the residuals ``d`` in fixed point (``RESIDUAL_FRACTION_BITS``).
@@ -1164,10 +1217,15 @@ def encrypt_residuals(
         Public bound on ``|d|`` (pass 1.0 for logistic regression). Default: the smallest power
         of two at least ``max |d|``.
     encryptor : DJNEncryptor, optional
-        Keep one per run to reuse its table and pooled obfuscators.
+        Keep one per run (made with the private key) to reuse its tables and pooled
+        obfuscators.
+    private : PaillierPrivateKey, optional
+        Without ``encryptor``: the label owner's private key, for CRT-accelerated obfuscators.
     workers : int, optional
         Processes for the encryption (default: all cores for large vectors).
     """
+    if encryptor is None:
+        encryptor = DJNEncryptor(public, private=private)
     quantized, value_bits = quantize_residuals(d, bound=bound)
     cts = encrypt_vector(public, quantized, encryptor=encryptor, workers=workers)
     return EncryptedVector(tuple(cts), value_bits, RESIDUAL_FRACTION_BITS)

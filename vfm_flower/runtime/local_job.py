@@ -44,11 +44,13 @@ def run_local_job(
     *,
     offline: tuple[str, ...] = (),
     grid_out: list[Any] | None = None,
+    party_agreements: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Run one job in-process; returns the server's ``result.json`` content.
 
     With ``grid_out`` (a list), the in-process grid is appended to it, recording the server's
-    view of every message (tests inspect it).
+    view of every message (tests inspect it). ``party_agreements`` gives some parties their own
+    copy of the agreement file (by default every party uses ``agreement_path``).
     """
     from clients.client_app import app as client_app
     from strategies.server_app import app as server_app
@@ -56,7 +58,10 @@ def run_local_job(
 
     workdir = Path(workdir)
     names = list(parties)
-    node_configs = [party_node_config(p, parties[p], agreement_path, workdir) for p in names]
+    own = dict(party_agreements or {})
+    node_configs = [
+        party_node_config(p, parties[p], own.get(p, agreement_path), workdir) for p in names
+    ]
     config = {
         "agreement-path": str(Path(agreement_path).resolve()),
         "server-workdir": str((workdir / "server").resolve()),

@@ -19,6 +19,7 @@ travel as fixed-width bytes inside envelopes.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -33,6 +34,20 @@ ERROR_CODE_POLICY = 4201
 ERROR_CODE_CONFIG = 4202
 ERROR_CODE_DATA = 4203
 ERROR_CODE_PROTOCOL = 4204
+
+
+_REFUSAL = re.compile(r"^party '([^']+)' refused: (.*)$", re.DOTALL)
+
+
+def error_reason(party: str | None, reason: str) -> str:
+    """The reason of an error reply: names the party, whose node id the server may not know."""
+    return f"party '{party}' refused: {reason}" if party else reason
+
+
+def parse_error_reason(reason: str) -> tuple[str | None, str]:
+    """Inverse of ``error_reason``: ``(party or None, reason)``."""
+    match = _REFUSAL.match(reason)
+    return (match.group(1), match.group(2)) if match else (None, reason)
 
 
 def _raw(blob: bytes) -> Array:

@@ -1,0 +1,149 @@
+"""Governance enforced in the running protocol: the server's checks and every party's own."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+import strategies.base as strategy_base
+from tests.conftest import make_collaboration, synthetic_frames
+from vfm_flower.agreement import SignedAgreement
+from vfm_flower.audit import verify_audit_tree
+from vfm_flower.errors import PolicyViolation, ProtocolAbort
+
+FAST = {"max-iterations": 2}
+
+
+def _collab(tmp_path, **terms):
+    frames, _ = synthetic_frames(n_shared=120, n_only=10, seed=31)
+    terms.setdefault("min_intersection", 50)
+    return make_collaboration(tmp_path / "c", frames, label_owner="lo", **terms)
+
+
+def _audit_decisions(root):
+    decisions = []
+    for path in root.rglob("audit-*.jsonl"):
+        for line in path.read_text().splitlines():
+            decisions.append((path.parent.name, json.loads(line).get("decision")))
+    return decisions
+
+
+@pytest.fixture
+def malicious_server(monkeypatch):
+    """A server that skips its own job check: the parties must still refuse."""
+    monkeypatch.setattr(strategy_base, "check_job", lambda signed, job, now=None: None)
+
+
+def test_server_refuses_disallowed_model_before_contacting_anyone(tmp_path):
+    collab = _collab(tmp_path, allowed_models=("logistic",))
+    grids = []
+    with pytest.raises(PolicyViolation, match=r"\[model\]"):
+        collab.run(grid_out=grids, job="train", model="linear", **FAST)
+    assert ("server", "refused:model") in _audit_decisions(collab.root / "work")
+
+
+def test_party_refuses_disallowed_job_from_malicious_server(tmp_path, malicious_server):
+    collab = _collab(tmp_path, allowed_operations=("train",))
+    with pytest.raises(ProtocolAbort, match=r"\[operation\]"):
+        collab.run(job="score")
+    decisions = _audit_decisions(collab.root / "work")
+    assert ("lo", "refused:operation") in decisions
+
+
+def test_party_refuses_small_paillier_key(tmp_path, malicious_server):
+    collab = _collab(tmp_path)
+    with pytest.raises(ProtocolAbort, match=r"\[paillier_bits\]"):
+        collab.run(job="train", **{"paillier-bits": 1024}, **FAST)
+
+
+def test_party_refuses_denied_feature(tmp_path, malicious_server, monkeypatch):
+    collab = _collab(tmp_path, denied_features={"p1": ["p1_x"]})
+    # the malicious server asks p1 for its denied column
+    original = strategy_base.VerticalStrategy.request
+
+    def request(self, kind, step, **kwargs):
+        req = original(self, kind, step, **kwargs)
+        req.job = dataclasses.replace(req.job, features={"p1": ("p1_x",)})
+        return req
+
+    monkeypatch.setattr(strategy_base.VerticalStrategy, "request", request)
+    with pytest.raises(ProtocolAbort, match=r"\[features\].*'p1'.*p1_x"):
+        collab.run(job="train", **FAST)
+
+
+def test_denied_feature_is_never_used(tmp_path):
+    frames, _ = synthetic_frames(n_shared=120, n_only=10, seed=32)
+    frames["p1"]["p1_secret"] = frames["p1"]["p1_x"] * 2
+    collab = make_collaboration(
+        tmp_path / "c",
+        frames,
+        label_owner="lo",
+        min_intersection=50,
+        denied_features={"p1": ["p1_secret"]},
+    )
+    collab.run(job="train", **FAST)
+    text = (collab.root / "work" / "parties" / "p1" / "model" / "slice.json").read_text()
+    assert "p1_secret" not in text and "p1_x" in text
+
+
+def test_different_agreement_at_one_party(tmp_path):
+    collab = _collab(tmp_path)
+    signed = SignedAgreement.load(collab.agreement_path)
+    other_terms = dataclasses.replace(signed.agreement, purpose="something else")
+    other = SignedAgreement(other_terms, {})
+    for identity in collab.identities.values():
+        other = other.with_signature(identity)
+    other_path = tmp_path / "p2-agreement.toml"
+    other.save(other_path)
+    with pytest.raises(ProtocolAbort, match=r"p2.*\[agreement_hash\]"):
+        collab.run(party_agreements={"p2": other_path}, job="train", **FAST)
+
+
+def test_unsigned_agreement_refused(tmp_path):
+    collab = _collab(tmp_path)
+    signed = SignedAgreement.load(collab.agreement_path)
+    partial = SignedAgreement(signed.agreement, {"lo": signed.signatures["lo"]})
+    partial.save(collab.agreement_path)
+    with pytest.raises(PolicyViolation, match=r"\[signatures\].*p1"):
+        collab.run(job="train", **FAST)
+
+
+def test_tampered_terms_refused(tmp_path):
+    collab = _collab(tmp_path)
+    text = collab.agreement_path.read_text()
+    collab.agreement_path.write_text(text.replace("test collaboration", "another purpose"))
+    with pytest.raises(PolicyViolation, match=r"\[signatures\]"):
+        collab.run(job="train", **FAST)
+
+
+def test_expired_agreement_refused(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    collab = _collab(tmp_path, not_before=datetime.now(UTC) - timedelta(days=400), valid_days=30)
+    with pytest.raises(PolicyViolation, match=r"\[validity\]"):
+        collab.run(job="train", **FAST)
+
+
+def test_party_absent_named(tmp_path):
+    collab = _collab(tmp_path)
+    with pytest.raises(ProtocolAbort, match="p1.*did not connect"):
+        collab.run(offline=("p1",), job="train", **FAST)
+
+
+def test_cohort_below_minimum_refused(tmp_path):
+    collab = _collab(tmp_path, min_cohort=100)  # 30% of 120 rows held out = 36 < 100
+    with pytest.raises(ProtocolAbort, match=r"lo.*\[min_cohort\]"):
+        collab.run(job="train", **FAST)
+    decisions = _audit_decisions(collab.root / "work")
+    assert ("lo", "refused:min_cohort") in decisions
+
+
+def test_audit_logs_sealed_and_intact_after_a_refusal(tmp_path):
+    collab = _collab(tmp_path, min_cohort=100)
+    with pytest.raises(ProtocolAbort):
+        collab.run(job="train", **FAST)
+    results = verify_audit_tree(collab.root / "work")
+    assert len(results) == 4
+    assert all(v.ok for _, v in results), [(p, v.reason) for p, v in results]
