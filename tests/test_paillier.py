@@ -401,6 +401,9 @@ def test_payload_codecs_round_trip(keypair, encryptor) -> None:
     enc_d = P.encrypt_residuals(public, np.linspace(-1, 1, 40), bound=1.0, encryptor=encryptor)
     ev_bytes = P.encrypted_vector_to_bytes(enc_d, public)
     assert P.encrypted_vector_from_bytes(ev_bytes, public) == enc_d
+    small = P.encrypt_residuals(public, np.array([0.1, -0.2]), encryptor=encryptor)
+    assert small.value_bits < small.fraction_bits  # bound 0.25: allowed
+    assert P.encrypted_vector_from_bytes(P.encrypted_vector_to_bytes(small, public), public)
     with pytest.raises(ValueError, match="expected 40"):
         P.encrypted_vector_from_bytes(ev_bytes[:-512], public)
     with pytest.raises(ValueError, match="not a serialized"):

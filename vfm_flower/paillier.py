@@ -234,7 +234,7 @@ def _validate_modulus(n: int, min_bits: int) -> None:
         raise ValueError("not a Paillier modulus: n has a small prime factor")
 
 
-_SMALL_PRIMES = [p for p in range(3, 2000) if all(p % q for q in range(2, int(p**0.5) + 1))]
+_SMALL_PRIMES = tuple(p for p in range(3, 2000) if all(p % q for q in range(2, int(p**0.5) + 1)))
 
 
 def public_key_from_bytes(data: bytes, *, min_bits: int = MIN_KEY_BITS) -> PaillierPublicKey:
@@ -1433,7 +1433,7 @@ def encrypted_vector_to_bytes(vector: EncryptedVector, public: PaillierPublicKey
 def encrypted_vector_from_bytes(data: bytes, public: PaillierPublicKey) -> EncryptedVector:
     """Parse :func:`encrypted_vector_to_bytes` output (checks the count and widths)."""
     (count, value_bits, fraction_bits), body = _read_header(data, _EV_MAGIC, 3, "encrypted vector")
-    if not 0 < value_bits <= 64 or fraction_bits > value_bits:
+    if not 0 < value_bits <= 64 or fraction_bits > 64:
         raise ValueError("encrypted vector declares an invalid value bound")
     cts = ciphertexts_from_bytes(body, public, count)
     return EncryptedVector(tuple(cts), value_bits, fraction_bits)
