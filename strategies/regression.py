@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from strategies.base import VerticalStrategy
@@ -16,7 +17,9 @@ class VerticalRegression(VerticalStrategy):
 
     model_kind = "logistic"
 
-    def __init__(self, *args, l2: float = 1e-3, holdout_fraction: float = 0.3, **kwargs) -> None:
+    def __init__(
+        self, *args, l2: float = 1e-3, holdout_fraction: float = 0.3, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.l2 = float(l2)
         self.holdout_fraction = float(holdout_fraction)
@@ -47,7 +50,10 @@ class VerticalRegression(VerticalStrategy):
         passives = list(self.agreement.passive_parties)
         partial = self.exchange(
             "query.score",
-            {p: self.request("query.score", 1, inbox=self.take_carry(p)) for p in self.parties},
+            {
+                p: self.request("query.score", 1, inbox=self.take_carry(p))
+                for p in self.parties
+            },
         )
         models = {p: r.public.get("model_id") for p, r in partial.items()}
         for party, model_id in models.items():
@@ -61,7 +67,9 @@ class VerticalRegression(VerticalStrategy):
         sums = {}
         if passives:
             sums["score"] = sum_masked([partial[p].masked["score"] for p in passives])
-        combined = self.exchange("query.combine", {lo: self.request("query.combine", 1, sums=sums)})
+        combined = self.exchange(
+            "query.combine", {lo: self.request("query.combine", 1, sums=sums)}
+        )
         scored = int(combined[lo].public.get("scored_rows", 0))
         self.result.public["scored_rows"] = scored
         self.end_phase("score", scored_rows=scored)
@@ -79,7 +87,9 @@ class VerticalRegression(VerticalStrategy):
         prepared = self.exchange(
             "train.prepare",
             {
-                p: self.request("train.prepare", 0, params=params, inbox=self.take_carry(p))
+                p: self.request(
+                    "train.prepare", 0, params=params, inbox=self.take_carry(p)
+                )
                 for p in self.parties
             },
         )
@@ -87,11 +97,14 @@ class VerticalRegression(VerticalStrategy):
         for party, count in joint.items():
             if count != joint[lo]:
                 raise ProtocolAbort(
-                    "train", party, f"holds {count} aligned rows, the label owner {joint[lo]}"
+                    "train",
+                    party,
+                    f"holds {count} aligned rows, the label owner {joint[lo]}",
                 )
         pending: dict[str, dict[tuple[str, str], bytes]] = {}
         inboxes: dict[str, dict[tuple[str, str], bytes]] = {}
         limit = int(self.job.max_iterations)
+        started = time.monotonic()
         t = 0
         while True:
             sums = {}
@@ -99,14 +112,21 @@ class VerticalRegression(VerticalStrategy):
                 forward = self.exchange(
                     "train.forward",
                     {
-                        p: self.request("train.forward", t, params=params, inbox=pending.get(p))
+                        p: self.request(
+                            "train.forward", t, params=params, inbox=pending.get(p)
+                        )
                         for p in passives
                     },
                 )
-                sums["forward"] = sum_masked([forward[p].masked["forward"] for p in passives])
+                sums["forward"] = sum_masked(
+                    [forward[p].masked["forward"] for p in passives]
+                )
             residual = self.exchange(
-                "train.residual", {lo: self.request("train.residual", t, params=params, sums=sums)}
+                "train.residual",
+                {lo: self.request("train.residual", t, params=params, sums=sums)},
             )[lo]
+            elapsed = time.monotonic() - started
+            rate = elapsed / (t + 1)
             self.progress(
                 "iteration",
                 {
@@ -114,6 +134,8 @@ class VerticalRegression(VerticalStrategy):
                     "max_iterations": limit,
                     "train_loss": residual.public.get("objective"),
                     "holdout_loss": residual.public.get("holdout_loss"),
+                    "seconds_per_iteration": round(rate, 2),
+                    "eta_seconds": round(rate * max(limit - t, 0), 1),
                 },
             )
             inboxes = self.relay([residual])
@@ -121,19 +143,27 @@ class VerticalRegression(VerticalStrategy):
                 break
             if t >= limit:
                 raise ProtocolAbort(
-                    "train", lo, f"did not stop within max-iterations={limit} (agreement term)"
+                    "train",
+                    lo,
+                    f"did not stop within max-iterations={limit} (agreement term)",
                 )
             backward = self.exchange(
                 "train.backward",
                 {
-                    p: self.request("train.backward", t, params=params, inbox=inboxes[p])
+                    p: self.request(
+                        "train.backward", t, params=params, inbox=inboxes[p]
+                    )
                     for p in passives
                 },
             )
             inboxes = self.relay(backward.values())
             decrypted = self.exchange(
                 "train.decrypt",
-                {lo: self.request("train.decrypt", t, params=params, inbox=inboxes[lo])},
+                {
+                    lo: self.request(
+                        "train.decrypt", t, params=params, inbox=inboxes[lo]
+                    )
+                },
             )
             pending = self.relay(decrypted.values())
             t += 1
@@ -164,10 +194,15 @@ class VerticalLinearRegression(VerticalRegression):
     model_kind = "linear"
 
 
-STRATEGIES = {"logistic": VerticalLogisticRegression, "linear": VerticalLinearRegression}
+STRATEGIES = {
+    "logistic": VerticalLogisticRegression,
+    "linear": VerticalLinearRegression,
+}
 
 
-def build_strategy(agreement: SignedAgreement, settings: ServerSettings) -> VerticalRegression:
+def build_strategy(
+    agreement: SignedAgreement, settings: ServerSettings
+) -> VerticalRegression:
     try:
         cls = STRATEGIES[settings.job.model]
     except KeyError as exc:
