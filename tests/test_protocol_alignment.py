@@ -41,13 +41,61 @@ def test_alignment_matches_plain_intersection_in_same_order(small_collab):
 
 
 def test_server_view_holds_no_ids(small_collab):
+    from vfm_flower import psi
+    from vfm_flower.agreement import SignedAgreement
+
     grids = []
     small_collab.run(grid_out=grids, job="train", **{"max-iterations": 1})
-    blob = b"".join(m for _, _, m in grids[0].transcript)
-    for email in small_collab.shared[:50]:
+    grid = grids[0]
+    blob = b"".join(m for _, _, m in grid.transcript)
+    run_key = str(_party_states(grid)["lo"].get("run_key"))
+    agreement = SignedAgreement.load(small_collab.agreement_path).agreement
+    points = psi.hash_ids_to_points(
+        small_collab.shared[:50], psi.psi_domain(agreement.agreement_id, run_key)
+    )
+    for email, point in zip(small_collab.shared[:50], points):
         assert email.encode() not in blob
         assert email.upper().encode() not in blob
         assert hashlib.sha256(email.encode()).digest() not in blob
+        assert point.tobytes() not in blob  # the hashed id (curve point) never travels
+
+
+def test_tampered_psi_envelope_refused(small_collab, monkeypatch):
+    from strategies.base import VerticalStrategy
+
+    original = VerticalStrategy.relay
+
+    def relay(self, replies):
+        inboxes = original(self, replies)
+        for key, blob in list(inboxes["lo"].items()):
+            if key[1] == "psi.passive_blinded":
+                inboxes["lo"][key] = blob[:200] + bytes([blob[200] ^ 0x40]) + blob[201:]
+        return inboxes
+
+    monkeypatch.setattr(VerticalStrategy, "relay", relay)
+    with pytest.raises(ProtocolAbort, match="lo.*(tampered|signature)"):
+        small_collab.run(job="train")
+
+
+def test_replayed_psi_envelope_refused(small_collab, monkeypatch):
+    """The server re-delivers round 1's blinded set as round 2's reply: refused by binding."""
+    from strategies.base import VerticalStrategy
+
+    original = VerticalStrategy.relay
+    kept = {}
+
+    def relay(self, replies):
+        inboxes = original(self, replies)
+        for key, blob in list(inboxes["lo"].items()):
+            if key[1] == "psi.passive_blinded":
+                kept[key[0]] = blob
+            if key[1] == "psi.lo_double":
+                inboxes["lo"][key] = kept[key[0]]
+        return inboxes
+
+    monkeypatch.setattr(VerticalStrategy, "relay", relay)
+    with pytest.raises(ProtocolAbort, match="lo.*(round|topic|misdirected)"):
+        small_collab.run(job="train")
 
 
 def test_min_intersection_gate_reveals_only_too_small(tmp_path):
