@@ -46,6 +46,8 @@ x25519_us_per_op (single core, cached private key), floor_ids_per_sec_per_core
 (1 / (2 x seconds per op)), efficiency (ratio of the two), naive_x25519_us_per_op (with
 from_private_bytes per op), correct (1 iff both parties get the plain set intersection in the
 same order), peak_rss_mb (max RSS of this process + largest reaped child, i.e. a pool worker).
+timed_cpu_seconds (CPU of this process and its pool workers over the timed part),
+cpu_efficiency (4N x seconds per op / timed_cpu_seconds: what a busy machine does not skew),
 cpu_share (CPU seconds / (wall seconds x cores) while the pool was open: warm-up,
 id generation, the timed part and the check), other_cpu_share (the same for every other
 process on the machine, from /proc/stat: a busy machine slows the run), load_avg_1min_before.
@@ -92,6 +94,28 @@ def cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def tree_cpu_seconds() -> float | None:
+    """CPU seconds of this process and its live children (pool workers), Linux /proc."""
+    own = os.times()
+    total = own.user + own.system
+    me = str(os.getpid())
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me:  # ppid
+                total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    except OSError:
+        return None
+    return total
 
 
 def machine_busy_seconds() -> float | None:
@@ -144,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         lo_raw, passive_raw, shared = make_ids(args.ids)
         print(f"parties: 2 x {args.ids} ids, {shared} shared; cores {cores}, workers {workers}")
 
+        tree_start = tree_cpu_seconds()
         start = time.perf_counter()
         lo_ids = normalize_ids([lo_raw], "email", party="label_owner")
         passive_ids = normalize_ids([passive_raw], "email", party="passive")
@@ -157,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             executor=pool,
         )
         seconds = time.perf_counter() - start
+        tree_end = tree_cpu_seconds()
         align_seconds = seconds - normalize_seconds
     # Workers are reaped when the pool closes: only then is their CPU time counted.
     pool_wall = time.perf_counter() - pool_start
@@ -181,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     ids_rate = 2 * args.ids / seconds / cores
+    timed_cpu = None if tree_start is None or tree_end is None else tree_end - tree_start
+    cpu_efficiency = None if not timed_cpu else 4 * args.ids * per_op / timed_cpu
     floor_rate = 1.0 / (2.0 * per_op)
     report = {
         "ids_per_party": args.ids,
@@ -198,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         "naive_x25519_us_per_op": round(naive_per_op * 1e6, 2),
         "correct": correct,
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "timed_cpu_seconds": None if timed_cpu is None else round(timed_cpu, 2),
+        "cpu_efficiency": None if cpu_efficiency is None else round(cpu_efficiency, 3),
         "cpu_share": round(cpu_share, 3),
         "other_cpu_share": None if other_share is None else round(other_share, 3),
         "load_avg_1min_before": round(load_before, 2),
@@ -210,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{ids_rate:,.0f} ids/s/core vs floor {floor_rate:,.0f} ids/s/core: "
         f"efficiency {report['efficiency']:.2f}"
     )
+    if cpu_efficiency is not None:
+        print(
+            f"CPU time of the timed part {timed_cpu:.1f} s vs floor {4 * args.ids * per_op:.1f} s"
+            f" (4N X25519 ops): CPU efficiency {cpu_efficiency:.2f}"
+        )
     print(f"joint rows {len(joint_lo)} (expected {len(expected)}), correct={correct}")
     print(f"peak RSS {report['peak_rss_mb']:.0f} MB (this process + largest child)")
     print(

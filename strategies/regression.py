@@ -18,9 +18,17 @@ class VerticalRegression(VerticalStrategy):
     model_kind = "logistic"
 
     def __init__(
-        self, *args, l2: float = 1e-3, holdout_fraction: float = 0.3, **kwargs
+        self,
+        *args: Any,
+        l2: float = 1e-3,
+        holdout_fraction: float = 0.3,
+        outcome: str = "respond",
+        holdout_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.outcome = outcome
+        self.holdout_seed = int(holdout_seed)
         self.l2 = float(l2)
         self.holdout_fraction = float(holdout_fraction)
         if self.agreement.result_owner != self.agreement.label_owner:
@@ -50,10 +58,7 @@ class VerticalRegression(VerticalStrategy):
         passives = list(self.agreement.passive_parties)
         partial = self.exchange(
             "query.score",
-            {
-                p: self.request("query.score", 1, inbox=self.take_carry(p))
-                for p in self.parties
-            },
+            {p: self.request("query.score", 1, inbox=self.take_carry(p)) for p in self.parties},
         )
         models = {p: r.public.get("model_id") for p, r in partial.items()}
         for party, model_id in models.items():
@@ -67,16 +72,18 @@ class VerticalRegression(VerticalStrategy):
         sums = {}
         if passives:
             sums["score"] = sum_masked([partial[p].masked["score"] for p in passives])
-        combined = self.exchange(
-            "query.combine", {lo: self.request("query.combine", 1, sums=sums)}
-        )
+        combined = self.exchange("query.combine", {lo: self.request("query.combine", 1, sums=sums)})
         scored = int(combined[lo].public.get("scored_rows", 0))
         self.result.public["scored_rows"] = scored
         self.end_phase("score", scored_rows=scored)
 
     @property
     def training_params(self) -> dict[str, Any]:
-        return {"l2": self.l2, "holdout_fraction": self.holdout_fraction}
+        return {
+            "l2": self.l2,
+            "holdout_fraction": self.holdout_fraction,
+            "holdout_seed": self.holdout_seed,
+        }
 
     def train(self) -> None:
         """Prepare, iterate (4 rounds each), finish: see ``vfm_flower.steps.training``."""
@@ -87,9 +94,7 @@ class VerticalRegression(VerticalStrategy):
         prepared = self.exchange(
             "train.prepare",
             {
-                p: self.request(
-                    "train.prepare", 0, params=params, inbox=self.take_carry(p)
-                )
+                p: self.request("train.prepare", 0, params=params, inbox=self.take_carry(p))
                 for p in self.parties
             },
         )
@@ -112,15 +117,11 @@ class VerticalRegression(VerticalStrategy):
                 forward = self.exchange(
                     "train.forward",
                     {
-                        p: self.request(
-                            "train.forward", t, params=params, inbox=pending.get(p)
-                        )
+                        p: self.request("train.forward", t, params=params, inbox=pending.get(p))
                         for p in passives
                     },
                 )
-                sums["forward"] = sum_masked(
-                    [forward[p].masked["forward"] for p in passives]
-                )
+                sums["forward"] = sum_masked([forward[p].masked["forward"] for p in passives])
             residual = self.exchange(
                 "train.residual",
                 {lo: self.request("train.residual", t, params=params, sums=sums)},
@@ -150,27 +151,26 @@ class VerticalRegression(VerticalStrategy):
             backward = self.exchange(
                 "train.backward",
                 {
-                    p: self.request(
-                        "train.backward", t, params=params, inbox=inboxes[p]
-                    )
+                    p: self.request("train.backward", t, params=params, inbox=inboxes[p])
                     for p in passives
                 },
             )
             inboxes = self.relay(backward.values())
             decrypted = self.exchange(
                 "train.decrypt",
-                {
-                    lo: self.request(
-                        "train.decrypt", t, params=params, inbox=inboxes[lo]
-                    )
-                },
+                {lo: self.request("train.decrypt", t, params=params, inbox=inboxes[lo])},
             )
             pending = self.relay(decrypted.values())
             t += 1
+        finish_params = {
+            **params,
+            "rows_per_party": dict(self.result.rows),
+            "outcome": self.outcome,
+        }
         finished = self.exchange(
             "train.finish",
             {
-                p: self.request("train.finish", t, params=params, inbox=inboxes.get(p))
+                p: self.request("train.finish", t, params=finish_params, inbox=inboxes.get(p))
                 for p in self.parties
             },
         )
@@ -200,9 +200,7 @@ STRATEGIES = {
 }
 
 
-def build_strategy(
-    agreement: SignedAgreement, settings: ServerSettings
-) -> VerticalRegression:
+def build_strategy(agreement: SignedAgreement, settings: ServerSettings) -> VerticalRegression:
     try:
         cls = STRATEGIES[settings.job.model]
     except KeyError as exc:
@@ -217,4 +215,6 @@ def build_strategy(
         party_wait_timeout=settings.party_wait_timeout,
         l2=settings.l2,
         holdout_fraction=settings.holdout_fraction,
+        outcome=settings.outcome,
+        holdout_seed=settings.holdout_seed,
     )

@@ -25,6 +25,8 @@ RUN_CONFIG_KEYS = {
     "holdout-fraction": "share of the aligned rows the label owner holds out",
     "round-timeout": "seconds to wait for the replies of one round",
     "party-wait-timeout": "seconds to wait for every party to come online",
+    "holdout-seed": "seed of the label owner's hold-out split (0: random, from the CSPRNG)",
+    "outcome": "verb for the positive label in the report's plain language (e.g. buy)",
     "demo-dir": "simulation only: a directory made by `vfm demo --prepare-only`",
 }
 
@@ -43,6 +45,8 @@ class ServerSettings:
     holdout_fraction: float
     round_timeout: float
     party_wait_timeout: float
+    outcome: str = "respond"
+    holdout_seed: int = 0
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> ServerSettings:
@@ -80,6 +84,8 @@ class ServerSettings:
                 holdout_fraction=float(_get(config, "holdout-fraction", 0.3)),
                 round_timeout=float(_get(config, "round-timeout", 600.0)),
                 party_wait_timeout=float(_get(config, "party-wait-timeout", 120.0)),
+                outcome=str(_get(config, "outcome", "respond")),
+                holdout_seed=int(_get(config, "holdout-seed", 0)),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"run-config has a malformed value: {exc}") from exc

@@ -29,7 +29,11 @@ class Collaboration:
         return {p: PartyFiles(self.data[p], self.keys[p]) for p in self.data}
 
     def run(
-        self, workdir: Path | None = None, grid_out=None, offline=(), party_agreements=None,
+        self,
+        workdir: Path | None = None,
+        grid_out=None,
+        offline=(),
+        party_agreements=None,
         **run_config,
     ):
         from vfm_flower.runtime.local_job import run_local_job

@@ -188,6 +188,20 @@ def test_demo_end_to_end_and_refuses_non_empty_workdir(tmp_path, capsys):
     result = json.loads((work / "server" / "result.json").read_text())
     assert result["joint_rows"] > 4000
     assert (work / "parties" / "insurer" / "scores.csv").exists()
+    report = json.loads((work / "parties" / "insurer" / "report.json").read_text())
+    for key in ("auc", "auc_label_owner_only", "top_decile_lift", "aligned_rows", "gain_lift"):
+        assert key in report
+    assert report["auc"] > report["auc_label_owner_only"]
+    assert report["top_decile_lift"] > 1.5
+    assert (work / "parties" / "insurer" / "report.html").exists()
+    # each party's own report names only its own features; the shared report none
+    prefixes = {"broker": "M", "bank": "P", "insurer": "A"}
+    shared = (work / "parties" / "insurer" / "report.json").read_text()
+    for party, prefix in prefixes.items():
+        own = json.loads((work / "parties" / party / "party_report.json").read_text())
+        names = [f["feature"] for f in own["features"]]
+        assert names and all(n.startswith(prefix) for n in names), (party, names[:3])
+        assert not any(f'"{n}"' in shared for n in names)
     assert main(["audit", "verify", str(work)]) == 0
     before = sorted(p.name for p in work.rglob("*"))
     assert main(["demo", "--workdir", str(work), "--quiet"]) == 2

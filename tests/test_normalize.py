@@ -180,6 +180,8 @@ def test_table_shape_errors() -> None:
         normalize_ids([["a"], ["b", "c"]], "plain")
     with pytest.raises(ConfigurationError, match="at least one id column"):
         normalize_ids([], "plain")
+    with pytest.raises(ConfigurationError, match=r"pass \[values\] for one column"):
+        normalize_ids(["a@x.com", "b@x.com"], "email")
 
 
 @pytest.mark.parametrize("code", ["", "0", "044", "1234", "x1", "+"])

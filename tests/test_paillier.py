@@ -187,6 +187,30 @@ def test_process_pool_paths_match(keypair) -> None:
     assert P.decrypt_vector(private, parallel) == expected
 
 
+def test_broken_process_pool_falls_back_to_in_process(keypair, monkeypatch) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    class BrokenPool:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def __enter__(self) -> BrokenPool:
+            return self
+
+        def __exit__(self, *exc) -> None:
+            return None
+
+        def map(self, fn, payloads):
+            raise BrokenProcessPool("no children here")
+
+    public, private = keypair
+    monkeypatch.setattr(P, "ProcessPoolExecutor", BrokenPool)
+    cts = P.encrypt_vector(public, np.arange(-3, 3), workers=2)
+    X_int = np.arange(12).reshape(6, 2) - 5
+    result = P.encrypted_dot_products(cts, X_int, public.nsquare, workers=2)
+    assert P.decrypt_vector(private, result) == [int(v) for v in X_int.T @ np.arange(-3, 3)]
+
+
 # ---------------------------------------------------------------------------- dot products
 
 
@@ -287,9 +311,9 @@ def test_party_without_private_key_cannot_decrypt(keypair, encryptor) -> None:
     blob = P.packed_to_bytes(packed, public)
     assert len(blob) == 16 + len(packed.ciphertexts) * P.ciphertext_width(public)
     # Another key (what a party could make up) decrypts to values that fail the mask check.
-    _, other_private = P.generate_paillier_keypair(2048)
+    other_public, other_private = P.generate_paillier_keypair(2048)
     foreign = P.CRTDecryptor(other_private)
-    junk = [int(foreign.decrypt(c)) for c in packed.ciphertexts]
+    junk = [int(foreign.decrypt(c % other_public.nsquare)) for c in packed.ciphertexts]
     assert all(j.bit_length() > 1900 for j in junk)  # uniform noise, not packed slots
     with pytest.raises(ValueError):
         P.decrypt_masked_gradient(other_private, packed)

@@ -209,7 +209,11 @@ def normalize_ids(
     _check_kind(kind)
     sensitive = _default_case_sensitive(kind, case_sensitive)
     country_code = _check_country_code(default_country_code)
-    columns = [list(col) if not isinstance(col, list) else col for col in columns]
+    if isinstance(columns, str | bytes) or any(isinstance(c, str | bytes) for c in columns):
+        raise ConfigurationError(
+            "normalize_ids takes a sequence of id columns: pass [values] for one column"
+        )
+    columns = [col if isinstance(col, list) else list(col) for col in columns]
     if not columns:
         raise ConfigurationError("normalize_ids needs at least one id column")
     n_rows = len(columns[0])

@@ -67,6 +67,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -397,10 +398,20 @@ def _resolve_workers(workers: int | None, work: int, threshold: int) -> int:
 
 
 def _run_pool(fn: Callable[[Any], Any], payloads: list[Any], workers: int) -> list[Any]:
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(payloads)), mp_context=_mp_context()
-    ) as executor:
-        return list(executor.map(fn, payloads))
+    """``[fn(p) for p in payloads]`` across processes; in-process if the pool cannot work.
+
+    A pool can break where child processes cannot start (no importable ``__main__`` under
+    forkserver/spawn, resource limits): the work is then done in this process, slower but
+    with the same result.
+    """
+    try:
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(payloads)), mp_context=_mp_context()
+        ) as executor:
+            return list(executor.map(fn, payloads))
+    except (BrokenProcessPool, OSError) as exc:
+        logger.warning("process pool unavailable (%s): computing in-process", type(exc).__name__)
+        return [fn(p) for p in payloads]
 
 
 def _chunks(count: int, parts: int) -> list[tuple[int, int]]:

@@ -57,7 +57,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             demo.agreement_path,
             files,
             staging,
-            {"job": "train", "model": "logistic", "max-iterations": args.iterations},
+            {
+                "job": "train",
+                "model": "logistic",
+                "max-iterations": args.iterations,
+                "outcome": "buy",
+                "holdout-seed": args.seed,
+            },
         )
         console.print("[bold]score[/] scoring the shared customers with the trained slices")
         scored = run_local_job(
@@ -75,6 +81,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{public['auc_label_owner_only']:.3f} ({public['iterations']} iterations, "
         f"{public['rounds_per_iteration']} rounds each)"
     )
+    report_dir = workdir / "parties" / "insurer"
+    console.print(f"[bold]report[/] {report_dir / 'report.html'} (and report.json)")
+    for line in public.get("headline", []):
+        console.print(f"  - {line}")
     console.print(
         f"[bold]scores[/] {public['scored_rows']:,} customers scored: "
         f"{workdir / 'parties' / 'insurer' / 'scores.csv'}"
@@ -231,4 +241,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="only create the demo collaboration (for `flwr run` and the deployment example)",
     )
     demo.add_argument("--json", action="store_true", help="print the server's result as JSON")
+    demo.add_argument(
+        "--seed", type=int, default=2000, help="seed of the hold-out split (0: random)"
+    )
     demo.set_defaults(func=cmd_demo)

@@ -43,12 +43,8 @@ class ProgressHandler(logging.Handler):
         if event is None:
             return
         if event == "hello":
-            rows = ", ".join(
-                f"{p}: {n:,} rows" for p, n in details.get("rows", {}).items()
-            )
-            self.console.print(
-                f"[bold]hello[/] every party present, agreement verified ({rows})"
-            )
+            rows = ", ".join(f"{p}: {n:,} rows" for p, n in details.get("rows", {}).items())
+            self.console.print(f"[bold]hello[/] every party present, agreement verified ({rows})")
         elif event == "phase":
             self._phase_started[details["phase"]] = time.monotonic()
             self.console.print(f"[bold]{details['phase']}[/] ...")

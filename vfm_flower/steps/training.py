@@ -40,7 +40,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from vfm_flower import masking, metrics, paillier
+from vfm_flower import masking, paillier
+from vfm_flower import report as reporting
 from vfm_flower.agreement import check_features, check_min_cohort
 from vfm_flower.codec import pack_payload, unpack_payload
 from vfm_flower.errors import DataError, ProtocolAbort
@@ -410,8 +411,19 @@ def finish_training(runtime: PartyRuntime, request: StepRequest) -> StepReply:
     reply = StepReply(party=runtime.party)
     info: dict[str, object] = {"iterations": t, "run_key": runtime.run_key}
     if runtime.is_label_owner:
-        reply.public.update(_evaluate(runtime, request, spec))
+        reply.public.update(_evaluate(runtime, request, spec, optimizer, plan))
         info.update(reply.public)
+    weights = dict(zip(plan.feature_names, (float(w) for w in optimizer.weights)))
+    reporting.write_party_report(
+        reporting.build_party_report(
+            runtime.party,
+            spec.kind,
+            weights,
+            min_cohort=runtime.agreement.min_cohort,
+            aligned_rows=int(runtime.state.array("X").shape[0]),
+        ),
+        runtime.work_dir,
+    )
     save_model_slice(
         runtime.work_dir,
         ModelSlice(
@@ -429,8 +441,20 @@ def finish_training(runtime: PartyRuntime, request: StepRequest) -> StepReply:
     return reply
 
 
-def _evaluate(runtime: PartyRuntime, request: StepRequest, spec: ModelSpec) -> dict[str, object]:
-    """Hold-out metrics of the federated model, and of a model on the LO's columns alone."""
+def _evaluate(
+    runtime: PartyRuntime,
+    request: StepRequest,
+    spec: ModelSpec,
+    optimizer: BlockOptimizer,
+    plan: PreparationPlan,
+) -> dict[str, object]:
+    """Hold-out evaluation and the result owner's report; returns the released aggregates.
+
+    Besides the federated model, the label owner trains a model on its own columns alone
+    (locally, same rows and split). Contribution is measured without new leakage: the label
+    owner's own block (``X_lo w_lo``, which it holds) and the passive parties' summed block
+    (``z - X_lo w_lo - b``, the sum it already learns) are each left out in turn.
+    """
     coordinator = _load_coordinator(runtime, request)
     y = runtime.state.array("y")
     holdout = coordinator.holdout_mask
@@ -443,6 +467,30 @@ def _evaluate(runtime: PartyRuntime, request: StepRequest, spec: ModelSpec) -> d
     own = train_vertical_plaintext(
         [X], y, spec, max_iterations=int(request.job.max_iterations), holdout_mask=holdout
     )
+    own_block = X @ optimizer.weights
+    score_without: dict[str, np.ndarray] = {runtime.party: (z - own_block)[holdout]}
+    passives = runtime.agreement.passive_parties
+    if passives:
+        score_without["+".join(passives)] = (own_block + optimizer.intercept)[holdout]
+    params = request.params
+    inputs = reporting.EvaluationInputs(
+        model=spec.kind,
+        party=runtime.party,
+        y_holdout=y[holdout],
+        score_holdout=z[holdout],
+        score_own_only=own.scores[holdout],
+        score_without=score_without,
+        objective_curve=[float(v) for v in coordinator.monitor.objective],
+        holdout_loss_curve=[float(v) for v in coordinator.monitor.holdout_loss],
+        aligned_rows=int(y.size),
+        rows_per_party={str(k): int(v) for k, v in dict(params.get("rows_per_party", {})).items()},
+        training_rows=int((~holdout).sum()),
+        min_cohort=runtime.agreement.min_cohort,
+        own_feature_weights=dict(zip(plan.feature_names, (float(w) for w in optimizer.weights))),
+        outcome=str(params.get("outcome", "respond")),
+    )
+    report = reporting.build_shared_report(inputs)
+    reporting.write_report(report, inputs, runtime.work_dir)
     out: dict[str, object] = {
         "holdout_rows": n_hold,
         "training_rows": int((~holdout).sum()),
@@ -450,13 +498,10 @@ def _evaluate(runtime: PartyRuntime, request: StepRequest, spec: ModelSpec) -> d
         "reason": str(runtime.state.get("stop_reason", "")),
         "objective": [float(v) for v in coordinator.monitor.objective],
         "holdout_loss_curve": [float(v) for v in coordinator.monitor.holdout_loss],
+        "headline": reporting.headline(report),
     }
-    if spec.kind == "logistic":
-        out["auc"] = metrics.roc_auc(y[holdout], z[holdout])
-        out["auc_label_owner_only"] = metrics.roc_auc(y[holdout], own.scores[holdout])
-        out["log_loss"] = metrics.log_loss(y[holdout], 1.0 / (1.0 + np.exp(-z[holdout])))
-    else:
-        out["r2"] = metrics.r2_score(y[holdout], z[holdout])
-        out["r2_label_owner_only"] = metrics.r2_score(y[holdout], own.scores[holdout])
-    np.save(runtime.work_dir / "holdout_scores.npy", np.stack([y[holdout], z[holdout]]))
+    keys = ("auc", "auc_label_owner_only", "log_loss", "top_decile_lift")
+    if spec.kind == "linear":
+        keys = ("r2", "r2_label_owner_only", "rmse")
+    out.update({k: report[k] for k in keys if report.get(k) is not None})
     return out
