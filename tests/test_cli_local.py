@@ -68,6 +68,35 @@ def test_local_train_then_score(collab, tmp_path, capsys):
     assert list(scores.columns) == ["id", "score"] and len(scores) == 150
     raw_ids = set(pd.read_csv(collab.data["lo"])["email"])
     assert set(scores["id"]) <= raw_ids  # the result owner's own id format
+    # audience export: named segments in the result owner's id format, summaries
+    seg_out = tmp_path / "audience.csv"
+    code = main(
+        [
+            "local",
+            "score",
+            "--agreement",
+            str(collab.agreement_path),
+            *_data_args(collab),
+            "--workdir",
+            str(work),
+            "--out",
+            str(seg_out),
+            "--quiet",
+            *key_args,
+            "--segments",
+            "top10,10-30,rest",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    audience = pd.read_csv(seg_out)
+    assert set(audience["segment"]) == {"top 10%", "10-30%", "rest"}
+    top = audience[audience["segment"] == "top 10%"]["score"]
+    assert top.min() >= audience[audience["segment"] == "rest"]["score"].max()
+    summary = json.loads((tmp_path / "audience.segments.json").read_text())
+    # 150 rows, min cohort 20: "top 10%" has 15 rows and is suppressed
+    by_name = {item["segment"]: item for item in summary}
+    assert by_name["top 10%"]["suppressed"] and "rows" not in by_name["top 10%"]
+    assert not by_name["rest"]["suppressed"]
     # --out is not overwritten without --force
     code = main(
         [

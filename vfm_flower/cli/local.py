@@ -183,14 +183,42 @@ def cmd_local_score(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise ConfigurationError(f"{out} exists: choose another --out or pass --force")
     result = run_local_job(agreement_path, files, workdir, _job_config(args, "score"))
-    owner = SignedAgreement.load(agreement_path).agreement.result_owner
-    scores = workdir / "parties" / owner / "scores.csv"
+    agreement = SignedAgreement.load(agreement_path).agreement
+    scores = workdir / "parties" / agreement.result_owner / "scores.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial"
-    shutil.copyfile(scores, tmp)
+    if args.segments:
+        _write_audience(scores, tmp, out, args.segments, agreement.min_cohort, console)
+    else:
+        shutil.copyfile(scores, tmp)
     os.replace(tmp, out)
     console.print(f"scored {result['public'].get('scored_rows', 0):,} customers -> {out}")
     return 0
+
+
+def _write_audience(scores_csv, tmp, out, spec, min_cohort, console) -> None:
+    """Add a ``segment`` column; write per-segment summaries (small ones suppressed)."""
+    import pandas as pd
+    from rich.table import Table
+
+    from vfm_flower.report import assign_segments, segment_summaries
+
+    frame = pd.read_csv(scores_csv, dtype={"id": str}, keep_default_na=False)
+    segment_of_row, segments = assign_segments(frame["score"].to_numpy(dtype=float), spec)
+    frame["segment"] = segment_of_row
+    summaries = segment_summaries(segment_of_row, None, min_cohort, segments=segments)
+    frame.to_csv(tmp, index=False)
+    summary_path = out.with_name(out.stem + ".segments.json")
+    summary_tmp = summary_path.with_name(f".{summary_path.name}.partial")
+    summary_tmp.write_text(json.dumps(summaries, indent=2), encoding="utf-8")
+    os.replace(summary_tmp, summary_path)
+    table = Table("segment", "rows", "share", title=f"audience segments ({summary_path.name})")
+    for item in summaries:
+        if item.get("suppressed"):
+            table.add_row(item["segment"], "suppressed", f"< min cohort {min_cohort}")
+        else:
+            table.add_row(item["segment"], f"{item['rows']:,}", f"{item['share']:.1%}")
+    console.print(table)
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
@@ -221,6 +249,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_job_options(score)
     score.add_argument("--out", required=True, help="SCORES.csv: columns id, score")
     score.add_argument("--force", action="store_true", help="overwrite --out")
+    score.add_argument(
+        "--segments",
+        metavar="SPEC",
+        help="add a segment column: 'deciles' or bands like 'top10,10-30,rest'; writes "
+        "OUT.segments.json with per-segment counts (segments under the minimum cohort are "
+        "suppressed)",
+    )
     score.set_defaults(func=cmd_local_score)
 
     demo = subparsers.add_parser(
