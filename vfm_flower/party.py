@@ -26,7 +26,7 @@ import numpy as np
 from vfm_flower.agreement import JobRequest, SignedAgreement, check_job
 from vfm_flower.audit import AuditLog
 from vfm_flower.envelope import ReplayGuard, open_envelope, seal_envelope
-from vfm_flower.errors import ConfigurationError, EnvelopeError, PolicyViolation, ProtocolAbort
+from vfm_flower.errors import ConfigurationError, PolicyViolation, ProtocolAbort, VfmError
 from vfm_flower.keys import PartyIdentity, validate_party_name
 from vfm_flower.session import SessionInfo, reply_signing_bytes
 from vfm_flower.state import PartyState
@@ -241,32 +241,27 @@ class PartyRuntime:
         except PolicyViolation as exc:
             self.audit.record(request.kind, request.step, f"refused:{exc.rule}", detail=str(exc))
             raise
-        except (EnvelopeError, ProtocolAbort) as exc:
+        except VfmError as exc:
             self.audit.record(request.kind, request.step, "abort", detail=type(exc).__name__)
             raise
+        except Exception as exc:  # an unexpected failure still ends as a clean, named abort
+            self.audit.record(request.kind, request.step, "abort", detail=type(exc).__name__)
+            raise ProtocolAbort(
+                request.kind, self.party, f"internal error ({type(exc).__name__}: {exc})"
+            ) from exc
         reply.party = self.party
         reply.public.setdefault("step", request.step)
-        if request.kind == "query.close":  # the log is sealed: the reply is signed, not logged
-            reply.signature = self.identity.sign(
-                reply_signing_bytes(
-                    run_ref=request.session.run_key if request.session else "hello",
-                    phase=request.kind,
-                    step=request.step,
-                    party=self.party,
-                    public=reply.public,
-                )
-            )
-            return reply
-        run_ref = request.session.run_key if request.session else "hello"
         reply.signature = self.identity.sign(
             reply_signing_bytes(
-                run_ref=run_ref,
+                run_ref=request.session.run_key if request.session else "hello",
                 phase=request.kind,
                 step=request.step,
                 party=self.party,
                 public=reply.public,
             )
         )
+        if request.kind == "query.close":  # the log is sealed: the reply is signed, not logged
+            return reply
         bytes_in = sum(len(b) for b in request.inbox.values()) + sum(
             a.nbytes for a in request.sums.values()
         )
