@@ -33,15 +33,19 @@ def main(grid: Grid, context: Context) -> None:
     )
     result = strategy.start(grid, context.run_id)
     settings.workdir.mkdir(parents=True, exist_ok=True)
-    out = settings.workdir / "result.json"
-    tmp = out.with_suffix(".json.tmp")
     summary = {
+        "job": settings.job.operation,
         "phases": {name: asdict(stats) for name, stats in result.phases.items()},
         "rows": result.rows,
         "joint_rows": result.joint_rows,
         "total_rounds": result.total_rounds,
         "public": result.public,
     }
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, out)
-    logger.info("job done: %s", out)
+    text = json.dumps(summary, indent=2, sort_keys=True)
+    # result-<job>.json per job kind, and result.json for the latest job of any kind
+    for name in (f"result-{settings.job.operation}.json", "result.json"):
+        out = settings.workdir / name
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    logger.info("job done: %s", settings.workdir / "result.json")

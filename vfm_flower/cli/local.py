@@ -70,6 +70,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             demo.agreement_path, files, staging, {"job": "score", "model": "logistic"}
         )
         result["public"]["scored_rows"] = scored["public"].get("scored_rows")
+        # result.json stays the training job's result (result-score.json holds the scoring's)
+        server_dir = staging / "server"
+        shutil.copyfile(server_dir / "result-train.json", server_dir / "result.json")
         _commit_staging(staging, workdir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

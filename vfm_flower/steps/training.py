@@ -180,7 +180,17 @@ def prepare_training(runtime: PartyRuntime, request: StepRequest) -> StepReply:
             else _numeric_target(aligned[label_column], runtime.party)
         )
         fraction = float(request.params.get("holdout_fraction", 0.3))
-        holdout = holdout_split(len(y), fraction, stratify=y if spec.kind == "logistic" else None)
+        seed = int(request.params.get("holdout_seed", 0)) or None  # 0: drawn from the CSPRNG
+        # Split in the order of the LO's own rows (the joint order is random per run), so a
+        # seed gives the same split on the same files.
+        by_own_row = np.argsort(rows, kind="stable")
+        holdout = np.empty(len(y), dtype=bool)
+        holdout[by_own_row] = holdout_split(
+            len(y),
+            fraction,
+            stratify=y[by_own_row] if spec.kind == "logistic" else None,
+            seed=seed,
+        )
         check_min_cohort(runtime.agreement, int(holdout.sum()), "hold-out rows")
         check_min_cohort(runtime.agreement, int((~holdout).sum()), "training rows")
         coordinator = LabelOwnerCoordinator(
