@@ -87,6 +87,7 @@ __all__ = [
     "FEATURE_VALUE_BITS",
     "STATISTICAL_SECURITY_BITS",
     "FIXED_BASE_WINDOW_BITS",
+    "MAX_RESIDUAL_ABS",
     "RandomBits",
     "check_key_bits",
     "generate_paillier_keypair",

@@ -334,7 +334,9 @@ def encrypt_residuals_step(runtime: PartyRuntime, request: StepRequest) -> StepR
         # (only its bit length is revealed).
         largest = float(np.max(np.abs(backward))) if backward.size else 0.0
         bound = 1.0 if largest <= 1.0 else 2.0 ** math.ceil(math.log2(largest))
-        encrypted = paillier.encrypt_residuals(public, backward, bound=bound)
+        # the private key lets the label owner compute obfuscators by CRT (~28% less CPU)
+        private = paillier.private_key_from_bytes(runtime.state.get_bytes("paillier.private"))
+        encrypted = paillier.encrypt_residuals(public, backward, bound=bound, private=private)
         payload = pack_payload(
             {
                 "residuals": np.frombuffer(
