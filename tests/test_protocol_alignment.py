@@ -136,3 +136,19 @@ def test_two_parties_only(tmp_path):
     result = collab.run(grid_out=grids, job="train", **{"max-iterations": 1})
     assert result["joint_rows"] == len(shared)
     assert np.all(np.diff([result["phases"]["align"]["rounds"]]) == 0)
+
+
+def test_large_alignment_uses_the_process_pool(tmp_path):
+    """Above the pool threshold, hashing and blinding run in a process pool per message."""
+    from tests.conftest import make_collaboration, synthetic_frames
+
+    frames, shared = synthetic_frames(n_shared=17_000, n_only=500, seed=9, parties=("lo", "p1"))
+    collab = make_collaboration(tmp_path, frames, label_owner="lo", min_intersection=100)
+    grids = []
+    result = collab.run(grid_out=grids, job="train", **{"max-iterations": 1})
+    assert result["joint_rows"] == len(shared)
+    states = _party_states(grids[0])
+    lo_ids = normalize_ids([pd.read_csv(collab.data["lo"])["email"].tolist()], "email")
+    p1_ids = normalize_ids([pd.read_csv(collab.data["p1"])["email"].tolist()], "email")
+    lo_rows, p1_rows = states["lo"].array("joint_rows"), states["p1"].array("joint_rows")
+    assert [lo_ids[i] for i in lo_rows[:500]] == [p1_ids[i] for i in p1_rows[:500]]

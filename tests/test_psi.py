@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import pickle
 import random
+from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import pytest
@@ -141,6 +143,30 @@ def test_blinding_chunked_and_pooled_agree() -> None:
         bad[4321] = 0  # u = 0: low order
         with pytest.raises(DataError, match="row 4322: .*low order"):
             blind_points(bad, secret, workers=2, chunk_size=512, executor=pool)
+
+
+class _BrokenPool(Executor):
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        raise BrokenProcessPool("worker died")
+
+
+def test_broken_pool_falls_back_to_this_process(caplog: pytest.LogCaptureFixture) -> None:
+    points = random_points(100, seed=14)
+    secret = PsiSecret.generate()
+    with caplog.at_level(logging.WARNING):
+        result = blind_points(points, secret, workers=2, executor=_BrokenPool())
+    assert np.array_equal(result, blind_points(points, secret, workers=1))
+    assert "pool broke" in caplog.text
+
+
+def test_bad_worker_and_chunk_settings() -> None:
+    points = random_points(3, seed=15)
+    with pytest.raises(ConfigurationError, match="workers"):
+        blind_points(points, PsiSecret.generate(), workers=0)
+    with pytest.raises(ConfigurationError, match="chunk_size"):
+        blind_points(points, PsiSecret.generate(), chunk_size=0)
+    with pytest.raises(ConfigurationError, match="PsiSecret"):
+        blind_points(points, b"k" * 32)  # type: ignore[arg-type]
 
 
 def test_low_order_point_in_process() -> None:
