@@ -24,9 +24,11 @@ class VerticalRegression(VerticalStrategy):
         holdout_fraction: float = 0.3,
         outcome: str = "respond",
         holdout_seed: int = 0,
+        early_stopping: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.early_stopping = int(early_stopping)
         self.outcome = outcome
         self.holdout_seed = int(holdout_seed)
         self.l2 = float(l2)
@@ -83,6 +85,7 @@ class VerticalRegression(VerticalStrategy):
             "l2": self.l2,
             "holdout_fraction": self.holdout_fraction,
             "holdout_seed": self.holdout_seed,
+            "patience": self.early_stopping,
         }
 
     def train(self) -> None:
@@ -217,4 +220,5 @@ def build_strategy(agreement: SignedAgreement, settings: ServerSettings) -> Vert
         holdout_fraction=settings.holdout_fraction,
         outcome=settings.outcome,
         holdout_seed=settings.holdout_seed,
+        early_stopping=settings.early_stopping,
     )

@@ -25,6 +25,7 @@ RUN_CONFIG_KEYS = {
     "holdout-fraction": "share of the aligned rows the label owner holds out",
     "round-timeout": "seconds to wait for the replies of one round",
     "party-wait-timeout": "seconds to wait for every party to come online",
+    "early-stopping": "stop after this many iterations without hold-out improvement (0: off)",
     "holdout-seed": "seed of the label owner's hold-out split (0: random, from the CSPRNG)",
     "outcome": "verb for the positive label in the report's plain language (e.g. buy)",
     "demo-dir": "simulation only: a directory made by `vfm demo --prepare-only`",
@@ -47,6 +48,7 @@ class ServerSettings:
     party_wait_timeout: float
     outcome: str = "respond"
     holdout_seed: int = 0
+    early_stopping: int = 0
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> ServerSettings:
@@ -86,6 +88,7 @@ class ServerSettings:
                 party_wait_timeout=float(_get(config, "party-wait-timeout", 120.0)),
                 outcome=str(_get(config, "outcome", "respond")),
                 holdout_seed=int(_get(config, "holdout-seed", 0)),
+                early_stopping=int(_get(config, "early-stopping", 0)),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"run-config has a malformed value: {exc}") from exc
