@@ -74,7 +74,11 @@ class VerticalRegression(VerticalStrategy):
         sums = {}
         if passives:
             sums["score"] = sum_masked([partial[p].masked["score"] for p in passives])
-        combined = self.exchange("query.combine", {lo: self.request("query.combine", 1, sums=sums)})
+        inboxes = self.relay(partial.values())
+        combined = self.exchange(
+            "query.combine",
+            {lo: self.request("query.combine", 1, sums=sums, inbox=inboxes[lo])},
+        )
         scored = int(combined[lo].public.get("scored_rows", 0))
         self.result.public["scored_rows"] = scored
         self.end_phase("score", scored_rows=scored)
@@ -136,8 +140,6 @@ class VerticalRegression(VerticalStrategy):
                 {
                     "iteration": t,
                     "max_iterations": limit,
-                    "train_loss": residual.public.get("objective"),
-                    "holdout_loss": residual.public.get("holdout_loss"),
                     "seconds_per_iteration": round(rate, 2),
                     "eta_seconds": round(rate * max(limit - t, 0), 1),
                 },

@@ -31,6 +31,9 @@ def main(grid: Grid, context: Context) -> None:
         SignedAgreement.load(settings.agreement_path),
         settings,
     )
+    # A failed job must not leave an earlier job's result looking like its own.
+    for name in ("result.json", f"result-{settings.job.operation}.json"):
+        (settings.workdir / name).unlink(missing_ok=True)
     result = strategy.start(grid, context.run_id)
     settings.workdir.mkdir(parents=True, exist_ok=True)
     summary = {

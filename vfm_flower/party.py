@@ -228,6 +228,16 @@ class PartyRuntime:
         self.state.set("replay_ids", ",".join(self._replay.export()))
         return plaintext
 
+    def claim_mask_label(self, label: str) -> None:
+        """Refuse to mask two vectors under one label (their difference would leak)."""
+        used = str(self.state.get("mask_labels", ""))
+        labels = set(used.split("\n")) if used else set()
+        if label in labels:
+            raise PolicyViolation(
+                "session", f"mask label '{label}' was already used in this run (replayed step)"
+            )
+        self.state.set("mask_labels", "\n".join(sorted(labels | {label})))
+
     # --- the one entry point ----------------------------------------------------------------
     def handle(self, request: StepRequest) -> StepReply:
         """Check the request against this party's agreement, run the step, sign the reply."""
@@ -293,17 +303,26 @@ class PartyRuntime:
                 f"'{self.party}' signed {own_hash[:12]}...",
             )
         check_job(self.signed, request.job)
-        if request.session is not None:
-            if request.session.party_nonces.get(self.party) != self.state.get("hello_nonce"):
-                raise PolicyViolation(
-                    "session",
-                    "the session does not carry this party's hello nonce (replayed or forged run)",
-                )
-            stored = self.state.get("run_key")
-            key = request.session.run_key
-            if stored and stored != key:
-                raise PolicyViolation("session", "the session changed within one run")
-            self.state.set("run_key", key)
+        session = request.session
+        if session is None:
+            if request.kind != "query.hello":
+                raise PolicyViolation("session", f"'{request.kind}' arrived without a session")
+            return
+        nonce = self.state.get("hello_nonce")
+        if not nonce or session.party_nonces.get(self.party) != nonce:
+            raise PolicyViolation(
+                "session",
+                "the session does not carry this party's hello nonce (replayed or forged run)",
+            )
+        if set(session.party_nonces) != set(self.agreement.party_names):
+            raise PolicyViolation(
+                "session", "the session does not list a nonce from every party of the agreement"
+            )
+        stored = self.state.get("run_key")
+        key = session.run_key
+        if stored and stored != key:
+            raise PolicyViolation("session", "the session changed within one run")
+        self.state.set("run_key", key)
 
 
 def audit_log_path(work_dir: Path, agreement_hash: str) -> Path:

@@ -6,7 +6,8 @@
 #
 # Usage: examples/local-deployment/run.sh [WORKDIR]
 #   env: VFM_PORT (SuperLink HTTP port, default 8000), VFM_ITERATIONS (default 3),
-#        VFM_JOB_TIMEOUT (seconds, default 900)
+#        VFM_JOB_TIMEOUT (seconds, default 900), VFM_TLS=1 (TLS with a throw-away CA made
+#        by make_certs.py instead of --insecure)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -15,6 +16,7 @@ PORT="${VFM_PORT:-8000}"
 ITERATIONS="${VFM_ITERATIONS:-3}"
 JOB_TIMEOUT="${VFM_JOB_TIMEOUT:-900}"
 PARTIES=(broker bank insurer)
+TLS="${VFM_TLS:-0}"
 
 mkdir -p "$WORK"
 WORK="$(cd "$WORK" && pwd)"
@@ -50,12 +52,30 @@ start_group() {  # start_group LOGFILE CMD...: run CMD in its own process group,
 echo "[deploy] preparing the demo collaboration in $WORK/demo"
 vfm demo --prepare-only --quiet --workdir "$WORK/demo" --force
 
-echo "[deploy] starting flower-superlink on 127.0.0.1:$PORT"
-start_group "$WORK/logs/superlink.log" flower-superlink --insecure \
+if [ "$TLS" = "1" ]; then
+  python "$ROOT/examples/local-deployment/make_certs.py" "$WORK/certs"
+  LINK_SECURITY=(--ssl-ca-certfile "$WORK/certs/ca.crt" --ssl-certfile "$WORK/certs/server.pem"
+                 --ssl-keyfile "$WORK/certs/server.key")
+  NODE_SECURITY=(--root-certificates "$WORK/certs/ca.crt")
+  CONNECTION_SECURITY="root-certificates = \"$WORK/certs/ca.crt\""
+  SCHEME=https
+else
+  LINK_SECURITY=(--insecure)
+  NODE_SECURITY=(--insecure)
+  CONNECTION_SECURITY="insecure = true"
+  SCHEME=http
+fi
+
+echo "[deploy] starting flower-superlink on 127.0.0.1:$PORT ($SCHEME)"
+start_group "$WORK/logs/superlink.log" flower-superlink "${LINK_SECURITY[@]}" \
   --disable-runtime-dependency-installation --host 127.0.0.1 --port "$PORT"
 healthy() {
-  python -c "import sys, urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2)" \
-    >/dev/null 2>&1
+  python - "$SCHEME://127.0.0.1:$PORT/health" "$WORK/certs/ca.crt" >/dev/null 2>&1 <<'PY'
+import ssl, sys, urllib.request
+url, ca = sys.argv[1], sys.argv[2]
+context = ssl.create_default_context(cafile=ca) if url.startswith("https") else None
+urllib.request.urlopen(url, timeout=2, context=context)
+PY
 }
 for _ in $(seq 1 120); do
   healthy && break
@@ -73,7 +93,7 @@ for party in "${PARTIES[@]}"; do
   node_config="party=\"$party\" data-path=\"$base/$party.csv\" key-path=\"$base/$party.key\""
   node_config+=" agreement-path=\"$WORK/demo/setup/agreement.toml\" work-dir=\"$WORK/parties/$party\""
   echo "[deploy] starting flower-supernode for $party"
-  start_group "$WORK/logs/supernode-$party.log" flower-supernode --insecure \
+  start_group "$WORK/logs/supernode-$party.log" flower-supernode "${NODE_SECURITY[@]}" \
     --superlink "127.0.0.1:$PORT" --port "$((9094 + i))" --node-config "$node_config"
   i=$((i + 1))
 done
@@ -84,7 +104,7 @@ default = "local-deploy"
 
 [superlink.local-deploy]
 address = "127.0.0.1:$PORT"
-insecure = true
+$CONNECTION_SECURITY
 TOML
 
 echo "[deploy] running the vertical job with flwr run ($ITERATIONS iterations)"

@@ -19,6 +19,7 @@ import base64
 
 from vfm_flower.agreement import check_set_size
 from vfm_flower.audit import sign_head
+from vfm_flower.errors import PolicyViolation
 from vfm_flower.keys import PublicIdentity
 from vfm_flower.party import PartyRuntime, StepReply, StepRequest, new_nonce, step_handler
 from vfm_flower.tables import read_party_table
@@ -27,6 +28,8 @@ from vfm_flower.tables import read_party_table
 @step_handler("query.hello")
 def answer_hello(runtime: PartyRuntime, request: StepRequest) -> StepReply:
     """Check agreement, job and data; answer with hash, nonce and row count."""
+    if runtime.state.get("run_key"):
+        raise PolicyViolation("session", "a second hello in a run that already started")
     runtime.signed.verify()
     frame = read_party_table(
         runtime.settings.data_path, party=runtime.party, id_columns=runtime.terms.id_columns

@@ -11,6 +11,7 @@ and the score) atomically into its work dir. Only the result owner ever sees a s
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -27,6 +28,7 @@ from vfm_flower.steps.training import pairwise_seeds
 from vfm_flower.tables import read_party_table
 
 SCORE_LABEL = "score/forward"
+TOPIC_MODEL = "score.model_stamp"
 SCORES_FILE = "scores.csv"
 
 
@@ -53,15 +55,22 @@ def partial_scores(runtime: PartyRuntime, request: StepRequest) -> StepReply:
     if tuple(prepared.feature_names) != model_slice.feature_names:
         raise DataError(f"party '{runtime.party}': prepared columns differ from its model slice")
     partial = prepared.matrix @ model_slice.weights
-    reply = StepReply(
-        party=runtime.party,
-        public={"rows": int(len(rows)), "model_id": str(model_slice.info.get("run_key", ""))},
-    )
+    model_id = str(model_slice.info.get("run_key", ""))
+    reply = StepReply(party=runtime.party, public={"rows": int(len(rows)), "model_id": model_id})
     if runtime.is_label_owner:
         runtime.state.set_array("own_score", partial + float(model_slice.intercept or 0.0))
+        runtime.state.set("score_model", model_slice.model)
+        runtime.state.set("score_model_id", model_id)
     else:
+        runtime.claim_mask_label(SCORE_LABEL)
         reply.masked["score"] = masking.mask_vector(
             masking.encode_fixed(partial), runtime.party, pairwise_seeds(runtime), SCORE_LABEL
+        )
+        # the result owner checks every slice itself (a server could skip its own check)
+        lo = runtime.agreement.label_owner
+        stamp = json.dumps({"model_id": model_id, "model": model_slice.model}).encode()
+        reply.outbox[(lo, TOPIC_MODEL)] = runtime.seal(
+            lo, TOPIC_MODEL, stamp, phase="query.score", round=request.step
         )
     return reply
 
@@ -70,6 +79,19 @@ def partial_scores(runtime: PartyRuntime, request: StepRequest) -> StepReply:
 def combine_scores(runtime: PartyRuntime, request: StepRequest) -> StepReply:
     """Result owner: unmask the sum, add its part, write its scores file."""
     own = runtime.state.array("own_score")
+    expected = {
+        "model_id": runtime.state.get("score_model_id"),
+        "model": runtime.state.get("score_model"),
+    }
+    for peer in runtime.agreement.passive_parties:
+        stamp = json.loads(
+            runtime.open(request, peer, TOPIC_MODEL, phase="query.score", round=request.step)
+        )
+        if stamp != expected:
+            raise DataError(
+                f"party '{peer}' scores with a model slice from another training run than "
+                f"'{runtime.party}': retrain, or restore matching slices"
+            )
     total = own.copy()
     if runtime.agreement.passive_parties:
         masked_sum = request.sums.get("score")
@@ -78,7 +100,7 @@ def combine_scores(runtime: PartyRuntime, request: StepRequest) -> StepReply:
         total += masking.decode_fixed(
             masking.unmask_sum(masked_sum, runtime.party, pairwise_seeds(runtime), SCORE_LABEL)
         )
-    scores = link(total, request.job.model)
+    scores = link(total, str(runtime.state.get("score_model")))
     frame = read_party_table(
         runtime.settings.data_path, party=runtime.party, id_columns=runtime.terms.id_columns
     )

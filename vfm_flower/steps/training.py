@@ -255,9 +255,17 @@ def send_masked_forward(runtime: PartyRuntime, request: StepRequest) -> StepRepl
     X = runtime.state.array("X")
     if t >= 1:
         _apply_decrypted_gradient(runtime, request, optimizer, t - 1)
+    if optimizer.iteration != t:
+        raise ProtocolAbort(
+            request.kind,
+            runtime.party,
+            f"forward step {t} out of order (expected {optimizer.iteration})",
+        )
+    label = _forward_label(t)
+    runtime.claim_mask_label(label)
     forward = np.concatenate([optimizer.partial_score(X), optimizer.forward_scalars()])
     masked = masking.mask_vector(
-        masking.encode_fixed(forward), runtime.party, pairwise_seeds(runtime), _forward_label(t)
+        masking.encode_fixed(forward), runtime.party, pairwise_seeds(runtime), label
     )
     _save_optimizer(runtime, optimizer)
     return StepReply(party=runtime.party, masked={"forward": masked})
@@ -293,32 +301,37 @@ def encrypt_residuals_step(runtime: PartyRuntime, request: StepRequest) -> StepR
     X = runtime.state.array("X")
     n = X.shape[0]
     passives = runtime.agreement.passive_parties
+    if t != coordinator.iteration:
+        raise ProtocolAbort(
+            request.kind,
+            runtime.party,
+            f"residual step {t} out of order (expected {coordinator.iteration})",
+        )
     forward = np.zeros(n + N_FORWARD_SCALARS)
     if passives:
         masked_sum = request.sums.get("forward")
         if masked_sum is None or masked_sum.shape != (n + N_FORWARD_SCALARS,):
             raise ProtocolAbort(request.kind, runtime.party, "the server's forward sum is missing")
-        forward = masking.decode_fixed(
-            masking.unmask_sum(
-                masked_sum, runtime.party, pairwise_seeds(runtime), _forward_label(t)
-            )
+        unmasked = masking.unmask_sum(
+            masked_sum, runtime.party, pairwise_seeds(runtime), _forward_label(t)
         )
+        if t == 0 and np.any(unmasked != 0):
+            # passive parties start from zero weights: anything else was added on the way
+            raise ProtocolAbort(
+                request.kind, runtime.party, "the relayed forward sum was altered (iteration 0)"
+            )
+        forward = masking.decode_fixed(unmasked)
     forward_sum = forward[:n] + optimizer.partial_score(X)
     scalars = forward[n:] + optimizer.forward_scalars()
     control, backward = coordinator.advance(forward_sum, scalars)
     if control.mark_best:
         runtime.state.set_array("z_best", coordinator.z.copy())
+    # Only the decision goes to the server: per-iteration losses computed on a sum the server
+    # relays (without integrity) would let it encode label bits into them.
     reply = StepReply(
         party=runtime.party,
-        public={
-            "iteration": t,
-            "objective": float(coordinator.monitor.objective[-1]),
-            "stop": bool(control.stop),
-            "reason": control.reason,
-        },
+        public={"iteration": t, "stop": bool(control.stop), "reason": control.reason},
     )
-    if coordinator.monitor.holdout_loss:
-        reply.public["holdout_loss"] = float(coordinator.monitor.holdout_loss[-1])
     control_json = json.dumps(control.to_dict(), sort_keys=True)
     if backward is None:
         runtime.state.set("stop_reason", control.reason)
@@ -503,17 +516,17 @@ def _evaluate(
     )
     report = reporting.build_shared_report(inputs)
     reporting.write_report(report, inputs, runtime.work_dir)
+    # What the server learns: counts and a few headline metrics, rounded to 3 decimals (the
+    # full report, curves included, stays with the result owner).
     out: dict[str, object] = {
         "holdout_rows": n_hold,
         "training_rows": int((~holdout).sum()),
         "iterations": len(coordinator.monitor.objective) - 1,
         "reason": str(runtime.state.get("stop_reason", "")),
-        "objective": [float(v) for v in coordinator.monitor.objective],
-        "holdout_loss_curve": [float(v) for v in coordinator.monitor.holdout_loss],
         "headline": reporting.headline(report),
     }
     keys = ("auc", "auc_label_owner_only", "log_loss", "top_decile_lift")
     if spec.kind == "linear":
         keys = ("r2", "r2_label_owner_only", "rmse")
-    out.update({k: report[k] for k in keys if report.get(k) is not None})
+    out.update({k: round(float(report[k]), 3) for k in keys if report.get(k) is not None})
     return out
