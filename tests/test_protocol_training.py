@@ -253,3 +253,20 @@ def test_linear_regression_matches_ridge(tmp_path):
     r2_central = r2_score(y[holdout], ridge.predict(X[holdout]))
     assert abs(result["public"]["r2"] - r2_central) <= 0.01
     assert result["public"]["r2"] > result["public"]["r2_label_owner_only"]
+
+
+def test_non_binary_label_is_a_clear_error(tmp_path):
+    frames, _ = synthetic_frames(n_shared=120, n_only=10, seed=8)
+    frames["lo"]["y"] = np.arange(len(frames["lo"])) % 3
+    collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
+    with pytest.raises(ProtocolAbort, match=r"lo.*(label|binary|0/1)"):
+        collab.run(job="train", **FAST)
+    assert not (collab.root / "work" / "parties" / "lo" / "model").exists()
+
+
+def test_unusable_column_names_party_and_column(tmp_path):
+    frames, _ = synthetic_frames(n_shared=120, n_only=10, seed=8)
+    frames["p2"]["p2_empty"] = np.nan
+    collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
+    with pytest.raises(ProtocolAbort, match=r"p2.*p2_empty"):
+        collab.run(job="train", **FAST)
