@@ -1,7 +1,7 @@
 """The real Deployment Engine: flower-superlink and one flower-supernode per party on loopback.
 
-Runs ``examples/local-deployment/run.sh`` over TLS (a short training job) and checks that it
-succeeds and leaves no Flower process behind.
+Runs ``examples/local-deployment/run.sh`` over TLS with SuperNode authentication (a short
+training job) and checks that it succeeds and leaves no Flower process behind.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_local_deployment_script(tmp_path):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["VFM_PORT"] = str(_free_port())
     env["VFM_ITERATIONS"] = "2"
-    env["VFM_TLS"] = "1"  # TLS with a throw-away CA, as a partner would run it
+    env["VFM_AUTH"] = "1"  # TLS (throw-away CA) and registered SuperNode keys, as in production
     proc = subprocess.run(
         ["bash", str(SCRIPT), str(tmp_path / "deploy")],
         env=env,

@@ -1,6 +1,10 @@
 """Make a throw-away CA and a SuperLink certificate for TLS on loopback (testing only).
 
-Usage: python make_certs.py OUT_DIR  -> OUT_DIR/{ca.crt, server.pem, server.key}
+Usage: python make_certs.py OUT_DIR [NODE ...]
+  -> OUT_DIR/{ca.crt, server.pem, server.key}, and for each NODE an ECDSA P-384 key pair
+     OUT_DIR/nodes/NODE (OpenSSH private key, 0600) and NODE.pub (OpenSSH public key), the
+     format `flwr supernode register` and `flower-supernode --auth-supernode-private-key`
+     take (what `ssh-keygen -t ecdsa -b 384` makes).
 The server certificate carries SANs for 127.0.0.1 and localhost, as Flower requires.
 """
 
@@ -30,7 +34,25 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         )
 
 
-def main(out: Path) -> None:
+def _write_node_keys(folder: Path, name: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            )
+        )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    (folder / f"{name}.pub").write_bytes(public + b"\n")
+
+
+def main(out: Path, nodes: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -66,7 +88,9 @@ def main(out: Path) -> None:
     (out / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (out / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(out / "server.key", key)
+    for name in nodes:
+        _write_node_keys(out / "nodes", name)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2:])

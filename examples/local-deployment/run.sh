@@ -7,7 +7,8 @@
 # Usage: examples/local-deployment/run.sh [WORKDIR]
 #   env: VFM_PORT (SuperLink HTTP port, default 8000), VFM_ITERATIONS (default 3),
 #        VFM_JOB_TIMEOUT (seconds, default 900), VFM_TLS=1 (TLS with a throw-away CA made
-#        by make_certs.py instead of --insecure)
+#        by make_certs.py instead of --insecure), VFM_AUTH=1 (TLS and SuperNode
+#        authentication: each SuperNode's key registered with `flwr supernode register`)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -17,6 +18,8 @@ ITERATIONS="${VFM_ITERATIONS:-3}"
 JOB_TIMEOUT="${VFM_JOB_TIMEOUT:-900}"
 PARTIES=(broker bank insurer)
 TLS="${VFM_TLS:-0}"
+AUTH="${VFM_AUTH:-0}"
+[ "$AUTH" = "1" ] && TLS=1
 
 mkdir -p "$WORK"
 WORK="$(cd "$WORK" && pwd)"
@@ -53,7 +56,7 @@ echo "[deploy] preparing the demo collaboration in $WORK/demo"
 vfm demo --prepare-only --quiet --workdir "$WORK/demo" --force
 
 if [ "$TLS" = "1" ]; then
-  python "$ROOT/examples/local-deployment/make_certs.py" "$WORK/certs"
+  python "$ROOT/examples/local-deployment/make_certs.py" "$WORK/certs" "${PARTIES[@]}"
   LINK_SECURITY=(--ssl-ca-certfile "$WORK/certs/ca.crt" --ssl-certfile "$WORK/certs/server.pem"
                  --ssl-keyfile "$WORK/certs/server.key")
   NODE_SECURITY=(--root-certificates "$WORK/certs/ca.crt")
@@ -66,7 +69,9 @@ else
   SCHEME=http
 fi
 
-echo "[deploy] starting flower-superlink on 127.0.0.1:$PORT ($SCHEME)"
+[ "$AUTH" = "1" ] && LINK_SECURITY+=(--enable-supernode-auth)
+
+echo "[deploy] starting flower-superlink on 127.0.0.1:$PORT ($SCHEME, supernode auth: $AUTH)"
 start_group "$WORK/logs/superlink.log" flower-superlink "${LINK_SECURITY[@]}" \
   --disable-runtime-dependency-installation --host 127.0.0.1 --port "$PORT"
 healthy() {
@@ -87,17 +92,6 @@ healthy || {
   exit 1
 }
 
-i=0
-for party in "${PARTIES[@]}"; do
-  base="$WORK/demo/setup/parties/$party"
-  node_config="party=\"$party\" data-path=\"$base/$party.csv\" key-path=\"$base/$party.key\""
-  node_config+=" agreement-path=\"$WORK/demo/setup/agreement.toml\" work-dir=\"$WORK/parties/$party\""
-  echo "[deploy] starting flower-supernode for $party"
-  start_group "$WORK/logs/supernode-$party.log" flower-supernode "${NODE_SECURITY[@]}" \
-    --superlink "127.0.0.1:$PORT" --port "$((9094 + i))" --node-config "$node_config"
-  i=$((i + 1))
-done
-
 cat >"$FLWR_HOME/config.toml" <<TOML
 [superlink]
 default = "local-deploy"
@@ -106,6 +100,29 @@ default = "local-deploy"
 address = "127.0.0.1:$PORT"
 $CONNECTION_SECURITY
 TOML
+
+if [ "$AUTH" = "1" ]; then
+  for party in "${PARTIES[@]}"; do
+    echo "[deploy] registering $party's SuperNode key"
+    flwr supernode register "$WORK/certs/nodes/$party.pub" local-deploy \
+      >>"$WORK/logs/register.log" 2>&1
+  done
+fi
+
+i=0
+for party in "${PARTIES[@]}"; do
+  base="$WORK/demo/setup/parties/$party"
+  node_config="party=\"$party\" data-path=\"$base/$party.csv\" key-path=\"$base/$party.key\""
+  node_config+=" agreement-path=\"$WORK/demo/setup/agreement.toml\" work-dir=\"$WORK/parties/$party\""
+  echo "[deploy] starting flower-supernode for $party"
+  node_auth=()
+  [ "$AUTH" = "1" ] && node_auth=(--auth-supernode-private-key "$WORK/certs/nodes/$party")
+  start_group "$WORK/logs/supernode-$party.log" flower-supernode "${NODE_SECURITY[@]}" \
+    "${node_auth[@]}" \
+    --superlink "127.0.0.1:$PORT" --port "$((9094 + i))" --node-config "$node_config"
+  i=$((i + 1))
+done
+
 
 echo "[deploy] running the vertical job with flwr run ($ITERATIONS iterations)"
 RUN_CONFIG="agreement-path=\"$WORK/demo/setup/agreement.toml\" server-workdir=\"$WORK/server\""
