@@ -38,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # A party's refusal reaches the user as the job's one-line error below; its own log
+        # line (useful on a SuperNode) would only repeat it here.
+        logging.getLogger("clients").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except VfmError as exc:
