@@ -135,6 +135,8 @@ class VerticalStrategy(ABC):
         self._audit: AuditLog | None = None
         self._phase: str = "setup"
         self.carry: dict[str, dict[tuple[str, str], bytes]] = {}
+        # results the label owner sealed to another result owner, relayed with ``close``
+        self.deliveries: list[dict[str, Any]] = []
 
     # --- hooks -------------------------------------------------------------------------------
     @abstractmethod
@@ -178,8 +180,13 @@ class VerticalStrategy(ABC):
             "server_signing_key": base64.b64encode(public.signing_key).decode(),
             "server_exchange_key": base64.b64encode(public.exchange_key).decode(),
         }
+        params["deliveries"] = self.deliveries
         replies = self.exchange(
-            "query.close", {p: self.request("query.close", 1, params=params) for p in self.node_of}
+            "query.close",
+            {
+                p: self.request("query.close", 1, params=params, inbox=self.take_carry(p))
+                for p in self.node_of
+            },
         )
         heads = {}
         for party, reply in replies.items():

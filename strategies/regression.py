@@ -33,11 +33,6 @@ class VerticalRegression(VerticalStrategy):
         self.holdout_seed = int(holdout_seed)
         self.l2 = float(l2)
         self.holdout_fraction = float(holdout_fraction)
-        if self.agreement.result_owner != self.agreement.label_owner:
-            raise ConfigurationError(
-                "this version delivers results to the label owner only: the agreement names "
-                f"'{self.agreement.result_owner}' as result owner"
-            )
         if self.job.model != self.model_kind:
             raise ConfigurationError(
                 f"{type(self).__name__} runs model '{self.model_kind}', the job asks for "
@@ -79,6 +74,8 @@ class VerticalRegression(VerticalStrategy):
             "query.combine",
             {lo: self.request("query.combine", 1, sums=sums, inbox=inboxes[lo])},
         )
+        self.carry = self.relay(combined.values())
+        self.deliveries = [{"topic": "result.scores", "phase": "query.combine", "round": 1}]
         scored = int(combined[lo].public.get("scored_rows", 0))
         self.result.public["scored_rows"] = scored
         self.end_phase("score", scored_rows=scored)
@@ -180,6 +177,8 @@ class VerticalRegression(VerticalStrategy):
             },
         )
         stats = self.result.phases["train"]
+        self.carry = self.relay(finished.values())
+        self.deliveries = [{"topic": "result.report", "phase": "train.finish", "round": t}]
         self.result.public.update(finished[lo].public)
         self.result.public["iterations"] = t
         self.result.public["rounds_per_iteration"] = 4 if passives else 1

@@ -270,3 +270,23 @@ def test_unusable_column_names_party_and_column(tmp_path):
     collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
     with pytest.raises(ProtocolAbort, match=r"p2.*p2_empty"):
         collab.run(job="train", **FAST)
+
+
+def test_result_owner_other_than_label_owner(tmp_path):
+    """The report and the scores go to the agreed result owner, under its own ids."""
+    frames, _ = synthetic_frames(n_shared=150, n_only=10, seed=12)
+    collab = make_collaboration(
+        tmp_path / "c", frames, label_owner="lo", result_owner="p1", min_intersection=50
+    )
+    result = collab.run(job="train", **FAST)
+    work = collab.root / "work" / "parties"
+    report = json.loads((work / "p1" / "report.json").read_text())
+    assert report["party"] == "lo" and abs(report["auc"] - result["public"]["auc"]) < 1e-3
+    assert (work / "p1" / "report.html").exists()
+    assert not (work / "lo" / "report.json").exists()
+    collab.run(job="score")
+    scores = pd.read_csv(work / "p1" / "scores.csv")
+    assert len(scores) == 150
+    assert set(scores["id"]) <= set(pd.read_csv(collab.data["p1"])["email"])  # p1's own format
+    assert not (work / "lo" / "scores.csv").exists()
+    assert not (work / "p2" / "scores.csv").exists()

@@ -803,6 +803,15 @@ def write_report(
                 f"the report's {key} ({report.get(key)!r}) does not match the inputs ({expected!r})"
             )
     _assert_no_feature_detail(report, inputs.own_feature_weights)
+    return write_released_report(report, out_dir)
+
+
+def write_released_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.html`` from the released JSON alone (atomically).
+
+    This is how a result owner that is not the label owner writes the report it received:
+    the page is rendered only from what the JSON releases.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / REPORT_JSON

@@ -50,7 +50,10 @@ def answer_hello(runtime: PartyRuntime, request: StepRequest) -> StepReply:
 
 @step_handler("query.close")
 def close_audit(runtime: PartyRuntime, request: StepRequest) -> StepReply:
-    """Attest the server's audit head, seal this party's log, return the signed seal head."""
+    """Write results sealed to this party, attest the server's head, seal this party's log."""
+    from vfm_flower.steps.delivery import receive_results
+
+    receive_results(runtime, request)
     params = request.params
     server = PublicIdentity(
         party="server",

@@ -12,10 +12,6 @@ and the score) atomically into its work dir. Only the result owner ever sees a s
 from __future__ import annotations
 
 import json
-import os
-
-import numpy as np
-import pandas as pd
 
 from vfm_flower import masking
 from vfm_flower.errors import DataError, ProtocolAbort
@@ -23,13 +19,13 @@ from vfm_flower.model import link
 from vfm_flower.model_store import load_model_slice
 from vfm_flower.party import PartyRuntime, StepReply, StepRequest, step_handler
 from vfm_flower.preparation import PreparationPlan, apply_preparation
+from vfm_flower.steps import delivery
 from vfm_flower.steps.alignment import finish_alignment
 from vfm_flower.steps.training import pairwise_seeds
 from vfm_flower.tables import read_party_table
 
 SCORE_LABEL = "score/forward"
 TOPIC_MODEL = "score.model_stamp"
-SCORES_FILE = "scores.csv"
 
 
 @step_handler("query.score")
@@ -101,15 +97,9 @@ def combine_scores(runtime: PartyRuntime, request: StepRequest) -> StepReply:
             masking.unmask_sum(masked_sum, runtime.party, pairwise_seeds(runtime), SCORE_LABEL)
         )
     scores = link(total, str(runtime.state.get("score_model")))
-    frame = read_party_table(
-        runtime.settings.data_path, party=runtime.party, id_columns=runtime.terms.id_columns
-    )
-    rows = runtime.state.array("joint_rows")
-    ids = frame.iloc[rows][list(runtime.terms.id_columns)].reset_index(drop=True)
-    id_values = ids.iloc[:, 0] if ids.shape[1] == 1 else ids.astype(str).agg("|".join, axis=1)
-    out = pd.DataFrame({"id": id_values.to_numpy(), "score": np.asarray(scores)})
-    target = runtime.work_dir / SCORES_FILE
-    tmp = runtime.work_dir / f".{SCORES_FILE}.partial"
-    out.to_csv(tmp, index=False)
-    os.replace(tmp, target)
-    return StepReply(party=runtime.party, public={"scored_rows": int(len(out))})
+    reply = StepReply(party=runtime.party, public={"scored_rows": int(len(scores))})
+    if delivery.is_result_owner(runtime):
+        delivery.write_scores(runtime, scores)
+    else:
+        delivery.send_scores(runtime, reply, scores, phase=request.kind, round=request.step)
+    return reply

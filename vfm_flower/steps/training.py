@@ -63,6 +63,7 @@ from vfm_flower.preparation import (
     encode_labels,
     fit_preparation,
 )
+from vfm_flower.steps import delivery
 from vfm_flower.steps.alignment import finish_alignment
 from vfm_flower.tables import read_party_table
 
@@ -436,7 +437,7 @@ def finish_training(runtime: PartyRuntime, request: StepRequest) -> StepReply:
     reply = StepReply(party=runtime.party)
     info: dict[str, object] = {"iterations": t, "run_key": runtime.run_key}
     if runtime.is_label_owner:
-        reply.public.update(_evaluate(runtime, request, spec, optimizer, plan))
+        reply.public.update(_evaluate(runtime, request, reply, spec, optimizer, plan))
         info.update(reply.public)
     weights = dict(zip(plan.feature_names, (float(w) for w in optimizer.weights)))
     reporting.write_party_report(
@@ -469,6 +470,7 @@ def finish_training(runtime: PartyRuntime, request: StepRequest) -> StepReply:
 def _evaluate(
     runtime: PartyRuntime,
     request: StepRequest,
+    reply: StepReply,
     spec: ModelSpec,
     optimizer: BlockOptimizer,
     plan: PreparationPlan,
@@ -515,7 +517,10 @@ def _evaluate(
         outcome=str(params.get("outcome", "respond")),
     )
     report = reporting.build_shared_report(inputs)
-    reporting.write_report(report, inputs, runtime.work_dir)
+    if delivery.is_result_owner(runtime):
+        reporting.write_report(report, inputs, runtime.work_dir)
+    else:
+        delivery.send_report(runtime, reply, report, phase=request.kind, round=request.step)
     # What the server learns: counts and a few headline metrics, rounded to 3 decimals (the
     # full report, curves included, stays with the result owner).
     out: dict[str, object] = {
