@@ -162,9 +162,7 @@ class PartyRuntime:
         self.party = settings.party
         self.work_dir = settings.work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._replay = ReplayGuard(
-            self.state.get("replay_ids", "").split(",") if self.state.get("replay_ids") else ()
-        )
+        self._replay = ReplayGuard(self.state.tokens("replay_ids"))
         self._audit: AuditLog | None = None
         self.request: StepRequest | None = None
 
@@ -225,18 +223,17 @@ class PartyRuntime:
             topic=topic,
             replay_guard=self._replay,
         )
-        self.state.set("replay_ids", ",".join(self._replay.export()))
+        self.state.set_tokens("replay_ids", set(self._replay.export()))
         return plaintext
 
     def claim_mask_label(self, label: str) -> None:
         """Refuse to mask two vectors under one label (their difference would leak)."""
-        used = str(self.state.get("mask_labels", ""))
-        labels = set(used.split("\n")) if used else set()
+        labels = self.state.tokens("mask_labels")
         if label in labels:
             raise PolicyViolation(
                 "session", f"mask label '{label}' was already used in this run (replayed step)"
             )
-        self.state.set("mask_labels", "\n".join(sorted(labels | {label})))
+        self.state.set_tokens("mask_labels", labels | {label})
 
     # --- the one entry point ----------------------------------------------------------------
     def handle(self, request: StepRequest) -> StepReply:

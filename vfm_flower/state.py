@@ -50,6 +50,24 @@ class PartyState:
     def array_keys(self) -> Iterator[str]:
         return iter(self.arrays)
 
+    def set_group(self, prefix: str, arrays: dict[str, np.ndarray]) -> None:
+        """Store several arrays under ``prefix.NAME`` (e.g. an optimizer's ``to_state()``)."""
+        for name, value in arrays.items():
+            self.set_array(f"{prefix}.{name}", np.asarray(value))
+
+    def group(self, prefix: str) -> dict[str, np.ndarray]:
+        """The arrays stored with ``set_group(prefix, ...)``, by their own names."""
+        head = f"{prefix}."
+        return {k[len(head) :]: v for k, v in self.arrays.items() if k.startswith(head)}
+
+    def tokens(self, key: str) -> set[str]:
+        """A set of strings kept under ``key`` (one per line; tokens hold no newline)."""
+        text = str(self.values.get(key, ""))
+        return set(text.split("\n")) if text else set()
+
+    def set_tokens(self, key: str, tokens: set[str]) -> None:
+        self.values[key] = "\n".join(sorted(tokens))
+
     def set_bytes(self, key: str, blob: bytes) -> None:
         """Store a (possibly large) byte string as a uint8 array."""
         self.arrays[key] = np.frombuffer(blob, dtype=np.uint8).copy()

@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+from vfm_flower.cli.options import name_value_pairs
 from vfm_flower.errors import ConfigurationError, PolicyViolation, VfmError
 from vfm_flower.keys import PartyIdentity, PublicIdentity
 
@@ -25,16 +26,6 @@ def _out(text: str = "") -> None:
 
 def _err(text: str) -> None:
     sys.stderr.write(" ".join(text.split()) + "\n")
-
-
-def _pairs(values: list[str] | None, option: str) -> list[tuple[str, str]]:
-    out = []
-    for value in values or []:
-        name, sep, rest = value.partition("=")
-        if not sep or not name or not rest:
-            raise ConfigurationError(f"{option} expects NAME=VALUE, got {value!r}")
-        out.append((name.strip(), rest.strip()))
-    return out
 
 
 def _when(text: str | None, option: str) -> datetime | None:
@@ -76,7 +67,7 @@ def cmd_agreement_init(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise ConfigurationError(f"{out} exists already: refusing to overwrite (use --force)")
     parties: dict[str, PublicIdentity] = {}
-    for name, pub_file in _pairs(args.party, "--party"):
+    for name, pub_file in name_value_pairs(args.party, "--party"):
         if name in parties:
             raise ConfigurationError(f"--party {name} is given twice")
         ident = PublicIdentity.load(pub_file)
@@ -94,21 +85,21 @@ def cmd_agreement_init(args: argparse.Namespace) -> int:
         )
     id_columns: dict[str, list[str]] = {name: list(args.id_column) for name in parties}
     overrides: dict[str, list[str]] = {}
-    for name, col in _pairs(args.party_id_column, "--party-id-column"):
+    for name, col in name_value_pairs(args.party_id_column, "--party-id-column"):
         if name not in parties:
             raise ConfigurationError(f"--party-id-column names unknown party '{name}'")
         overrides.setdefault(name, []).append(col)
     id_columns.update(overrides)
     id_kinds: dict[str, str] = {name: args.id_kind for name in parties}
-    for name, kind in _pairs(args.party_id_kind, "--party-id-kind"):
+    for name, kind in name_value_pairs(args.party_id_kind, "--party-id-kind"):
         if name not in parties:
             raise ConfigurationError(f"--party-id-kind names unknown party '{name}'")
         id_kinds[name] = kind
     denied: dict[str, list[str]] = {}
-    for name, col in _pairs(args.deny, "--deny"):
+    for name, col in name_value_pairs(args.deny, "--deny"):
         denied.setdefault(name, []).append(col)
     allowed: dict[str, list[str] | None] = {}
-    for name, col in _pairs(args.allow, "--allow"):
+    for name, col in name_value_pairs(args.allow, "--allow"):
         allowed.setdefault(name, []).append(col)  # type: ignore[union-attr]
     agreement = init_agreement(
         purpose=args.purpose,

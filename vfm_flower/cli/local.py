@@ -14,6 +14,7 @@ import secrets
 import shutil
 from pathlib import Path
 
+from vfm_flower.cli.options import name_value_pairs
 from vfm_flower.errors import ConfigurationError
 
 
@@ -100,10 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, Path]:
     out: dict[str, Path] = {}
-    for item in values or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ConfigurationError(f"{option} expects NAME=PATH, got {item!r}")
+    for name, path in name_value_pairs(values, option, "PATH"):
         if name in out:
             raise ConfigurationError(f"{option} names party '{name}' twice")
         out[name] = Path(path).expanduser()

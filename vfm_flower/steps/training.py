@@ -121,17 +121,11 @@ def _forward_label(t: int) -> str:
 
 
 def _save_optimizer(runtime: PartyRuntime, optimizer: BlockOptimizer) -> None:
-    for key, value in optimizer.to_state().items():
-        runtime.state.set_array(f"opt.{key}", value)
+    runtime.state.set_group("opt", optimizer.to_state())
 
 
 def _load_optimizer(runtime: PartyRuntime, spec: ModelSpec) -> BlockOptimizer:
-    state = {
-        k[4:]: runtime.state.array(k)
-        for k in list(runtime.state.array_keys())
-        if k.startswith("opt.")
-    }
-    return BlockOptimizer.from_state(spec, state)
+    return BlockOptimizer.from_state(spec, runtime.state.group("opt"))
 
 
 def _mask_state_to_payload(state: paillier.MaskState) -> bytes:
@@ -231,18 +225,15 @@ def _monitor(request: StepRequest) -> ConvergenceMonitor:
 
 
 def _save_coordinator(runtime: PartyRuntime, coordinator: LabelOwnerCoordinator) -> None:
-    for key, value in coordinator.to_state().items():
-        runtime.state.set_array(f"coord.{key}", np.asarray(value))
+    runtime.state.set_group("coord", coordinator.to_state())
 
 
 def _load_coordinator(runtime: PartyRuntime, request: StepRequest) -> LabelOwnerCoordinator:
-    state = {
-        k[6:]: runtime.state.array(k)
-        for k in list(runtime.state.array_keys())
-        if k.startswith("coord.")
-    }
     return LabelOwnerCoordinator.from_state(
-        model_spec(request), runtime.state.array("y"), state, monitor=_monitor(request)
+        model_spec(request),
+        runtime.state.array("y"),
+        runtime.state.group("coord"),
+        monitor=_monitor(request),
     )
 
 
