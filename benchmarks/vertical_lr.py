@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vfm_flower import masking, paillier  # noqa: E402
+from vfm_flower import hazmat, masking, paillier  # noqa: E402
 from vfm_flower.keys import PartyIdentity  # noqa: E402
 
 LO = "insurer"
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.perf_counter()
     public, private = paillier.generate_paillier_keypair(args.bits)
-    encryptor = paillier.DJNEncryptor(public, private=private)  # LO encrypts under its own key
+    encryptor = hazmat.DJNEncryptor(public, private=private)  # LO encrypts under its own key
     print(f"setup: key generation {time.perf_counter() - started:.2f} s (once per run)")
 
     X_all = make_features(args.rows, args.features, args.dense, rng)

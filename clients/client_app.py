@@ -1,29 +1,12 @@
-"""The vfm-flower ClientApp (``clients.client_app:app``).
+"""The vfm-flower ClientApp for the built-in jobs (``vfm_flower.clients.client_app:app``).
 
-Imports stay lean here: in the Deployment Engine every message starts a fresh process, so the
-protocol modules are imported only when a message arrives.
+Routes come from the step registry (one table of message kinds), so a message kind no step
+serves is refused by Flower itself. Imports stay lean: in the Deployment Engine every message
+starts a fresh process.
 """
 
 from __future__ import annotations
 
-from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
+from vfm_flower.clients.app import VerticalClientApp
 
-from clients.vertical_party import VerticalParty
-
-app = ClientApp()
-_party = VerticalParty()
-
-# Every message kind of the protocol, by Flower category.
-QUERY_KINDS = ("hello", "align", "score", "combine", "close")
-TRAIN_KINDS = ("prepare", "forward", "residual", "backward", "decrypt", "finish")
-
-
-def _route(message: Message, context: Context) -> Message:
-    return _party(message, context)
-
-
-for _kind in QUERY_KINDS:
-    app.query(_kind)(_route)
-for _kind in TRAIN_KINDS:
-    app.train(_kind)(_route)
+app = VerticalClientApp(builtin_jobs=True)

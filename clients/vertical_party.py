@@ -26,7 +26,8 @@ from vfm_flower.errors import (
     ProtocolAbort,
     VfmError,
 )
-from vfm_flower.party import PartyRuntime, PartySettings
+from vfm_flower.jobs import JobRegistry
+from vfm_flower.party import DataLoader, PartyRuntime, PartySettings, StepRegistry
 from vfm_flower.runtime import wire
 from vfm_flower.state import PartyState
 
@@ -48,7 +49,7 @@ def demo_node_config(demo_dir: Path, party: str) -> dict[str, str]:
     }
 
 
-def settings_from_context(context: Context) -> PartySettings:
+def settings_from_context(context: Context, *, data_file: bool = True) -> PartySettings:
     """Read and validate the partner's settings (or the simulation demo's)."""
     node_config: dict[str, Any] = dict(context.node_config)
     if "party" not in node_config and "partition-id" in node_config:
@@ -66,7 +67,7 @@ def settings_from_context(context: Context) -> PartySettings:
                 f"simulation has more SuperNodes than demo parties ({len(DEMO_PARTIES)})"
             )
         node_config = demo_node_config(Path(demo_dir), DEMO_PARTIES[index])
-    return PartySettings.from_node_config(node_config)
+    return PartySettings.from_node_config(node_config, data_file=data_file)
 
 
 def load_state(context: Context) -> PartyState:
@@ -96,18 +97,36 @@ def _error_code(exc: VfmError) -> int:
 
 
 class VerticalParty:
-    """Routes one Flower message to the protocol step of its kind and answers it."""
+    """Routes one Flower message to the registered step of its kind and answers it.
+
+    Parameters
+    ----------
+    steps : StepRegistry
+        The steps this party runs (the plugin's protocol steps and the jobs' steps).
+    jobs : JobRegistry
+        The job kinds this party knows; a job of another kind is refused.
+    data_loader : callable, optional
+        ``loader(settings) -> DataFrame``: this party's rows, instead of the CSV file at
+        node-config ``data-path`` (``settings.node_config`` holds every node-config key).
+    """
+
+    def __init__(
+        self, steps: StepRegistry, jobs: JobRegistry, data_loader: DataLoader | None = None
+    ) -> None:
+        self.steps = steps
+        self.jobs = jobs
+        self.data_loader = data_loader
 
     def __call__(self, message: Message, context: Context) -> Message:
         kind = message.metadata.message_type
         party = str(context.node_config.get("party", "")) or None
         try:
-            import vfm_flower.steps  # noqa: F401  (registers the protocol steps)
-
-            settings = settings_from_context(context)
+            settings = settings_from_context(context, data_file=self.data_loader is None)
             party = settings.party
             state = load_state(context)
-            runtime = PartyRuntime(settings, state)
+            runtime = PartyRuntime(
+                settings, state, steps=self.steps, jobs=self.jobs, data_loader=self.data_loader
+            )
             request = wire.decode_request(kind, message.content)
             reply = runtime.handle(request)
             save_state(context, state)

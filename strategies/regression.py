@@ -1,15 +1,23 @@
-"""Vertical logistic and linear regression strategies (server side)."""
+"""Vertical logistic and linear regression (server side), on the session's public API.
+
+Training (``train``, or ``evaluate``, which keeps no model): prepare (all parties, once), then
+per iteration forward (passive parties, pairwise-masked), residual (label owner), backward
+(passive parties), decrypt (label owner): four rounds; finish (all parties). Scoring: partial
+scores (all parties, masked), combine (label owner). See ``vfm_flower.steps.training`` and
+``vfm_flower.steps.scoring`` for what each party computes and learns.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from strategies.base import VerticalStrategy
-from strategies.settings import ServerSettings
 from vfm_flower.agreement import SignedAgreement
 from vfm_flower.errors import ConfigurationError, ProtocolAbort
-from vfm_flower.masking import sum_masked
+from vfm_flower.jobs_builtin import RegressionParams
+from vfm_flower.strategies.base import VerticalStrategy
+from vfm_flower.strategies.session import VerticalSession
+from vfm_flower.strategies.settings import ServerSettings
 
 
 class VerticalRegression(VerticalStrategy):
@@ -17,173 +25,95 @@ class VerticalRegression(VerticalStrategy):
 
     model_kind = "logistic"
 
-    def __init__(
-        self,
-        *args: Any,
-        l2: float = 1e-3,
-        holdout_fraction: float = 0.3,
-        outcome: str = "respond",
-        holdout_seed: int = 0,
-        early_stopping: int = 0,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.early_stopping = int(early_stopping)
-        self.outcome = outcome
-        self.holdout_seed = int(holdout_seed)
-        self.l2 = float(l2)
-        self.holdout_fraction = float(holdout_fraction)
-        if self.job.model != self.model_kind:
+        if self.job.kind != self.model_kind:
             raise ConfigurationError(
-                f"{type(self).__name__} runs model '{self.model_kind}', the job asks for "
-                f"'{self.job.model}'"
+                f"{type(self).__name__} runs job kind '{self.model_kind}', the job is "
+                f"'{self.job.kind}'"
             )
+        self.params = RegressionParams.from_job(self.job)
 
-    def run_phases(self) -> None:
-        self.align()
+    def run(self, session: VerticalSession) -> None:
+        session.align()
         if self.job.operation in ("train", "evaluate"):
-            self.train()
+            self.train(session)
         elif self.job.operation == "score":
-            self.score()
+            self.score(session)
         else:
             raise ConfigurationError(f"unknown operation '{self.job.operation}'")
 
-    def score(self) -> None:
+    def score(self, session: VerticalSession) -> None:
         """Partial scores from every party's slice, masked sum, result owner combines."""
-        self.begin_phase("score")
-        lo = self.agreement.label_owner
-        passives = list(self.agreement.passive_parties)
-        partial = self.exchange(
-            "query.score",
-            {p: self.request("query.score", 1, inbox=self.take_carry(p)) for p in self.parties},
-        )
-        models = {p: r.public.get("model_id") for p, r in partial.items()}
-        for party, model_id in models.items():
-            if model_id != models[lo]:
-                raise ProtocolAbort(
-                    "score",
-                    party,
-                    "its model slice comes from another training run than the "
-                    "label owner's: retrain or restore matching slices",
-                )
-        sums = {}
-        if passives:
-            sums["score"] = sum_masked([partial[p].masked["score"] for p in passives])
-        inboxes = self.relay(partial.values())
-        combined = self.exchange(
-            "query.combine",
-            {lo: self.request("query.combine", 1, sums=sums, inbox=inboxes[lo])},
-        )
-        self.carry = self.relay(combined.values())
-        self.deliveries = [{"topic": "result.scores", "phase": "query.combine", "round": 1}]
-        scored = int(combined[lo].public.get("scored_rows", 0))
-        self.result.public["scored_rows"] = scored
-        self.end_phase("score", scored_rows=scored)
-
-    @property
-    def training_params(self) -> dict[str, Any]:
-        return {
-            "l2": self.l2,
-            "holdout_fraction": self.holdout_fraction,
-            "holdout_seed": self.holdout_seed,
-            "patience": self.early_stopping,
-        }
-
-    def train(self) -> None:
-        """Prepare, iterate (4 rounds each), finish: see ``vfm_flower.steps.training``."""
-        self.begin_phase("train")
-        lo = self.agreement.label_owner
-        passives = list(self.agreement.passive_parties)
-        params = self.training_params
-        prepared = self.exchange(
-            "train.prepare",
-            {
-                p: self.request("train.prepare", 0, params=params, inbox=self.take_carry(p))
-                for p in self.parties
-            },
-        )
-        joint = {p: int(r.public.get("joint_rows", -1)) for p, r in prepared.items()}
-        for party, count in joint.items():
-            if count != joint[lo]:
-                raise ProtocolAbort(
-                    "train",
-                    party,
-                    f"holds {count} aligned rows, the label owner {joint[lo]}",
-                )
-        pending: dict[str, dict[tuple[str, str], bytes]] = {}
-        inboxes: dict[str, dict[tuple[str, str], bytes]] = {}
-        limit = int(self.job.max_iterations)
-        started = time.monotonic()
-        t = 0
-        while True:
+        lo, passives = session.label_owner, session.passive_parties
+        with session.phase("score") as sizes:
+            partial = session.send("query.score")
+            models = {p: r.public.get("model_id") for p, r in partial.items()}
+            for party, model_id in models.items():
+                if model_id != models[lo]:
+                    raise ProtocolAbort(
+                        "score",
+                        party,
+                        "its model slice comes from another training run than the "
+                        "label owner's: retrain or restore matching slices",
+                    )
             sums = {}
             if passives:
-                forward = self.exchange(
-                    "train.forward",
+                sums["score"] = session.secure_sum({p: partial[p] for p in passives}, "score")
+            combined = session.send("query.combine", to=[lo], sums=sums)
+            scored = int(combined[lo].public.get("scored_rows", 0))
+            session.publish(scored_rows=scored)
+            sizes["scored_rows"] = scored
+
+    def train(self, session: VerticalSession) -> None:
+        """Prepare, iterate (4 rounds each), finish: see ``vfm_flower.steps.training``."""
+        lo, passives = session.label_owner, session.passive_parties
+        with session.phase("train") as sizes:
+            prepared = session.send("train.prepare", step=0)
+            joint = {p: int(r.public.get("joint_rows", -1)) for p, r in prepared.items()}
+            for party, count in joint.items():
+                if count != joint[lo]:
+                    raise ProtocolAbort(
+                        "train", party, f"holds {count} aligned rows, the label owner {joint[lo]}"
+                    )
+            limit = self.params.max_iterations
+            started = time.monotonic()
+            t = 0
+            while True:
+                sums = {}
+                if passives:
+                    forward = session.send("train.forward", to=passives, step=t)
+                    sums["forward"] = session.secure_sum(forward, "forward")
+                residual = session.send("train.residual", to=[lo], step=t, sums=sums)[lo]
+                rate = (time.monotonic() - started) / (t + 1)
+                session.progress(
+                    "iteration",
                     {
-                        p: self.request("train.forward", t, params=params, inbox=pending.get(p))
-                        for p in passives
+                        "iteration": t,
+                        "max_iterations": limit,
+                        "seconds_per_iteration": round(rate, 2),
+                        "eta_seconds": round(rate * max(limit - t, 0), 1),
                     },
                 )
-                sums["forward"] = sum_masked([forward[p].masked["forward"] for p in passives])
-            residual = self.exchange(
-                "train.residual",
-                {lo: self.request("train.residual", t, params=params, sums=sums)},
-            )[lo]
-            elapsed = time.monotonic() - started
-            rate = elapsed / (t + 1)
-            self.progress(
-                "iteration",
-                {
-                    "iteration": t,
-                    "max_iterations": limit,
-                    "seconds_per_iteration": round(rate, 2),
-                    "eta_seconds": round(rate * max(limit - t, 0), 1),
-                },
+                if residual.public.get("stop"):
+                    break
+                if t >= limit:
+                    raise ProtocolAbort(
+                        "train", lo, f"did not stop within max-iterations={limit} (job parameter)"
+                    )
+                session.send("train.backward", to=passives, step=t)
+                session.send("train.decrypt", to=[lo], step=t)
+                t += 1
+            finished = session.send(
+                "train.finish", step=t, params={"rows_per_party": dict(session.result.rows)}
             )
-            inboxes = self.relay([residual])
-            if residual.public.get("stop"):
-                break
-            if t >= limit:
-                raise ProtocolAbort(
-                    "train",
-                    lo,
-                    f"did not stop within max-iterations={limit} (agreement term)",
-                )
-            backward = self.exchange(
-                "train.backward",
-                {
-                    p: self.request("train.backward", t, params=params, inbox=inboxes[p])
-                    for p in passives
-                },
+            session.publish(**finished[lo].public)
+            session.publish(
+                iterations=t,
+                rounds_per_iteration=4 if passives else 1,
+                train_rounds=session.result.phases["train"].rounds,
             )
-            inboxes = self.relay(backward.values())
-            decrypted = self.exchange(
-                "train.decrypt",
-                {lo: self.request("train.decrypt", t, params=params, inbox=inboxes[lo])},
-            )
-            pending = self.relay(decrypted.values())
-            t += 1
-        finish_params = {
-            **params,
-            "rows_per_party": dict(self.result.rows),
-            "outcome": self.outcome,
-        }
-        finished = self.exchange(
-            "train.finish",
-            {
-                p: self.request("train.finish", t, params=finish_params, inbox=inboxes.get(p))
-                for p in self.parties
-            },
-        )
-        stats = self.result.phases["train"]
-        self.carry = self.relay(finished.values())
-        self.deliveries = [{"topic": "result.report", "phase": "train.finish", "round": t}]
-        self.result.public.update(finished[lo].public)
-        self.result.public["iterations"] = t
-        self.result.public["rounds_per_iteration"] = 4 if passives else 1
-        self.result.public["train_rounds"] = stats.rounds
-        self.end_phase("train", iterations=t)
+            sizes["iterations"] = t
 
 
 class VerticalLogisticRegression(VerticalRegression):
@@ -206,20 +136,16 @@ STRATEGIES = {
 
 def build_strategy(agreement: SignedAgreement, settings: ServerSettings) -> VerticalRegression:
     try:
-        cls = STRATEGIES[settings.job.model]
+        cls = STRATEGIES[settings.job.kind]
     except KeyError as exc:
         raise ConfigurationError(
-            f"unknown model '{settings.job.model}': use one of {', '.join(STRATEGIES)}"
+            f"unknown job kind '{settings.job.kind}': use one of {', '.join(STRATEGIES)}"
         ) from exc
     return cls(
         agreement,
         settings.job,
+        job_kind=settings.job_kind,
         workdir=settings.workdir,
         round_timeout=settings.round_timeout,
         party_wait_timeout=settings.party_wait_timeout,
-        l2=settings.l2,
-        holdout_fraction=settings.holdout_fraction,
-        outcome=settings.outcome,
-        holdout_seed=settings.holdout_seed,
-        early_stopping=settings.early_stopping,
     )

@@ -1,7 +1,9 @@
-"""The operator's settings for a vertical job, read from Flower's run-config.
+"""The operator's settings for a built-in vertical job, read from Flower's run-config.
 
 run-config is shipped to every node and identical everywhere: it holds the job description
-and server-side paths only, never a secret or a party's private path.
+and server-side paths only, never a secret or a party's private path. The job's parameters
+are the job kind's own (``vfm_flower.jobs_builtin``): their names, defaults and hard ranges are
+declared there once; every party checks the values against the agreement's signed bounds.
 """
 
 from __future__ import annotations
@@ -11,24 +13,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vfm_flower.agreement import JobRequest
 from vfm_flower.errors import ConfigurationError
+from vfm_flower.jobs import Job, JobKind, JobRegistry
+from vfm_flower.jobs_builtin import builtin_registry
 
+#: The run-config keys of the built-in ServerApp itself (job parameters come on top).
 RUN_CONFIG_KEYS = {
     "agreement-path": "the operator's copy of the signed agreement (TOML)",
     "server-workdir": "where the server writes its audit log and result.json",
-    "job": "train or score",
-    "model": "logistic or linear",
-    "max-iterations": "training iterations at most (the agreement may allow fewer)",
-    "paillier-bits": "Paillier modulus bits (>= the agreement's minimum, >= 2048)",
-    "l2": "L2 regularization strength",
-    "holdout-fraction": "share of the aligned rows the label owner holds out",
+    "job": "the operation: train, evaluate or score",
+    "model": "the job kind: logistic or linear",
     "round-timeout": "seconds to wait for the replies of one round",
     "party-wait-timeout": "seconds to wait for every party to come online",
-    "early-stopping": "stop after this many iterations without hold-out improvement (0: off)",
-    "holdout-seed": "seed of the label owner's hold-out split (0: random, from the CSPRNG)",
-    "outcome": "verb for the positive label in the report's plain language (e.g. buy)",
     "demo-dir": "simulation only: a directory made by `vfm demo --prepare-only`",
+}
+
+DEFAULT_ROUND_TIMEOUT = 600.0
+DEFAULT_PARTY_WAIT_TIMEOUT = 120.0
+
+#: The defaults a Flower App declares for those keys (Flower refuses a --run-config key its
+#: app does not declare, so `vfm app init` writes these and every job parameter's default).
+RUN_CONFIG_DEFAULTS: dict[str, Any] = {
+    "agreement-path": "",
+    "server-workdir": "",
+    "job": "train",
+    "model": "logistic",
+    "round-timeout": DEFAULT_ROUND_TIMEOUT,
+    "party-wait-timeout": DEFAULT_PARTY_WAIT_TIMEOUT,
+    "demo-dir": "",
 }
 
 
@@ -37,26 +49,30 @@ def _get(config: Mapping[str, Any], key: str, default: Any) -> Any:
     return default if value == "" else value
 
 
+def job_from_config(config: Mapping[str, Any], kind: JobKind) -> Job:
+    """Bind ``kind`` to the operation and parameters named in ``config`` (run-config keys)."""
+    return kind.bind_config(config, str(_get(config, "job", "train")))
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     agreement_path: Path
     workdir: Path
-    job: JobRequest
-    l2: float
-    holdout_fraction: float
-    round_timeout: float
-    party_wait_timeout: float
-    outcome: str = "respond"
-    holdout_seed: int = 0
-    early_stopping: int = 0
+    job: Job
+    job_kind: JobKind
+    round_timeout: float = DEFAULT_ROUND_TIMEOUT
+    party_wait_timeout: float = DEFAULT_PARTY_WAIT_TIMEOUT
 
     @classmethod
-    def from_run_config(cls, config: Mapping[str, Any]) -> ServerSettings:
-        unknown = sorted(set(config) - set(RUN_CONFIG_KEYS))
+    def from_run_config(
+        cls, config: Mapping[str, Any], registry: JobRegistry | None = None
+    ) -> ServerSettings:
+        registry = registry or builtin_registry()
+        known = set(RUN_CONFIG_KEYS) | {p.name for k in registry for p in k.params}
+        unknown = sorted(set(config) - known)
         if unknown:
             raise ConfigurationError(
-                f"unknown run-config key(s) {', '.join(unknown)}; known: "
-                f"{', '.join(sorted(RUN_CONFIG_KEYS))}"
+                f"unknown run-config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
         demo_dir = str(_get(config, "demo-dir", "")).strip()
         agreement = str(_get(config, "agreement-path", "")).strip()
@@ -70,25 +86,32 @@ class ServerSettings:
         workdir = str(_get(config, "server-workdir", "")).strip()
         if not workdir:
             workdir = str(Path(demo_dir) / "server") if demo_dir else "vfm-server"
-        try:
-            job = JobRequest(
-                operation=str(_get(config, "job", "train")),
-                model=str(_get(config, "model", "logistic")),
-                paillier_bits=int(_get(config, "paillier-bits", 2048)),
-                max_iterations=int(_get(config, "max-iterations", 30)),
-                features=None,
+        kind = registry.get(str(_get(config, "model", "logistic")))
+        # Flower sends every key the app declares (with its default): a parameter of another
+        # kind is an error only when it was set to something else than its default.
+        own = {p.name for p in kind.params}
+        stray = sorted(
+            {
+                p.name
+                for k in registry
+                for p in k.params
+                if p.name not in own and config.get(p.name, p.default) not in ("", p.default)
+            }
+        )
+        if stray:
+            raise ConfigurationError(
+                f"run-config key(s) {', '.join(stray)} are not parameters of job kind '{kind.name}'"
             )
+        try:
             settings = cls(
                 agreement_path=Path(agreement).expanduser(),
                 workdir=Path(workdir).expanduser(),
-                job=job,
-                l2=float(_get(config, "l2", 1e-3)),
-                holdout_fraction=float(_get(config, "holdout-fraction", 0.3)),
-                round_timeout=float(_get(config, "round-timeout", 600.0)),
-                party_wait_timeout=float(_get(config, "party-wait-timeout", 120.0)),
-                outcome=str(_get(config, "outcome", "respond")),
-                holdout_seed=int(_get(config, "holdout-seed", 0)),
-                early_stopping=int(_get(config, "early-stopping", 0)),
+                job=job_from_config(config, kind),
+                job_kind=kind,
+                round_timeout=float(_get(config, "round-timeout", DEFAULT_ROUND_TIMEOUT)),
+                party_wait_timeout=float(
+                    _get(config, "party-wait-timeout", DEFAULT_PARTY_WAIT_TIMEOUT)
+                ),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"run-config has a malformed value: {exc}") from exc
@@ -96,6 +119,4 @@ class ServerSettings:
             raise ConfigurationError(
                 f"run-config 'agreement-path': {settings.agreement_path} does not exist"
             )
-        if not 0.0 < settings.holdout_fraction < 0.9:
-            raise ConfigurationError("run-config 'holdout-fraction' must be in (0, 0.9)")
         return settings

@@ -116,6 +116,24 @@ def synthetic_frames(
     return frames, shared
 
 
+def governed_collab(root: Path, seed: int, **terms: Any) -> Collaboration:
+    """Three small parties (120 shared customers) under an agreement with ``terms``."""
+    frames, _ = synthetic_frames(n_shared=120, n_only=10, seed=seed)
+    terms.setdefault("min_intersection", 50)
+    return make_collaboration(root / "c", frames, label_owner="lo", **terms)
+
+
+def audit_decisions(root: Path) -> list[tuple[str, str]]:
+    """``(writer folder, decision)`` of every audit entry under ``root``."""
+    import json
+
+    out = []
+    for path in root.rglob("audit-*.jsonl"):
+        for line in path.read_text().splitlines():
+            out.append((path.parent.name, json.loads(line).get("decision")))
+    return out
+
+
 @pytest.fixture
 def small_collab(tmp_path):
     frames, shared = synthetic_frames()

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from vfm_flower.agreement import (
-    Agreement,
-    JobRequest,
-    SignedAgreement,
+from vfm_flower.agreement import Agreement, JobTerms, SignedAgreement, init_agreement
+from vfm_flower.errors import ConfigurationError, KeyFileError, PolicyViolation
+from vfm_flower.jobs import Job
+from vfm_flower.jobs_builtin import LINEAR, LOGISTIC
+from vfm_flower.keys import PartyIdentity
+from vfm_flower.policy import (
     check_features,
     check_identity,
     check_job,
@@ -22,10 +24,7 @@ from vfm_flower.agreement import (
     check_party_presence,
     check_same_agreement,
     check_set_size,
-    init_agreement,
 )
-from vfm_flower.errors import ConfigurationError, KeyFileError, PolicyViolation
-from vfm_flower.keys import PartyIdentity
 
 NAMES = ("insurer", "bank", "broker")
 START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -65,10 +64,24 @@ def signed(ids) -> SignedAgreement:
     return sign_all(draft(ids), ids)
 
 
-def job(**kw) -> JobRequest:
-    base = dict(operation="train", model="logistic", paillier_bits=2048, max_iterations=30)
-    base.update(kw)
-    return JobRequest(**base)
+def job(operation="train", model="logistic", **kw) -> Job:
+    """A bound job; parameter keywords use Python names (``paillier_bits``)."""
+    kind = {"logistic": LOGISTIC, "linear": LINEAR}.get(model)
+    params = {k.replace("_", "-"): v for k, v in kw.items() if k not in _JOB_FIELDS}
+    fields = {k: v for k, v in kw.items() if k in _JOB_FIELDS}
+    if kind is None:
+        return Job(kind=model, operation=operation, params=params, **fields)
+    bound = kind.bind(kind.operations[0], {})
+    return Job(
+        kind=model, operation=operation, params={**bound.params, **params}, **fields
+    )
+
+
+_JOB_FIELDS = ("features", "min_intersection")
+
+
+def draft_jobs() -> tuple[JobTerms, ...]:
+    return (JobTerms.default_for(LINEAR),)
 
 
 def rule_of(excinfo: pytest.ExceptionInfo) -> str:
@@ -87,12 +100,10 @@ def test_init_defaults(ids):
     assert abs(a.not_before - datetime.now(UTC)) < timedelta(minutes=1)
     assert a.result_owner == "insurer"
     assert a.positive_class is None
-    assert (a.min_intersection, a.min_cohort, a.min_paillier_bits, a.max_iterations) == (
-        100,
-        20,
-        2048,
-        100,
-    )
+    assert (a.min_intersection, a.min_cohort, a.min_paillier_bits) == (100, 20, 2048)
+    assert a.job_kinds == ("linear", "logistic")
+    assert a.job_terms("logistic").params["max-iterations"] == (1, 100)
+    assert a.job_terms("logistic").operations == ("evaluate", "score", "train")
     assert a.party_names == ("bank", "broker", "insurer")
     assert a.passive_parties == ("bank", "broker")
     assert all(p.allowed_features is None and p.max_set_size == 10_000_000 for p in a.parties)
@@ -127,11 +138,10 @@ def test_feature_allowed(ids):
         {"min_intersection": 99},
         {"min_cohort": 21},
         {"min_paillier_bits": 3072},
-        {"max_iterations": 101},
+        {"jobs": (JobTerms.default_for(LOGISTIC),)},
+        {"jobs": (JobTerms.default_for(LOGISTIC, params={"l2": 0.1}), *draft_jobs())},
         {"positive_class": "yes"},
         {"result_owner": "bank"},
-        {"allowed_models": ("logistic",)},
-        {"allowed_operations": ("train",)},
         {"not_after": START + timedelta(days=366)},
         {"agreement_id": "0" * 32},
     ],
@@ -161,8 +171,7 @@ def test_order_of_parties_and_sets_does_not_matter(ids):
     b = dataclasses.replace(
         a,
         parties=tuple(reversed(a.parties)),
-        allowed_models=("logistic", "linear"),
-        allowed_operations=("train", "score", "evaluate"),
+        jobs=tuple(reversed(a.jobs)),
     )
     assert b == a and b.canonical_bytes() == a.canonical_bytes()
 
@@ -319,7 +328,11 @@ def test_signed_agreement_is_immutable(signed):
         (lambda d: d["label"].update({"result-owner": "x"}), "label.result-owner"),
         (lambda d: d["limits"].update({"min-cohort": -1}), "limits.min-cohort"),
         (lambda d: d["limits"].update({"min-paillier-bits": 1024}), "min-paillier-bits"),
-        (lambda d: d["jobs"].update({"models": ["tree"]}), "jobs.models"),
+        (lambda d: d["jobs"]["logistic"].update({"models": ["tree"]}), "jobs.logistic"),
+        (lambda d: d["jobs"]["logistic"]["params"].update({"l2": {}}), "jobs.logistic.params.l2"),
+        (lambda d: d["jobs"]["logistic"]["params"].update({"l2": [1, 0]}), "is empty"),
+        (lambda d: d["jobs"]["logistic"]["release"].update({"x": []}), "unknown audience"),
+        (lambda d: d.update({"jobs": {}}), "at least one job kind"),
         (lambda d: d.update({"not-after": d["not-before"]}), "must be earlier"),
         (lambda d: d.update({"not-after": "2026-01-01T00:00:00"}), "time zone"),
         (lambda d: d["limits"].update({"min-intersecton": 5}), "unknown field"),
@@ -349,33 +362,36 @@ def test_load_unreadable(tmp_path: Path):
 # ---------------------------------------------------------------------------- policy checks
 
 
-def test_job_request_roundtrip():
+def test_job_roundtrip():
     j = job(features={"bank": ["PPERSAUT", "PBRAND"]}, min_intersection=500)
-    assert JobRequest.from_dict(j.to_dict()) == j
-    assert JobRequest.from_json(j.to_json()) == j
+    assert Job.from_dict(j.to_dict()) == j
+    assert Job.from_json(j.to_json()) == j and Job.from_json(j.to_json()).digest() == j.digest()
     assert j.features["bank"] == ("PPERSAUT", "PBRAND")
-    assert JobRequest.from_dict(job().to_dict()).features is None
-    with pytest.raises(ConfigurationError, match="missing field model"):
-        JobRequest.from_dict({"operation": "train"})
-    with pytest.raises(ConfigurationError, match="paillier_bits"):
-        JobRequest.from_dict({**j.to_dict(), "paillier_bits": "2048"})
+    assert Job.from_dict(job().to_dict()).features is None
+    with pytest.raises(ConfigurationError, match="missing field kind"):
+        Job.from_dict({"operation": "train"})
+    with pytest.raises(ConfigurationError, match="paillier-bits"):
+        Job.from_dict({**j.to_dict(), "params": {"paillier-bits": [2048]}})
     with pytest.raises(ConfigurationError, match="features"):
-        JobRequest.from_dict({**j.to_dict(), "features": {"bank": "PPERSAUT"}})
+        Job.from_dict({**j.to_dict(), "features": {"bank": "PPERSAUT"}})
 
 
 def test_check_job_ok(signed):
-    check_job(signed, job(features={"bank": ["PPERSAUT"], "broker": ["MOSTYPE"]}), NOW)
-    check_job(signed, job(operation="score", model="linear", min_intersection=100), NOW)
+    check_job(signed, job(features={"bank": ["PPERSAUT"], "broker": ["MOSTYPE"]}), now=NOW)
+    check_job(signed, job(operation="score", model="linear", min_intersection=100), now=NOW)
 
 
 @pytest.mark.parametrize(
     ("request_", "rule"),
     [
         (job(operation="export"), "operation"),
-        (job(model="tree"), "model"),
+        (job(model="tree"), "job_kind"),
         (job(paillier_bits=1024), "paillier_bits"),
-        (job(max_iterations=101), "max_iterations"),
-        (job(max_iterations=0), "max_iterations"),
+        (job(max_iterations=101), "params"),
+        (job(max_iterations=0), "params"),
+        (job(holdout_fraction=0.05), "params"),
+        (job(l2=100.0), "params"),
+        (job(undeclared=1), "params"),
         (job(features={"bank": ["AGE"]}), "features"),
         (job(features={"broker": ["PPERSAUT"]}), "features"),
         (job(features={"insurer": ["Purchase"]}), "features"),
@@ -386,7 +402,7 @@ def test_check_job_ok(signed):
 )
 def test_check_job_refusals(signed, request_, rule):
     with pytest.raises(PolicyViolation) as e:
-        check_job(signed, request_, NOW)
+        check_job(signed, request_, now=NOW)
     assert rule_of(e) == rule
 
 
@@ -398,24 +414,24 @@ def test_check_job_restricted_agreement(ids):
         ids,
     )
     for bad, rule in (
-        (job(model="logistic", paillier_bits=3072), "model"),
+        (job(model="logistic", paillier_bits=3072), "job_kind"),
         (job(model="linear", operation="score", paillier_bits=3072), "operation"),
         (job(model="linear", paillier_bits=2048), "paillier_bits"),
     ):
         with pytest.raises(PolicyViolation) as e:
-            check_job(signed, bad, NOW)
+            check_job(signed, bad, now=NOW)
         assert rule_of(e) == rule
         assert "3072" in str(e.value) or rule != "paillier_bits"
-    check_job(signed, job(model="linear", paillier_bits=3072), NOW)
+    check_job(signed, job(model="linear", paillier_bits=3072), now=NOW)
 
 
 def test_check_job_checks_signatures_and_validity(ids, signed):
     unsigned = SignedAgreement(draft(ids), {})
     with pytest.raises(PolicyViolation) as e:
-        check_job(unsigned, job(), NOW)
+        check_job(unsigned, job(), now=NOW)
     assert rule_of(e) == "signatures"
     with pytest.raises(PolicyViolation) as e:
-        check_job(signed, job(), signed.agreement.not_after + timedelta(days=1))
+        check_job(signed, job(), now=signed.agreement.not_after + timedelta(days=1))
     assert rule_of(e) == "validity"
 
 
@@ -427,20 +443,21 @@ def test_denied_feature_message(signed):
 
 def test_check_sizes(ids, signed):
     a = signed.agreement
-    check_min_intersection(a, 100)
+    check_min_intersection(100, a.min_intersection)
     with pytest.raises(PolicyViolation) as e:
-        check_min_intersection(a, 99)
-    assert rule_of(e) == "min_intersection" and "99" in str(e.value)
-    check_min_cohort(a, 20, "lift bucket 1")
+        check_min_intersection(99, a.min_intersection)
+    # the gate's message reveals the minimum, never the count
+    assert rule_of(e) == "min_intersection" and "99" not in str(e.value)
+    check_min_cohort(a.min_cohort, 20, "lift bucket 1")
     with pytest.raises(PolicyViolation) as e:
-        check_min_cohort(a, 19, "lift bucket 1")
+        check_min_cohort(a.min_cohort, 19, "lift bucket 1")
     assert rule_of(e) == "min_cohort" and "lift bucket 1" in str(e.value)
-    small = sign_all(draft(ids, max_set_size={"bank": 1000}), ids)
-    check_set_size(small.agreement, "bank", 1000)
+    small = sign_all(draft(ids, max_set_size={"bank": 1000}), ids).agreement
+    check_set_size(1000, small.party("bank").max_set_size, "bank")
     with pytest.raises(PolicyViolation) as e:
-        check_set_size(small.agreement, "bank", 1001)
+        check_set_size(1001, small.party("bank").max_set_size, "bank")
     assert rule_of(e) == "max_set_size" and "bank" in str(e.value)
-    check_set_size(small.agreement, "broker", 10_000_000)
+    check_set_size(10_000_000, small.party("broker").max_set_size, "broker")
 
 
 def test_check_party_presence(signed):

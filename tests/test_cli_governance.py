@@ -246,12 +246,13 @@ def test_init_options(tmp_path: Path, keys: Path, capsys):
     assert a.party("bank").id_columns == ("customer_id",) and a.party("bank").id_kind == "plain"
     assert a.party("insurer").id_columns == ("email",)
     assert a.party("bank").case_sensitive is False
-    assert (a.allowed_models, a.allowed_operations, a.result_owner) == (
+    assert (a.job_kinds, a.job_terms("logistic").operations, a.result_owner) == (
         ("logistic",),
         ("score", "train"),
         "bank",
     )
-    assert (a.min_cohort, a.min_paillier_bits, a.max_iterations) == (50, 3072, 40)
+    assert (a.min_cohort, a.min_paillier_bits) == (50, 3072)
+    assert a.job_terms("logistic").params["max-iterations"] == (1, 40)
     assert a.party("bank").max_set_size == 50000
     assert (a.not_after - a.not_before).days == 30
     capsys.readouterr()

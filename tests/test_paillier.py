@@ -1,4 +1,4 @@
-"""Tests of the Paillier fast paths (vfm_flower.paillier)."""
+"""Tests of the Paillier protocol steps (vfm_flower.paillier) and fast paths (vfm_flower.hazmat)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from gmpy2 import mpz
 from phe import EncryptedNumber
 from phe import paillier as phe_paillier
 
+from vfm_flower import hazmat as H
 from vfm_flower import paillier as P
 from vfm_flower.errors import PolicyViolation
+from vfm_flower.hazmat import paillier_djn
 
 ROWS = 300
 
@@ -22,8 +24,8 @@ def keypair() -> tuple[phe_paillier.PaillierPublicKey, phe_paillier.PaillierPriv
 
 
 @pytest.fixture(scope="session")
-def encryptor(keypair) -> P.DJNEncryptor:
-    return P.DJNEncryptor(keypair[0])
+def encryptor(keypair) -> H.DJNEncryptor:
+    return H.DJNEncryptor(keypair[0])
 
 
 def _features(rows: int, seed: int) -> np.ndarray:
@@ -49,8 +51,8 @@ def _features(rows: int, seed: int) -> np.ndarray:
 
 
 def _exact_gradient(X: np.ndarray, d: np.ndarray, bound: float | None = 1.0) -> list[int]:
-    d_q, _ = P.quantize_residuals(d, bound=bound)
-    X_q = P.quantize_features(X)
+    d_q, _ = H.quantize_residuals(d, bound=bound)
+    X_q = H.quantize_features(X)
     return [sum(int(a) * int(b) for a, b in zip(X_q[:, j], d_q)) for j in range(X.shape[1])]
 
 
@@ -67,7 +69,7 @@ def test_keys_shorter_than_2048_bits_are_refused() -> None:
         P.check_key_bits(4096, minimum=1024)
     small_public, _ = phe_paillier.generate_paillier_keypair(n_length=1024)
     with pytest.raises(PolicyViolation):
-        P.DJNEncryptor(small_public)
+        H.DJNEncryptor(small_public)
     with pytest.raises(PolicyViolation):
         P.public_key_from_bytes(P.public_key_to_bytes(small_public))
     P.check_key_bits(3072, minimum=3072)
@@ -109,13 +111,13 @@ def test_private_key_codec(keypair) -> None:
 def test_djn_ciphertexts_decrypt_with_phe(keypair, encryptor) -> None:
     public, private = keypair
     values = [0, 1, -1, 12345, -987654321, 2**100, -(2**100)]
-    cts = P.encrypt_vector(public, np.array(values, dtype=object), encryptor=encryptor)
+    cts = H.encrypt_vector(public, np.array(values, dtype=object), encryptor=encryptor)
     for value, c in zip(values, cts):
         assert 0 < c < public.nsquare
         assert private.decrypt(EncryptedNumber(public, int(c), 0)) == value
-    assert P.decrypt_vector(private, cts) == values
+    assert H.decrypt_vector(private, cts) == values
     # Probabilistic: two encryptions of the same value differ.
-    again = P.encrypt_vector(public, np.array(values, dtype=object), encryptor=encryptor)
+    again = H.encrypt_vector(public, np.array(values, dtype=object), encryptor=encryptor)
     assert all(a != b for a, b in zip(cts, again))
 
 
@@ -123,7 +125,7 @@ def test_crt_decryption_reads_phe_ciphertexts(keypair) -> None:
     public, private = keypair
     values = [0, 7, -7, 2**60]
     cts = [public.encrypt(v).ciphertext() for v in values]
-    assert P.decrypt_vector(private, cts) == values
+    assert H.decrypt_vector(private, cts) == values
     decryptor = P.CRTDecryptor(private)
     assert decryptor.key_bits == 2048
     with pytest.raises(ValueError, match="out of range"):
@@ -132,59 +134,59 @@ def test_crt_decryption_reads_phe_ciphertexts(keypair) -> None:
 
 def test_crt_encryptor_matches_phe(keypair) -> None:
     public, private = keypair
-    enc = P.DJNEncryptor(public, private=private)
+    enc = H.DJNEncryptor(public, private=private)
     assert "crt=True" in repr(enc)
     values = [0, 5, -5, 2**70, -(2**70)]
     cts = enc.encrypt_ints(values)
     assert [private.decrypt(EncryptedNumber(public, int(c), 0)) for c in cts] == values
     enc.fill_pool(3, workers=2)
-    assert P.decrypt_vector(private, enc.take_obfuscators(3)) == [0, 0, 0]
-    parallel = P.encrypt_vector(public, np.arange(-10, 10), encryptor=enc, workers=2)
-    assert P.decrypt_vector(private, parallel) == list(range(-10, 10))
+    assert H.decrypt_vector(private, enc.take_obfuscators(3)) == [0, 0, 0]
+    parallel = H.encrypt_vector(public, np.arange(-10, 10), encryptor=enc, workers=2)
+    assert H.decrypt_vector(private, parallel) == list(range(-10, 10))
     _, other_private = P.generate_paillier_keypair(2048)
     with pytest.raises(ValueError, match="does not belong"):
-        P.DJNEncryptor(public, private=other_private)
+        H.DJNEncryptor(public, private=other_private)
 
 
 def test_encryptor_pool_and_parameters(keypair) -> None:
     public, private = keypair
-    enc = P.DJNEncryptor(public)
-    assert enc.exponent_bits == 256 == P.djn_exponent_bits(2048)
-    assert P.djn_exponent_bits(7680) == 384 and P.djn_exponent_bits(15360) == 512
+    enc = H.DJNEncryptor(public)
+    assert enc.exponent_bits == 256 == H.djn_exponent_bits(2048)
+    assert H.djn_exponent_bits(7680) == 384 and H.djn_exponent_bits(15360) == 512
     enc.fill_pool(5, workers=1)
     assert enc.pooled == 5
     cts = enc.encrypt_ints([3, -4])
     assert enc.pooled == 3
-    assert P.decrypt_vector(private, cts) == [3, -4]
+    assert H.decrypt_vector(private, cts) == [3, -4]
     # An obfuscator is an encryption of zero.
-    assert P.decrypt_vector(private, enc.take_obfuscators(4)) == [0, 0, 0, 0]
+    assert H.decrypt_vector(private, enc.take_obfuscators(4)) == [0, 0, 0, 0]
     assert enc.pooled == 0
     assert "pooled=0" in repr(enc)
     with pytest.raises(ValueError, match="multiple of 8"):
-        P.DJNEncryptor(public, exponent_bits=100)
+        H.DJNEncryptor(public, exponent_bits=100)
     other_public, _ = P.generate_paillier_keypair(2048)
     with pytest.raises(ValueError, match="another public key"):
-        P.encrypt_vector(other_public, np.array([1]), encryptor=enc)
+        H.encrypt_vector(other_public, np.array([1]), encryptor=enc)
     with pytest.raises(ValueError, match="too large"):
-        P.encrypt_vector(public, np.array([public.n // 2], dtype=object), encryptor=enc)
+        H.encrypt_vector(public, np.array([public.n // 2], dtype=object), encryptor=enc)
     with pytest.raises(ValueError, match="integer"):
-        P.encrypt_vector(public, np.array([0.5]), encryptor=enc)
+        H.encrypt_vector(public, np.array([0.5]), encryptor=enc)
 
 
 def test_process_pool_paths_match(keypair) -> None:
     public, private = keypair
     values = list(range(-20, 20))
-    cts = P.encrypt_vector(public, np.array(values), workers=2)
-    assert P.decrypt_vector(private, cts) == values
-    enc = P.DJNEncryptor(public)
+    cts = H.encrypt_vector(public, np.array(values), workers=2)
+    assert H.decrypt_vector(private, cts) == values
+    enc = H.DJNEncryptor(public)
     enc.fill_pool(6, workers=2)
     assert enc.pooled == 6
-    X_q = P.quantize_features(_features(40, 3))
-    serial = P.encrypted_dot_products(cts, X_q, public.nsquare, workers=1)
-    parallel = P.encrypted_dot_products(cts, X_q, public.nsquare, workers=2)
+    X_q = H.quantize_features(_features(40, 3))
+    serial = H.encrypted_dot_products(cts, X_q, public.nsquare, workers=1)
+    parallel = H.encrypted_dot_products(cts, X_q, public.nsquare, workers=2)
     expected = [int(v) for v in X_q.T.astype(object) @ np.array(values, dtype=object)]
-    assert P.decrypt_vector(private, serial) == expected
-    assert P.decrypt_vector(private, parallel) == expected
+    assert H.decrypt_vector(private, serial) == expected
+    assert H.decrypt_vector(private, parallel) == expected
 
 
 def test_broken_process_pool_falls_back_to_in_process(keypair, monkeypatch) -> None:
@@ -204,11 +206,11 @@ def test_broken_process_pool_falls_back_to_in_process(keypair, monkeypatch) -> N
             raise BrokenProcessPool("no children here")
 
     public, private = keypair
-    monkeypatch.setattr(P, "ProcessPoolExecutor", BrokenPool)
-    cts = P.encrypt_vector(public, np.arange(-3, 3), workers=2)
+    monkeypatch.setattr(paillier_djn, "ProcessPoolExecutor", BrokenPool)
+    cts = H.encrypt_vector(public, np.arange(-3, 3), workers=2)
     X_int = np.arange(12).reshape(6, 2) - 5
-    result = P.encrypted_dot_products(cts, X_int, public.nsquare, workers=2)
-    assert P.decrypt_vector(private, result) == [int(v) for v in X_int.T @ np.arange(-3, 3)]
+    result = H.encrypted_dot_products(cts, X_int, public.nsquare, workers=2)
+    assert H.decrypt_vector(private, result) == [int(v) for v in X_int.T @ np.arange(-3, 3)]
 
 
 # ---------------------------------------------------------------------------- dot products
@@ -218,12 +220,12 @@ def test_encrypted_dot_products_are_exact(keypair, encryptor) -> None:
     public, private = keypair
     rng = np.random.default_rng(11)
     d = rng.integers(-(2**33), 2**33, ROWS)
-    X_q = P.quantize_features(_features(ROWS, 5))
+    X_q = H.quantize_features(_features(ROWS, 5))
     X_int = np.column_stack([X_q, rng.integers(-(2**40), 2**40, ROWS), rng.integers(-3, 4, ROWS)])
-    cts = P.encrypt_vector(public, d, encryptor=encryptor)
-    result = P.encrypted_dot_products(cts, X_int, public.nsquare)
+    cts = H.encrypt_vector(public, d, encryptor=encryptor)
+    result = H.encrypted_dot_products(cts, X_int, public.nsquare)
     expected = [int(v) for v in X_int.T.astype(object) @ d.astype(object)]
-    assert P.decrypt_vector(private, result) == expected
+    assert H.decrypt_vector(private, result) == expected
     # phe's private key reads them too.
     for c, e in zip(result, expected):
         assert private.decrypt(EncryptedNumber(public, int(c), 0)) == e
@@ -236,7 +238,7 @@ def test_phe_ciphertexts_work_in_our_dot_product(keypair) -> None:
     X_int = np.array(
         [[1, 0, -2], [0, 7, 3], [1, 1, 1], [0, -5, 0], [1, 0, 9], [1, 2, -4]], dtype=np.int64
     )
-    result = P.encrypted_dot_products(cts, X_int, public.nsquare)
+    result = H.encrypted_dot_products(cts, X_int, public.nsquare)
     expected = [int(v) for v in X_int.T @ np.array(d)]
     assert [private.decrypt(EncryptedNumber(public, int(c), 0)) for c in result] == expected
 
@@ -244,11 +246,11 @@ def test_phe_ciphertexts_work_in_our_dot_product(keypair) -> None:
 def test_dot_products_validate_inputs(keypair) -> None:
     public, _ = keypair
     with pytest.raises(ValueError, match="rows"):
-        P.encrypted_dot_products([mpz(2)] * 3, np.zeros((4, 2), np.int64), public.nsquare)
+        H.encrypted_dot_products([mpz(2)] * 3, np.zeros((4, 2), np.int64), public.nsquare)
     with pytest.raises(ValueError, match="integer matrix"):
-        P.encrypted_dot_products([mpz(2)] * 4, np.zeros((4, 2)), public.nsquare)
+        H.encrypted_dot_products([mpz(2)] * 4, np.zeros((4, 2)), public.nsquare)
     with pytest.raises(ValueError, match="2\\*\\*61"):
-        P.encrypted_dot_products([mpz(2)], np.array([[2**62]], np.int64), public.nsquare)
+        H.encrypted_dot_products([mpz(2)], np.array([[2**62]], np.int64), public.nsquare)
 
 
 # ---------------------------------------------------------------------------- full backward step
@@ -287,7 +289,7 @@ def test_label_owner_sees_only_masked_values(keypair, encryptor) -> None:
     packed2, state2 = P.masked_encrypted_gradient(public, enc_d, X)
     masked = P.decrypt_masked_gradient(private, packed)
     masked2 = P.decrypt_masked_gradient(private, packed2)
-    layout = P.slot_layout(ROWS, enc_d.value_bits, 2048)
+    layout = H.slot_layout(ROWS, enc_d.value_bits, 2048)
     exact = _exact_gradient(X, d)
     for a, b, g in zip(masked, masked2, exact):
         assert 0 <= a < 2**layout.slot_bits
@@ -357,7 +359,7 @@ def test_masking_uses_the_given_random_source(keypair, encryptor) -> None:
 
 
 def test_slot_layout_has_no_overflow_between_slots() -> None:
-    layout = P.slot_layout(10_000, 33, 2048)
+    layout = H.slot_layout(10_000, 33, 2048)
     assert layout.mask_bits == layout.value_bits + 1 + P.STATISTICAL_SECURITY_BITS
     largest = (2**layout.value_bits - 1) + 2**layout.value_bits + (2**layout.mask_bits - 1)
     smallest = -(2**layout.value_bits - 1) + 2**layout.value_bits + 0
@@ -365,9 +367,9 @@ def test_slot_layout_has_no_overflow_between_slots() -> None:
     assert layout.slots_per_ciphertext * layout.slot_bits <= 2047
     assert (layout.slots_per_ciphertext + 1) * layout.slot_bits > 2047
     with pytest.raises(ValueError, match="does not fit"):
-        P.slot_layout(10, 33, 2048, feature_value_bits=2000)
+        H.slot_layout(10, 33, 2048, feature_value_bits=2000)
     with pytest.raises(ValueError, match="40 bits"):
-        P.slot_layout(10, 33, 2048, statistical_bits=20)
+        H.slot_layout(10, 33, 2048, statistical_bits=20)
 
 
 @pytest.mark.parametrize("count", [1, 13, 14, 15, 28, 29])
@@ -378,8 +380,8 @@ def test_packing_round_trips_at_slot_boundaries(keypair, encryptor, count) -> No
     values = [
         top if i % 3 == 0 else (0 if i % 3 == 1 else 2 ** (slot_bits - 1)) for i in range(count)
     ]
-    cts = P.encrypt_vector(public, np.array(values, dtype=object), encryptor=encryptor)
-    packed_cts = P.pack_ciphertexts(
+    cts = H.encrypt_vector(public, np.array(values, dtype=object), encryptor=encryptor)
+    packed_cts = H.pack_ciphertexts(
         cts, public.nsquare, slot_bits=slot_bits, slots_per_ciphertext=slots
     )
     assert len(packed_cts) == -(-count // slots)
@@ -388,11 +390,11 @@ def test_packing_round_trips_at_slot_boundaries(keypair, encryptor, count) -> No
 
 
 def test_unpack_rejects_bits_above_the_last_slot() -> None:
-    assert P.unpack_plaintext((5 << 10) | 3, slot_bits=10, count=2) == [3, 5]
+    assert H.unpack_plaintext((5 << 10) | 3, slot_bits=10, count=2) == [3, 5]
     with pytest.raises(ValueError, match="does not fit"):
-        P.unpack_plaintext(1 << 20, slot_bits=10, count=2)
+        H.unpack_plaintext(1 << 20, slot_bits=10, count=2)
     with pytest.raises(ValueError, match="does not fit"):
-        P.unpack_plaintext(-1, slot_bits=10, count=2)
+        H.unpack_plaintext(-1, slot_bits=10, count=2)
 
 
 # ---------------------------------------------------------------------------- codecs
@@ -457,13 +459,13 @@ def test_payload_codecs_round_trip(keypair, encryptor) -> None:
 
 def test_quantization_checks() -> None:
     with pytest.raises(ValueError, match="NaN"):
-        P.quantize_features(np.array([[1.0, np.nan]]))
+        H.quantize_features(np.array([[1.0, np.nan]]))
     with pytest.raises(ValueError, match="standardize"):
-        P.quantize_features(np.array([[2.0**24]]))
+        H.quantize_features(np.array([[2.0**24]]))
     with pytest.raises(ValueError, match="exceeds the declared bound"):
-        P.quantize_residuals(np.array([0.5, 1.5]), bound=1.0)
-    d_q, bits = P.quantize_residuals(np.array([0.5, -1.0]), bound=1.0)
+        H.quantize_residuals(np.array([0.5, 1.5]), bound=1.0)
+    d_q, bits = H.quantize_residuals(np.array([0.5, -1.0]), bound=1.0)
     assert list(d_q) == [2**31, -(2**32)] and bits == 33
-    _, default_bits = P.quantize_residuals(np.array([3.0, -0.1]))
+    _, default_bits = H.quantize_residuals(np.array([3.0, -0.1]))
     assert default_bits == 35  # bound rounded up to 4 = 2**2
-    assert P.encode_signed(-5, 101) == 96 and P.decode_signed(96, 101) == -5
+    assert H.encode_signed(-5, 101) == 96 and H.decode_signed(96, 101) == -5

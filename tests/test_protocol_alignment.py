@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clients.vertical_party import load_state
+from vfm_flower.clients.vertical_party import load_state
 from vfm_flower.errors import ProtocolAbort
 from vfm_flower.normalize import normalize_ids
 
@@ -61,39 +61,39 @@ def test_server_view_holds_no_ids(small_collab):
 
 
 def test_tampered_psi_envelope_refused(small_collab, monkeypatch):
-    from strategies.base import VerticalStrategy
+    from vfm_flower.strategies.transport import Transport
 
-    original = VerticalStrategy.relay
+    original = Transport.post
 
     def relay(self, replies):
-        inboxes = original(self, replies)
-        for key, blob in list(inboxes["lo"].items()):
+        original(self, replies)
+        inbox = self._mailbox.get("lo", {})
+        for key, blob in list(inbox.items()):
             if key[1] == "psi.passive_blinded":
-                inboxes["lo"][key] = blob[:200] + bytes([blob[200] ^ 0x40]) + blob[201:]
-        return inboxes
+                inbox[key] = blob[:200] + bytes([blob[200] ^ 0x40]) + blob[201:]
 
-    monkeypatch.setattr(VerticalStrategy, "relay", relay)
+    monkeypatch.setattr(Transport, "post", relay)
     with pytest.raises(ProtocolAbort, match="lo.*(tampered|signature)"):
         small_collab.run(job="train")
 
 
 def test_replayed_psi_envelope_refused(small_collab, monkeypatch):
     """The server re-delivers round 1's blinded set as round 2's reply: refused by binding."""
-    from strategies.base import VerticalStrategy
+    from vfm_flower.strategies.transport import Transport
 
-    original = VerticalStrategy.relay
+    original = Transport.post
     kept = {}
 
     def relay(self, replies):
-        inboxes = original(self, replies)
-        for key, blob in list(inboxes["lo"].items()):
+        original(self, replies)
+        inbox = self._mailbox.get("lo", {})
+        for key, blob in list(inbox.items()):
             if key[1] == "psi.passive_blinded":
                 kept[key[0]] = blob
             if key[1] == "psi.lo_double":
-                inboxes["lo"][key] = kept[key[0]]
-        return inboxes
+                inbox[key] = kept[key[0]]
 
-    monkeypatch.setattr(VerticalStrategy, "relay", relay)
+    monkeypatch.setattr(Transport, "post", relay)
     with pytest.raises(ProtocolAbort, match="lo.*(round|topic|misdirected)"):
         small_collab.run(job="train")
 

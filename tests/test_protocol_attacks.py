@@ -5,15 +5,17 @@ Each test plays a malicious server by wrapping the strategy's own round methods.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-import strategies.base as base
 from tests.conftest import make_collaboration, synthetic_frames
 from vfm_flower.errors import ProtocolAbort
 from vfm_flower.session import SessionInfo
+from vfm_flower.strategies.session import VerticalSession
+from vfm_flower.strategies.transport import Transport
 
 FAST = {"max-iterations": 6}
 
@@ -25,12 +27,12 @@ def collab(tmp_path):
 
 
 def _wrap_exchange(monkeypatch, hook):
-    original = base.VerticalStrategy.exchange
+    original = Transport.exchange
 
     def exchange(self, kind, requests):
         return hook(self, kind, requests, lambda k, r: original(self, k, r))
 
-    monkeypatch.setattr(base.VerticalStrategy, "exchange", exchange)
+    monkeypatch.setattr(Transport, "exchange", exchange)
 
 
 def test_replayed_forward_step_refused(collab, monkeypatch):
@@ -39,7 +41,8 @@ def test_replayed_forward_step_refused(collab, monkeypatch):
     def hook(self, kind, requests, send):
         out = send(kind, requests)
         if kind == "train.forward" and next(iter(requests.values())).step == 2:
-            send("train.forward", {"p1": self.request("train.forward", 0, params={})})
+            replay = dataclasses.replace(requests["p1"], step=0, inbox={})
+            send("train.forward", {"p1": replay})
         return out
 
     _wrap_exchange(monkeypatch, hook)
@@ -50,35 +53,38 @@ def test_replayed_forward_step_refused(collab, monkeypatch):
 def test_session_without_hello_refused(collab, monkeypatch):
     """A server that skips hello and picks the run key alone is refused by every party."""
 
-    def hello(self, flower_run_id):
-        self._phase = "hello"
+    def hello(self):
+        self.transport.phase = "hello"
         nodes = self.wait_for_nodes()
         for party, node in zip(sorted(self.parties), sorted(nodes)):
-            self.node_of[party] = node
-        self.session = SessionInfo(flower_run_id=1, server_nonce="fixed", party_nonces={})
+            self.transport.node_of[party] = node
+        self.info = SessionInfo(flower_run_id=1, server_nonce="fixed", party_nonces={})
+        self.transport.run_ref = self.info.run_key
 
-    monkeypatch.setattr(base.VerticalStrategy, "hello", hello)
+    monkeypatch.setattr(VerticalSession, "hello", hello)
     with pytest.raises(ProtocolAbort, match=r"\[session\]"):
         collab.run(job="train", **FAST)
 
 
 def test_forged_session_nonces_refused(collab, monkeypatch):
-    original = base.VerticalStrategy.hello
+    original = VerticalSession.hello
 
-    def hello(self, flower_run_id):
-        original(self, flower_run_id)
-        nonces = dict(self.session.party_nonces)
+    def hello(self):
+        original(self)
+        nonces = dict(self.info.party_nonces)
         nonces["p2"] = "0" * 32
-        self.session = SessionInfo(self.session.flower_run_id, self.session.server_nonce, nonces)
+        self.info = dataclasses.replace(self.info, party_nonces=nonces)
+        self.transport.run_ref = self.info.run_key
 
-    monkeypatch.setattr(base.VerticalStrategy, "hello", hello)
-    with pytest.raises(ProtocolAbort, match=r"p2.*\[session\]"):
+    monkeypatch.setattr(VerticalSession, "hello", hello)
+    # every party checks every signed hello: the first to get the session refuses it
+    with pytest.raises(ProtocolAbort, match=r"\[session\].*p2|p2.*\[session\]"):
         collab.run(job="train", **FAST)
 
 
 def test_altered_forward_sum_refused(collab, monkeypatch):
     """Adding label-probing offsets to the relayed sum at iteration 0 is detected."""
-    original = base.VerticalStrategy.request
+    original = VerticalSession.request
 
     def request(self, kind, step, **kwargs):
         req = original(self, kind, step, **kwargs)
@@ -88,7 +94,7 @@ def test_altered_forward_sum_refused(collab, monkeypatch):
             req.sums["forward"] = req.sums["forward"] + probe
         return req
 
-    monkeypatch.setattr(base.VerticalStrategy, "request", request)
+    monkeypatch.setattr(VerticalSession, "request", request)
     with pytest.raises(ProtocolAbort, match=r"lo.*altered"):
         collab.run(job="train", **FAST)
 
@@ -114,22 +120,12 @@ def test_result_owner_refuses_mismatched_slices_even_if_server_does_not(collab, 
     shutil.rmtree(target)
     shutil.copytree(first_p2, target)  # p2 now holds the first run's slice
 
-    def score(self):  # the server's own model-id check is skipped
-        lo = self.agreement.label_owner
-        self.begin_phase("score")
-        partial = self.exchange(
-            "query.score",
-            {p: self.request("query.score", 1, inbox=self.take_carry(p)) for p in self.parties},
-        )
-        from vfm_flower.masking import sum_masked
+    def score(self, session):  # the server's own model-id check is skipped
+        partial = session.send("query.score")
+        sums = {"score": session.secure_sum({p: partial[p] for p in ("p1", "p2")}, "score")}
+        session.send("query.combine", to=[session.label_owner], sums=sums)
 
-        sums = {"score": sum_masked([partial[p].masked["score"] for p in ("p1", "p2")])}
-        inboxes = self.relay(partial.values())
-        self.exchange(
-            "query.combine", {lo: self.request("query.combine", 1, sums=sums, inbox=inboxes[lo])}
-        )
-
-    monkeypatch.setattr("strategies.regression.VerticalRegression.score", score)
+    monkeypatch.setattr("vfm_flower.strategies.regression.VerticalRegression.score", score)
     with pytest.raises(ProtocolAbort, match=r"lo.*'p2'.*another training run"):
         collab.run(job="score")
     assert not (collab.root / "work" / "parties" / "lo" / "scores.csv").exists()

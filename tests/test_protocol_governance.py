@@ -3,72 +3,72 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 
-import strategies.base as strategy_base
-from tests.conftest import make_collaboration, synthetic_frames
+import vfm_flower.strategies.session as strategy_session
+from tests.conftest import audit_decisions, governed_collab, make_collaboration, synthetic_frames
 from vfm_flower.agreement import SignedAgreement
 from vfm_flower.audit import verify_audit_tree
 from vfm_flower.errors import PolicyViolation, ProtocolAbort
+from vfm_flower.strategies.session import VerticalSession
 
 FAST = {"max-iterations": 2}
 
 
 def _collab(tmp_path, **terms):
-    frames, _ = synthetic_frames(n_shared=120, n_only=10, seed=31)
-    terms.setdefault("min_intersection", 50)
-    return make_collaboration(tmp_path / "c", frames, label_owner="lo", **terms)
-
-
-def _audit_decisions(root):
-    decisions = []
-    for path in root.rglob("audit-*.jsonl"):
-        for line in path.read_text().splitlines():
-            decisions.append((path.parent.name, json.loads(line).get("decision")))
-    return decisions
+    return governed_collab(tmp_path, 31, **terms)
 
 
 @pytest.fixture
 def malicious_server(monkeypatch):
     """A server that skips its own job check: the parties must still refuse."""
-    monkeypatch.setattr(strategy_base, "check_job", lambda signed, job, now=None: None)
+    monkeypatch.setattr(
+        strategy_session, "check_job", lambda signed, job, kind=None, now=None: None
+    )
 
 
 def test_server_refuses_disallowed_model_before_contacting_anyone(tmp_path):
     collab = _collab(tmp_path, allowed_models=("logistic",))
     grids = []
-    with pytest.raises(PolicyViolation, match=r"\[model\]"):
+    with pytest.raises(PolicyViolation, match=r"\[job_kind\]"):
         collab.run(grid_out=grids, job="train", model="linear", **FAST)
-    assert ("server", "refused:model") in _audit_decisions(collab.root / "work")
+    assert ("server", "refused:job_kind") in audit_decisions(collab.root / "work")
 
 
 def test_party_refuses_disallowed_job_from_malicious_server(tmp_path, malicious_server):
     collab = _collab(tmp_path, allowed_operations=("train",))
     with pytest.raises(ProtocolAbort, match=r"\[operation\]"):
         collab.run(job="score")
-    decisions = _audit_decisions(collab.root / "work")
+    decisions = audit_decisions(collab.root / "work")
     assert ("lo", "refused:operation") in decisions
 
 
-def test_party_refuses_small_paillier_key(tmp_path, malicious_server):
+def test_party_refuses_small_paillier_key(tmp_path, malicious_server, monkeypatch):
+    """A server that also skips the kind's own range asks for a 1024-bit key."""
+    import vfm_flower.strategies.settings as settings
+
+    def job_from_config(config, kind):
+        job = kind.bind(str(config.get("job", "train")), {})
+        return dataclasses.replace(job, params={**job.params, "paillier-bits": 1024})
+
+    monkeypatch.setattr(settings, "job_from_config", job_from_config)
     collab = _collab(tmp_path)
     with pytest.raises(ProtocolAbort, match=r"\[paillier_bits\]"):
-        collab.run(job="train", **{"paillier-bits": 1024}, **FAST)
+        collab.run(job="train", **FAST)
 
 
 def test_party_refuses_denied_feature(tmp_path, malicious_server, monkeypatch):
     collab = _collab(tmp_path, denied_features={"p1": ["p1_x"]})
     # the malicious server asks p1 for its denied column
-    original = strategy_base.VerticalStrategy.request
+    original = VerticalSession.request
 
     def request(self, kind, step, **kwargs):
         req = original(self, kind, step, **kwargs)
         req.job = dataclasses.replace(req.job, features={"p1": ("p1_x",)})
         return req
 
-    monkeypatch.setattr(strategy_base.VerticalStrategy, "request", request)
+    monkeypatch.setattr(VerticalSession, "request", request)
     with pytest.raises(ProtocolAbort, match=r"\[features\].*'p1'.*p1_x"):
         collab.run(job="train", **FAST)
 
@@ -136,7 +136,7 @@ def test_cohort_below_minimum_refused(tmp_path):
     collab = _collab(tmp_path, min_cohort=100)  # 30% of 120 rows held out = 36 < 100
     with pytest.raises(ProtocolAbort, match=r"lo.*\[min_cohort\]"):
         collab.run(job="train", **FAST)
-    decisions = _audit_decisions(collab.root / "work")
+    decisions = audit_decisions(collab.root / "work")
     assert ("lo", "refused:min_cohort") in decisions
 
 

@@ -14,8 +14,8 @@ from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import r2_score, roc_auc_score
 
-from clients.vertical_party import load_state
 from tests.conftest import Collaboration, make_collaboration
+from vfm_flower.clients.vertical_party import load_state
 from vfm_flower.preparation import PreparationPlan, apply_preparation, encode_labels
 
 L2 = 1e-3

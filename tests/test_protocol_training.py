@@ -12,13 +12,13 @@ from flwr.proto.message_pb2 import Message as ProtoMessage
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import r2_score, roc_auc_score
 
-from clients.vertical_party import load_state
-from strategies.base import VerticalStrategy
 from tests.conftest import make_collaboration, synthetic_frames
+from vfm_flower.clients.vertical_party import load_state
 from vfm_flower.envelope import ReplayGuard, open_envelope, peek_header
 from vfm_flower.errors import EnvelopeError, ProtocolAbort
 from vfm_flower.model_store import load_model_slice
 from vfm_flower.preparation import PreparationPlan, apply_preparation, encode_labels
+from vfm_flower.strategies.transport import Transport
 
 FAST = {"max-iterations": 8}
 
@@ -185,11 +185,12 @@ def test_missing_slice_is_a_clear_error(trained, tmp_path):
 
 
 def _tampering_relay(mutate):
-    original = VerticalStrategy.relay
+    """The server's relay, with ``mutate(transport, mailbox)`` applied after each round."""
+    original = Transport.post
 
     def relay(self, replies):
-        inboxes = original(self, replies)
-        return mutate(self, inboxes)
+        original(self, replies)
+        mutate(self, self._mailbox)
 
     return relay
 
@@ -199,13 +200,13 @@ def test_tampered_relay_refused_and_no_half_written_slice(tmp_path, monkeypatch)
     collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
 
     def flip(self, inboxes):
-        if self._phase == "train" and "p1" in inboxes:
+        if self.phase == "train" and "p1" in inboxes:
             for key, blob in list(inboxes["p1"].items()):
                 if key[1] == "train.encrypted_residual":
                     inboxes["p1"][key] = blob[:-100] + bytes([blob[-100] ^ 1]) + blob[-99:]
         return inboxes
 
-    monkeypatch.setattr(VerticalStrategy, "relay", _tampering_relay(flip))
+    monkeypatch.setattr(Transport, "post", _tampering_relay(flip))
     with pytest.raises(ProtocolAbort, match="p1.*(tampered|signature)"):
         collab.run(job="train", **FAST)
     for party in ("lo", "p1", "p2"):
@@ -226,7 +227,7 @@ def test_replayed_residual_refused(tmp_path, monkeypatch):
                     kept["old"] = blob
         return inboxes
 
-    monkeypatch.setattr(VerticalStrategy, "relay", _tampering_relay(replay))
+    monkeypatch.setattr(Transport, "post", _tampering_relay(replay))
     with pytest.raises(ProtocolAbort, match="p1.*(round|replayed)"):
         collab.run(job="train", **FAST)
 

@@ -22,10 +22,17 @@ File layout (version 1)::
     positive-class = "yes"        # absent: the labels are 0/1
     result-owner = "insurer"
 
-    [jobs]
-    models = ["linear", "logistic"]
-    operations = ["evaluate", "score", "train"]
-    max-iterations = 100
+    [jobs.logistic]               # one table per job kind the parties agree to run
+    operations = ["score", "train"]
+    [jobs.logistic.params]        # a bound for every parameter of the kind:
+    max-iterations = [1, 100]     #   [low, high], a list of values, one value, or "*"
+    l2 = [1e-06, 10.0]
+    [jobs.logistic.release]       # what the job may release, per audience
+    server = ["auc", "stop", ...]
+    result-owner = ["report", "scores"]
+    party = ["model-slice", "party-report"]
+    [jobs.logistic.features]      # optional: columns a party may use for this kind
+    bank = ["P1", "P2"]
 
     [limits]
     min-intersection = 100
@@ -47,9 +54,8 @@ File layout (version 1)::
     [signatures]
     insurer = "<base64 Ed25519 signature over the canonical terms>"
 
-The policy checks (:func:`check_job`, :func:`check_min_intersection`, ...) are plain functions
-that the server and every party call before each phase; each refusal is a
-:class:`~vfm_flower.errors.PolicyViolation` whose ``rule`` names the term that refused.
+The policy checks that read these terms (:func:`vfm_flower.policy.check_job`, the
+minimum-intersection gate, ...) live in :mod:`vfm_flower.policy`, each defined once.
 """
 
 from __future__ import annotations
@@ -77,15 +83,13 @@ from vfm_flower.keys import PartyIdentity, PublicIdentity, validate_party_name
 
 logger = logging.getLogger(__name__)
 
-FILE_FORMAT = "vfm-agreement/1"
-TERMS_VERSION = "vfm-agreement-terms/1"
+FILE_FORMAT = "vfm-agreement/2"
+TERMS_VERSION = "vfm-agreement-terms/2"
 
 ROLE_LABEL_OWNER = "label_owner"
 ROLE_PASSIVE = "passive"
 ROLES = (ROLE_LABEL_OWNER, ROLE_PASSIVE)
 ID_KINDS = ("email", "phone", "plain")
-MODEL_KINDS = ("linear", "logistic")
-OPERATIONS = ("evaluate", "score", "train")
 ALL_FEATURES = "*"
 
 #: No agreement may ever accept a Paillier modulus below this many bits.
@@ -95,7 +99,6 @@ DEFAULT_VALID_DAYS = 365
 DEFAULT_MIN_INTERSECTION = 100
 DEFAULT_MAX_SET_SIZE = 10_000_000
 DEFAULT_MIN_COHORT = 20
-DEFAULT_MAX_ITERATIONS = 100
 
 _SIGNATURE_LEN = 64
 
@@ -309,6 +312,157 @@ class PartyTerms:
         }
 
 
+def _bound(value: Any, where: str) -> Any:
+    """Validate one parameter bound: ``"*"``, a scalar, or a non-empty list of scalars."""
+    scalar = (bool, int, float, str)
+    if isinstance(value, list | tuple):
+        items = list(value)
+        if not items or not all(isinstance(v, scalar) for v in items):
+            raise ConfigurationError(f"{where}: a list bound needs at least one plain value")
+        if (
+            len(items) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in items)
+            and items[0] > items[1]
+        ):
+            raise ConfigurationError(f"{where}: range [{items[0]}, {items[1]}] is empty")
+        return tuple(items)
+    if isinstance(value, scalar):
+        return value
+    raise ConfigurationError(f'{where}: write [low, high], a list of values, one value or "*"')
+
+
+@dataclass(frozen=True)
+class JobTerms:
+    """What the agreement allows for one job kind.
+
+    Parameters
+    ----------
+    kind : str
+        The job kind (``"logistic"``, ``"segment_stats"``...).
+    operations : tuple of str
+        The operations the parties agreed to run.
+    params : mapping of parameter name to bound
+        A bound for every parameter of the kind: ``(low, high)`` for a numeric range
+        (inclusive), a tuple of allowed values, one value, or ``"*"`` for any value. A
+        parameter without a bound is refused.
+    release : mapping of audience to names
+        What the job may release to ``"server"``, ``"result-owner"`` and ``"party"``.
+    features : mapping of party to column names, or None
+        Columns a party may use for this kind (on top of its allowed/denied features); a party
+        not listed uses its party-level selection.
+    """
+
+    kind: str
+    operations: tuple[str, ...]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    release: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    features: Mapping[str, tuple[str, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        from vfm_flower.jobs import RELEASE_AUDIENCES
+
+        where = f"jobs.{self.kind}"
+        _text(self.kind, "jobs")
+        ops = _sorted_unique(_names(self.operations, f"{where}.operations"))
+        if not ops:
+            raise ConfigurationError(f"{where}.operations: allow at least one operation")
+        object.__setattr__(self, "operations", ops)
+        params = {}
+        for name, bound in dict(self.params).items():
+            params[str(name)] = _bound(bound, f"{where}.params.{name}")
+        object.__setattr__(self, "params", MappingProxyType(dict(sorted(params.items()))))
+        unknown = sorted(set(self.release) - set(RELEASE_AUDIENCES))
+        if unknown:
+            raise ConfigurationError(
+                f"{where}.release: unknown audience(s) {', '.join(unknown)} "
+                f"(known: {', '.join(RELEASE_AUDIENCES)})"
+            )
+        release = {
+            a: _sorted_unique(_names(self.release.get(a, ()), f"{where}.release.{a}"))
+            for a in RELEASE_AUDIENCES
+        }
+        object.__setattr__(self, "release", MappingProxyType(release))
+        if self.features is not None:
+            feats = {
+                str(p): _sorted_unique(_names(cols, f"{where}.features.{p}"))
+                for p, cols in dict(self.features).items()
+            }
+            object.__setattr__(self, "features", MappingProxyType(dict(sorted(feats.items()))))
+
+    def _canonical(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "operations": list(self.operations),
+            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()},
+            "release": {a: list(v) for a, v in self.release.items()},
+            "features": (
+                None if self.features is None else {p: list(c) for p, c in self.features.items()}
+            ),
+        }
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "operations": list(self.operations),
+            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()},
+            "release": {a: list(v) for a, v in self.release.items()},
+        }
+        if self.features is not None:
+            out["features"] = {p: list(c) for p, c in self.features.items()}
+        return out
+
+    @classmethod
+    def from_toml_dict(cls, kind: str, data: Any) -> JobTerms:
+        r = _Reader(data, f"jobs.{kind}")
+        r.known({"operations", "params", "release", "features"})
+        features = r.get("features", None)
+        if features is not None and not isinstance(features, Mapping):
+            raise ConfigurationError(f"jobs.{kind}.features: must be a table of party = [columns]")
+        params = r.get("params", {})
+        release = r.get("release", {})
+        for key, value in (("params", params), ("release", release)):
+            if not isinstance(value, Mapping):
+                raise ConfigurationError(f"jobs.{kind}.{key}: must be a table")
+        return cls(
+            kind=kind,
+            operations=r.get("operations"),
+            params=params,
+            release=release,
+            features=features,
+        )
+
+    @classmethod
+    def default_for(
+        cls,
+        job_kind: Any,
+        *,
+        operations: Iterable[str] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> JobTerms:
+        """The terms a new agreement writes for ``job_kind`` (a :class:`~vfm_flower.jobs.JobKind`):
+        every operation, the default bound of every parameter (``params`` overrides some),
+        the kind's whole release list."""
+        bounds = {p.name: p.default_bound() for p in job_kind.params}
+        unknown = sorted(set(params or {}) - set(bounds))
+        if unknown:
+            raise ConfigurationError(
+                f"job kind '{job_kind.name}' has no parameter(s) {', '.join(unknown)}"
+            )
+        bounds.update(params or {})
+        ops = tuple(operations) if operations is not None else job_kind.operations
+        bad = sorted(set(ops) - set(job_kind.operations))
+        if bad:
+            raise ConfigurationError(
+                f"job kind '{job_kind.name}' has no operation(s) {', '.join(bad)} "
+                f"(operations: {', '.join(job_kind.operations)})"
+            )
+        return cls(
+            kind=job_kind.name,
+            operations=ops,
+            params=bounds,
+            release=dict(job_kind.releases),
+        )
+
+
 @dataclass(frozen=True)
 class Agreement:
     """The terms of a collaboration agreement (without signatures).
@@ -327,12 +481,10 @@ class Agreement:
     label_column: str
     positive_class: str | None
     result_owner: str
-    allowed_models: tuple[str, ...] = MODEL_KINDS
-    allowed_operations: tuple[str, ...] = OPERATIONS
+    jobs: tuple[JobTerms, ...] = ()
     min_intersection: int = DEFAULT_MIN_INTERSECTION
     min_cohort: int = DEFAULT_MIN_COHORT
     min_paillier_bits: int = PAILLIER_FLOOR_BITS
-    max_iterations: int = DEFAULT_MAX_ITERATIONS
 
     def __post_init__(self) -> None:
         _text(self.agreement_id, "agreement-id")
@@ -393,19 +545,28 @@ class Agreement:
                 f"parties.{self.label_owner}.allowed-features: the label column "
                 f"'{self.label_column}' can never be a feature"
             )
-        for attr, key, known in (
-            ("allowed_models", "jobs.models", MODEL_KINDS),
-            ("allowed_operations", "jobs.operations", OPERATIONS),
-        ):
-            values = _names(getattr(self, attr), key)
-            unknown = sorted(set(values) - set(known))
-            if unknown:
-                raise ConfigurationError(
-                    f"{key}: unknown {', '.join(unknown)} (known: {', '.join(known)})"
-                )
-            if not values:
-                raise ConfigurationError(f"{key}: allow at least one of {', '.join(known)}")
-            object.__setattr__(self, attr, _sorted_unique(values))
+        jobs = tuple(self.jobs)
+        if not jobs or not all(isinstance(j, JobTerms) for j in jobs):
+            raise ConfigurationError("jobs: allow at least one job kind ([jobs.KIND] tables)")
+        kinds = [j.kind for j in jobs]
+        if len(set(kinds)) != len(kinds):
+            raise ConfigurationError("jobs: a job kind is listed twice")
+        for j in jobs:
+            for party, columns in (j.features or {}).items():
+                if party not in names:
+                    raise ConfigurationError(
+                        f"jobs.{j.kind}.features: '{party}' is not a party of the agreement"
+                    )
+                terms = next(p for p in parties if p.name == party)
+                never = sorted(set(columns) & set(terms.id_columns))
+                if party == self.label_owner and self.label_column in columns:
+                    never.append(self.label_column)
+                if never:
+                    raise ConfigurationError(
+                        f"jobs.{j.kind}.features.{party}: id or label column(s) "
+                        f"{', '.join(never)} can never be features"
+                    )
+        object.__setattr__(self, "jobs", tuple(sorted(jobs, key=lambda j: j.kind)))
         _positive_int(self.min_intersection, "limits.min-intersection")
         _positive_int(self.min_cohort, "limits.min-cohort")
         _positive_int(self.min_paillier_bits, "limits.min-paillier-bits")
@@ -414,7 +575,6 @@ class Agreement:
                 f"limits.min-paillier-bits: {self.min_paillier_bits} is below the floor of "
                 f"{PAILLIER_FLOOR_BITS} bits that vfm-flower never goes under"
             )
-        _positive_int(self.max_iterations, "jobs.max-iterations")
 
     # ------------------------------------------------------------------ canonical form
 
@@ -429,12 +589,10 @@ class Agreement:
             "label_column": self.label_column,
             "positive_class": self.positive_class,
             "result_owner": self.result_owner,
-            "allowed_models": list(self.allowed_models),
-            "allowed_operations": list(self.allowed_operations),
+            "jobs": [j._canonical() for j in self.jobs],
             "min_intersection": self.min_intersection,
             "min_cohort": self.min_cohort,
             "min_paillier_bits": self.min_paillier_bits,
-            "max_iterations": self.max_iterations,
             "parties": [p._canonical() for p in self.parties],
         }
 
@@ -479,6 +637,28 @@ class Agreement:
             "parties",
             f"'{name}' is not a party of agreement {self.agreement_id} "
             f"(parties: {', '.join(self.party_names)}): use the party name from the agreement",
+        )
+
+    @property
+    def job_kinds(self) -> tuple[str, ...]:
+        """The job kinds the agreement allows, sorted."""
+        return tuple(j.kind for j in self.jobs)
+
+    def job_terms(self, kind: str) -> JobTerms:
+        """The terms for job kind ``kind``.
+
+        Raises
+        ------
+        PolicyViolation
+            Rule ``"job_kind"`` if the agreement does not name the kind.
+        """
+        for j in self.jobs:
+            if j.kind == kind:
+                return j
+        raise PolicyViolation(
+            "job_kind",
+            f"job kind '{kind}' is not in the agreement (allowed: "
+            f"{', '.join(self.job_kinds)}): run an agreed job or amend and re-sign the agreement",
         )
 
     def feature_allowed(self, party: str, column: str) -> bool:
@@ -528,11 +708,7 @@ class Agreement:
             "not-before": format_utc(self.not_before),
             "not-after": format_utc(self.not_after),
             "label": label,
-            "jobs": {
-                "models": list(self.allowed_models),
-                "operations": list(self.allowed_operations),
-                "max-iterations": self.max_iterations,
-            },
+            "jobs": {j.kind: j.to_toml_dict() for j in self.jobs},
             "limits": {
                 "min-intersection": self.min_intersection,
                 "min-cohort": self.min_cohort,
@@ -574,7 +750,6 @@ class Agreement:
         label = r.table("label")
         label.known({"owner", "column", "positive-class", "result-owner"})
         jobs = r.table("jobs")
-        jobs.known({"models", "operations", "max-iterations"})
         limits = r.table("limits")
         limits.known({"min-intersection", "min-cohort", "min-paillier-bits"})
         party_tables = r.table("parties")
@@ -632,9 +807,7 @@ class Agreement:
             label_column=label.get("column"),
             positive_class=label.get("positive-class", None),
             result_owner=label.get("result-owner", owner),
-            allowed_models=jobs.get("models", list(MODEL_KINDS)),
-            allowed_operations=jobs.get("operations", list(OPERATIONS)),
-            max_iterations=jobs.get("max-iterations", DEFAULT_MAX_ITERATIONS),
+            jobs=tuple(JobTerms.from_toml_dict(k, jobs.data[k]) for k in jobs.data),
             min_intersection=limits.get("min-intersection", DEFAULT_MIN_INTERSECTION),
             min_cohort=limits.get("min-cohort", DEFAULT_MIN_COHORT),
             min_paillier_bits=limits.get("min-paillier-bits", PAILLIER_FLOOR_BITS),
@@ -886,268 +1059,6 @@ class SignedAgreement:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class JobRequest:
-    """What the server asks the parties to run; travels as JSON text in a ConfigRecord.
-
-    Parameters
-    ----------
-    operation : str
-        ``"train"``, ``"evaluate"`` or ``"score"``.
-    model : str
-        ``"logistic"`` or ``"linear"``.
-    paillier_bits : int
-        Modulus size of the label owner's Paillier key for this job.
-    max_iterations : int
-        Iteration budget of the job.
-    features : mapping of party name to column names, or None
-        The feature columns each party will use; ``None``: each party's default selection
-        (which the party checks locally with :func:`check_features`).
-    min_intersection : int or None
-        A stricter minimum intersection for this job (never a lower one).
-    """
-
-    operation: str
-    model: str
-    paillier_bits: int
-    max_iterations: int
-    features: Mapping[str, tuple[str, ...]] | None = None
-    min_intersection: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.features is not None:
-            feats = {str(k): tuple(str(c) for c in v) for k, v in dict(self.features).items()}
-            object.__setattr__(self, "features", MappingProxyType(feats))
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-compatible dict."""
-        return {
-            "operation": self.operation,
-            "model": self.model,
-            "paillier_bits": self.paillier_bits,
-            "max_iterations": self.max_iterations,
-            "features": (
-                None
-                if self.features is None
-                else {k: list(v) for k, v in sorted(self.features.items())}
-            ),
-            "min_intersection": self.min_intersection,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> JobRequest:
-        """Inverse of :meth:`to_dict`; raises :class:`ConfigurationError` on a bad field."""
-        if not isinstance(data, Mapping):
-            raise ConfigurationError("job request: must be a JSON object")
-        try:
-            operation, model = data["operation"], data["model"]
-            bits, iters = data["paillier_bits"], data["max_iterations"]
-        except KeyError as exc:
-            raise ConfigurationError(f"job request: missing field {exc.args[0]}") from exc
-        for key, value in (("operation", operation), ("model", model)):
-            if not isinstance(value, str):
-                raise ConfigurationError(f"job request: {key} must be a string")
-        for key, value in (("paillier_bits", bits), ("max_iterations", iters)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigurationError(f"job request: {key} must be an integer")
-        min_inter = data.get("min_intersection")
-        if min_inter is not None and (
-            isinstance(min_inter, bool) or not isinstance(min_inter, int)
-        ):
-            raise ConfigurationError("job request: min_intersection must be an integer or null")
-        features = data.get("features")
-        if features is not None:
-            if not isinstance(features, Mapping) or not all(
-                isinstance(v, list | tuple) and all(isinstance(c, str) for c in v)
-                for v in features.values()
-            ):
-                raise ConfigurationError(
-                    "job request: features must map party names to lists of column names"
-                )
-            features = {str(k): tuple(v) for k, v in features.items()}
-        return cls(
-            operation=operation,
-            model=model,
-            paillier_bits=bits,
-            max_iterations=iters,
-            features=features,
-            min_intersection=min_inter,
-        )
-
-    def to_json(self) -> str:
-        """Compact JSON text (for a ConfigRecord string value)."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> JobRequest:
-        """Parse :meth:`to_json` output."""
-        try:
-            data = json.loads(text)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError("job request: not valid JSON") from exc
-        return cls.from_dict(data)
-
-
-def check_features(agreement: Agreement, party: str, columns: Iterable[str]) -> None:
-    """Refuse any column ``party`` may not contribute (rule ``"features"``)."""
-    terms = agreement.party(party)
-    bad = sorted({c for c in columns if not agreement.feature_allowed(party, c)})
-    if not bad:
-        return
-    reasons = []
-    for c in bad:
-        if c in terms.id_columns:
-            reasons.append(f"{c} (id column)")
-        elif party == agreement.label_owner and c == agreement.label_column:
-            reasons.append(f"{c} (label column)")
-        elif c in terms.denied_features:
-            reasons.append(f"{c} (denied)")
-        else:
-            reasons.append(f"{c} (not in allowed-features)")
-    raise PolicyViolation(
-        "features",
-        f"party '{party}' may not use column(s) {', '.join(reasons)}: drop them from the job "
-        "or amend and re-sign the agreement",
-    )
-
-
-def check_job(signed: SignedAgreement, job: JobRequest, now: datetime | None = None) -> None:
-    """Refuse a job the signed agreement does not allow.
-
-    Checks, in order: signatures, validity window, operation, model, Paillier key size,
-    iteration budget, feature columns per party, and that the job does not lower the minimum
-    intersection.
-
-    Raises
-    ------
-    PolicyViolation
-        With rule ``"signatures"``, ``"validity"``, ``"operation"``, ``"model"``,
-        ``"paillier_bits"``, ``"max_iterations"``, ``"parties"``, ``"features"`` or
-        ``"min_intersection"``.
-    """
-    signed.verify(now)
-    a = signed.agreement
-    if job.operation not in a.allowed_operations:
-        raise PolicyViolation(
-            "operation",
-            f"operation '{job.operation}' is not allowed by the agreement (allowed: "
-            f"{', '.join(a.allowed_operations)}): request an allowed operation",
-        )
-    if job.model not in a.allowed_models:
-        raise PolicyViolation(
-            "model",
-            f"model '{job.model}' is not allowed by the agreement (allowed: "
-            f"{', '.join(a.allowed_models)}): request an allowed model",
-        )
-    floor = max(a.min_paillier_bits, PAILLIER_FLOOR_BITS)
-    if isinstance(job.paillier_bits, bool) or job.paillier_bits < floor:
-        raise PolicyViolation(
-            "paillier_bits",
-            f"a {job.paillier_bits}-bit Paillier key is below the minimum of {floor} bits: "
-            f"generate a key of at least {floor} bits",
-        )
-    if job.max_iterations < 1 or job.max_iterations > a.max_iterations:
-        raise PolicyViolation(
-            "max_iterations",
-            f"max_iterations {job.max_iterations} is outside 1..{a.max_iterations} allowed by "
-            "the agreement: lower it",
-        )
-    if job.features is not None:
-        for party, columns in sorted(job.features.items()):
-            check_features(a, party, columns)
-    if job.min_intersection is not None and job.min_intersection < a.min_intersection:
-        raise PolicyViolation(
-            "min_intersection",
-            f"the job asks for a minimum intersection of {job.min_intersection}, below the "
-            f"agreement's {a.min_intersection}: a job may only raise it",
-        )
-
-
-def check_min_intersection(agreement: Agreement, count: int) -> None:
-    """Refuse an intersection smaller than the agreement's minimum (rule ``"min_intersection"``)."""
-    if count < agreement.min_intersection:
-        raise PolicyViolation(
-            "min_intersection",
-            f"the intersection has {count} rows, below the agreement's minimum of "
-            f"{agreement.min_intersection}: nothing about the joint rows is revealed; bring "
-            "more overlapping customers or amend the agreement",
-        )
-
-
-def check_min_cohort(agreement: Agreement, count: int, what: str) -> None:
-    """Refuse releasing an aggregate over fewer than ``min_cohort`` rows (rule ``"min_cohort"``).
-
-    Parameters
-    ----------
-    what : str
-        What the aggregate is (e.g. ``"evaluation metrics"``, ``"lift bucket 3"``).
-    """
-    if count < agreement.min_cohort:
-        raise PolicyViolation(
-            "min_cohort",
-            f"{what} would cover {count} rows, below the minimum cohort of "
-            f"{agreement.min_cohort}: use a larger group (fewer buckets, a larger hold-out)",
-        )
-
-
-def check_set_size(agreement: Agreement, party: str, n: int) -> None:
-    """Refuse an id set larger than the party's declared maximum (rule ``"max_set_size"``)."""
-    limit = agreement.party(party).max_set_size
-    if n > limit:
-        raise PolicyViolation(
-            "max_set_size",
-            f"party '{party}' brings {n} ids, above its maximum set size of {limit}: "
-            "align a smaller set or amend the agreement",
-        )
-
-
-def check_party_presence(agreement: Agreement, present: Iterable[str]) -> None:
-    """Refuse unless exactly the agreement's parties are present (rule ``"parties"``)."""
-    seen = list(present)
-    expected = set(agreement.party_names)
-    missing = sorted(expected - set(seen))
-    unknown = sorted(set(seen) - expected)
-    twice = sorted({n for n in seen if seen.count(n) > 1})
-    if not (missing or unknown or twice):
-        return
-    parts = []
-    if missing:
-        parts.append(f"missing: {', '.join(missing)} (start their SuperNodes)")
-    if unknown:
-        parts.append(f"not in the agreement: {', '.join(unknown)} (check node-config 'party')")
-    if twice:
-        parts.append(f"present more than once: {', '.join(twice)} (one SuperNode per party)")
-    raise PolicyViolation("parties", "; ".join(parts))
-
-
-def check_same_agreement(expected_hash: str, reported: Mapping[str, str]) -> None:
-    """Refuse unless every party reports the same terms hash (rule ``"agreement_hash"``)."""
-    differ = sorted(name for name, h in reported.items() if h != expected_hash)
-    if differ:
-        raise PolicyViolation(
-            "agreement_hash",
-            f"party(ies) {', '.join(differ)} hold a different agreement than "
-            f"{expected_hash[:16]}...: distribute the same signed agreement file to every party",
-        )
-
-
-def check_identity(agreement: Agreement, identity: PublicIdentity) -> None:
-    """Refuse when the agreement does not list ``identity``'s keys for it (rule ``"identity"``).
-
-    A party calls this with its own public keys before trusting an agreement file: it proves
-    the file names *this* party's keys, not keys substituted by someone else.
-    """
-    terms = agreement.party(identity.party)
-    if (terms.signing_key, terms.exchange_key) != (identity.signing_key, identity.exchange_key):
-        raise PolicyViolation(
-            "identity",
-            f"the agreement lists other keys for '{identity.party}' than this party's key "
-            f"(fingerprint {identity.fingerprint}): use the agreement you signed",
-        )
-
-
 # ----------------------------------------------------------------------------------------------
 # creation
 # ----------------------------------------------------------------------------------------------
@@ -1171,11 +1082,12 @@ def init_agreement(
     *,
     min_cohort: int = DEFAULT_MIN_COHORT,
     min_paillier_bits: int = PAILLIER_FLOOR_BITS,
-    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    max_iterations: int | None = None,
     max_set_size: int | Mapping[str, int] = DEFAULT_MAX_SET_SIZE,
     result_owner: str | None = None,
-    allowed_models: Sequence[str] = MODEL_KINDS,
-    allowed_operations: Sequence[str] = OPERATIONS,
+    allowed_models: Sequence[str] | None = None,
+    allowed_operations: Sequence[str] | None = None,
+    jobs: Sequence[Any] | None = None,
     allowed_features: Mapping[str, Sequence[str] | None] | None = None,
     denied_features: Mapping[str, Sequence[str]] | None = None,
     default_country_code: str | Mapping[str, str] = "",
@@ -1202,6 +1114,13 @@ def init_agreement(
         Label value of the positive class; ``None`` means labels are 0/1.
     valid_days : float
         Length of the validity window starting at ``not_before`` (default: now).
+    jobs : sequence of JobKind or JobTerms, optional
+        The job kinds the collaboration may run: a :class:`~vfm_flower.jobs.JobKind` gets its
+        default terms (:meth:`JobTerms.default_for`), a :class:`JobTerms` is used as given.
+        Default: the built-in kinds named by ``allowed_models`` (default: all of them).
+    allowed_models, allowed_operations, max_iterations : optional
+        Shorthands for the built-in kinds: which of them, which operations, and the upper
+        bound of their ``max-iterations`` parameter.
 
     Other keyword arguments set the terms of the same name; per-party ones accept a mapping.
 
@@ -1256,6 +1175,7 @@ def init_agreement(
             )
         )
     return Agreement(
+        jobs=_job_terms(jobs, allowed_models, allowed_operations, max_iterations),
         agreement_id=agreement_id or uuid.uuid4().hex,
         purpose=purpose,
         not_before=start,
@@ -1265,10 +1185,50 @@ def init_agreement(
         label_column=label_column,
         positive_class=positive_class,
         result_owner=result_owner or label_owner,
-        allowed_models=tuple(allowed_models),
-        allowed_operations=tuple(allowed_operations),
         min_intersection=min_intersection,
         min_cohort=min_cohort,
         min_paillier_bits=min_paillier_bits,
-        max_iterations=max_iterations,
     )
+
+
+def _job_terms(
+    jobs: Sequence[Any] | None,
+    models: Sequence[str] | None,
+    operations: Sequence[str] | None,
+    max_iterations: int | None,
+) -> tuple[JobTerms, ...]:
+    from vfm_flower.jobs import JobKind
+    from vfm_flower.jobs_builtin import builtin_registry
+
+    out: list[JobTerms] = []
+    if jobs is None:
+        registry = builtin_registry()
+        names = list(models) if models is not None else list(registry.names())
+        unknown = sorted(set(names) - set(registry.names()))
+        if unknown:
+            raise ConfigurationError(
+                f"jobs.models: unknown {', '.join(unknown)} (known: "
+                f"{', '.join(registry.names())})"
+            )
+        jobs = [registry.get(n) for n in names]
+    for item in jobs:
+        if isinstance(item, JobTerms):
+            out.append(item)
+            continue
+        if not isinstance(item, JobKind):
+            raise ConfigurationError("jobs: give JobKind or JobTerms objects")
+        ops = None
+        if operations is not None:
+            ops = [o for o in operations if o in item.operations]
+            unknown = sorted(set(operations) - set(item.operations))
+            if unknown:
+                raise ConfigurationError(
+                    f"jobs.operations: unknown {', '.join(unknown)} for '{item.name}' "
+                    f"(known: {', '.join(item.operations)})"
+                )
+        params = {}
+        if max_iterations is not None and any(p.name == "max-iterations" for p in item.params):
+            _positive_int(max_iterations, "jobs.max-iterations")
+            params["max-iterations"] = [1, int(max_iterations)]
+        out.append(JobTerms.default_for(item, operations=ops, params=params))
+    return tuple(out)

@@ -20,10 +20,15 @@ from vfm_flower.errors import EnvelopeError
 _META = "__meta__"
 
 
-def pack_payload(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> bytes:
-    """Serialize arrays (and JSON metadata) into one byte string."""
+def pack_payload(
+    arrays: Mapping[str, np.ndarray | bytes], meta: Mapping[str, Any] | None = None
+) -> bytes:
+    """Serialize arrays (``bytes`` values become uint8 arrays) and JSON metadata."""
     buffer = io.BytesIO()
-    items = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    items = {
+        k: np.frombuffer(v, np.uint8) if isinstance(v, bytes) else np.ascontiguousarray(v)
+        for k, v in arrays.items()
+    }
     if meta is not None:
         items[_META] = np.frombuffer(json.dumps(dict(meta), sort_keys=True).encode(), np.uint8)
     np.savez(buffer, **items)

@@ -56,3 +56,25 @@ class ProtocolAbort(VfmError):
         self.phase = phase
         self.party = party
         self.reason = reason
+
+
+class PaillierKeyError(VfmError):
+    """A Paillier key is missing, malformed, or does not match (e.g. decrypting without the
+    private key, or a private key of another public key)."""
+
+
+class CiphertextError(VfmError):
+    """Ciphertexts were refused: malformed bytes, out of range for the key, too many, or a
+    value bound that does not fit the plaintext space.
+
+    Parameters
+    ----------
+    problem : str
+        What was wrong: ``"header"``, ``"count"``, ``"length"``, ``"range"`` or ``"bound"``.
+    message : str
+        Details.
+    """
+
+    def __init__(self, problem: str, message: str) -> None:
+        super().__init__(f"[{problem}] {message}")
+        self.problem = problem

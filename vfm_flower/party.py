@@ -6,8 +6,11 @@ the protocol step registered for the message kind, and returns a signed ``StepRe
 Flower client in ``clients/`` only translates messages and ``context.state`` to and from these
 types.
 
-Protocol steps live in ``vfm_flower/steps/``; each registers itself in ``STEP_HANDLERS``
-under the message kind it serves (``"query.hello"``, ``"query.align"``, ...).
+Steps are registered in a :class:`StepRegistry` under the message kind they serve
+(``"query.hello"``, ``"train.forward"``, ...), each declaring the job kinds and operations it
+belongs to; the runtime refuses a step of another job. The job itself (kind, operation, every
+parameter) is bound at hello: its digest is in the run key and in every party's signed hello,
+and every later message must carry the same job.
 """
 
 from __future__ import annotations
@@ -19,17 +22,32 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vfm_flower.agreement import JobRequest, SignedAgreement, check_job
+from vfm_flower import policy
+from vfm_flower.agreement import JobTerms, SignedAgreement
 from vfm_flower.audit import AuditLog
+from vfm_flower.context import PartyContext
 from vfm_flower.envelope import ReplayGuard, open_envelope, seal_envelope
-from vfm_flower.errors import ConfigurationError, PolicyViolation, ProtocolAbort, VfmError
+from vfm_flower.errors import (
+    ConfigurationError,
+    DataError,
+    PolicyViolation,
+    ProtocolAbort,
+    SignatureError,
+    VfmError,
+)
+from vfm_flower.jobs import ANY, Job, JobRegistry
 from vfm_flower.keys import PartyIdentity, validate_party_name
 from vfm_flower.session import SessionInfo, reply_signing_bytes
 from vfm_flower.state import PartyState
+from vfm_flower.tables import read_party_table
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +70,20 @@ class PartySettings:
     key_path: Path
     agreement_path: Path
     work_dir: Path
+    #: the whole node-config, for an app's data loader that reads keys of its own
+    node_config: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_node_config(cls, node_config: Mapping[str, Any]) -> PartySettings:
-        """Validate node-config; every problem is a one-line error that says what to set."""
-        missing = [k for k in NODE_CONFIG_KEYS if not str(node_config.get(k, "")).strip()]
+    def from_node_config(
+        cls, node_config: Mapping[str, Any], *, data_file: bool = True
+    ) -> PartySettings:
+        """Validate node-config; every problem is a one-line error that says what to set.
+
+        With ``data_file=False`` (an app with its own data loader) ``data-path`` is optional
+        and need not be a file: the loader interprets it.
+        """
+        required = [k for k in NODE_CONFIG_KEYS if data_file or k != "data-path"]
+        missing = [k for k in required if not str(node_config.get(k, "")).strip()]
         if missing:
             hints = "; ".join(f"'{k}' ({NODE_CONFIG_KEYS[k]})" for k in missing)
             example = " ".join(f'{k}="..."' for k in missing)
@@ -70,16 +97,16 @@ class PartySettings:
             raise ConfigurationError(f"node-config 'party': {exc}") from exc
         settings = cls(
             party=party,
-            data_path=Path(str(node_config["data-path"])).expanduser(),
+            data_path=Path(str(node_config.get("data-path", ""))).expanduser(),
             key_path=Path(str(node_config["key-path"])).expanduser(),
             agreement_path=Path(str(node_config["agreement-path"])).expanduser(),
             work_dir=Path(str(node_config["work-dir"])).expanduser(),
+            node_config=MappingProxyType(dict(node_config)),
         )
-        for name, path in (
-            ("data-path", settings.data_path),
-            ("key-path", settings.key_path),
-            ("agreement-path", settings.agreement_path),
-        ):
+        files = [("key-path", settings.key_path), ("agreement-path", settings.agreement_path)]
+        if data_file:
+            files.insert(0, ("data-path", settings.data_path))
+        for name, path in files:
             if not path.is_file():
                 raise ConfigurationError(
                     f"node-config '{name}' of party '{party}': {path} does not exist or is "
@@ -99,7 +126,7 @@ class StepRequest:
     kind: str
     step: int
     session: SessionInfo | None
-    job: JobRequest
+    job: Job
     agreement_hash: str
     params: dict[str, Any] = field(default_factory=dict)
     inbox: dict[tuple[str, str], bytes] = field(default_factory=dict)
@@ -117,18 +144,130 @@ class StepReply:
     signature: bytes = b""
 
 
-StepHandler = Callable[["PartyRuntime", StepRequest], StepReply]
-STEP_HANDLERS: dict[str, StepHandler] = {}
+StepHandler = Callable[["PartyContext"], None]
+ResultReceiver = Callable[["PartyContext", bytes], None]
+DataLoader = Callable[["PartySettings"], "pd.DataFrame"]
+
+#: Public facts of the plugin's own protocol steps (hello, alignment, close): not job releases.
+PROTOCOL_FACTS = ("step",)
 
 
-def step_handler(kind: str) -> Callable[[StepHandler], StepHandler]:
-    """Register a protocol step for a message kind (``"<category>.<name>"``)."""
+@dataclass(frozen=True)
+class StepSpec:
+    """One registered step.
 
-    def register(func: StepHandler) -> StepHandler:
-        STEP_HANDLERS[kind] = func
-        return func
+    Parameters
+    ----------
+    kind : str
+        The message kind it serves (``"train.forward"``).
+    handler : callable
+        ``handler(ctx: PartyContext) -> None``.
+    jobs : tuple of str
+        The job kinds it belongs to (``("*",)``: every job, for the plugin's protocol steps).
+    operations : tuple of str or None
+        The operations it serves (``None``: every operation of its kinds).
+    public : tuple of str
+        Protocol facts it may put in its signed reply besides the job's release list.
+    """
 
-    return register
+    kind: str
+    handler: StepHandler
+    jobs: tuple[str, ...]
+    operations: tuple[str, ...] | None = None
+    public: tuple[str, ...] = ()
+
+
+_MESSAGE_KIND = __import__("re").compile(r"^(train|evaluate|query)\.[a-z][a-z0-9_]*$")
+
+
+class StepRegistry:
+    """Steps by message kind. Registering a kind twice is an error.
+
+    >>> steps = StepRegistry()
+    >>> @steps.step("query.stats", jobs=("segment_stats",))
+    ... def stats(ctx): ...
+
+    Receivers take what the label owner delivered to the result owner under a name
+    (``ctx.deliver(name, payload)``), at the job's close.
+    """
+
+    def __init__(self, *registries: StepRegistry) -> None:
+        self._steps: dict[str, StepSpec] = {}
+        self._receivers: dict[tuple[str, str], ResultReceiver] = {}
+        for registry in registries:
+            for spec in registry:
+                self.add(spec)
+            for (name, kind), receiver in registry._receivers.items():
+                self._add_receiver(name, kind, receiver)
+
+    def _add_receiver(self, name: str, kind: str, receiver: ResultReceiver) -> None:
+        if (name, kind) in self._receivers:
+            raise ConfigurationError(f"a receiver of '{name}' for job '{kind}' is registered twice")
+        self._receivers[(name, kind)] = receiver
+
+    def receiver(
+        self, name: str, *, jobs: tuple[str, ...] | list[str]
+    ) -> Callable[[ResultReceiver], ResultReceiver]:
+        """Decorator: ``receiver(ctx, payload)`` takes the delivered result ``name``."""
+
+        def register(func: ResultReceiver) -> ResultReceiver:
+            for kind in jobs:
+                self._add_receiver(name, kind, func)
+            return func
+
+        return register
+
+    def get_receiver(self, name: str, job_kind: str) -> ResultReceiver | None:
+        return self._receivers.get((name, job_kind))
+
+    def add(self, spec: StepSpec) -> StepSpec:
+        if not _MESSAGE_KIND.match(spec.kind):
+            raise ConfigurationError(
+                f"step kind {spec.kind!r} must be '<train|evaluate|query>.<name>' "
+                "(Flower message types allow no further dots)"
+            )
+        if spec.kind in self._steps:
+            raise ConfigurationError(f"step '{spec.kind}' is registered twice")
+        if not spec.jobs:
+            raise ConfigurationError(f"step '{spec.kind}' must name the job kinds it belongs to")
+        self._steps[spec.kind] = spec
+        return spec
+
+    def step(
+        self,
+        kind: str,
+        *,
+        jobs: tuple[str, ...] | list[str],
+        operations: tuple[str, ...] | list[str] | None = None,
+        public: tuple[str, ...] = (),
+    ) -> Callable[[StepHandler], StepHandler]:
+        """Decorator: register ``handler`` for message ``kind`` of the given job kinds."""
+
+        def register(handler: StepHandler) -> StepHandler:
+            self.add(
+                StepSpec(
+                    kind=kind,
+                    handler=handler,
+                    jobs=tuple(jobs),
+                    operations=tuple(operations) if operations is not None else None,
+                    public=tuple(public),
+                )
+            )
+            return handler
+
+        return register
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._steps.values())
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._steps
+
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(sorted(self._steps))
+
+    def get(self, kind: str) -> StepSpec | None:
+        return self._steps.get(kind)
 
 
 def payload_hash(blob: bytes) -> str:
@@ -146,7 +285,24 @@ class PartyRuntime:
         Per-run state kept between messages by the runtime adapter.
     """
 
-    def __init__(self, settings: PartySettings, state: PartyState) -> None:
+    def __init__(
+        self,
+        settings: PartySettings,
+        state: PartyState,
+        *,
+        steps: StepRegistry | None = None,
+        jobs: JobRegistry | None = None,
+        data_loader: DataLoader | None = None,
+    ) -> None:
+        if steps is None or jobs is None:
+            from vfm_flower.jobs_builtin import builtin_registry
+            from vfm_flower.steps import builtin_steps
+
+            steps = steps if steps is not None else builtin_steps()
+            jobs = jobs if jobs is not None else builtin_registry()
+        self.steps = steps
+        self.jobs = jobs
+        self.data_loader = data_loader
         self.settings = settings
         self.state = state
         self.identity = PartyIdentity.load(settings.key_path, expected_party=settings.party)
@@ -165,6 +321,7 @@ class PartyRuntime:
         self._replay = ReplayGuard(self.state.tokens("replay_ids"))
         self._audit: AuditLog | None = None
         self.request: StepRequest | None = None
+        self.job_terms: JobTerms | None = None
 
     # --- helpers for protocol steps -------------------------------------------------------
     @property
@@ -235,21 +392,49 @@ class PartyRuntime:
             )
         self.state.set_tokens("mask_labels", labels | {label})
 
+    def read_table(self) -> pd.DataFrame:
+        """This party's rows: the app's data loader, else the CSV file at ``data-path``."""
+        id_columns = tuple(self.terms.id_columns)
+        if self.data_loader is None:
+            return read_party_table(
+                self.settings.data_path, party=self.party, id_columns=id_columns
+            )
+        frame = self.data_loader(self.settings)
+        if not hasattr(frame, "columns") or not hasattr(frame, "iloc"):
+            raise ConfigurationError(
+                f"party '{self.party}': the data loader must return a pandas DataFrame"
+            )
+        absent = [c for c in id_columns if c not in frame.columns]
+        if absent:
+            raise DataError(
+                f"party '{self.party}': the loaded data lacks id column(s) {', '.join(absent)}"
+            )
+        if len(frame) == 0:
+            raise DataError(f"party '{self.party}': the loaded data has no rows")
+        frame = frame.copy()
+        for column in id_columns:
+            frame[column] = frame[column].astype("string").astype(object)
+        return frame
+
     # --- the one entry point ----------------------------------------------------------------
     def handle(self, request: StepRequest) -> StepReply:
         """Check the request against this party's agreement, run the step, sign the reply."""
         self.request = request
-        handler = STEP_HANDLERS.get(request.kind)
+        spec = self.steps.get(request.kind)
         try:
-            self._check_request(request)
-            if handler is None:
+            if spec is None:
                 raise ProtocolAbort(request.kind, self.party, "unknown message kind")
-            reply = handler(self, request)
+            self._check_request(request, spec)
+            reply = StepReply(party=self.party)
+            spec.handler(PartyContext(self, request, reply))
+            self._check_release(spec, reply)
         except PolicyViolation as exc:
             self.audit.record(request.kind, request.step, f"refused:{exc.rule}", detail=str(exc))
+            self._seal_if_no_session(request)
             raise
         except VfmError as exc:
             self.audit.record(request.kind, request.step, "abort", detail=type(exc).__name__)
+            self._seal_if_no_session(request)
             raise
         except Exception as exc:  # an unexpected failure still ends as a clean, named abort
             self.audit.record(request.kind, request.step, "abort", detail=type(exc).__name__)
@@ -290,7 +475,12 @@ class PartyRuntime:
         )
         return reply
 
-    def _check_request(self, request: StepRequest) -> None:
+    def _seal_if_no_session(self, request: StepRequest) -> None:
+        """A refused hello ends this party's part of the run: no close round will seal it."""
+        if request.session is None and not self.audit.sealed:
+            self.audit.seal(round=request.step, detail="refused before the session started")
+
+    def _check_request(self, request: StepRequest, spec: StepSpec) -> None:
         """The party's own enforcement, before it touches data, at every phase."""
         own_hash = self.agreement.terms_hash()
         if request.agreement_hash != own_hash:
@@ -299,7 +489,15 @@ class PartyRuntime:
                 f"the server runs agreement {request.agreement_hash[:12]}..., party "
                 f"'{self.party}' signed {own_hash[:12]}...",
             )
-        check_job(self.signed, request.job)
+        job = request.job
+        if job.kind not in self.jobs:
+            raise PolicyViolation(
+                "job_kind",
+                f"party '{self.party}' runs no job kind '{job.kind}' (its app knows: "
+                f"{', '.join(self.jobs.names())})",
+            )
+        self.job_terms = policy.check_job(self.signed, job, self.jobs.get(job.kind))
+        policy.check_step(spec.kind, spec.jobs, spec.operations, job)
         session = request.session
         if session is None:
             if request.kind != "query.hello":
@@ -315,11 +513,64 @@ class PartyRuntime:
             raise PolicyViolation(
                 "session", "the session does not list a nonce from every party of the agreement"
             )
+        bound = self.state.get("job_digest")
+        if not bound:
+            raise PolicyViolation("session", "no job was bound at hello in this run")
+        policy.check_job_binding(str(bound), job)
+        if session.job_digest != bound:
+            raise PolicyViolation(
+                "job_changed", "the session names another job than the one bound at hello"
+            )
         stored = self.state.get("run_key")
         key = session.run_key
         if stored and stored != key:
             raise PolicyViolation("session", "the session changed within one run")
+        if not stored:
+            self._check_peer_hellos(session)
         self.state.set("run_key", key)
+
+    def _check_peer_hellos(self, session: SessionInfo) -> None:
+        """Every party's signed hello names this agreement and this job (once per run)."""
+        own_hash = self.agreement.terms_hash()
+        reported: dict[str, str] = {}
+        for name in self.agreement.party_names:
+            hello = session.hellos.get(name)
+            if hello is None:
+                raise PolicyViolation("session", f"the session lacks the signed hello of '{name}'")
+            public, signature = hello
+            try:
+                self.agreement.party(name).public_identity.verify(
+                    signature,
+                    reply_signing_bytes(
+                        run_ref="hello", phase="query.hello", step=1, party=name, public=public
+                    ),
+                )
+            except SignatureError as exc:
+                raise PolicyViolation(
+                    "session", f"the hello of '{name}' in the session is not signed by '{name}'"
+                ) from exc
+            if public.get("nonce") != session.party_nonces.get(name):
+                raise PolicyViolation("session", f"the hello of '{name}' carries another nonce")
+            policy.check_same_agreement(own_hash, {name: str(public.get("agreement_hash"))})
+            reported[name] = str(public.get("job_digest"))
+        policy.check_same_job(str(self.state.get("job_digest")), reported)
+
+    def _check_release(self, spec: StepSpec, reply: StepReply) -> None:
+        """Every public fact of a job step is a protocol fact or on the release list."""
+        if ANY in spec.jobs or self.job_terms is None:
+            return
+        facts = set(reply.public) - set(spec.public) - set(PROTOCOL_FACTS)
+        policy.check_release(self.job_terms, "server", facts)
+
+    def check_release(self, audience: str, *names: str) -> None:
+        """Refuse releasing ``names`` to ``audience`` unless the agreement lists them."""
+        if self.job_terms is None:
+            raise ProtocolAbort("release", self.party, "no job is running")
+        policy.check_release(self.job_terms, audience, names)
+
+    def may_release(self, audience: str, name: str) -> bool:
+        """Whether the agreement's release list names ``name`` for ``audience``."""
+        return self.job_terms is not None and name in self.job_terms.release.get(audience, ())
 
 
 def audit_log_path(work_dir: Path, agreement_hash: str) -> Path:

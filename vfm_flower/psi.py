@@ -61,8 +61,9 @@ import gmpy2
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from vfm_flower.errors import ConfigurationError, DataError, PolicyViolation
+from vfm_flower.errors import ConfigurationError, DataError
 from vfm_flower.normalize import check_unique
+from vfm_flower.policy import check_min_intersection, check_set_size
 
 logger = logging.getLogger(__name__)
 
@@ -552,23 +553,6 @@ def second_blind(
     return blind_points(blinded_from_peer, secret, workers=workers, executor=executor)
 
 
-def check_set_size(n: int, max_set_size: int, party: str) -> None:
-    """Refuse a set larger than the agreement's declared maximum.
-
-    Raises
-    ------
-    PolicyViolation
-        Rule ``"max_set_size"``: ``n > max_set_size`` (stops probing with guessed ids).
-    """
-    if max_set_size < 1:
-        raise ConfigurationError("max_set_size must be a positive integer")
-    if n > max_set_size:
-        raise PolicyViolation(
-            "max_set_size",
-            f"party '{party}' has {n} ids, more than the agreed maximum of {max_set_size}",
-        )
-
-
 def check_received_points(points: object, *, max_set_size: int, party: str) -> np.ndarray:
     """Validate a set of (blinded) points received from ``party``.
 
@@ -708,8 +692,6 @@ def match_joint_rows(
     DataError
         Inconsistent inputs, or duplicated blinded ids from a party.
     """
-    if not isinstance(min_intersection, int) or min_intersection < 0:
-        raise ConfigurationError("min_intersection must be a non-negative integer")
     if not lo_double or set(lo_double) != set(passive_double):
         raise DataError(
             "match_joint_rows: need the same, non-empty set of passive parties on both sides"
@@ -733,12 +715,7 @@ def match_joint_rows(
         present = found if present is None else present & found
     assert present is not None
     joint = np.flatnonzero(present)
-    if joint.size < min_intersection:
-        raise PolicyViolation(
-            "min_intersection",
-            "the joint intersection of all parties is below the agreed minimum of "
-            f"{min_intersection} rows; alignment stopped and no row was revealed",
-        )
+    check_min_intersection(int(joint.size), min_intersection)
     rows = joint[secure_permutation(joint.size)].astype(np.int64, copy=False)
     return JointAlignment(
         label_owner_rows=rows,

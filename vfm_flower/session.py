@@ -1,16 +1,20 @@
 """Run session: the run key every envelope is bound to, and signed public replies.
 
-The run key mixes Flower's run id, a nonce from the server and a fresh nonce from every party
-(sent in the hello phase). A party only accepts a session that contains its own nonce, so a
-server cannot replay envelopes of an earlier run into a new one: each run has a new key.
+The run key mixes Flower's run id, a nonce from the server, a fresh nonce from every party
+(sent in the hello phase) and the digest of the job (kind, operation, every parameter). A
+party only accepts a session that contains its own nonce, so a server cannot replay envelopes
+of an earlier run into a new one: each run has a new key. The session also carries every
+party's signed hello, so each party checks that all the others agreed to the same job.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vfm_flower.errors import ProtocolAbort
@@ -28,6 +32,9 @@ class SessionInfo:
     flower_run_id: int
     server_nonce: str
     party_nonces: Mapping[str, str]
+    job_digest: str = ""
+    #: party -> (the public part of its hello reply, its Ed25519 signature over it)
+    hellos: Mapping[str, tuple[Mapping[str, Any], bytes]] = field(default_factory=dict)
 
     @property
     def run_key(self) -> str:
@@ -37,6 +44,7 @@ class SessionInfo:
                     "flower_run_id": self.flower_run_id,
                     "server_nonce": self.server_nonce,
                     "party_nonces": dict(self.party_nonces),
+                    "job": self.job_digest,
                 }
             )
         )
@@ -48,6 +56,11 @@ class SessionInfo:
                 "flower_run_id": self.flower_run_id,
                 "server_nonce": self.server_nonce,
                 "party_nonces": dict(self.party_nonces),
+                "job_digest": self.job_digest,
+                "hellos": {
+                    p: {"public": dict(pub), "signature": base64.b64encode(sig).decode()}
+                    for p, (pub, sig) in sorted(self.hellos.items())
+                },
             }
         ).decode()
 
@@ -55,12 +68,20 @@ class SessionInfo:
     def from_json(cls, text: str) -> SessionInfo:
         try:
             obj = json.loads(text)
+            hellos = {}
+            for party, item in dict(obj.get("hellos", {})).items():
+                public = item["public"]
+                if not isinstance(public, dict):
+                    raise TypeError("hello public must be an object")
+                hellos[str(party)] = (public, base64.b64decode(item["signature"], validate=True))
             return cls(
                 flower_run_id=int(obj["flower_run_id"]),
                 server_nonce=str(obj["server_nonce"]),
                 party_nonces={str(k): str(v) for k, v in obj["party_nonces"].items()},
+                job_digest=str(obj.get("job_digest", "")),
+                hellos=hellos,
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
             raise ProtocolAbort("session", None, "malformed session information") from exc
 
 

@@ -124,11 +124,13 @@ for party in "${PARTIES[@]}"; do
 done
 
 
+# The Flower App is one pyproject.toml pointing at the installed package (no code of its own).
+vfm app init "$WORK/app" --force >/dev/null
 echo "[deploy] running the vertical job with flwr run ($ITERATIONS iterations)"
 RUN_CONFIG="agreement-path=\"$WORK/demo/setup/agreement.toml\" server-workdir=\"$WORK/server\""
 RUN_CONFIG+=" job=\"train\" model=\"logistic\" max-iterations=$ITERATIONS"
 set +e
-timeout "$JOB_TIMEOUT" flwr run "$ROOT" local-deploy --stream --run-config "$RUN_CONFIG" \
+timeout "$JOB_TIMEOUT" flwr run "$WORK/app" local-deploy --stream --run-config "$RUN_CONFIG" \
   >"$WORK/logs/flwr-run.log" 2>&1
 run_code=$?
 set -e

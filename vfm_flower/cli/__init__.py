@@ -17,7 +17,7 @@ from vfm_flower.errors import VfmError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vfm_flower.cli import governance, local
+    from vfm_flower.cli import app, governance, local
 
     parser = argparse.ArgumentParser(
         prog="vfm",
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     local.register(subparsers)
     governance.register(subparsers)
+    app.register(subparsers)
     return parser
 
 
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # A party's refusal reaches the user as the job's one-line error below; its own log
         # line (useful on a SuperNode) would only repeat it here.
-        logging.getLogger("clients").setLevel(logging.CRITICAL)
+        logging.getLogger("vfm_flower.clients").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except VfmError as exc:

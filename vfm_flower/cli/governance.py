@@ -115,10 +115,8 @@ def cmd_agreement_init(args: argparse.Namespace) -> int:
         max_iterations=args.max_iterations,
         max_set_size=args.max_set_size,
         result_owner=args.result_owner,
-        allowed_models=args.models.split(",") if args.models else ("linear", "logistic"),
-        allowed_operations=(
-            args.operations.split(",") if args.operations else ("evaluate", "score", "train")
-        ),
+        allowed_models=args.models.split(",") if args.models else None,
+        allowed_operations=args.operations.split(",") if args.operations else None,
         allowed_features=allowed or None,
         denied_features=denied or None,
         default_country_code=args.default_country_code or "",
@@ -188,12 +186,19 @@ def cmd_agreement_show(args: argparse.Namespace) -> int:
     )
     _out(f"  label             {a.label_owner}.{a.label_column} ({positive})")
     _out(f"  result owner      {a.result_owner}")
-    _out(f"  models            {', '.join(a.allowed_models)}")
-    _out(f"  operations        {', '.join(a.allowed_operations)}")
-    _out(f"  max iterations    {a.max_iterations}")
     _out(f"  min intersection  {a.min_intersection}")
     _out(f"  min cohort        {a.min_cohort}")
     _out(f"  min Paillier bits {a.min_paillier_bits}")
+    _out("Jobs (kind: operations; every parameter's signed bound; what may be released)")
+    for j in a.jobs:
+        _out(f"  {j.kind}: {', '.join(j.operations)}")
+        for name, bound in j.params.items():
+            shown = list(bound) if isinstance(bound, tuple) else bound
+            _out(f"    {name:<18}{shown}")
+        for audience, names in j.release.items():
+            _out(f"    release to {audience}: {', '.join(names) or 'nothing'}")
+        for party, columns in (j.features or {}).items():
+            _out(f"    {party} may use   {', '.join(columns) or 'none'}")
     _out("Parties")
     for p in a.parties:
         if p.name in good:

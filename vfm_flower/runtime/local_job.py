@@ -36,7 +36,9 @@ def party_node_config(
     }
 
 
-def run_local_job(
+def run_local_app(
+    server_app: Any,
+    client_app: Any,
     agreement_path: Path,
     parties: Mapping[str, PartyFiles],
     workdir: Path,
@@ -46,14 +48,14 @@ def run_local_job(
     grid_out: list[Any] | None = None,
     party_agreements: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """Run one job in-process; returns the server's ``result.json`` content.
+    """Run any vertical Flower app in-process; returns the server's ``result.json`` content.
 
-    With ``grid_out`` (a list), the in-process grid is appended to it, recording the server's
-    view of every message (tests inspect it). ``party_agreements`` gives some parties their own
-    copy of the agreement file (by default every party uses ``agreement_path``).
+    Each party gets the node-config a partner would give its SuperNode, the server the
+    run-config an operator would pass to ``flwr run`` (``agreement-path`` and
+    ``server-workdir`` are filled in). With ``grid_out`` (a list), the in-process grid is
+    appended to it, recording the server's view of every message (tests inspect it).
+    ``party_agreements`` gives some parties their own copy of the agreement file.
     """
-    from clients.client_app import app as client_app
-    from strategies.server_app import app as server_app
     from vfm_flower.runtime.inprocess import run_inprocess
 
     workdir = Path(workdir)
@@ -62,11 +64,13 @@ def run_local_job(
     node_configs = [
         party_node_config(p, parties[p], own.get(p, agreement_path), workdir) for p in names
     ]
-    config = {
-        "agreement-path": str(Path(agreement_path).resolve()),
-        "server-workdir": str((workdir / "server").resolve()),
-        **dict(run_config),
-    }
+    config = dict(run_config)
+    for key, value in (
+        ("agreement-path", str(Path(agreement_path).resolve())),
+        ("server-workdir", str((workdir / "server").resolve())),
+    ):
+        if not str(config.get(key, "")).strip():
+            config[key] = value
     unknown_offline = [p for p in offline if p not in parties]
     if unknown_offline:
         raise ConfigurationError(f"unknown party(ies) {unknown_offline}")
@@ -80,4 +84,61 @@ def run_local_job(
     )
     if grid_out is not None:
         grid_out.append(grid)
-    return json.loads((workdir / "server" / "result.json").read_text(encoding="utf-8"))
+    result = workdir / "server" / "result.json"
+    if not result.is_file():
+        raise ConfigurationError(
+            f"the app finished without writing {result}: does its ServerApp run a vertical_session?"
+        )
+    return json.loads(result.read_text(encoding="utf-8"))
+
+
+def run_local_job(
+    agreement_path: Path,
+    parties: Mapping[str, PartyFiles],
+    workdir: Path,
+    run_config: Mapping[str, Any],
+    **options: Any,
+) -> dict[str, Any]:
+    """Run one built-in job in-process (:func:`run_local_app` with the built-in apps)."""
+    from vfm_flower.clients.client_app import app as client_app
+    from vfm_flower.strategies.server_app import app as server_app
+
+    return run_local_app(
+        server_app, client_app, agreement_path, parties, workdir, run_config, **options
+    )
+
+
+def load_flower_app(directory: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """The ServerApp, the ClientApp and the run-config defaults of a Flower App directory.
+
+    Reads ``[tool.flwr.app.components]`` and ``[tool.flwr.app.config]`` of its
+    ``pyproject.toml`` and imports the components with the directory on ``sys.path`` (as
+    ``flwr run`` does).
+    """
+    import importlib
+    import sys
+    import tomllib
+
+    directory = Path(directory).resolve()
+    pyproject = directory / "pyproject.toml"
+    try:
+        app = tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]
+        components = app["components"]
+        refs = (str(components["serverapp"]), str(components["clientapp"]))
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+        raise ConfigurationError(
+            f"{pyproject} is not a Flower App (needs [tool.flwr.app.components] serverapp and "
+            "clientapp)"
+        ) from exc
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+    loaded = []
+    for ref in refs:
+        module, _, attr = ref.partition(":")
+        try:
+            loaded.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError) as exc:
+            raise ConfigurationError(
+                f"cannot load component '{ref}' of {pyproject}: {exc}"
+            ) from exc
+    return loaded[0], loaded[1], dict(app.get("config", {}))

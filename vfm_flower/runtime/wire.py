@@ -24,8 +24,8 @@ import re
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from vfm_flower.agreement import JobRequest
-from vfm_flower.errors import ProtocolAbort
+from vfm_flower.errors import ConfigurationError, ProtocolAbort
+from vfm_flower.jobs import Job
 from vfm_flower.party import StepReply, StepRequest
 from vfm_flower.session import SessionInfo
 
@@ -81,7 +81,7 @@ def encode_request(request: StepRequest) -> RecordDict:
                 {
                     "step": int(request.step),
                     "session": request.session.to_json() if request.session else "",
-                    "job": json.dumps(request.job.to_dict(), sort_keys=True),
+                    "job": request.job.to_json(),
                     "agreement_hash": request.agreement_hash,
                     "params": json.dumps(request.params, sort_keys=True),
                 }
@@ -100,13 +100,13 @@ def decode_request(kind: str, content: RecordDict) -> StepRequest:
             kind=kind,
             step=int(cfg["step"]),
             session=SessionInfo.from_json(session_text) if session_text else None,
-            job=JobRequest.from_dict(json.loads(str(cfg["job"]))),
+            job=Job.from_json(str(cfg["job"])),
             agreement_hash=str(cfg["agreement_hash"]),
             params=json.loads(str(cfg["params"])),
             inbox=_unpack_mailbox(content.get("inbox")),  # type: ignore[arg-type]
             sums=_unpack_arrays(content.get("sums")),  # type: ignore[arg-type]
         )
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, ConfigurationError) as exc:
         raise ProtocolAbort(kind, None, f"malformed request from the server: {exc}") from exc
 
 

@@ -23,12 +23,12 @@ from contextlib import contextmanager
 import numpy as np
 
 from vfm_flower import psi
-from vfm_flower.agreement import check_set_size
 from vfm_flower.codec import pack_payload, unpack_payload
+from vfm_flower.context import PartyContext
 from vfm_flower.errors import ProtocolAbort
 from vfm_flower.normalize import IdSpec, check_unique
-from vfm_flower.party import PartyRuntime, StepReply, StepRequest, step_handler
-from vfm_flower.tables import read_party_table
+from vfm_flower.party import PartyRuntime, StepRegistry, StepRequest
+from vfm_flower.policy import check_set_size, min_intersection_of
 
 ALIGN = "query.align"
 TOPIC_LO_BLINDED = "psi.lo_blinded"
@@ -36,6 +36,9 @@ TOPIC_PASSIVE_BLINDED = "psi.passive_blinded"
 TOPIC_LO_DOUBLE = "psi.lo_double"
 TOPIC_POSITIONS = "psi.positions"
 JOINT_ROWS = "joint_rows"
+
+#: The plugin's alignment step; it belongs to every job kind.
+STEPS = StepRegistry()
 
 
 def id_spec_of(runtime: PartyRuntime) -> IdSpec:
@@ -51,12 +54,10 @@ def id_spec_of(runtime: PartyRuntime) -> IdSpec:
 def load_normalized_ids(runtime: PartyRuntime) -> list[str]:
     """Read this party's id columns, normalize them, refuse empties and duplicates."""
     spec = id_spec_of(runtime)
-    frame = read_party_table(
-        runtime.settings.data_path, party=runtime.party, id_columns=spec.columns
-    )
+    frame = runtime.read_table()
     ids = spec.normalize(frame, party=runtime.party)
     check_unique(ids, runtime.party)
-    check_set_size(runtime.agreement, runtime.party, len(ids))
+    check_set_size(len(ids), runtime.terms.max_set_size, runtime.party)
     return ids
 
 
@@ -84,7 +85,7 @@ def _received_points(
 ) -> np.ndarray:
     arrays, _ = unpack_payload(runtime.open(request, sender, topic, phase=ALIGN, round=round))
     points = psi.points_from_bytes(arrays["points"].tobytes())
-    check_set_size(runtime.agreement, sender, len(points))
+    check_set_size(len(points), runtime.agreement.party(sender).max_set_size, sender)
     return points
 
 
@@ -92,13 +93,13 @@ def _payload(points: np.ndarray) -> bytes:
     return pack_payload({"points": np.frombuffer(psi.points_to_bytes(points), np.uint8)})
 
 
-@step_handler(ALIGN)
-def align_step(runtime: PartyRuntime, request: StepRequest) -> StepReply:
+@STEPS.step(ALIGN, jobs=("*",), public=("rows", "joint_rows"))
+def align_step(ctx: PartyContext) -> None:
     """Route the three alignment rounds by role."""
+    runtime, request, reply = ctx.runtime, ctx.request, ctx.reply
     lo = runtime.agreement.label_owner
     passives = runtime.agreement.passive_parties
     state = runtime.state
-    reply = StepReply(party=runtime.party)
     if request.step == 1:
         ids = load_normalized_ids(runtime)
         secret = psi.PsiSecret.generate()
@@ -121,7 +122,7 @@ def align_step(runtime: PartyRuntime, request: StepRequest) -> StepReply:
             reply.outbox[(lo, TOPIC_PASSIVE_BLINDED)] = runtime.seal(
                 lo, TOPIC_PASSIVE_BLINDED, _payload(blinded), phase=ALIGN, round=1
             )
-        return reply
+        return
     secret = psi.PsiSecret.from_bytes(state.get_bytes("psi.secret"))
     if request.step == 2:
         if runtime.is_label_owner:
@@ -140,13 +141,13 @@ def align_step(runtime: PartyRuntime, request: StepRequest) -> StepReply:
             reply.outbox[(lo, TOPIC_LO_DOUBLE)] = runtime.seal(
                 lo, TOPIC_LO_DOUBLE, _payload(double), phase=ALIGN, round=2
             )
-        return reply
+        return
     if request.step == 3 and runtime.is_label_owner:
         lo_double = {
             peer: _received_points(runtime, request, peer, TOPIC_LO_DOUBLE, 2) for peer in passives
         }
         passive_double = {peer: state.array(f"psi.passive_double.{peer}") for peer in passives}
-        minimum = max(runtime.agreement.min_intersection, request.job.min_intersection or 0)
+        minimum = min_intersection_of(runtime.agreement, request.job)
         joint = psi.match_joint_rows(lo_double, passive_double, min_intersection=minimum)
         state.set_array(JOINT_ROWS, joint.label_owner_rows)
         for peer in passives:
@@ -157,7 +158,7 @@ def align_step(runtime: PartyRuntime, request: StepRequest) -> StepReply:
             state.pop_array(f"psi.passive_double.{peer}")
         state.pop_array("psi.secret")
         reply.public["joint_rows"] = int(len(joint.label_owner_rows))
-        return reply
+        return
     raise ProtocolAbort(ALIGN, runtime.party, f"no alignment step {request.step} for this role")
 
 

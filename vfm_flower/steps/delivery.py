@@ -10,80 +10,72 @@ in the common order).
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from vfm_flower import report as reporting
 from vfm_flower.codec import pack_payload, unpack_payload
-from vfm_flower.errors import ProtocolAbort
-from vfm_flower.party import PartyRuntime, StepReply, StepRequest
-from vfm_flower.tables import read_party_table
+from vfm_flower.context import RESULT_PREFIX, PartyContext
+from vfm_flower.envelope import peek_header
+from vfm_flower.errors import EnvelopeError, ProtocolAbort
 
-TOPIC_REPORT = "result.report"
-TOPIC_SCORES = "result.scores"
 SCORES_FILE = "scores.csv"
+RESULTS_DIR = "results"
 
 
-def is_result_owner(runtime: PartyRuntime) -> bool:
-    return runtime.party == runtime.agreement.result_owner
+def scores_payload(scores: np.ndarray) -> bytes:
+    """The payload of delivered scores (joint-row order)."""
+    return pack_payload({"scores": np.asarray(scores, dtype=np.float64)})
 
 
-def send_report(
-    runtime: PartyRuntime, reply: StepReply, report: dict[str, Any], *, phase: str, round: int
-) -> None:
-    """Label owner: seal the released report to the result owner."""
-    owner = runtime.agreement.result_owner
-    blob = json.dumps(report, sort_keys=True).encode()
-    reply.outbox[(owner, TOPIC_REPORT)] = runtime.seal(
-        owner, TOPIC_REPORT, blob, phase=phase, round=round
-    )
+def receive_scores(ctx: PartyContext, payload: bytes) -> None:
+    arrays, _ = unpack_payload(payload)
+    write_scores(ctx, arrays["scores"])
 
 
-def send_scores(
-    runtime: PartyRuntime, reply: StepReply, scores: np.ndarray, *, phase: str, round: int
-) -> None:
-    """Label owner: seal the scores (joint-row order) to the result owner."""
-    owner = runtime.agreement.result_owner
-    payload = pack_payload({"scores": np.asarray(scores, dtype=np.float64)})
-    reply.outbox[(owner, TOPIC_SCORES)] = runtime.seal(
-        owner, TOPIC_SCORES, payload, phase=phase, round=round
-    )
-
-
-def write_scores(runtime: PartyRuntime, scores: np.ndarray) -> int:
+def write_scores(ctx: PartyContext, scores: np.ndarray) -> int:
     """Write ``scores.csv`` (this party's own ids as in its file, score) atomically."""
-    frame = read_party_table(
-        runtime.settings.data_path, party=runtime.party, id_columns=runtime.terms.id_columns
-    )
-    rows = runtime.state.array("joint_rows")
+    rows = ctx.aligned_rows()
     if len(rows) != len(scores):
-        raise ProtocolAbort("score", runtime.party, "scores do not match the aligned rows")
-    ids = frame.iloc[rows][list(runtime.terms.id_columns)].reset_index(drop=True)
+        raise ProtocolAbort("score", ctx.party, "scores do not match the aligned rows")
+    id_columns = list(ctx.terms.id_columns)
+    ids = ctx.table().iloc[rows][id_columns].reset_index(drop=True)
     id_values = ids.iloc[:, 0] if ids.shape[1] == 1 else ids.astype(str).agg("|".join, axis=1)
     out = pd.DataFrame({"id": id_values.to_numpy(), "score": np.asarray(scores)})
-    target = runtime.work_dir / SCORES_FILE
-    tmp = runtime.work_dir / f".{SCORES_FILE}.partial"
+    target = ctx.work_dir / SCORES_FILE
+    tmp = ctx.work_dir / f".{SCORES_FILE}.partial"
     out.to_csv(tmp, index=False)
     os.replace(tmp, target)
     return int(len(out))
 
 
-def receive_results(runtime: PartyRuntime, request: StepRequest) -> None:
-    """Result owner, at the job's close: write what the label owner sealed to it."""
-    lo = runtime.agreement.label_owner
-    for item in request.params.get("deliveries", []):
-        topic, phase, round_ = str(item["topic"]), str(item["phase"]), int(item["round"])
-        if not is_result_owner(runtime) or runtime.is_label_owner:
+def receive_results(ctx: PartyContext) -> None:
+    """Result owner, at the job's close: take what the label owner delivered to it.
+
+    Every ``result.NAME`` envelope from the label owner is opened (its own header says the
+    phase and round it was sealed in; the AEAD binds them, the replay guard refuses a second
+    delivery) and handed to the receiver the job registered for ``NAME``; without one, the
+    payload is written to ``work_dir/results/NAME`` atomically.
+    """
+    if not ctx.is_result_owner or ctx.is_label_owner:
+        return
+    lo = ctx.label_owner
+    for (sender, topic), blob in sorted(ctx.request.inbox.items()):
+        if not topic.startswith(RESULT_PREFIX) or sender != lo:
             continue
-        blob = runtime.open(request, lo, topic, phase=phase, round=round_)
-        if topic == TOPIC_REPORT:
-            reporting.write_released_report(json.loads(blob), runtime.work_dir)
-        elif topic == TOPIC_SCORES:
-            arrays, _ = unpack_payload(blob)
-            write_scores(runtime, arrays["scores"])
-        else:
-            raise ProtocolAbort(request.kind, runtime.party, f"unknown delivery '{topic}'")
+        try:
+            header = peek_header(blob)
+        except EnvelopeError as exc:
+            raise ProtocolAbort(ctx.kind, ctx.party, f"result '{topic}': {exc}") from exc
+        payload = ctx.runtime.open(ctx.request, lo, topic, phase=header.phase, round=header.round)
+        name = topic[len(RESULT_PREFIX) :]
+        receiver = ctx.runtime.steps.get_receiver(name, ctx.job.kind)
+        if receiver is not None:
+            receiver(ctx, payload)
+            continue
+        folder = ctx.work_dir / RESULTS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.partial"
+        tmp.write_bytes(payload)
+        os.replace(tmp, folder / name)

@@ -16,64 +16,75 @@ by ``vfm audit verify`` over the work dirs.
 from __future__ import annotations
 
 import base64
+import binascii
 
-from vfm_flower.agreement import check_set_size
 from vfm_flower.audit import sign_head
-from vfm_flower.errors import PolicyViolation
+from vfm_flower.context import PartyContext
+from vfm_flower.errors import PolicyViolation, ProtocolAbort
 from vfm_flower.keys import PublicIdentity
-from vfm_flower.party import PartyRuntime, StepReply, StepRequest, new_nonce, step_handler
-from vfm_flower.tables import read_party_table
+from vfm_flower.party import StepRegistry, new_nonce
+from vfm_flower.policy import check_set_size
+
+#: The plugin's governance steps; they belong to every job kind.
+STEPS = StepRegistry()
 
 
-@step_handler("query.hello")
-def answer_hello(runtime: PartyRuntime, request: StepRequest) -> StepReply:
+@STEPS.step(
+    "query.hello",
+    jobs=("*",),
+    public=("agreement_hash", "nonce", "rows", "server_nonce", "job_digest"),
+)
+def answer_hello(ctx: PartyContext) -> None:
     """Check agreement, job and data; answer with hash, nonce and row count."""
+    runtime, request = ctx.runtime, ctx.request
     if runtime.state.get("run_key"):
         raise PolicyViolation("session", "a second hello in a run that already started")
     runtime.signed.verify()
-    frame = read_party_table(
-        runtime.settings.data_path, party=runtime.party, id_columns=runtime.terms.id_columns
-    )
-    check_set_size(runtime.agreement, runtime.party, len(frame))
+    frame = ctx.table()
+    check_set_size(len(frame), runtime.terms.max_set_size, runtime.party)
     nonce = new_nonce()
     runtime.state.set("hello_nonce", nonce)
-    return StepReply(
-        party=runtime.party,
-        public={
+    # the job this party agrees to run: every later message must carry the same one
+    job_digest = request.job.digest()
+    runtime.state.set("job_digest", job_digest)
+    ctx.reply.public.update(
+        {
             "agreement_hash": runtime.agreement.terms_hash(),
             "nonce": nonce,
             "rows": int(len(frame)),
             "server_nonce": str(request.params.get("server_nonce", "")),
-        },
+            "job_digest": job_digest,
+        }
     )
 
 
-@step_handler("query.close")
-def close_audit(runtime: PartyRuntime, request: StepRequest) -> StepReply:
+@STEPS.step("query.close", jobs=("*",), public=("audit_seq", "audit_head", "audit_head_sig"))
+def close_audit(ctx: PartyContext) -> None:
     """Write results sealed to this party, attest the server's head, seal this party's log."""
     from vfm_flower.steps.delivery import receive_results
 
-    receive_results(runtime, request)
+    runtime, request = ctx.runtime, ctx.request
+    receive_results(ctx)
     params = request.params
-    server = PublicIdentity(
-        party="server",
-        signing_key=base64.b64decode(params["server_signing_key"]),
-        exchange_key=base64.b64decode(params["server_exchange_key"]),
-    )
-    runtime.audit.attest_peer_head(
-        "server",
-        int(params["server_seq"]),
-        str(params["server_head"]),
-        base64.b64decode(params["server_head_sig"]),
-        peer_public=server,
-    )
+    try:
+        server = PublicIdentity(
+            party="server",
+            signing_key=base64.b64decode(params["server_signing_key"], validate=True),
+            exchange_key=base64.b64decode(params["server_exchange_key"], validate=True),
+        )
+        seq, head = int(params["server_seq"]), str(params["server_head"])
+        signature = base64.b64decode(params["server_head_sig"], validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise ProtocolAbort(
+            ctx.kind, ctx.party, "the close request carries no valid audit head"
+        ) from exc
+    runtime.audit.attest_peer_head("server", seq, head, signature, peer_public=server)
     runtime.audit.seal(round=request.step)
     seq, head = runtime.audit.head()
-    return StepReply(
-        party=runtime.party,
-        public={
+    ctx.reply.public.update(
+        {
             "audit_seq": seq,
             "audit_head": head,
             "audit_head_sig": base64.b64encode(sign_head(runtime.identity, seq, head)).decode(),
-        },
+        }
     )

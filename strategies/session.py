@@ -1,0 +1,511 @@
+"""``VerticalSession``: one governed vertical job over a Flower ``Grid``, for any ServerApp.
+
+A Flower team calls it inside its own ``@app.main()``::
+
+    with vertical_session(grid, context, job=job, job_kind=MY_KIND,
+                          agreement_path=..., workdir=...) as session:
+        joint = session.align()                          # PSI, completed on every party
+        replies = session.send("query.stats", to=session.passive_parties)
+        session.send("query.combine", to=[session.label_owner])
+
+On entry the session checks the job against the signed agreement (the server's own copy),
+waits for every party, and runs hello: every party checks the agreement and the job and signs
+its answer; the job's digest, the parties' nonces and their signed hellos make the session
+every later message carries. On exit it runs the cross-signed close (every party's audit log
+and the server's sealed with each other's heads) and writes ``result.json`` (what the server
+learned); after an error it records the refusal, closes what it can and re-raises, and no
+result file is left.
+
+Between the two, ``send`` is one message round: each named party gets its request and every
+envelope other parties addressed to it since its last message; the replies are verified and
+their envelopes queued in turn. ``secure_sum`` adds pairwise-masked vectors (the server learns
+nothing of them). Rounds, bytes and seconds are counted per phase (``phase``).
+
+How it relates to Flower's ``Strategy``: Flower's strategies configure and aggregate
+horizontal rounds (``configure_train`` / ``aggregate_train``). A vertical job is a sequence of
+different steps per party, so the session plays the part ``SecAggPlusWorkflow`` plays around a
+strategy: a security and governance layer the user's own ``main`` drives, step by step.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from flwr.serverapp import Grid
+
+from vfm_flower.agreement import SignedAgreement
+from vfm_flower.audit import AuditLog, sign_head
+from vfm_flower.errors import ConfigurationError, ProtocolAbort, VfmError
+from vfm_flower.jobs import Job, JobKind
+from vfm_flower.keys import PartyIdentity
+from vfm_flower.masking import sum_masked
+from vfm_flower.party import StepReply, StepRequest, audit_log_path
+from vfm_flower.policy import (
+    check_job,
+    check_party_presence,
+    check_same_agreement,
+    check_same_job,
+    check_set_size,
+)
+from vfm_flower.session import SessionInfo
+from vfm_flower.strategies.transport import JobResult, PhaseStats, Transport
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, dict[str, Any]], None]
+progress_logger = logging.getLogger("vfm_flower.progress")
+
+DEFAULT_ROUND_TIMEOUT = 600.0
+DEFAULT_PARTY_WAIT_TIMEOUT = 120.0
+
+
+def log_progress(event: str, details: dict[str, Any]) -> None:
+    """Default progress sink: a log record the CLI (or any log handler) can render."""
+    progress_logger.info(
+        "%s %s", event, details, extra={"vfm_event": event, "vfm_details": details}
+    )
+
+
+def load_server_identity(workdir: Path) -> PartyIdentity:
+    """The server's audit-signing identity (not a party of the agreement), made once."""
+    key = workdir / "server.key"
+    if key.exists():
+        return PartyIdentity.load(key, expected_party="server")
+    identity = PartyIdentity.generate("server")
+    identity.save(workdir)
+    return identity
+
+
+class VerticalSession:
+    """One governed vertical job: hello on entry, steps, cross-signed close on exit.
+
+    Parameters
+    ----------
+    grid : Grid
+        Flower's grid.
+    agreement : SignedAgreement
+        The operator's copy of the signed agreement.
+    job : Job
+        The job (kind, operation, every parameter), e.g. ``MY_KIND.bind("run", {...})``.
+    run_id : int
+        Flower's run id (``context.run_id``); part of the run key.
+    workdir : Path
+        Where the server keeps its audit log and its audit-signing key.
+    job_kind : JobKind, optional
+        The registered kind of ``job`` (then the server also checks that the job sets exactly
+        the kind's parameters).
+    round_timeout, party_wait_timeout : float
+        Seconds to wait for one round's replies, and for every party to be online.
+    progress : callable, optional
+        Called with ``(event, details)`` at phase starts and ends (and by jobs, per iteration).
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        agreement: SignedAgreement,
+        job: Job,
+        *,
+        run_id: int,
+        workdir: Path,
+        job_kind: JobKind | None = None,
+        round_timeout: float = DEFAULT_ROUND_TIMEOUT,
+        party_wait_timeout: float = DEFAULT_PARTY_WAIT_TIMEOUT,
+        poll_interval: float = 0.5,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self.grid = grid
+        self.signed = agreement
+        self.agreement = agreement.agreement
+        self.job = job
+        self.job_kind = job_kind
+        self.run_id = int(run_id)
+        self.workdir = Path(workdir)
+        self.party_wait_timeout = float(party_wait_timeout)
+        self.poll_interval = float(poll_interval)
+        self.progress = progress or log_progress
+        self.agreement_hash = self.agreement.terms_hash()
+        self.transport = Transport(grid, self.agreement, round_timeout=round_timeout)
+        self.info: SessionInfo | None = None
+        self._identity: PartyIdentity | None = None
+        self._audit: AuditLog | None = None
+
+    # --- who --------------------------------------------------------------------------------
+    @property
+    def parties(self) -> list[str]:
+        return list(self.agreement.party_names)
+
+    @property
+    def label_owner(self) -> str:
+        return self.agreement.label_owner
+
+    @property
+    def passive_parties(self) -> list[str]:
+        return list(self.agreement.passive_parties)
+
+    @property
+    def result(self) -> JobResult:
+        return self.transport.result
+
+    @property
+    def audit(self) -> AuditLog:
+        if self._audit is None:
+            raise ProtocolAbort("session", None, "the session has not started (use `with`)")
+        return self._audit
+
+    # --- entry and exit ---------------------------------------------------------------------
+    @property
+    def result_files(self) -> tuple[Path, Path]:
+        """``result.json`` (the latest job) and ``result-<operation>.json`` in the work dir."""
+        return (
+            self.workdir / "result.json",
+            self.workdir / f"result-{self.job.operation}.json",
+        )
+
+    def write_result(self) -> None:
+        """Write what the server learned (sizes, rounds, bytes, seconds, released facts)."""
+        summary = {
+            "job": self.job.operation,
+            "kind": self.job.kind,
+            "phases": {name: asdict(stats) for name, stats in self.result.phases.items()},
+            "rows": self.result.rows,
+            "joint_rows": self.result.joint_rows,
+            "total_rounds": self.result.total_rounds,
+            "public": self.result.public,
+        }
+        text = json.dumps(summary, indent=2, sort_keys=True)
+        for out in reversed(self.result_files):
+            tmp = out.with_name(f".{out.name}.partial")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, out)
+        logger.info("job done: %s", self.result_files[0])
+
+    def __enter__(self) -> VerticalSession:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # a failed job must not leave an earlier job's result looking like its own
+        for path in self.result_files:
+            path.unlink(missing_ok=True)
+        self._identity = load_server_identity(self.workdir)
+        self._audit = AuditLog.open(
+            audit_log_path(self.workdir, self.agreement_hash), self._identity, self.agreement_hash
+        )
+        try:
+            check_job(self.signed, self.job, self.job_kind)
+            self.hello()
+        except BaseException as exc:
+            self._abort(exc)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            self._abort(exc)
+            return
+        self.audit.record("job", 0, "done", sizes={"rounds": self.result.total_rounds})
+        self.close()
+        self.write_result()
+
+    def _abort(self, exc: BaseException) -> None:
+        rule = getattr(exc, "rule", None)
+        decision = f"refused:{rule}" if rule else "abort"
+        self.audit.record(self.transport.phase, 0, decision, detail=str(exc)[:200])
+        if self.info is not None and self.transport.node_of:
+            self.transport.round_timeout = min(self.transport.round_timeout, 30.0)
+            try:
+                self.close()
+                return
+            except VfmError as close_exc:
+                logger.warning(
+                    "could not close the parties' audit logs after the abort: %s", close_exc
+                )
+        self.audit.seal()
+
+    # --- phases -------------------------------------------------------------------------------
+    @contextmanager
+    def phase(self, name: str) -> Iterator[dict[str, int]]:
+        """Count the rounds, bytes and seconds of a phase; audit and report its end.
+
+        Yields a dict the caller may fill with sizes (``joint_rows``, ``iterations``...) that
+        go into the phase's audit entry and progress event.
+        """
+        self.transport.phase = name
+        stats = self.result.phases.setdefault(name, PhaseStats())
+        self.progress("phase", {"phase": name})
+        sizes: dict[str, int] = {}
+        yield sizes
+        self.audit.record(
+            name,
+            stats.rounds,
+            "ok",
+            sizes={"rounds": stats.rounds, **sizes},
+            bytes_in=stats.bytes_from_parties,
+            bytes_out=stats.bytes_to_parties,
+        )
+        logger.info(
+            "phase %s done: %d rounds, %.1fs, %d bytes to parties, %d bytes from parties",
+            name,
+            stats.rounds,
+            stats.seconds,
+            stats.bytes_to_parties,
+            stats.bytes_from_parties,
+        )
+        self.progress("phase-done", {"phase": name, "rounds": stats.rounds, **sizes})
+
+    def wait_for_nodes(self) -> list[int]:
+        """Poll until as many nodes as parties are online, or the wait times out."""
+        need = len(self.parties)
+        deadline = time.monotonic() + self.party_wait_timeout
+        nodes = list(self.grid.get_node_ids())
+        while len(nodes) < need and time.monotonic() < deadline:
+            time.sleep(self.poll_interval)
+            nodes = list(self.grid.get_node_ids())
+        return nodes
+
+    def hello(self) -> None:
+        """Identify every party, check its agreement, job and signature; fix the session."""
+        self.transport.phase = "hello"
+        nodes = self.wait_for_nodes()
+        server_nonce = secrets.token_hex(16)
+        request = self._request("query.hello", 1, params={"server_nonce": server_nonce})
+        replies = self.transport.round("query.hello", {n: request for n in nodes}, by_node=True)
+        by_party: dict[str, StepReply] = {}
+        for node, reply in replies.items():
+            if reply.party not in self.parties:
+                raise ProtocolAbort(
+                    "hello", reply.party, "this party is not named in the agreement"
+                )
+            if reply.party in by_party:
+                raise ProtocolAbort("hello", reply.party, "two SuperNodes claim this party")
+            self.transport.verify_reply("query.hello", 1, reply, run_ref="hello")
+            if reply.public.get("server_nonce") != server_nonce:
+                raise ProtocolAbort("hello", reply.party, "hello reply is not for this run")
+            by_party[reply.party] = reply
+            self.transport.node_of[reply.party] = node
+        missing = [p for p in self.parties if p not in by_party]
+        if missing:
+            raise ProtocolAbort(
+                "hello",
+                missing[0],
+                f"party(ies) {', '.join(missing)} did not connect within "
+                f"{self.party_wait_timeout:.0f}s (is each partner's SuperNode running with the "
+                "right --superlink address?)",
+            )
+        check_party_presence(self.agreement, by_party)
+        check_same_agreement(
+            self.agreement_hash,
+            {p: str(r.public.get("agreement_hash")) for p, r in by_party.items()},
+        )
+        check_same_job(
+            self.job.digest(), {p: str(r.public.get("job_digest")) for p, r in by_party.items()}
+        )
+        for party, reply in by_party.items():
+            rows = reply.public.get("rows")
+            if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+                raise ProtocolAbort("hello", party, "hello reply carries no valid row count")
+            check_set_size(rows, self.agreement.party(party).max_set_size, party)
+            self.result.rows[party] = rows
+        self.info = SessionInfo(
+            flower_run_id=self.run_id,
+            server_nonce=server_nonce,
+            party_nonces={p: str(r.public["nonce"]) for p, r in sorted(by_party.items())},
+            job_digest=self.job.digest(),
+            hellos={p: (dict(r.public), r.signature) for p, r in sorted(by_party.items())},
+        )
+        self.transport.run_ref = self.info.run_key
+        self.audit.record("hello", 1, "ok", sizes=dict(self.result.rows))
+        self.progress("hello", {"parties": sorted(by_party), "rows": dict(self.result.rows)})
+
+    def align(self) -> int:
+        """Private set intersection of every party's ids (3 rounds); returns the joint rows.
+
+        Alignment completes on every party: the label owner's last envelopes (each passive
+        party's positions) reach the passive parties with their next message, whatever step
+        it is, and the party runtime finishes the alignment before that step runs.
+        """
+        lo = self.label_owner
+        with self.phase("align") as sizes:
+            self.send("query.align", step=1)
+            self.send("query.align", step=2)
+            third = self.send("query.align", to=[lo], step=3)
+            joint = third[lo].public.get("joint_rows")
+            if isinstance(joint, bool) or not isinstance(joint, int):
+                raise ProtocolAbort("align", lo, "its reply carries no joint row count")
+            self.result.joint_rows = sizes["joint_rows"] = joint
+        return joint
+
+    # --- steps --------------------------------------------------------------------------------
+    def _request(
+        self,
+        kind: str,
+        step: int,
+        *,
+        params: Mapping[str, Any] | None = None,
+        sums: Mapping[str, np.ndarray] | None = None,
+    ) -> StepRequest:
+        return StepRequest(
+            kind=kind,
+            step=step,
+            session=self.info,
+            job=self.job,
+            agreement_hash=self.agreement_hash,
+            params=dict(params or {}),
+            sums=dict(sums or {}),
+        )
+
+    def request(
+        self,
+        kind: str,
+        step: int,
+        *,
+        params: Mapping[str, Any] | None = None,
+        sums: Mapping[str, np.ndarray] | None = None,
+    ) -> StepRequest:
+        """The request one party gets for step ``kind`` (round ``step``) of this session."""
+        if self.info is None:
+            raise ProtocolAbort(kind, None, "no session yet: hello has not run")
+        return self._request(kind, step, params=params, sums=sums)
+
+    def send(
+        self,
+        kind: str,
+        to: Iterable[str] | None = None,
+        *,
+        step: int = 1,
+        params: Mapping[str, Any] | None = None,
+        sums: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, StepReply]:
+        """One round: step ``kind`` to the named parties (default: all); verified replies.
+
+        Every party also gets the envelopes addressed to it since its last message; the
+        envelopes in the replies are queued for their recipients' next messages.
+        """
+        names = list(to) if to is not None else self.parties
+        unknown = [p for p in names if p not in self.parties]
+        if unknown:
+            raise ProtocolAbort(kind, unknown[0], "not a party of the agreement")
+        return self.transport.exchange(
+            kind, {p: self.request(kind, step, params=params, sums=sums) for p in names}
+        )
+
+    @staticmethod
+    def secure_sum(replies: Mapping[str, StepReply], name: str) -> np.ndarray:
+        """Sum the pairwise-masked vectors ``name`` of the replies (mod 2^64).
+
+        The masks cancel only in the recipient's unmasking (the recipient removes its own
+        pairwise masks): the server learns nothing of the vectors or of their sum.
+        """
+        vectors = []
+        for party, reply in replies.items():
+            if name not in reply.masked:
+                raise ProtocolAbort("secure_sum", party, f"its reply has no masked vector '{name}'")
+            vectors.append(reply.masked[name])
+        try:
+            return sum_masked(vectors)
+        except ValueError as exc:
+            raise ProtocolAbort("secure_sum", None, f"masked vectors '{name}': {exc}") from exc
+
+    def publish(self, **facts: Any) -> None:
+        """Record public facts (already released by a party's signed reply) in the result."""
+        self.result.public.update(facts)
+
+    # --- the end ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Last round of every job: cross-sign audit heads with every party, seal all logs."""
+        assert self._identity is not None
+        self.transport.phase = "close"
+        self.result.phases.setdefault("close", PhaseStats())
+        seq, head = self.audit.head()
+        public = self._identity.public
+        params = {
+            "server_seq": seq,
+            "server_head": head,
+            "server_head_sig": base64.b64encode(sign_head(self._identity, seq, head)).decode(),
+            "server_signing_key": base64.b64encode(public.signing_key).decode(),
+            "server_exchange_key": base64.b64encode(public.exchange_key).decode(),
+        }
+        replies = self.send("query.close", to=list(self.transport.node_of), params=params)
+        heads = {}
+        for party, reply in replies.items():
+            try:
+                pseq, phead = int(reply.public["audit_seq"]), str(reply.public["audit_head"])
+                signature = base64.b64decode(reply.public["audit_head_sig"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ProtocolAbort("close", party, "close reply carries no audit head") from exc
+            self.audit.attest_peer_head(
+                party,
+                pseq,
+                phead,
+                signature,
+                peer_public=self.agreement.party(party).public_identity,
+            )
+            heads[party] = (pseq, phead)
+        self.audit.seal(heads)
+
+
+@contextmanager
+def vertical_session(
+    grid: Grid,
+    context: Any,
+    job: Job,
+    *,
+    job_kind: JobKind | None = None,
+    agreement_path: str | Path | None = None,
+    workdir: str | Path | None = None,
+    round_timeout: float = DEFAULT_ROUND_TIMEOUT,
+    party_wait_timeout: float = DEFAULT_PARTY_WAIT_TIMEOUT,
+    progress: ProgressCallback | None = None,
+) -> Iterator[VerticalSession]:
+    """A :class:`VerticalSession` for a ServerApp's ``main(grid, context)``.
+
+    Parameters
+    ----------
+    grid, context
+        What Flower passes to ``@app.main()`` (the run id comes from ``context.run_id``).
+    job : Job
+        The job to run: ``KIND.bind(operation, params)``.
+    job_kind : JobKind, optional
+        The registered kind of ``job`` (the server then also checks its parameters).
+    agreement_path : path, optional
+        The operator's copy of the signed agreement (default: run-config ``agreement-path``).
+    workdir : path, optional
+        The server's work dir: audit log, audit key, ``result.json`` (default: run-config
+        ``server-workdir``).
+    """
+    config = context.run_config
+    agreement_path = agreement_path or str(config.get("agreement-path", "")).strip()
+    workdir = workdir or str(config.get("server-workdir", "")).strip()
+    if not agreement_path or not workdir:
+        raise ConfigurationError(
+            "vertical_session needs the agreement and the server work dir: set run-config "
+            "'agreement-path' and 'server-workdir' (or pass agreement_path= and workdir=)"
+        )
+    session = VerticalSession(
+        grid,
+        SignedAgreement.load(agreement_path),
+        job,
+        run_id=int(context.run_id),
+        workdir=Path(workdir),
+        job_kind=job_kind,
+        round_timeout=round_timeout,
+        party_wait_timeout=party_wait_timeout,
+        progress=progress,
+    )
+    with session:
+        yield session

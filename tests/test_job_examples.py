@@ -1,0 +1,177 @@
+"""Jobs written as a Flower team would, from the docs only (examples/jobs/*), in-process.
+
+Each runs through the real ServerApp/ClientApp code paths on Flower's Grid and serialization,
+matches a plaintext computation on the joint rows, is refused by an agreement that does not
+name its kind, refuses a denied column, and leaves audit logs that `vfm audit verify` accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import make_collaboration
+from vfm_flower.agreement import JobTerms
+from vfm_flower.audit import verify_audit_tree
+from vfm_flower.errors import PolicyViolation, ProtocolAbort
+from vfm_flower.runtime.local_job import load_flower_app, run_local_app
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "jobs"
+
+
+def job_code_lines(path: Path) -> int:
+    """Lines of job code: above the plain helpers, without docstring, imports, blanks, comments."""
+    import ast
+
+    text = path.read_text().split("# ----")[0]
+    tree = ast.parse(text)
+    skip = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom) or (
+            isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        ):
+            skip.update(range(node.lineno, node.end_lineno + 1))
+    lines = text.splitlines()
+    return sum(
+        1
+        for no, line in enumerate(lines, 1)
+        if no not in skip and line.strip() and not line.strip().startswith("#")
+    )
+
+
+def segment_frames(n: int = 400, seed: int = 5) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    rng = np.random.default_rng(seed)
+    ids = [f"c{i:04d}@example.com" for i in range(n)]
+    segment = rng.choice(["gold", "silver", "bronze", "rare"], size=n, p=[0.3, 0.4, 0.27, 0.03])
+    rate = {"gold": 0.5, "silver": 0.3, "bronze": 0.1, "rare": 0.9}
+    y = (rng.random(n) < np.array([rate[s] for s in segment])).astype(int)
+    lo = pd.DataFrame({"email": ids[: n - 30], "age": rng.normal(size=n - 30), "y": y[: n - 30]})
+    bank = pd.DataFrame(
+        {"email": ids[20:], "segment": segment[20:], "income": rng.normal(size=n - 20)}
+    )
+    broker = pd.DataFrame({"email": ids[::-1], "region": rng.choice(["n", "s"], size=n)})
+    return {"lo": lo, "bank": bank, "broker": broker}, ids
+
+
+@pytest.fixture(scope="module")
+def segment_app():
+    return load_flower_app(EXAMPLES / "segment_stats")
+
+
+def _segment_kind():
+    return sys.modules["segment_stats"].SEGMENT_STATS
+
+
+def _collab(tmp_path, kinds, **terms):
+    frames, ids = segment_frames()
+    collab = make_collaboration(
+        tmp_path / "c",
+        frames,
+        label_owner="lo",
+        min_intersection=50,
+        min_cohort=20,
+        jobs=kinds,
+        **terms,
+    )
+    return collab, frames
+
+
+def test_segment_stats_job_is_short(segment_app):
+    assert job_code_lines(EXAMPLES / "segment_stats" / "segment_stats.py") <= 60
+
+
+def test_segment_stats_equals_a_plaintext_group_by(tmp_path, segment_app):
+    server, client, defaults = segment_app
+    collab, frames = _collab(tmp_path, [JobTerms.default_for(_segment_kind())])
+    result = run_local_app(
+        server, client, collab.agreement_path, collab.files(), collab.root / "work", defaults
+    )
+    table = json.loads((collab.root / "work" / "parties" / "lo" / "segments.json").read_text())
+    joint = set(frames["lo"].email) & set(frames["bank"].email) & set(frames["broker"].email)
+    merged = frames["lo"].merge(frames["bank"], on="email")
+    merged = merged[merged.email.isin(joint)]
+    expected = merged.groupby("segment")["y"].agg(["count", "mean"])
+    expected = expected[expected["count"] >= 20]
+    got = {c["value"]: (c["count"], c["rate"]) for c in table["cells"]}
+    assert set(got) == set(expected.index) and "rare" not in got  # under the minimum cohort
+    for value, row in expected.iterrows():
+        assert got[value][0] == row["count"]
+        assert got[value][1] == pytest.approx(row["mean"], abs=1e-12)
+    assert table["withheld_rows"] == int((merged.segment == "rare").sum())
+    assert result["public"]["cells"] == len(expected)
+    assert all(v.ok and v.sealed for _, v in verify_audit_tree(collab.root / "work"))
+
+
+def test_segment_stats_transcript_holds_no_plaintext(tmp_path, segment_app):
+    server, client, defaults = segment_app
+    collab, frames = _collab(tmp_path, [JobTerms.default_for(_segment_kind())])
+    grids: list = []
+    run_local_app(
+        server,
+        client,
+        collab.agreement_path,
+        collab.files(),
+        collab.root / "work",
+        defaults,
+        grid_out=grids,
+    )
+    blob = b"".join(message for _, _, message in grids[0].transcript)
+    for value in ("gold", "silver", "bronze"):
+        assert value.encode() not in blob
+    for email in frames["bank"].email[:50]:
+        assert email.encode() not in blob
+
+
+def test_an_agreement_without_the_kind_refuses_the_job(tmp_path, segment_app):
+    server, client, defaults = segment_app
+    collab, _ = _collab(tmp_path, None)  # the built-in kinds only
+    with pytest.raises(PolicyViolation, match=r"\[job_kind\].*segment_stats"):
+        run_local_app(
+            server, client, collab.agreement_path, collab.files(), collab.root / "work", defaults
+        )
+
+
+def test_the_holder_refuses_a_denied_column(tmp_path, segment_app):
+    server, client, defaults = segment_app
+    collab, _ = _collab(
+        tmp_path, [JobTerms.default_for(_segment_kind())], denied_features={"bank": ["segment"]}
+    )
+    with pytest.raises(ProtocolAbort, match=r"bank.*\[features\].*segment \(denied\)"):
+        run_local_app(
+            server, client, collab.agreement_path, collab.files(), collab.root / "work", defaults
+        )
+    assert all(v.ok for _, v in verify_audit_tree(collab.root / "work"))
+
+
+def test_vfm_local_run_runs_the_app(tmp_path, segment_app, capsys):
+    from vfm_flower.cli import main
+
+    collab, _ = _collab(tmp_path, [JobTerms.default_for(_segment_kind())])
+    data = [f"--data={p}={path}" for p, path in collab.data.items()]
+    keys = [f"--key={p}={path}" for p, path in collab.keys.items()]
+    code = main(
+        [
+            "local",
+            "run",
+            "--app",
+            str(EXAMPLES / "segment_stats"),
+            "--agreement",
+            str(collab.agreement_path),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--quiet",
+            *data,
+            *keys,
+            "--run-config",
+            'column="segment"',
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "w" / "parties" / "lo" / "segments.json").is_file()
+    assert main(["audit", "verify", str(tmp_path / "w")]) == 0

@@ -1,0 +1,135 @@
+"""The job kinds vfm-flower ships: vertical logistic and linear regression.
+
+Every parameter that changes what is computed or released is declared here, once, with its
+default (the one source of defaults for run-config, the CLI and the steps), the hard range the
+code accepts, and the bound a new agreement allows. Why these values:
+
+- ``max-iterations`` 30 (agreement: 1..100): the optimizer converges on the shipped data sets
+  in under 40 iterations; each iteration is one more release of masked gradients.
+- ``paillier-bits`` 2048 (agreement: 2048..4096): 112-bit security, the floor vfm-flower
+  never goes under; 3072 doubles the cost of every encryption.
+- ``l2`` 1e-3 (agreement: 1e-6..10): a light ridge penalty that keeps one-hot columns finite.
+- ``tol`` 1e-5 (agreement: 1e-8..1e-2): relative objective change that counts as converged;
+  the server could otherwise pick the stopping iteration.
+- ``holdout-fraction`` 0.3 (agreement: 0.1..0.5): enough hold-out rows for stable AUC and
+  lift figures, never so many that training starves or so few that a metric covers a handful
+  of customers.
+- ``holdout-seed`` 0 = drawn from the CSPRNG (agreement: any): a fixed seed makes a run
+  reproducible on the same files.
+- ``early-stopping`` 0 = off (agreement: 0..20): iterations without hold-out improvement.
+- ``outcome`` "respond": the verb in the report's plain language (only wording).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vfm_flower.jobs import Job, JobKind, JobRegistry, ParamSpec
+
+REGRESSION_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        "max-iterations", int, 30, (1, 1000), [1, 100], "training iterations at most"
+    ),
+    ParamSpec(
+        "paillier-bits", int, 2048, (2048, 8192), [2048, 4096], "Paillier modulus bits"
+    ),
+    ParamSpec("l2", float, 1e-3, (0.0, 1e3), [1e-6, 10.0], "L2 regularization strength"),
+    ParamSpec("tol", float, 1e-5, (0.0, 1.0), [1e-8, 1e-2], "convergence tolerance"),
+    ParamSpec(
+        "holdout-fraction",
+        float,
+        0.3,
+        (0.01, 0.9),
+        [0.1, 0.5],
+        "share of the aligned rows the label owner holds out",
+    ),
+    ParamSpec(
+        "holdout-seed",
+        int,
+        0,
+        (0, 2**63 - 1),
+        "*",
+        "seed of the hold-out split (0: random, from the CSPRNG)",
+    ),
+    ParamSpec(
+        "early-stopping",
+        int,
+        0,
+        (0, 1000),
+        [0, 20],
+        "stop after this many iterations without hold-out improvement (0: off)",
+    ),
+    ParamSpec("outcome", str, "respond", None, "*", "verb for the positive label in the report"),
+)
+
+#: What a regression job may release to the server (public facts in signed replies).
+REGRESSION_SERVER_RELEASES = (
+    # per iteration: the label owner's stop decision only
+    "iteration",
+    "stop",
+    "reason",
+    # sizes
+    "joint_rows",
+    "rows",
+    "features",
+    "holdout_rows",
+    "training_rows",
+    "paillier_bits",
+    "iterations",
+    "scored_rows",
+    "model_id",
+    # headline hold-out metrics, rounded
+    "auc",
+    "auc_label_owner_only",
+    "log_loss",
+    "top_decile_lift",
+    "r2",
+    "r2_label_owner_only",
+    "rmse",
+    "headline",
+)
+
+
+def _regression(name: str, description: str) -> JobKind:
+    return JobKind(
+        name=name,
+        operations=("evaluate", "score", "train"),
+        params=REGRESSION_PARAMS,
+        releases={
+            "server": REGRESSION_SERVER_RELEASES,
+            "result-owner": ("report", "scores"),
+            "party": ("model-slice", "party-report"),
+        },
+        uses_paillier=True,
+        description=description,
+    )
+
+
+LOGISTIC = _regression("logistic", "vertical logistic regression (exact sigmoid, encrypted)")
+LINEAR = _regression("linear", "vertical linear (ridge) regression (encrypted)")
+
+#: The built-in kinds, in the order ``vfm agreement init`` lists them.
+BUILTIN_JOB_KINDS: tuple[JobKind, ...] = (LOGISTIC, LINEAR)
+
+
+def builtin_registry() -> JobRegistry:
+    """A fresh registry holding the built-in kinds (add your own with ``register``)."""
+    return JobRegistry(BUILTIN_JOB_KINDS)
+
+
+@dataclass(frozen=True)
+class RegressionParams:
+    """The parameters of a regression job, typed (values come from the bound job only)."""
+
+    max_iterations: int
+    paillier_bits: int
+    l2: float
+    tol: float
+    holdout_fraction: float
+    holdout_seed: int
+    early_stopping: int
+    outcome: str
+
+    @classmethod
+    def from_job(cls, job: Job) -> RegressionParams:
+        return cls(**{p.key: job[p.name] for p in REGRESSION_PARAMS})
