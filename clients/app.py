@@ -78,13 +78,14 @@ class VerticalClientApp(ClientApp):
         self,
         kind: str,
         *,
-        jobs: Iterable[str],
+        jobs: Iterable[str] | None = None,
         operations: Iterable[str] | None = None,
-        public: Iterable[str] = (),
     ) -> Callable[[StepHandler], StepHandler]:
         """Register ``handler(ctx)`` for message ``kind`` (``"query.NAME"`` / ``"train.NAME"``)
-        of the given job kinds (and operations; default: every operation)."""
-        job_kinds = tuple(jobs)
+        of the given job kinds (default: every kind of this app) and operations. ``operations``
+        may be left out only when each of the kinds has a single operation: a step must not
+        run, say, in a scoring job when it was written for training."""
+        job_kinds = tuple(jobs) if jobs is not None else self.jobs.names()
         unknown = [k for k in job_kinds if k not in self.jobs]
         if unknown:
             from vfm_flower.errors import ConfigurationError
@@ -93,14 +94,15 @@ class VerticalClientApp(ClientApp):
                 f"step '{kind}' names job kind(s) {', '.join(unknown)} this app does not run"
             )
 
+        ops = _operations_of(kind, [self.jobs.get(k) for k in job_kinds], operations)
+
         def register(handler: StepHandler) -> StepHandler:
             self.steps.add(
                 StepSpec(
                     kind=kind,
                     handler=handler,
                     jobs=job_kinds,
-                    operations=tuple(operations) if operations is not None else None,
-                    public=tuple(public),
+                    operations=ops,
                 )
             )
             self._route(kind)
@@ -109,8 +111,36 @@ class VerticalClientApp(ClientApp):
         return register
 
     def receiver(
-        self, name: str, *, jobs: Iterable[str]
+        self, name: str, *, jobs: Iterable[str] | None = None
     ) -> Callable[[ResultReceiver], ResultReceiver]:
-        """Register ``receiver(ctx, payload)`` for the result ``name`` the label owner
-        delivers to the result owner (``ctx.deliver(name, payload)``)."""
-        return self.steps.receiver(name, jobs=tuple(jobs))
+        """Register ``receiver(ctx, payload)`` for the result ``name`` delivered to the
+        result owner (``ctx.deliver(name, payload)``), for the given job kinds (default:
+        every kind of this app)."""
+        return self.steps.receiver(
+            name, jobs=tuple(jobs) if jobs is not None else self.jobs.names()
+        )
+
+
+def _operations_of(
+    kind: str, job_kinds: list[JobKind], operations: Iterable[str] | None
+) -> tuple[str, ...]:
+    """The operations a step serves: given, or the single operation of every kind."""
+    from vfm_flower.errors import ConfigurationError
+
+    if operations is not None:
+        ops = tuple(operations)
+        for job_kind in job_kinds:
+            unknown = sorted(set(ops) - set(job_kind.operations))
+            if unknown:
+                raise ConfigurationError(
+                    f"step '{kind}': job kind '{job_kind.name}' has no operation(s) "
+                    f"{', '.join(unknown)}"
+                )
+        return ops
+    several = [k.name for k in job_kinds if len(k.operations) > 1]
+    if several:
+        raise ConfigurationError(
+            f"step '{kind}': say which operations it serves (job kind(s) {', '.join(several)} "
+            "have several)"
+        )
+    return tuple(sorted({op for k in job_kinds for op in k.operations}))

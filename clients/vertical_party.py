@@ -125,9 +125,18 @@ class VerticalParty:
             party = settings.party
             state = load_state(context)
             runtime = PartyRuntime(
-                settings, state, steps=self.steps, jobs=self.jobs, data_loader=self.data_loader
+                settings,
+                state,
+                steps=self.steps,
+                jobs=self.jobs,
+                data_loader=self.data_loader,
+                flower_run_id=int(context.run_id),
             )
-            request = wire.decode_request(kind, message.content)
+            try:
+                request = wire.decode_request(kind, message.content)
+            except ProtocolAbort as exc:  # refused before any step: audited all the same
+                runtime.audit.record(kind, 0, "abort", detail=exc.reason[:200])
+                raise
             reply = runtime.handle(request)
             save_state(context, state)
             return Message(wire.encode_reply(reply), reply_to=message)

@@ -104,9 +104,7 @@ class VerticalRegression(VerticalStrategy):
                 session.send("train.backward", to=passives, step=t)
                 session.send("train.decrypt", to=[lo], step=t)
                 t += 1
-            finished = session.send(
-                "train.finish", step=t, params={"rows_per_party": dict(session.result.rows)}
-            )
+            finished = session.send("train.finish", step=t)
             session.publish(**finished[lo].public)
             session.publish(
                 iterations=t,

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from vfm_flower.agreement import Agreement, JobTerms, SignedAgreement, init_agreement
+from vfm_flower.agreement import (
+    Agreement,
+    JobTerms,
+    ParamRange,
+    SignedAgreement,
+    init_agreement,
+)
 from vfm_flower.errors import ConfigurationError, KeyFileError, PolicyViolation
 from vfm_flower.jobs import Job
 from vfm_flower.jobs_builtin import LINEAR, LOGISTIC
@@ -72,9 +78,7 @@ def job(operation="train", model="logistic", **kw) -> Job:
     if kind is None:
         return Job(kind=model, operation=operation, params=params, **fields)
     bound = kind.bind(kind.operations[0], {})
-    return Job(
-        kind=model, operation=operation, params={**bound.params, **params}, **fields
-    )
+    return Job(kind=model, operation=operation, params={**bound.params, **params}, **fields)
 
 
 _JOB_FIELDS = ("features", "min_intersection")
@@ -102,7 +106,7 @@ def test_init_defaults(ids):
     assert a.positive_class is None
     assert (a.min_intersection, a.min_cohort, a.min_paillier_bits) == (100, 20, 2048)
     assert a.job_kinds == ("linear", "logistic")
-    assert a.job_terms("logistic").params["max-iterations"] == (1, 100)
+    assert a.job_terms("logistic").params["max-iterations"] == ParamRange(1, 100)
     assert a.job_terms("logistic").operations == ("evaluate", "score", "train")
     assert a.party_names == ("bank", "broker", "insurer")
     assert a.passive_parties == ("bank", "broker")
@@ -330,7 +334,8 @@ def test_signed_agreement_is_immutable(signed):
         (lambda d: d["limits"].update({"min-paillier-bits": 1024}), "min-paillier-bits"),
         (lambda d: d["jobs"]["logistic"].update({"models": ["tree"]}), "jobs.logistic"),
         (lambda d: d["jobs"]["logistic"]["params"].update({"l2": {}}), "jobs.logistic.params.l2"),
-        (lambda d: d["jobs"]["logistic"]["params"].update({"l2": [1, 0]}), "is empty"),
+        (lambda d: d["jobs"]["logistic"]["params"].update({"l2": {"min": 1, "max": 0}}), "empty"),
+        (lambda d: d["jobs"]["logistic"]["params"].update({"l2": {"low": 1}}), "min = LOW"),
         (lambda d: d["jobs"]["logistic"]["release"].update({"x": []}), "unknown audience"),
         (lambda d: d.update({"jobs": {}}), "at least one job kind"),
         (lambda d: d.update({"not-after": d["not-before"]}), "must be earlier"),
@@ -487,3 +492,13 @@ def test_check_identity(ids, signed):
     with pytest.raises(PolicyViolation) as e:
         check_identity(signed.agreement, PartyIdentity.generate("bank").public)
     assert rule_of(e) == "identity"
+
+
+def test_a_list_bound_is_a_set_of_values_never_a_range():
+    from vfm_flower.policy import bound_allows
+
+    assert bound_allows((7, 42), 7) and bound_allows((7, 42), 42)
+    assert not bound_allows((7, 42), 23)
+    assert bound_allows(ParamRange(7, 42), 23) and not bound_allows(ParamRange(7, 42), 43)
+    assert not bound_allows(ParamRange(0, 1), True)  # a bool is never a number
+    assert bound_allows("*", "anything") and bound_allows(3, 3.0) and not bound_allows(3, 4)

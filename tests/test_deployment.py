@@ -1,7 +1,9 @@
 """The real Deployment Engine: flower-superlink and one flower-supernode per party on loopback.
 
 Runs ``examples/local-deployment/run.sh`` over TLS with SuperNode authentication (a short
-training job) and checks that it succeeds and leaves no Flower process behind.
+training job), and the two jobs written on the public API (``examples/jobs``: segment
+statistics and the vertical stump) as their own Flower Apps, and checks that each succeeds,
+leaves audit logs that ``vfm audit verify`` accepts and no Flower process behind.
 """
 
 from __future__ import annotations
@@ -36,22 +38,87 @@ def _flower_processes() -> set[int]:
     return pids
 
 
-@pytest.mark.deployment
-@pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="flwr CLI not installed")
-def test_local_deployment_script(tmp_path):
-    before = _flower_processes()
+def _run_script(workdir: Path, **extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["VFM_PORT"] = str(_free_port())
-    env["VFM_ITERATIONS"] = "2"
-    env["VFM_AUTH"] = "1"  # TLS (throw-away CA) and registered SuperNode keys, as in production
-    proc = subprocess.run(
-        ["bash", str(SCRIPT), str(tmp_path / "deploy")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
+    env["VFM_NODE_PORT"] = str(_free_port_block(3))
+    env.update(extra)
+    return subprocess.run(
+        ["bash", str(SCRIPT), str(workdir)], env=env, capture_output=True, text=True, timeout=1200
     )
+
+
+def _free_port_block(count: int) -> int:
+    """A first port with ``count`` free ports from it (SuperNodes take consecutive ports)."""
+    for _ in range(50):
+        first = _free_port()
+        try:
+            socks = []
+            for port in range(first, first + count):
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", port))
+                socks.append(sock)
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no block of free ports")
+
+
+needs_flower = pytest.mark.skipif(
+    shutil.which("flower-superlink") is None, reason="flwr CLI not installed"
+)
+
+
+@pytest.mark.deployment
+@needs_flower
+@pytest.mark.parametrize("example", ["segment_stats", "stump"])
+def test_a_job_written_on_the_public_api_runs_in_the_deployment_engine(tmp_path, example):
+    from tests.conftest import make_collaboration
+    from tests.test_job_examples import EXAMPLES, segment_frames, stump_frames
+    from vfm_flower.agreement import JobTerms
+    from vfm_flower.runtime.local_job import load_flower_app
+
+    load_flower_app(EXAMPLES / example)
+    kind = {"segment_stats": "SEGMENT_STATS", "stump": "STUMP"}[example]
+    frames = segment_frames()[0] if example == "segment_stats" else stump_frames()
+    setup = tmp_path / "setup"
+    make_collaboration(
+        setup,
+        frames,
+        label_owner="lo",
+        min_intersection=50,
+        min_cohort=20,
+        jobs=[JobTerms.default_for(getattr(sys.modules[example], kind))],
+    )
+    before = _flower_processes()
+    config = 'party="bank" column="segment"' if example == "segment_stats" else "bins=16"
+    proc = _run_script(
+        tmp_path / "deploy",
+        VFM_SETUP=str(setup),
+        VFM_APP=str(EXAMPLES / example),
+        VFM_RUN_CONFIG=config,
+        VFM_MIN_JOINT="50",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[deploy] audit logs intact" in proc.stdout
+    result = json.loads((tmp_path / "deploy" / "server" / "result.json").read_text())
+    released = {"segment_stats": ("cells", 3), "stump": ("splits", 1)}[example]
+    assert result["public"][released[0]] == released[1]
+    name = {"segment_stats": "segments", "stump": "stump"}[example]
+    assert (tmp_path / "deploy" / "parties" / "lo" / "results" / name).is_file()
+    assert _flower_processes() - before == set()
+
+
+@pytest.mark.deployment
+@needs_flower
+def test_local_deployment_script(tmp_path):
+    before = _flower_processes()
+    # TLS (throw-away CA) and registered SuperNode keys, as in production
+    proc = _run_script(tmp_path / "deploy", VFM_ITERATIONS="2", VFM_AUTH="1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[deploy] ok:" in proc.stdout
     result = json.loads((tmp_path / "deploy" / "server" / "result.json").read_text())

@@ -25,6 +25,20 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "jobs"
 
 
+def run_app(app, collab, config=None, **options):
+    """Run an example app in-process on ``collab`` (its work dir), with the app's defaults."""
+    server, client, defaults = app
+    return run_local_app(
+        server,
+        client,
+        collab.agreement_path,
+        collab.files(),
+        collab.root / "work",
+        {**defaults, **(config or {})},
+        **options,
+    )
+
+
 def job_code_lines(path: Path) -> int:
     """Lines of job code: above the plain helpers, without docstring, imports, blanks, comments."""
     import ast
@@ -89,10 +103,10 @@ def test_segment_stats_job_is_short(segment_app):
 def test_segment_stats_equals_a_plaintext_group_by(tmp_path, segment_app):
     server, client, defaults = segment_app
     collab, frames = _collab(tmp_path, [JobTerms.default_for(_segment_kind())])
-    result = run_local_app(
-        server, client, collab.agreement_path, collab.files(), collab.root / "work", defaults
+    result = run_app(segment_app, collab)
+    table = json.loads(
+        (collab.root / "work" / "parties" / "lo" / "results" / "segments").read_text()
     )
-    table = json.loads((collab.root / "work" / "parties" / "lo" / "segments.json").read_text())
     joint = set(frames["lo"].email) & set(frames["bank"].email) & set(frames["broker"].email)
     merged = frames["lo"].merge(frames["bank"], on="email")
     merged = merged[merged.email.isin(joint)]
@@ -112,15 +126,7 @@ def test_segment_stats_transcript_holds_no_plaintext(tmp_path, segment_app):
     server, client, defaults = segment_app
     collab, frames = _collab(tmp_path, [JobTerms.default_for(_segment_kind())])
     grids: list = []
-    run_local_app(
-        server,
-        client,
-        collab.agreement_path,
-        collab.files(),
-        collab.root / "work",
-        defaults,
-        grid_out=grids,
-    )
+    run_app(segment_app, collab, grid_out=grids)
     blob = b"".join(message for _, _, message in grids[0].transcript)
     for value in ("gold", "silver", "bronze"):
         assert value.encode() not in blob
@@ -132,9 +138,7 @@ def test_an_agreement_without_the_kind_refuses_the_job(tmp_path, segment_app):
     server, client, defaults = segment_app
     collab, _ = _collab(tmp_path, None)  # the built-in kinds only
     with pytest.raises(PolicyViolation, match=r"\[job_kind\].*segment_stats"):
-        run_local_app(
-            server, client, collab.agreement_path, collab.files(), collab.root / "work", defaults
-        )
+        run_app(segment_app, collab)
 
 
 def test_the_holder_refuses_a_denied_column(tmp_path, segment_app):
@@ -143,9 +147,7 @@ def test_the_holder_refuses_a_denied_column(tmp_path, segment_app):
         tmp_path, [JobTerms.default_for(_segment_kind())], denied_features={"bank": ["segment"]}
     )
     with pytest.raises(ProtocolAbort, match=r"bank.*\[features\].*segment \(denied\)"):
-        run_local_app(
-            server, client, collab.agreement_path, collab.files(), collab.root / "work", defaults
-        )
+        run_app(segment_app, collab)
     assert all(v.ok for _, v in verify_audit_tree(collab.root / "work"))
 
 
@@ -173,5 +175,87 @@ def test_vfm_local_run_runs_the_app(tmp_path, segment_app, capsys):
         ]
     )
     assert code == 0
-    assert (tmp_path / "w" / "parties" / "lo" / "segments.json").is_file()
+    assert (tmp_path / "w" / "parties" / "lo" / "results" / "segments").is_file()
     assert main(["audit", "verify", str(tmp_path / "w")]) == 0
+
+
+# --------------------------------------------------------------------------- the stump
+
+
+@pytest.fixture(scope="module")
+def stump_app():
+    return load_flower_app(EXAMPLES / "stump")
+
+
+def stump_frames(n: int = 500, seed: int = 9) -> dict[str, pd.DataFrame]:
+    """The label depends mostly on the bank's 'balance': the best split is the bank's."""
+    rng = np.random.default_rng(seed)
+    ids = [f"s{i:04d}@example.com" for i in range(n)]
+    balance = rng.normal(size=n)
+    age = rng.normal(size=n)
+    y = (rng.random(n) < np.where(balance > 0.3, 0.8, 0.15)).astype(int)
+    return {
+        "lo": pd.DataFrame({"email": ids, "age": age, "y": y}),
+        "bank": pd.DataFrame({"email": ids[::-1], "balance": balance[::-1]}),
+        "broker": pd.DataFrame({"email": ids, "clicks": rng.poisson(3, size=n)}),
+    }
+
+
+def _plaintext_stump(frames, bins, min_leaf):
+    stump = sys.modules["stump"]
+    merged = frames["lo"].merge(frames["bank"], on="email").merge(frames["broker"], on="email")
+    y = merged["y"].to_numpy(float)
+    candidates = []
+    for party, column in (("lo", "age"), ("bank", "balance"), ("broker", "clicks")):
+        cuts, groups = stump.quantile_bins(merged[column], bins)
+        sums = np.bincount(groups, y - y.mean(), len(cuts) + 1)
+        candidates.append((party, column, sums, np.bincount(groups, minlength=len(cuts) + 1)))
+    _, owner, column, cut, left, right = stump.best_split(candidates, min_leaf, y.mean())
+    cuts, _ = stump.quantile_bins(merged[column], bins)
+    return owner, column, cuts[cut], left, right
+
+
+def test_stump_job_is_short(stump_app):
+    assert job_code_lines(EXAMPLES / "stump" / "stump.py") <= 60
+
+
+def test_stump_matches_the_plaintext_stump(tmp_path, stump_app):
+    server, client, defaults = stump_app
+    frames = stump_frames()
+    kind = sys.modules["stump"].STUMP
+    collab = make_collaboration(
+        tmp_path / "c",
+        frames,
+        label_owner="lo",
+        min_intersection=50,
+        jobs=[JobTerms.default_for(kind)],
+    )
+    result = run_app(stump_app, collab)
+    owner, column, threshold, left, right = _plaintext_stump(frames, 16, 20)
+    assert (owner, column) == ("bank", "balance")
+    stump = json.loads((collab.root / "work" / "parties" / "lo" / "results" / "stump").read_text())
+    assert stump["owner"] == "bank" and "column" not in stump and "threshold" not in stump
+    assert stump["left"] == pytest.approx(left, abs=1e-6)
+    assert stump["right"] == pytest.approx(right, abs=1e-6)
+    split = collab.root / "work" / "parties" / "bank" / "artifacts" / "stump-split.vfa"
+    from vfm_flower.codec import unpack_payload
+
+    _, info = unpack_payload(split.read_bytes())
+    assert info["meta"] == {"column": "balance", "threshold": pytest.approx(threshold)}
+    assert not (collab.root / "work" / "parties" / "broker" / "artifacts").exists()
+    assert result["public"]["splits"] == 1
+    assert all(v.ok and v.sealed for _, v in verify_audit_tree(collab.root / "work"))
+
+
+def test_stump_bins_outside_the_signed_bound_are_refused(tmp_path, stump_app, monkeypatch):
+    server, client, defaults = stump_app
+    kind = sys.modules["stump"].STUMP
+    collab = make_collaboration(
+        tmp_path / "c",
+        stump_frames(),
+        label_owner="lo",
+        min_intersection=50,
+        jobs=[JobTerms.default_for(kind, params={"bins": [4, 16]})],
+    )
+    with pytest.raises(PolicyViolation, match=r"\[params\].*'bins'"):
+        run_app(stump_app, collab, {"bins": 32})

@@ -24,9 +24,9 @@ File layout (version 1)::
 
     [jobs.logistic]               # one table per job kind the parties agree to run
     operations = ["score", "train"]
-    [jobs.logistic.params]        # a bound for every parameter of the kind:
-    max-iterations = [1, 100]     #   [low, high], a list of values, one value, or "*"
-    l2 = [1e-06, 10.0]
+    [jobs.logistic.params]        # a bound for every parameter of the kind: a range
+    max-iterations = { min = 1, max = 100 }  # {min, max}, a list of allowed values,
+    l2 = { min = 1e-06, max = 10.0 }         # one value, or "*"
     [jobs.logistic.release]       # what the job may release, per audience
     server = ["auc", "stop", ...]
     result-owner = ["report", "scores"]
@@ -312,23 +312,55 @@ class PartyTerms:
         }
 
 
+@dataclass(frozen=True)
+class ParamRange:
+    """A numeric parameter bound: every value from ``min`` to ``max`` (inclusive).
+
+    In the agreement file: ``l2 = { min = 1e-06, max = 10.0 }``. A list (``[7, 42]``) means
+    exactly those values, never a range.
+    """
+
+    min: int | float
+    max: int | float
+
+    def to_dict(self) -> dict[str, int | float]:
+        return {"min": self.min, "max": self.max}
+
+    def __str__(self) -> str:
+        return f"{self.min}..{self.max}"
+
+
 def _bound(value: Any, where: str) -> Any:
-    """Validate one parameter bound: ``"*"``, a scalar, or a non-empty list of scalars."""
+    """Validate one parameter bound: ``"*"``, a scalar, a list of allowed values, or a range
+    ``{min = a, max = b}``."""
     scalar = (bool, int, float, str)
+    if isinstance(value, ParamRange):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        if set(value) != {"min", "max"} or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
+        ):
+            raise ConfigurationError(f"{where}: a range is {{ min = LOW, max = HIGH }} (numbers)")
+        if value["min"] > value["max"]:
+            raise ConfigurationError(f"{where}: range {value['min']}..{value['max']} is empty")
+        return ParamRange(value["min"], value["max"])
     if isinstance(value, list | tuple):
         items = list(value)
         if not items or not all(isinstance(v, scalar) for v in items):
-            raise ConfigurationError(f"{where}: a list bound needs at least one plain value")
-        if (
-            len(items) == 2
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in items)
-            and items[0] > items[1]
-        ):
-            raise ConfigurationError(f"{where}: range [{items[0]}, {items[1]}] is empty")
+            raise ConfigurationError(f"{where}: a list of allowed values needs at least one value")
         return tuple(items)
     if isinstance(value, scalar):
         return value
-    raise ConfigurationError(f'{where}: write [low, high], a list of values, one value or "*"')
+    raise ConfigurationError(
+        f'{where}: write {{ min = LOW, max = HIGH }}, a list of allowed values, one value or "*"'
+    )
+
+
+def _plain_bound(bound: Any) -> Any:
+    """A bound as TOML/JSON data."""
+    if isinstance(bound, ParamRange):
+        return bound.to_dict()
+    return list(bound) if isinstance(bound, tuple) else bound
 
 
 @dataclass(frozen=True)
@@ -342,9 +374,9 @@ class JobTerms:
     operations : tuple of str
         The operations the parties agreed to run.
     params : mapping of parameter name to bound
-        A bound for every parameter of the kind: ``(low, high)`` for a numeric range
-        (inclusive), a tuple of allowed values, one value, or ``"*"`` for any value. A
-        parameter without a bound is refused.
+        A bound for every parameter of the kind: a :class:`ParamRange` (numeric, inclusive), a
+        tuple of allowed values, one value, or ``"*"`` for any value. A parameter without a
+        bound is refused.
     release : mapping of audience to names
         What the job may release to ``"server"``, ``"result-owner"`` and ``"party"``.
     features : mapping of party to column names, or None
@@ -393,7 +425,7 @@ class JobTerms:
         return {
             "kind": self.kind,
             "operations": list(self.operations),
-            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()},
+            "params": {k: _plain_bound(v) for k, v in self.params.items()},
             "release": {a: list(v) for a, v in self.release.items()},
             "features": (
                 None if self.features is None else {p: list(c) for p, c in self.features.items()}
@@ -403,7 +435,7 @@ class JobTerms:
     def to_toml_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "operations": list(self.operations),
-            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()},
+            "params": {k: _plain_bound(v) for k, v in self.params.items()},
             "release": {a: list(v) for a, v in self.release.items()},
         }
         if self.features is not None:
@@ -1207,8 +1239,7 @@ def _job_terms(
         unknown = sorted(set(names) - set(registry.names()))
         if unknown:
             raise ConfigurationError(
-                f"jobs.models: unknown {', '.join(unknown)} (known: "
-                f"{', '.join(registry.names())})"
+                f"jobs.models: unknown {', '.join(unknown)} (known: {', '.join(registry.names())})"
             )
         jobs = [registry.get(n) for n in names]
     for item in jobs:
@@ -1229,6 +1260,6 @@ def _job_terms(
         params = {}
         if max_iterations is not None and any(p.name == "max-iterations" for p in item.params):
             _positive_int(max_iterations, "jobs.max-iterations")
-            params["max-iterations"] = [1, int(max_iterations)]
+            params["max-iterations"] = ParamRange(1, int(max_iterations))
         out.append(JobTerms.default_for(item, operations=ops, params=params))
     return tuple(out)

@@ -45,12 +45,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from vfm_flower.agreement import Agreement, PartyTerms
     from vfm_flower.jobs import Job
-    from vfm_flower.paillier import PaillierContext
+    from vfm_flower.paillier import EncryptedVector, PaillierContext
     from vfm_flower.party import PartyRuntime, StepReply, StepRequest
     from vfm_flower.state import PartyState
 
 _TOPIC = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _ARTIFACT = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_KEY_ENTRY = "paillier.public_key"
 
 #: Topic of every delivery to the result owner: ``result.<name>``.
 RESULT_PREFIX = "result."
@@ -85,6 +86,7 @@ class PartyContext:
         self.request = request
         self.reply = reply
         self._table: pd.DataFrame | None = None
+        self.shared_names: set[str] = set()
 
     # --- who ----------------------------------------------------------------------------------
     @property
@@ -149,6 +151,14 @@ class PartyContext:
     def state(self) -> PartyState:
         """This party's per-run state, kept between messages (scalars, bytes, arrays)."""
         return self.runtime.state
+
+    @property
+    def party_rows(self) -> dict[str, int]:
+        """Every party's row count, from its signed hello (checked by this party)."""
+        session = self.request.session
+        if session is None:
+            return {}
+        return {p: int(public.get("rows", 0)) for p, (public, _) in session.hellos.items()}
 
     @property
     def min_cohort(self) -> int:
@@ -277,6 +287,7 @@ class PartyContext:
         """
         label = label or f"{name}/{self.round}"
         self.runtime.claim_mask_label(label)
+        self.shared_names.add(name)
         self.reply.masked[name] = masking.mask_vector(
             masking.encode_fixed(np.asarray(vector, dtype=np.float64)),
             self.party,
@@ -325,6 +336,49 @@ class PartyContext:
             public_bytes, min_bits=self.agreement.min_paillier_bits
         )
 
+    def send_encrypted(
+        self,
+        recipient: str,
+        topic: Topic,
+        keys: PaillierContext,
+        vectors: Mapping[str, EncryptedVector],
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Seal Paillier vectors (by name), the public key and JSON ``meta`` to ``recipient``."""
+        arrays: dict[str, bytes] = {_KEY_ENTRY: keys.public_bytes()}
+        for name, vector in vectors.items():
+            arrays[f"ct.{name}"] = keys.ciphertexts_to_bytes(vector)
+        self.send(recipient, topic, pack_payload(arrays, meta or {}))
+
+    def receive_encrypted(
+        self, sender: str, topic: Topic, *, max_count: int
+    ) -> tuple[PaillierContext, dict[str, EncryptedVector], dict[str, Any]]:
+        """Open a :meth:`send_encrypted` payload: ``(keys, vectors, meta)``.
+
+        ``keys`` is the label owner's own key pair when this party is the label owner (the
+        payload must carry its public key), else the public key the payload carries (at least
+        the agreed size). Every vector is checked (count at most ``max_count``, ciphertexts in
+        range) before use.
+        """
+        arrays, meta = unpack_payload(self.receive(sender, topic))
+        key = arrays.pop(_KEY_ENTRY, None)
+        if key is None:
+            raise ProtocolAbort(self.kind, self.party, f"'{topic.name}' carries no public key")
+        if self.is_label_owner:
+            keys = self.paillier()
+            if key.tobytes() != keys.public_bytes():
+                raise ProtocolAbort(
+                    self.kind, self.party, f"'{topic.name}' is not encrypted under this party's key"
+                )
+        else:
+            keys = self.paillier_from(key.tobytes())
+        vectors = {
+            name[len("ct.") :]: keys.ciphertexts_from_bytes(blob.tobytes(), max_count=max_count)
+            for name, blob in arrays.items()
+            if name.startswith("ct.")
+        }
+        return keys, vectors, meta
+
     # --- release -------------------------------------------------------------------------------
     def check_cohort(self, count: int, what: str) -> None:
         """Refuse an aggregate over fewer customers than the minimum cohort."""
@@ -346,22 +400,37 @@ class PartyContext:
             json.dumps(value)  # public facts are plain JSON
             self.reply.public[name] = value
 
-    def deliver(self, name: str, payload: bytes) -> bool:
-        """Deliver a result to the result owner (release-checked).
+    def deliver(self, name: str, payload: bytes) -> None:
+        """Deliver a result to the result owner (the name must be on the release list).
 
-        Returns ``True`` when this party is the result owner (nothing is sent: the caller
-        keeps the result), ``False`` when it was sealed to the result owner, who receives it
-        at the job's close (``vfm_flower.steps.delivery``).
+        The result owner's receiver for ``name`` takes it (registered with
+        ``VerticalClientApp.receiver``; without one the payload is written to
+        ``work_dir/results/NAME``): here and now when this party is the result owner,
+        otherwise at the job's close, after the server relayed it sealed.
         """
         self.runtime.check_release("result-owner", name)
         if self.is_result_owner:
-            return True
+            self.take_result(name, payload)
+            return
         owner = self.result_owner
         topic = f"{RESULT_PREFIX}{name}"
         self.reply.outbox[(owner, topic)] = self.runtime.seal(
             owner, topic, payload, phase=self.kind, round=self.round
         )
-        return False
+
+    def take_result(self, name: str, payload: bytes) -> None:
+        """Result owner: hand a delivered result to its receiver (or write it as a file)."""
+        receiver = self.runtime.steps.get_receiver(name, self.job.kind)
+        if receiver is not None:
+            receiver(self, payload)
+            return
+        if not _ARTIFACT.match(name):
+            raise ProtocolAbort(self.kind, self.party, f"unknown result name {name!r}")
+        folder = self.runtime.work_dir / "results"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.partial"
+        tmp.write_bytes(payload)
+        os.replace(tmp, folder / name)
 
     # --- artifacts -----------------------------------------------------------------------------
     def save_artifact(

@@ -59,8 +59,8 @@ class ParamSpec:
         The hard range the code accepts: ``(low, high)`` for numbers (inclusive), a tuple of
         allowed values for strings, ``None`` for any value of the type.
     agreement_bound : Any
-        What a new agreement allows by default: ``[low, high]``, a list of values, one value,
-        or ``"*"`` (any value within ``limits``). Default: ``limits``.
+        What a new agreement allows by default: ``{"min": low, "max": high}``, a list of
+        allowed values, one value, or ``"*"`` (any value). Default: ``limits``.
     help : str
         One line for run-config docs and ``vfm agreement show``.
     """
@@ -121,6 +121,8 @@ class ParamSpec:
             return self.agreement_bound
         if self.limits is None:
             return ANY
+        if self.type in (int, float):
+            return {"min": self.limits[0], "max": self.limits[1]}
         return list(self.limits)
 
 
@@ -337,7 +339,7 @@ class Job:
     def from_json(cls, text: str) -> Job:
         try:
             data = json.loads(text)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ConfigurationError("job: not valid JSON") from exc
         return cls.from_dict(data)
 

@@ -28,19 +28,26 @@ from vfm_flower.jobs import Job, JobKind, JobRegistry, ParamSpec
 
 REGRESSION_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
-        "max-iterations", int, 30, (1, 1000), [1, 100], "training iterations at most"
+        "max-iterations", int, 30, (1, 1000), {"min": 1, "max": 100}, "training iterations at most"
     ),
     ParamSpec(
-        "paillier-bits", int, 2048, (2048, 8192), [2048, 4096], "Paillier modulus bits"
+        "paillier-bits",
+        int,
+        2048,
+        (2048, 8192),
+        {"min": 2048, "max": 4096},
+        "Paillier modulus bits",
     ),
-    ParamSpec("l2", float, 1e-3, (0.0, 1e3), [1e-6, 10.0], "L2 regularization strength"),
-    ParamSpec("tol", float, 1e-5, (0.0, 1.0), [1e-8, 1e-2], "convergence tolerance"),
+    ParamSpec(
+        "l2", float, 1e-3, (0.0, 1e3), {"min": 1e-6, "max": 10.0}, "L2 regularization strength"
+    ),
+    ParamSpec("tol", float, 1e-5, (0.0, 1.0), {"min": 1e-8, "max": 1e-2}, "convergence tolerance"),
     ParamSpec(
         "holdout-fraction",
         float,
         0.3,
         (0.01, 0.9),
-        [0.1, 0.5],
+        {"min": 0.1, "max": 0.5},
         "share of the aligned rows the label owner holds out",
     ),
     ParamSpec(
@@ -56,7 +63,7 @@ REGRESSION_PARAMS: tuple[ParamSpec, ...] = (
         int,
         0,
         (0, 1000),
-        [0, 20],
+        {"min": 0, "max": 20},
         "stop after this many iterations without hold-out improvement (0: off)",
     ),
     ParamSpec("outcome", str, "respond", None, "*", "verb for the positive label in the report"),

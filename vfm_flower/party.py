@@ -31,10 +31,11 @@ from vfm_flower import policy
 from vfm_flower.agreement import JobTerms, SignedAgreement
 from vfm_flower.audit import AuditLog
 from vfm_flower.context import PartyContext
-from vfm_flower.envelope import ReplayGuard, open_envelope, seal_envelope
+from vfm_flower.envelope import ReplayGuard, open_envelope, peek_header, seal_envelope
 from vfm_flower.errors import (
     ConfigurationError,
     DataError,
+    EnvelopeError,
     PolicyViolation,
     ProtocolAbort,
     SignatureError,
@@ -167,7 +168,8 @@ class StepSpec:
     operations : tuple of str or None
         The operations it serves (``None``: every operation of its kinds).
     public : tuple of str
-        Protocol facts it may put in its signed reply besides the job's release list.
+        Protocol facts it may put in its signed reply: only for the plugin's own protocol
+        steps (``jobs=("*",)``); a job step's every public fact is on the release list.
     """
 
     kind: str
@@ -230,6 +232,11 @@ class StepRegistry:
             raise ConfigurationError(f"step '{spec.kind}' is registered twice")
         if not spec.jobs:
             raise ConfigurationError(f"step '{spec.kind}' must name the job kinds it belongs to")
+        if spec.public and ANY not in spec.jobs:
+            raise ConfigurationError(
+                f"step '{spec.kind}': only protocol steps declare public facts; a job step "
+                "publishes what the agreement's release list names"
+            )
         self._steps[spec.kind] = spec
         return spec
 
@@ -293,7 +300,9 @@ class PartyRuntime:
         steps: StepRegistry | None = None,
         jobs: JobRegistry | None = None,
         data_loader: DataLoader | None = None,
+        flower_run_id: int | None = None,
     ) -> None:
+        self.flower_run_id = flower_run_id
         if steps is None or jobs is None:
             from vfm_flower.jobs_builtin import builtin_registry
             from vfm_flower.steps import builtin_steps
@@ -426,8 +435,10 @@ class PartyRuntime:
                 raise ProtocolAbort(request.kind, self.party, "unknown message kind")
             self._check_request(request, spec)
             reply = StepReply(party=self.party)
-            spec.handler(PartyContext(self, request, reply))
+            context = PartyContext(self, request, reply)
+            spec.handler(context)
             self._check_release(spec, reply)
+            self._check_outgoing(context, reply)
         except PolicyViolation as exc:
             self.audit.record(request.kind, request.step, f"refused:{exc.rule}", detail=str(exc))
             self._seal_if_no_session(request)
@@ -476,8 +487,12 @@ class PartyRuntime:
         return reply
 
     def _seal_if_no_session(self, request: StepRequest) -> None:
-        """A refused hello ends this party's part of the run: no close round will seal it."""
-        if request.session is None and not self.audit.sealed:
+        """A refused hello ends this party's part of the run: no close round will seal it.
+
+        Only before this party's own hello succeeded: later, a request without a session is
+        a server trying to make the parties seal without the cross-signed close.
+        """
+        if request.session is None and not self.state.get("hello_nonce") and not self.audit.sealed:
             self.audit.seal(round=request.step, detail="refused before the session started")
 
     def _check_request(self, request: StepRequest, spec: StepSpec) -> None:
@@ -503,6 +518,8 @@ class PartyRuntime:
             if request.kind != "query.hello":
                 raise PolicyViolation("session", f"'{request.kind}' arrived without a session")
             return
+        if self.flower_run_id is not None and session.flower_run_id != self.flower_run_id:
+            raise PolicyViolation("session", "the session names another Flower run than this one")
         nonce = self.state.get("hello_nonce")
         if not nonce or session.party_nonces.get(self.party) != nonce:
             raise PolicyViolation(
@@ -551,6 +568,11 @@ class PartyRuntime:
                 ) from exc
             if public.get("nonce") != session.party_nonces.get(name):
                 raise PolicyViolation("session", f"the hello of '{name}' carries another nonce")
+            if public.get("server_nonce") != session.server_nonce:
+                raise PolicyViolation("session", f"the hello of '{name}' is from another run")
+            rows = public.get("rows")
+            if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+                raise PolicyViolation("session", f"the hello of '{name}' has no valid row count")
             policy.check_same_agreement(own_hash, {name: str(public.get("agreement_hash"))})
             reported[name] = str(public.get("job_digest"))
         policy.check_same_job(str(self.state.get("job_digest")), reported)
@@ -561,6 +583,30 @@ class PartyRuntime:
             return
         facts = set(reply.public) - set(spec.public) - set(PROTOCOL_FACTS)
         policy.check_release(self.job_terms, "server", facts)
+
+    def _check_outgoing(self, context: PartyContext, reply: StepReply) -> None:
+        """Nothing leaves but envelopes this party sealed in this run and masked shares."""
+        for (recipient, topic), blob in reply.outbox.items():
+            try:
+                header = peek_header(blob)
+            except EnvelopeError as exc:
+                raise ProtocolAbort(
+                    self.request.kind if self.request else "step",
+                    self.party,
+                    f"outgoing '{topic}' is not an envelope (nothing leaves in plaintext)",
+                ) from exc
+            if (header.run_id, header.sender, header.recipient, header.topic) != (
+                self.run_key if self.state.get("run_key") else header.run_id,
+                self.party,
+                recipient,
+                topic,
+            ):
+                raise ProtocolAbort("step", self.party, f"outgoing '{topic}' is misaddressed")
+        unmasked = sorted(set(reply.masked) - context.shared_names)
+        if unmasked:
+            raise ProtocolAbort(
+                "step", self.party, f"vector(s) {', '.join(unmasked)} were not masked by share()"
+            )
 
     def check_release(self, audience: str, *names: str) -> None:
         """Refuse releasing ``names`` to ``audience`` unless the agreement lists them."""

@@ -38,6 +38,7 @@ from vfm_flower.agreement import (
     PAILLIER_FLOOR_BITS,
     Agreement,
     JobTerms,
+    ParamRange,
     SignedAgreement,
 )
 from vfm_flower.errors import ConfigurationError, PolicyViolation
@@ -76,6 +77,15 @@ def check_job(
             f"operation '{job.operation}' of job kind '{job.kind}' is not allowed by the "
             f"agreement (allowed: {', '.join(terms.operations)}): request an allowed operation",
         )
+    bits = job.params.get("paillier-bits")
+    if bits is not None or (kind is not None and kind.uses_paillier):
+        floor = max(agreement.min_paillier_bits, PAILLIER_FLOOR_BITS)
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits < floor:
+            raise PolicyViolation(
+                "paillier_bits",
+                f"a {bits}-bit Paillier key is below the minimum of {floor} bits: "
+                f"generate a key of at least {floor} bits",
+            )
     if kind is not None:
         declared = {p.name for p in kind.params}
         extra = sorted(set(job.params) - declared)
@@ -86,15 +96,18 @@ def check_job(
                 f"job '{job.kind}' must set exactly the kind's parameters "
                 f"(unknown: {', '.join(extra) or 'none'}; missing: {', '.join(missing) or 'none'})",
             )
-    bits = job.params.get("paillier-bits")
-    if bits is not None or (kind is not None and kind.uses_paillier):
-        floor = max(agreement.min_paillier_bits, PAILLIER_FLOOR_BITS)
-        if not isinstance(bits, int) or isinstance(bits, bool) or bits < floor:
-            raise PolicyViolation(
-                "paillier_bits",
-                f"a {bits}-bit Paillier key is below the minimum of {floor} bits: "
-                f"generate a key of at least {floor} bits",
-            )
+        for spec in kind.params:
+            value = job.params[spec.name]
+            try:
+                coerced = spec.coerce(value)
+            except ConfigurationError as exc:
+                raise PolicyViolation("params", f"job '{job.kind}': {exc}") from exc
+            if type(coerced) is not type(value) or coerced != value:
+                raise PolicyViolation(
+                    "params",
+                    f"job '{job.kind}': parameter '{spec.name}' = {value!r} is not a "
+                    f"{spec.type.__name__}",
+                )
     for name, value in sorted(job.params.items()):
         check_param_bound(terms, name, value)
     if job.features is not None:
@@ -112,20 +125,17 @@ def check_job(
 def bound_allows(bound: Any, value: Any) -> bool:
     """Whether one signed bound allows ``value``.
 
-    ``"*"``: any value; ``(low, high)`` of two numbers: a number in the closed range; another
-    list: one of its values; a scalar: exactly that value (``1`` and ``1.0`` are equal, a bool
-    is never a number).
+    ``"*"``: any value; a :class:`ParamRange`: a number in the closed range; a list: one of
+    its values; a scalar: exactly that value (``1`` and ``1.0`` are equal, a bool is never a
+    number).
     """
-    if bound == ANY:
+    if isinstance(bound, str) and bound == ANY:
         return True
-    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(bound, ParamRange):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return number and bound.min <= value <= bound.max
     if isinstance(bound, tuple | list):
-        items = list(bound)
-        if len(items) == 2 and all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in items
-        ):
-            return number and items[0] <= value <= items[1]
-        return any(_same(v, value) for v in items)
+        return any(_same(v, value) for v in bound)
     return _same(bound, value)
 
 
@@ -143,7 +153,8 @@ def check_param_bound(terms: JobTerms, name: str, value: Any) -> None:
         )
     bound = terms.params[name]
     if not bound_allows(bound, value):
-        shown = list(bound) if isinstance(bound, tuple) else bound
+        shown = str(bound) if isinstance(bound, ParamRange) else bound
+        shown = list(shown) if isinstance(shown, tuple) else shown
         raise PolicyViolation(
             "params",
             f"parameter '{name}' = {value!r} of job '{terms.kind}' is outside the agreement's "

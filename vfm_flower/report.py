@@ -688,6 +688,26 @@ def _linear_summary(body: Mapping[str, Any], inputs: EvaluationInputs) -> str:
     return " ".join(parts)
 
 
+def check_report_matches(report: Mapping[str, Any], inputs: EvaluationInputs) -> None:
+    """Refuse a report that was not built from ``inputs`` or that names a feature.
+
+    Raises
+    ------
+    ValueError
+        If party, model or hold-out size differ, or a feature name appears in the report.
+    """
+    for key, expected in (
+        ("party", str(inputs.party)),
+        ("model", inputs.model),
+        ("holdout_rows", int(np.asarray(inputs.y_holdout).size)),
+    ):
+        if report.get(key) != expected:
+            raise ValueError(
+                f"the report's {key} ({report.get(key)!r}) does not match the inputs ({expected!r})"
+            )
+    _assert_no_feature_detail(report, inputs.own_feature_weights)
+
+
 def headline(report: Mapping[str, Any]) -> list[str]:
     """The three headline figures of a shared report, as plain sentences (for the CLI).
 

@@ -36,9 +36,9 @@ from vfm_flower.report import (
     REPORT_HTML,
     REPORT_JSON,
     EvaluationInputs,
-    _assert_no_feature_detail,
     _pct,
     _plain,
+    check_report_matches,
     headline,
 )
 
@@ -97,16 +97,7 @@ def write_report(
     -------
     (json_path, html_path) : tuple of Path
     """
-    for key, expected in (
-        ("party", str(inputs.party)),
-        ("model", inputs.model),
-        ("holdout_rows", int(np.asarray(inputs.y_holdout).size)),
-    ):
-        if report.get(key) != expected:
-            raise ValueError(
-                f"the report's {key} ({report.get(key)!r}) does not match the inputs ({expected!r})"
-            )
-    _assert_no_feature_detail(report, inputs.own_feature_weights)
+    check_report_matches(report, inputs)
     return write_released_report(report, out_dir)
 
 

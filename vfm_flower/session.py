@@ -81,7 +81,14 @@ class SessionInfo:
                 job_digest=str(obj.get("job_digest", "")),
                 hellos=hellos,
             )
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            RecursionError,
+            binascii.Error,
+        ) as exc:
             raise ProtocolAbort("session", None, "malformed session information") from exc
 
 

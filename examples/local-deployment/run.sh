@@ -5,18 +5,24 @@
 # (by process group), also when the job fails.
 #
 # Usage: examples/local-deployment/run.sh [WORKDIR]
-#   env: VFM_PORT (SuperLink HTTP port, default 8000), VFM_ITERATIONS (default 3),
-#        VFM_JOB_TIMEOUT (seconds, default 900), VFM_TLS=1 (TLS with a throw-away CA made
-#        by make_certs.py instead of --insecure), VFM_AUTH=1 (TLS and SuperNode
-#        authentication: each SuperNode's key registered with `flwr supernode register`)
+#   env: VFM_PORT (SuperLink HTTP port, default 8000), VFM_NODE_PORT (first SuperNode port,
+#        default 9094), VFM_ITERATIONS (default 3), VFM_JOB_TIMEOUT (seconds, default 900),
+#        VFM_TLS=1 (TLS with a throw-away CA made by make_certs.py instead of --insecure),
+#        VFM_AUTH=1 (TLS and SuperNode authentication: each SuperNode's key registered with
+#        `flwr supernode register`).
+#   Another job than the built-in training on the demo: VFM_SETUP (a prepared collaboration:
+#        agreement.toml and parties/NAME/NAME.csv + NAME.key, as `vfm demo --prepare-only`
+#        writes; default: the demo), VFM_APP (a Flower App directory; default: `vfm app init`),
+#        VFM_RUN_CONFIG (the run-config besides agreement-path and server-workdir),
+#        VFM_MIN_JOINT (least joint rows expected, default 1000).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WORK="${1:-$(mktemp -d /tmp/vfm-deploy.XXXXXX)}"
 PORT="${VFM_PORT:-8000}"
+NODE_PORT="${VFM_NODE_PORT:-9094}"
 ITERATIONS="${VFM_ITERATIONS:-3}"
 JOB_TIMEOUT="${VFM_JOB_TIMEOUT:-900}"
-PARTIES=(broker bank insurer)
 TLS="${VFM_TLS:-0}"
 AUTH="${VFM_AUTH:-0}"
 [ "$AUTH" = "1" ] && TLS=1
@@ -52,8 +58,20 @@ start_group() {  # start_group LOGFILE CMD...: run CMD in its own process group,
   PGIDS+=("$!")
 }
 
-echo "[deploy] preparing the demo collaboration in $WORK/demo"
-vfm demo --prepare-only --quiet --workdir "$WORK/demo" --force
+if [ -n "${VFM_SETUP:-}" ]; then
+  SETUP="$(cd "$VFM_SETUP" && pwd)"
+  echo "[deploy] using the prepared collaboration in $SETUP"
+else
+  echo "[deploy] preparing the demo collaboration in $WORK/demo"
+  vfm demo --prepare-only --quiet --workdir "$WORK/demo" --force
+  SETUP="$WORK/demo/setup"
+fi
+PARTIES=()
+for dir in "$SETUP"/parties/*/; do
+  name="$(basename "$dir")"
+  [ -f "$dir/$name.key" ] && PARTIES+=("$name")
+done
+[ "${#PARTIES[@]}" -ge 2 ] || { echo "[deploy] no parties under $SETUP/parties" >&2; exit 1; }
 
 if [ "$TLS" = "1" ]; then
   python "$ROOT/examples/local-deployment/make_certs.py" "$WORK/certs" "${PARTIES[@]}"
@@ -111,26 +129,31 @@ fi
 
 i=0
 for party in "${PARTIES[@]}"; do
-  base="$WORK/demo/setup/parties/$party"
+  base="$SETUP/parties/$party"
   node_config="party=\"$party\" data-path=\"$base/$party.csv\" key-path=\"$base/$party.key\""
-  node_config+=" agreement-path=\"$WORK/demo/setup/agreement.toml\" work-dir=\"$WORK/parties/$party\""
+  node_config+=" agreement-path=\"$SETUP/agreement.toml\" work-dir=\"$WORK/parties/$party\""
   echo "[deploy] starting flower-supernode for $party"
   node_auth=()
   [ "$AUTH" = "1" ] && node_auth=(--auth-supernode-private-key "$WORK/certs/nodes/$party")
   start_group "$WORK/logs/supernode-$party.log" flower-supernode "${NODE_SECURITY[@]}" \
     "${node_auth[@]}" \
-    --superlink "127.0.0.1:$PORT" --port "$((9094 + i))" --node-config "$node_config"
+    --superlink "127.0.0.1:$PORT" --port "$((NODE_PORT + i))" --node-config "$node_config"
   i=$((i + 1))
 done
 
 
-# The Flower App is one pyproject.toml pointing at the installed package (no code of its own).
-vfm app init "$WORK/app" --force >/dev/null
-echo "[deploy] running the vertical job with flwr run ($ITERATIONS iterations)"
-RUN_CONFIG="agreement-path=\"$WORK/demo/setup/agreement.toml\" server-workdir=\"$WORK/server\""
-RUN_CONFIG+=" job=\"train\" model=\"logistic\" max-iterations=$ITERATIONS"
+if [ -n "${VFM_APP:-}" ]; then
+  APP="$(cd "$VFM_APP" && pwd)"
+else
+  # The built-in jobs' Flower App: one pyproject.toml pointing at the installed package.
+  vfm app init "$WORK/app" --force >/dev/null
+  APP="$WORK/app"
+fi
+RUN_CONFIG="agreement-path=\"$SETUP/agreement.toml\" server-workdir=\"$WORK/server\" "
+RUN_CONFIG+="${VFM_RUN_CONFIG:-job=\"train\" model=\"logistic\" max-iterations=$ITERATIONS}"
+echo "[deploy] running the vertical job with flwr run ($APP)"
 set +e
-timeout "$JOB_TIMEOUT" flwr run "$WORK/app" local-deploy --stream --run-config "$RUN_CONFIG" \
+timeout "$JOB_TIMEOUT" flwr run "$APP" local-deploy --stream --run-config "$RUN_CONFIG" \
   >"$WORK/logs/flwr-run.log" 2>&1
 run_code=$?
 set -e
@@ -139,11 +162,11 @@ if [ "$run_code" -ne 0 ] || [ ! -f "$WORK/server/result.json" ]; then
   tail -30 "$WORK/logs/flwr-run.log" >&2
   exit 1
 fi
-python - "$WORK/server/result.json" <<'PY'
+python - "$WORK/server/result.json" "${VFM_MIN_JOINT:-1000}" <<'PY'
 import json, sys
 result = json.load(open(sys.argv[1]))
 joint = result.get("joint_rows") or 0
-assert joint > 1000, f"unexpected joint row count {joint}"
+assert joint >= int(sys.argv[2]), f"unexpected joint row count {joint}"
 print(f"[deploy] ok: {joint} aligned rows, {result['total_rounds']} rounds, result in {sys.argv[1]}")
 PY
 vfm audit verify "$WORK" >/dev/null && echo "[deploy] audit logs intact"

@@ -193,7 +193,7 @@ def cmd_agreement_show(args: argparse.Namespace) -> int:
     for j in a.jobs:
         _out(f"  {j.kind}: {', '.join(j.operations)}")
         for name, bound in j.params.items():
-            shown = list(bound) if isinstance(bound, tuple) else bound
+            shown = list(bound) if isinstance(bound, tuple) else str(bound)
             _out(f"    {name:<18}{shown}")
         for audience, names in j.release.items():
             _out(f"    release to {audience}: {', '.join(names) or 'nothing'}")

@@ -96,18 +96,28 @@ def decode_request(kind: str, content: RecordDict) -> StepRequest:
     try:
         cfg = content["vfm"]
         session_text = str(cfg["session"])
+        params = json.loads(str(cfg["params"]))
+        if not isinstance(params, dict):
+            raise TypeError("params must be a JSON object")
         return StepRequest(
             kind=kind,
             step=int(cfg["step"]),
             session=SessionInfo.from_json(session_text) if session_text else None,
             job=Job.from_json(str(cfg["job"])),
             agreement_hash=str(cfg["agreement_hash"]),
-            params=json.loads(str(cfg["params"])),
+            params=params,
             inbox=_unpack_mailbox(content.get("inbox")),  # type: ignore[arg-type]
             sums=_unpack_arrays(content.get("sums")),  # type: ignore[arg-type]
         )
-    except (KeyError, ValueError, TypeError, ConfigurationError) as exc:
-        raise ProtocolAbort(kind, None, f"malformed request from the server: {exc}") from exc
+    except (KeyError, ValueError, TypeError, RecursionError, ConfigurationError) as exc:
+        reason = str(exc)[:200] if not isinstance(exc, RecursionError) else "nested too deep"
+        raise ProtocolAbort(kind, None, f"malformed request from the server: {reason}") from exc
+
+
+def _object(value: object, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a JSON object")
+    return value
 
 
 def encode_reply(reply: StepReply) -> RecordDict:
@@ -131,10 +141,10 @@ def decode_reply(kind: str, content: RecordDict) -> StepReply:
         cfg = content["vfm"]
         return StepReply(
             party=str(cfg["party"]),
-            public=json.loads(str(cfg["public"])),
+            public=_object(json.loads(str(cfg["public"])), "public"),
             outbox=_unpack_mailbox(content.get("outbox")),  # type: ignore[arg-type]
             masked=_unpack_arrays(content.get("masked")),  # type: ignore[arg-type]
             signature=bytes(cfg["signature"]),  # type: ignore[arg-type]
         )
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ProtocolAbort(kind, None, f"malformed reply: {exc}") from exc
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
+        raise ProtocolAbort(kind, None, f"malformed reply: {str(exc)[:200]}") from exc

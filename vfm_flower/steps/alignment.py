@@ -25,7 +25,7 @@ import numpy as np
 from vfm_flower import psi
 from vfm_flower.codec import pack_payload, unpack_payload
 from vfm_flower.context import PartyContext
-from vfm_flower.errors import ProtocolAbort
+from vfm_flower.errors import PolicyViolation, ProtocolAbort
 from vfm_flower.normalize import IdSpec, check_unique
 from vfm_flower.party import PartyRuntime, StepRegistry, StepRequest
 from vfm_flower.policy import check_set_size, min_intersection_of
@@ -101,6 +101,8 @@ def align_step(ctx: PartyContext) -> None:
     passives = runtime.agreement.passive_parties
     state = runtime.state
     if request.step == 1:
+        if "psi.secret" in state or JOINT_ROWS in state:
+            raise PolicyViolation("session", "alignment already ran in this run")
         ids = load_normalized_ids(runtime)
         secret = psi.PsiSecret.generate()
         state.set_bytes("psi.secret", secret.to_bytes())

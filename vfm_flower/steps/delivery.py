@@ -21,7 +21,6 @@ from vfm_flower.envelope import peek_header
 from vfm_flower.errors import EnvelopeError, ProtocolAbort
 
 SCORES_FILE = "scores.csv"
-RESULTS_DIR = "results"
 
 
 def scores_payload(scores: np.ndarray) -> bytes:
@@ -55,8 +54,8 @@ def receive_results(ctx: PartyContext) -> None:
 
     Every ``result.NAME`` envelope from the label owner is opened (its own header says the
     phase and round it was sealed in; the AEAD binds them, the replay guard refuses a second
-    delivery) and handed to the receiver the job registered for ``NAME``; without one, the
-    payload is written to ``work_dir/results/NAME`` atomically.
+    delivery) and handed to the receiver the job registered for ``NAME``
+    (``PartyContext.take_result``).
     """
     if not ctx.is_result_owner or ctx.is_label_owner:
         return
@@ -68,14 +67,7 @@ def receive_results(ctx: PartyContext) -> None:
             header = peek_header(blob)
         except EnvelopeError as exc:
             raise ProtocolAbort(ctx.kind, ctx.party, f"result '{topic}': {exc}") from exc
-        payload = ctx.runtime.open(ctx.request, lo, topic, phase=header.phase, round=header.round)
         name = topic[len(RESULT_PREFIX) :]
-        receiver = ctx.runtime.steps.get_receiver(name, ctx.job.kind)
-        if receiver is not None:
-            receiver(ctx, payload)
-            continue
-        folder = ctx.work_dir / RESULTS_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{name}.partial"
-        tmp.write_bytes(payload)
-        os.replace(tmp, folder / name)
+        ctx.check_release("result-owner", name)  # the result owner checks on its side too
+        payload = ctx.runtime.open(ctx.request, lo, topic, phase=header.phase, round=header.round)
+        ctx.take_result(name, payload)

@@ -38,7 +38,7 @@ STEPS = StepRegistry()
 
 @STEPS.receiver("report", jobs=REGRESSION_KINDS)
 def receive_report(ctx: PartyContext, payload: bytes) -> None:
-    """Result owner (not the label owner): write the delivered report in its work dir."""
+    """Result owner: write the report (``report.json``, ``report.html``) in its work dir."""
     reporting.write_released_report(json.loads(payload), ctx.work_dir)
 
 
@@ -122,7 +122,7 @@ def _evaluate(
     score_without: dict[str, np.ndarray] = {ctx.party: (z - own_block)[holdout]}
     if ctx.passive_parties:
         score_without["+".join(ctx.passive_parties)] = (own_block + optimizer.intercept)[holdout]
-    rows_per_party = dict(ctx.server_params.get("rows_per_party", {}))
+    rows_per_party = ctx.party_rows  # from the parties' signed hellos, not from the server
     inputs = reporting.EvaluationInputs(
         model=spec.kind,
         party=ctx.party,
@@ -140,8 +140,8 @@ def _evaluate(
         outcome=params.outcome,
     )
     report = reporting.build_shared_report(inputs)
-    if ctx.deliver("report", json.dumps(report, sort_keys=True).encode()):
-        reporting.write_report(report, inputs, ctx.work_dir)
+    reporting.check_report_matches(report, inputs)
+    ctx.deliver("report", json.dumps(report, sort_keys=True).encode())
     # What the server learns: counts and a few headline metrics, rounded to 3 decimals (the
     # full report, curves included, stays with the result owner).
     out: dict[str, object] = {
@@ -149,10 +149,13 @@ def _evaluate(
         "training_rows": int((~holdout).sum()),
         "iterations": len(coordinator.monitor.objective) - 1,
         "reason": str(ctx.state.get("stop_reason", "")),
-        "headline": reporting.headline(report),
     }
     out.update(
         {k: round(float(report[k]), 3) for k in _HEADLINE[spec.kind] if report.get(k) is not None}
     )
-    # headline metrics the signers left off the release list are withheld, not sent
+    # metrics the signers left off the release list are withheld, not sent; the headline
+    # sentences quote the metrics, so they go only when every metric they quote may go
+    quoted = (*_HEADLINE[spec.kind], "holdout_rows", "joint_rows")
+    if all(ctx.may_release("server", k) for k in quoted):
+        out["headline"] = reporting.headline(report)
     return {k: v for k, v in out.items() if ctx.may_release("server", k)}

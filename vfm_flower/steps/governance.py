@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 from vfm_flower.audit import sign_head
 from vfm_flower.context import PartyContext
@@ -72,8 +73,12 @@ def close_audit(ctx: PartyContext) -> None:
             signing_key=base64.b64decode(params["server_signing_key"], validate=True),
             exchange_key=base64.b64decode(params["server_exchange_key"], validate=True),
         )
-        seq, head = int(params["server_seq"]), str(params["server_head"])
+        seq, head = params["server_seq"], str(params["server_head"])
         signature = base64.b64decode(params["server_head_sig"], validate=True)
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**63:
+            raise ValueError("sequence number out of range")
+        if not re.fullmatch(r"[0-9a-f]{64}", head):
+            raise ValueError("head is not a SHA-256 hex digest")
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise ProtocolAbort(
             ctx.kind, ctx.party, "the close request carries no valid audit head"

@@ -79,5 +79,4 @@ def combine_scores(ctx: PartyContext) -> None:
         total += ctx.unmask("score", label=SCORE_LABEL, length=own.shape[0])
     scores = link(total, str(ctx.state.get("score_model")))
     ctx.publish(scored_rows=int(len(scores)))
-    if ctx.deliver("scores", delivery.scores_payload(scores)):
-        delivery.write_scores(ctx, scores)
+    ctx.deliver("scores", delivery.scores_payload(scores))

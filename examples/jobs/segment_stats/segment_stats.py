@@ -25,10 +25,9 @@ from vfm_flower import (
     JobKind,
     ParamSpec,
     PartyContext,
+    ProtocolAbort,
     Topic,
     VerticalClientApp,
-    pack_payload,
-    unpack_payload,
     vertical_session,
 )
 
@@ -45,53 +44,41 @@ SEGMENT_STATS = JobKind(
 )
 LABELS = Topic("stats.encrypted_labels", phase="query.encrypt_labels")
 SUMS = Topic("stats.segment_sums", phase="query.segment_sums")
-KIND = ("segment_stats",)
 
 client = VerticalClientApp(jobs=[SEGMENT_STATS])
 server = ServerApp()
 
 
-@client.step("query.encrypt_labels", jobs=KIND)
+@client.step("query.encrypt_labels")
 def encrypt_labels(ctx: PartyContext) -> None:
     keys = ctx.paillier()
     labels = keys.encrypt_integers(ctx.binary_labels(), value_bits=1)
-    payload = {"key": keys.public_bytes(), "labels": keys.ciphertexts_to_bytes(labels)}
-    ctx.send(ctx.job["party"], LABELS, pack_payload(payload))
+    ctx.send_encrypted(ctx.job["party"], LABELS, keys, {"labels": labels})
 
 
-@client.step("query.segment_sums", jobs=KIND)
+@client.step("query.segment_sums")
 def segment_sums(ctx: PartyContext) -> None:
-    column = ctx.job["column"]
+    column, rows = ctx.job["column"], len(ctx.aligned_rows())
     ctx.check_columns([column])
-    arrays, _ = unpack_payload(ctx.receive(ctx.label_owner, LABELS))
-    keys = ctx.paillier_from(arrays["key"].tobytes())
-    rows = len(ctx.aligned_rows())
-    labels = keys.ciphertexts_from_bytes(arrays["labels"].tobytes(), max_count=rows, count=rows)
+    keys, received, _ = ctx.receive_encrypted(ctx.label_owner, LABELS, max_count=rows)
+    if len(received["labels"]) != rows:
+        raise ProtocolAbort(ctx.kind, ctx.party, "one encrypted label per joint row expected")
     values, groups, counts = group_rows(ctx.aligned_table()[column], ctx.min_cohort)
-    sums = keys.grouped_sum(labels, groups, len(values))
+    sums = keys.grouped_sum(received["labels"], groups, len(values))
     meta = {"values": values, "counts": counts, "withheld": int((groups < 0).sum())}
-    ctx.send(ctx.label_owner, SUMS, pack_payload({"sums": keys.ciphertexts_to_bytes(sums)}, meta))
+    ctx.send_encrypted(ctx.label_owner, SUMS, keys, {"sums": sums}, meta)
 
 
-@client.step("query.segment_table", jobs=KIND)
+@client.step("query.segment_table")
 def segment_table(ctx: PartyContext) -> None:
-    arrays, meta = unpack_payload(ctx.receive(ctx.job["party"], SUMS))
-    keys, cells = ctx.paillier(), len(meta["values"])
-    encrypted = keys.ciphertexts_from_bytes(arrays["sums"].tobytes(), max_count=cells, count=cells)
-    sums = keys.decrypt(encrypted)
-    table = []
-    for value, count, positives in zip(meta["values"], meta["counts"], sums):
+    keys, received, meta = ctx.receive_encrypted(ctx.job["party"], SUMS, max_count=10_000)
+    sums, table = keys.decrypt(received["sums"]), []
+    for value, count, positives in zip(meta["values"], meta["counts"], sums, strict=True):
         ctx.check_cohort(int(count), f"segment {value!r}")  # the holder could have cheated
         table.append({"value": value, "count": int(count), "rate": int(positives) / int(count)})
     result = {"column": ctx.job["column"], "cells": table, "withheld_rows": meta["withheld"]}
-    if ctx.deliver("segments", json.dumps(result).encode()):
-        write_table(ctx, json.dumps(result).encode())
+    ctx.deliver("segments", json.dumps(result).encode())
     ctx.publish(cells=len(table))
-
-
-@client.receiver("segments", jobs=KIND)
-def write_table(ctx: PartyContext, payload: bytes) -> None:
-    (ctx.work_dir / "segments.json").write_bytes(payload)
 
 
 @server.main()
