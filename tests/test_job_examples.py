@@ -259,3 +259,45 @@ def test_stump_bins_outside_the_signed_bound_are_refused(tmp_path, stump_app, mo
     )
     with pytest.raises(PolicyViolation, match=r"\[params\].*'bins'"):
         run_app(stump_app, collab, {"bins": 32})
+
+
+def test_an_agreement_without_the_stump_kind_refuses_it(tmp_path, stump_app):
+    collab = make_collaboration(
+        tmp_path / "c", stump_frames(), label_owner="lo", min_intersection=50
+    )
+    with pytest.raises(PolicyViolation, match=r"\[job_kind\].*stump"):
+        run_app(stump_app, collab)
+
+
+def test_the_stump_refuses_a_denied_column_and_never_uses_it(tmp_path, stump_app):
+    kind = sys.modules["stump"].STUMP
+    frames = stump_frames()
+    collab = make_collaboration(
+        tmp_path / "c",
+        frames,
+        label_owner="lo",
+        min_intersection=50,
+        jobs=[JobTerms.default_for(kind)],
+        denied_features={"bank": ["balance"]},
+    )
+    run_app(stump_app, collab)  # the bank's only column is denied: it brings no histogram
+    stump = json.loads((collab.root / "work" / "parties" / "lo" / "results" / "stump").read_text())
+    assert stump["owner"] != "bank"
+    assert all(v.ok and v.sealed for _, v in verify_audit_tree(collab.root / "work"))
+    # asking for the denied column by name is refused by the bank itself
+    import dataclasses
+
+    from vfm_flower.strategies.session import VerticalSession
+
+    original = VerticalSession.request
+
+    def request(self, kind_name, step, **kwargs):
+        req = original(self, kind_name, step, **kwargs)
+        req.job = dataclasses.replace(req.job, features={"bank": ("balance",)})
+        return req
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(VerticalSession, "request", request)
+        patch.setattr("vfm_flower.strategies.session.check_job", lambda *a, **k: None)
+        with pytest.raises(ProtocolAbort, match=r"bank.*\[features\].*balance \(denied\)"):
+            run_app(stump_app, collab)

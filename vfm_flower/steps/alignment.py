@@ -94,7 +94,7 @@ def _payload(points: np.ndarray) -> bytes:
 
 
 @STEPS.step(ALIGN, jobs=("*",), public=("rows", "joint_rows"))
-def align_step(ctx: PartyContext) -> None:
+def every_party_align(ctx: PartyContext) -> None:
     """Route the three alignment rounds by role."""
     runtime, request, reply = ctx.runtime, ctx.request, ctx.reply
     lo = runtime.agreement.label_owner

@@ -49,7 +49,7 @@ _HEADLINE = {
 
 
 @STEPS.step("train.finish", jobs=REGRESSION_KINDS, operations=TRAINING)
-def finish_training(ctx: PartyContext) -> None:
+def every_party_finish(ctx: PartyContext) -> None:
     """Apply the final control, write the model slice; LO: hold-out evaluation."""
     t = ctx.round
     spec = model_spec(ctx)

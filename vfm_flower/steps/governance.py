@@ -35,7 +35,7 @@ STEPS = StepRegistry()
     jobs=("*",),
     public=("agreement_hash", "nonce", "rows", "server_nonce", "job_digest"),
 )
-def answer_hello(ctx: PartyContext) -> None:
+def every_party_hello(ctx: PartyContext) -> None:
     """Check agreement, job and data; answer with hash, nonce and row count."""
     runtime, request = ctx.runtime, ctx.request
     if runtime.state.get("run_key"):
@@ -60,7 +60,7 @@ def answer_hello(ctx: PartyContext) -> None:
 
 
 @STEPS.step("query.close", jobs=("*",), public=("audit_seq", "audit_head", "audit_head_sig"))
-def close_audit(ctx: PartyContext) -> None:
+def every_party_close(ctx: PartyContext) -> None:
     """Write results sealed to this party, attest the server's head, seal this party's log."""
     from vfm_flower.steps.delivery import receive_results
 

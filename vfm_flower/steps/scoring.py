@@ -33,7 +33,7 @@ STEPS.receiver("scores", jobs=REGRESSION_KINDS)(delivery.receive_scores)
 
 
 @STEPS.step("query.score", jobs=REGRESSION_KINDS, operations=("score",))
-def partial_scores(ctx: PartyContext) -> None:
+def every_party_score(ctx: PartyContext) -> None:
     """Every party: its partial score on the aligned rows from its own model slice."""
     rows = ctx.aligned_rows()
     model_slice = load_model_slice(ctx.work_dir, ctx.party)
@@ -63,7 +63,7 @@ def partial_scores(ctx: PartyContext) -> None:
 
 
 @STEPS.step("query.combine", jobs=REGRESSION_KINDS, operations=("score",))
-def combine_scores(ctx: PartyContext) -> None:
+def label_owner_combine(ctx: PartyContext) -> None:
     """Label owner: unmask the sum, add its part, keep or deliver the scores."""
     own = ctx.state.array("own_score")
     expected = {"model_id": ctx.state.get("score_model_id"), "model": ctx.state.get("score_model")}

@@ -137,7 +137,7 @@ def _numeric_target(values: pd.Series, party: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- prepare
 @STEPS.step("train.prepare", jobs=REGRESSION_KINDS, operations=TRAINING)
-def prepare_training(ctx: PartyContext) -> None:
+def every_party_prepare(ctx: PartyContext) -> None:
     """Prepare own columns, set up the optimizer (LO: labels, split, key)."""
     rows = ctx.aligned_rows()
     aligned = ctx.aligned_table()
@@ -186,7 +186,7 @@ def prepare_training(ctx: PartyContext) -> None:
 
 # --------------------------------------------------------------------------- iterations
 @STEPS.step("train.forward", jobs=REGRESSION_KINDS, operations=TRAINING)
-def send_masked_forward(ctx: PartyContext) -> None:
+def passive_forward(ctx: PartyContext) -> None:
     """Passive party: apply last round's gradient, share the masked forward message."""
     t = ctx.round
     optimizer = load_optimizer(ctx)
@@ -218,7 +218,7 @@ def _apply_decrypted_gradient(ctx: PartyContext, optimizer: BlockOptimizer, t: i
 
 
 @STEPS.step("train.residual", jobs=REGRESSION_KINDS, operations=TRAINING)
-def encrypt_residuals_step(ctx: PartyContext) -> None:
+def label_owner_residual(ctx: PartyContext) -> None:
     """LO: unmask the forward sum, plane search, encrypt ``d / n_train`` for every party."""
     t = ctx.round
     coordinator = load_coordinator(ctx)
@@ -280,7 +280,7 @@ def encrypt_residuals_step(ctx: PartyContext) -> None:
 
 
 @STEPS.step("train.backward", jobs=REGRESSION_KINDS, operations=TRAINING)
-def masked_gradient_step(ctx: PartyContext) -> None:
+def passive_backward(ctx: PartyContext) -> None:
     """Passive party: ``[[X_k^T d + r_k]]``, packed and re-randomized, for the LO."""
     arrays, meta = unpack_payload(ctx.receive(ctx.label_owner, TOPIC_BACKWARD))
     public = paillier.public_key_from_bytes(
@@ -295,7 +295,7 @@ def masked_gradient_step(ctx: PartyContext) -> None:
 
 
 @STEPS.step("train.decrypt", jobs=REGRESSION_KINDS, operations=TRAINING)
-def decrypt_gradients_step(ctx: PartyContext) -> None:
+def label_owner_decrypt(ctx: PartyContext) -> None:
     """LO: decrypt each party's packed masked gradient and send it back to that party."""
     public = paillier.public_key_from_bytes(ctx.state.get_bytes("paillier.public"))
     private = paillier.private_key_from_bytes(ctx.state.get_bytes("paillier.private"))
