@@ -128,8 +128,6 @@ def _run_plain_handler(
     topics: dict[str, Topic],
 ) -> None:
     opened = {}
-    if any(name == TOPIC_POSITIONS for _, name in ctx.request.inbox):
-        ctx.aligned_rows()  # a passive party's first step after alignment completes it
     for sender, name in sorted(ctx.request.inbox):
         if name == TOPIC_POSITIONS:
             continue

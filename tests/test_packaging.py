@@ -139,3 +139,18 @@ def test_the_public_api_is_the_vfm_flower_namespace() -> None:
 
     for name in vfm_flower.__all__:
         assert getattr(vfm_flower, name) is not None, name
+
+
+def test_the_built_in_jobs_use_only_the_public_step_api() -> None:
+    """No private shortcut: the regression's steps see a PartyContext, nothing underneath."""
+    internals = {"runtime", "request", "reply"}
+    for name in ("training", "evaluation", "scoring"):
+        path = ROOT / "vfm_flower" / "steps" / f"{name}.py"
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                assert not (node.value.id == "ctx" and node.attr in internals), (
+                    f"{path.name} uses ctx.{node.attr}"
+                )
+            if isinstance(node, ast.ImportFrom) and node.module == "vfm_flower.party":
+                assert {a.name for a in node.names} <= {"StepRegistry"}, path.name

@@ -29,7 +29,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,14 @@ import numpy as np
 
 from vfm_flower import masking
 from vfm_flower.codec import pack_payload, unpack_payload
-from vfm_flower.errors import ConfigurationError, DataError, ProtocolAbort
+from vfm_flower.errors import (
+    CiphertextError,
+    ConfigurationError,
+    DataError,
+    EnvelopeError,
+    PayloadError,
+    ProtocolAbort,
+)
 from vfm_flower.policy import check_features, check_min_cohort
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -213,6 +221,24 @@ class PartyContext:
         self.check_columns(columns)
         return columns
 
+    def prepared_features(self, columns: list[str] | None = None) -> tuple[np.ndarray, Any]:
+        """This party's columns on the aligned rows, prepared for a model: ``(X, plan)``.
+
+        Numeric columns standardized, categorical ones one-hot encoded, missing values
+        imputed, all fitted on the aligned rows (``vfm_flower.preparation``); ``plan`` holds
+        the statistics (``plan.feature_names``, ``plan.to_json()``) to prepare new rows the
+        same way. ``columns`` default to :meth:`feature_columns` and are checked.
+        """
+        from vfm_flower.preparation import apply_preparation, fit_preparation
+
+        if columns is None:
+            columns = self.feature_columns()
+        else:
+            self.check_columns(list(columns))
+        aligned = self.aligned_table()
+        plan = fit_preparation(aligned, list(columns), party=self.party)
+        return apply_preparation(plan, aligned).matrix, plan
+
     def labels(self) -> pd.Series:
         """The label column on the aligned rows (label owner only)."""
         if not self.is_label_owner:
@@ -261,6 +287,37 @@ class PartyContext:
             phase=topic.phase,
             round=self.round if round is None else round,
         )
+
+    @contextmanager
+    def decoding(self, sender: str, topic: Topic | str) -> Iterator[None]:
+        """Turn any decoding failure inside the block into a :class:`PayloadError` naming the
+        peer and the topic (never a bare ``ValueError`` or an "internal error")."""
+        name = topic.name if isinstance(topic, Topic) else topic
+        try:
+            yield
+        except PayloadError:
+            raise
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            IndexError,
+            OverflowError,
+            RecursionError,
+            EnvelopeError,
+            CiphertextError,
+            DataError,
+        ) as exc:
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise PayloadError(self.kind, self.party, sender, name, reason) from exc
+
+    def receive_arrays(
+        self, sender: str, topic: Topic, *, round: int | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Open an envelope and decode its payload (``pack_payload``): ``(arrays, meta)``."""
+        blob = self.receive(sender, topic, round=round)
+        with self.decoding(sender, topic):
+            return unpack_payload(blob)
 
     def has_envelope(self, sender: str, topic: Topic) -> bool:
         return (sender, topic.name) in self.request.inbox
@@ -360,23 +417,22 @@ class PartyContext:
         the agreed size). Every vector is checked (count at most ``max_count``, ciphertexts in
         range) before use.
         """
-        arrays, meta = unpack_payload(self.receive(sender, topic))
-        key = arrays.pop(_KEY_ENTRY, None)
-        if key is None:
-            raise ProtocolAbort(self.kind, self.party, f"'{topic.name}' carries no public key")
-        if self.is_label_owner:
-            keys = self.paillier()
-            if key.tobytes() != keys.public_bytes():
-                raise ProtocolAbort(
-                    self.kind, self.party, f"'{topic.name}' is not encrypted under this party's key"
-                )
-        else:
-            keys = self.paillier_from(key.tobytes())
-        vectors = {
-            name[len("ct.") :]: keys.ciphertexts_from_bytes(blob.tobytes(), max_count=max_count)
-            for name, blob in arrays.items()
-            if name.startswith("ct.")
-        }
+        arrays, meta = self.receive_arrays(sender, topic)
+        with self.decoding(sender, topic):
+            key = arrays.pop(_KEY_ENTRY, None)
+            if key is None:
+                raise ValueError("no public key in the payload")
+            if self.is_label_owner:
+                keys = self.paillier()
+                if key.tobytes() != keys.public_bytes():
+                    raise ValueError("not encrypted under this party's key")
+            else:
+                keys = self.paillier_from(key.tobytes())
+            vectors = {
+                name[len("ct.") :]: keys.ciphertexts_from_bytes(blob.tobytes(), max_count=max_count)
+                for name, blob in arrays.items()
+                if name.startswith("ct.")
+            }
         return keys, vectors, meta
 
     # --- release -------------------------------------------------------------------------------

@@ -78,3 +78,26 @@ class CiphertextError(VfmError):
     def __init__(self, problem: str, message: str) -> None:
         super().__init__(f"[{problem}] {message}")
         self.problem = problem
+
+
+class PayloadError(ProtocolAbort):
+    """A payload received from a peer could not be decoded or has the wrong shape.
+
+    Parameters
+    ----------
+    phase : str
+        The step that received it.
+    party : str
+        The receiving party.
+    sender : str
+        The peer that sent it.
+    topic : str
+        What it was.
+    reason : str
+        What was wrong.
+    """
+
+    def __init__(self, phase: str, party: str | None, sender: str, topic: str, reason: str):
+        super().__init__(phase, party, f"payload '{topic}' from '{sender}' refused: {reason}")
+        self.sender = sender
+        self.topic = topic

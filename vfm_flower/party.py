@@ -436,6 +436,7 @@ class PartyRuntime:
             self._check_request(request, spec)
             reply = StepReply(party=self.party)
             context = PartyContext(self, request, reply)
+            self._finish_alignment_if_due(context)
             spec.handler(context)
             self._check_release(spec, reply)
             self._check_outgoing(context, reply)
@@ -485,6 +486,15 @@ class PartyRuntime:
             payload_hashes=[payload_hash(b) for b in reply.outbox.values()],
         )
         return reply
+
+    def _finish_alignment_if_due(self, context: PartyContext) -> None:
+        """Alignment completes on every party: a passive party's positions arrive with the
+        next message it gets, whatever step that is, and are applied before the step runs."""
+        from vfm_flower.steps.alignment import JOINT_ROWS, TOPIC_POSITIONS
+
+        lo = self.agreement.label_owner
+        if (lo, TOPIC_POSITIONS) in context.request.inbox and JOINT_ROWS not in self.state:
+            context.aligned_rows()
 
     def _seal_if_no_session(self, request: StepRequest) -> None:
         """A refused hello ends this party's part of the run: no close round will seal it.

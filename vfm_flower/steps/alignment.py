@@ -25,7 +25,13 @@ import numpy as np
 from vfm_flower import psi
 from vfm_flower.codec import pack_payload, unpack_payload
 from vfm_flower.context import PartyContext
-from vfm_flower.errors import PolicyViolation, ProtocolAbort
+from vfm_flower.errors import (
+    DataError,
+    EnvelopeError,
+    PayloadError,
+    PolicyViolation,
+    ProtocolAbort,
+)
 from vfm_flower.normalize import IdSpec, check_unique
 from vfm_flower.party import PartyRuntime, StepRegistry, StepRequest
 from vfm_flower.policy import check_set_size, min_intersection_of
@@ -83,8 +89,12 @@ def _pool_for(count: int) -> Iterator[Executor | None]:
 def _received_points(
     runtime: PartyRuntime, request: StepRequest, sender: str, topic: str, round: int
 ) -> np.ndarray:
-    arrays, _ = unpack_payload(runtime.open(request, sender, topic, phase=ALIGN, round=round))
-    points = psi.points_from_bytes(arrays["points"].tobytes())
+    blob = runtime.open(request, sender, topic, phase=ALIGN, round=round)
+    try:
+        arrays, _ = unpack_payload(blob)
+        points = psi.points_from_bytes(arrays["points"].tobytes())
+    except (EnvelopeError, DataError, KeyError, ValueError) as exc:
+        raise PayloadError(ALIGN, runtime.party, sender, topic, str(exc)[:200]) from exc
     check_set_size(len(points), runtime.agreement.party(sender).max_set_size, sender)
     return points
 

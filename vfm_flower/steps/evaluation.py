@@ -56,7 +56,9 @@ def every_party_finish(ctx: PartyContext) -> None:
     optimizer = load_optimizer(ctx)
     if not ctx.is_label_owner:
         blob = ctx.receive(ctx.label_owner, TOPIC_STOP)
-        optimizer.step(None, StepControl.from_dict(json.loads(blob.decode())))
+        with ctx.decoding(ctx.label_owner, TOPIC_STOP):
+            control = StepControl.from_dict(json.loads(blob.decode()))
+        optimizer.step(None, control)
     if not optimizer.finished:
         raise ProtocolAbort(ctx.kind, ctx.party, "training did not reach its stop control")
     plan = PreparationPlan.from_json(str(ctx.state.get("prep_plan")))

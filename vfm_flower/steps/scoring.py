@@ -68,7 +68,9 @@ def label_owner_combine(ctx: PartyContext) -> None:
     own = ctx.state.array("own_score")
     expected = {"model_id": ctx.state.get("score_model_id"), "model": ctx.state.get("score_model")}
     for peer in ctx.passive_parties:
-        stamp = json.loads(ctx.receive(peer, TOPIC_MODEL))
+        blob = ctx.receive(peer, TOPIC_MODEL)
+        with ctx.decoding(peer, TOPIC_MODEL):
+            stamp = json.loads(blob)
         if stamp != expected:
             raise DataError(
                 f"party '{peer}' scores with a model slice from another training run than "

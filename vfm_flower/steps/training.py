@@ -52,7 +52,7 @@ from vfm_flower.model import (
     holdout_split,
 )
 from vfm_flower.party import StepRegistry
-from vfm_flower.preparation import apply_preparation, encode_labels, fit_preparation
+from vfm_flower.preparation import encode_labels
 
 logger = logging.getLogger(__name__)
 
@@ -140,9 +140,7 @@ def _numeric_target(values: pd.Series, party: str) -> np.ndarray:
 def every_party_prepare(ctx: PartyContext) -> None:
     """Prepare own columns, set up the optimizer (LO: labels, split, key)."""
     rows = ctx.aligned_rows()
-    aligned = ctx.aligned_table()
-    plan = fit_preparation(aligned, ctx.feature_columns(), party=ctx.party)
-    X = apply_preparation(plan, aligned).matrix
+    X, plan = ctx.prepared_features()
     spec = model_spec(ctx)
     optimizer = BlockOptimizer(spec, X.shape[1], has_intercept=ctx.is_label_owner)
     optimizer.setup(X)
@@ -203,15 +201,13 @@ def passive_forward(ctx: PartyContext) -> None:
 
 
 def _apply_decrypted_gradient(ctx: PartyContext, optimizer: BlockOptimizer, t: int) -> None:
-    arrays, meta = unpack_payload(ctx.receive(ctx.label_owner, TOPIC_DECRYPTED, round=t))
+    arrays, meta = ctx.receive_arrays(ctx.label_owner, TOPIC_DECRYPTED, round=t)
     mask_state = _mask_state_from_payload(ctx.state.get_bytes("mask_state"))
-    values = paillier.masked_values_from_bytes(
-        arrays["values"].tobytes(), int(meta["slot_bits"]), int(meta["count"])
-    )
-    try:
+    with ctx.decoding(ctx.label_owner, TOPIC_DECRYPTED):
+        values = paillier.masked_values_from_bytes(
+            arrays["values"].tobytes(), int(meta["slot_bits"]), int(meta["count"])
+        )
         gradient = paillier.unmask_gradient(values, mask_state)
-    except ValueError as exc:
-        raise ProtocolAbort(ctx.kind, ctx.party, f"gradient reply refused: {exc}") from exc
     control = StepControl.from_dict(json.loads(str(ctx.state.get("pending_control"))))
     optimizer.step(gradient, control)
     ctx.state.pop_array("mask_state")
@@ -282,15 +278,18 @@ def label_owner_residual(ctx: PartyContext) -> None:
 @STEPS.step("train.backward", jobs=REGRESSION_KINDS, operations=TRAINING)
 def passive_backward(ctx: PartyContext) -> None:
     """Passive party: ``[[X_k^T d + r_k]]``, packed and re-randomized, for the LO."""
-    arrays, meta = unpack_payload(ctx.receive(ctx.label_owner, TOPIC_BACKWARD))
-    public = paillier.public_key_from_bytes(
-        arrays["public_key"].tobytes(), min_bits=ctx.agreement.min_paillier_bits
-    )
-    encrypted = paillier.encrypted_vector_from_bytes(arrays["residuals"].tobytes(), public)
+    arrays, meta = ctx.receive_arrays(ctx.label_owner, TOPIC_BACKWARD)
+    with ctx.decoding(ctx.label_owner, TOPIC_BACKWARD):
+        public = paillier.public_key_from_bytes(
+            arrays["public_key"].tobytes(), min_bits=ctx.agreement.min_paillier_bits
+        )
+        encrypted = paillier.encrypted_vector_from_bytes(arrays["residuals"].tobytes(), public)
+        control = str(meta["control"])
+        StepControl.from_dict(json.loads(control))  # well-formed before it is kept
     X = ctx.state.array("X")
     packed, mask_state = paillier.masked_encrypted_gradient(public, encrypted, X)
     ctx.state.set_bytes("mask_state", _mask_state_to_payload(mask_state))
-    ctx.state.set("pending_control", str(meta["control"]))
+    ctx.state.set("pending_control", control)
     ctx.send(ctx.label_owner, TOPIC_GRADIENT, paillier.packed_to_bytes(packed, public))
 
 
@@ -301,7 +300,9 @@ def label_owner_decrypt(ctx: PartyContext) -> None:
     private = paillier.private_key_from_bytes(ctx.state.get_bytes("paillier.private"))
     decryptor = paillier.CRTDecryptor(private)
     for peer in ctx.passive_parties:
-        packed = paillier.packed_from_bytes(ctx.receive(peer, TOPIC_GRADIENT), public)
+        blob = ctx.receive(peer, TOPIC_GRADIENT)
+        with ctx.decoding(peer, TOPIC_GRADIENT):
+            packed = paillier.packed_from_bytes(blob, public)
         values = paillier.decrypt_masked_gradient(decryptor, packed)
         payload = pack_payload(
             {
