@@ -101,3 +101,46 @@ def test_garbage_refused(parties):
         open_(parties, b"VFE1" + b"\x00" * 10)
     with pytest.raises(EnvelopeError):
         peek_header(b"nope" * 40)
+
+
+def test_a_compression_bomb_payload_is_refused_before_inflating() -> None:
+    import io
+    import zipfile
+
+    import pytest
+
+    from vfm_flower.codec import pack_payload, unpack_payload
+    from vfm_flower.errors import EnvelopeError
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.npy", b"\0" * 50_000_000)  # 50 MB of zeros in a few KB
+    assert len(buffer.getvalue()) < 200_000
+    with pytest.raises(EnvelopeError, match="stored, not compressed"):
+        unpack_payload(buffer.getvalue())
+    arrays, meta = unpack_payload(pack_payload({"a": b"abc"}, {"k": 1}))
+    assert arrays["a"].tobytes() == b"abc" and meta == {"k": 1}
+
+
+def test_an_envelope_header_with_a_huge_round_is_refused() -> None:
+    import json
+
+    import pytest
+
+    from vfm_flower.envelope import EnvelopeHeader
+    from vfm_flower.errors import EnvelopeError
+
+    good = {
+        "run_id": "r",
+        "phase": "p",
+        "round": 1,
+        "topic": "t",
+        "sender": "a",
+        "recipient": "b",
+        "envelope_id": "e",
+    }
+    assert EnvelopeHeader.decode(json.dumps(good).encode()).round == 1
+    for bad in ("1e999", "1.5", "true", str(10**100), "-1"):
+        text = json.dumps(good).replace('"round": 1', f'"round": {bad}')
+        with pytest.raises(EnvelopeError, match="malformed envelope header"):
+            EnvelopeHeader.decode(text.encode())

@@ -237,3 +237,34 @@ def test_u64_codec_round_trip_and_validation() -> None:
         masking.u64_from_bytes(data, 5)
     with pytest.raises(ValueError, match="uint64"):
         masking.u64_to_bytes(np.zeros(2, dtype=np.int64))
+
+
+def test_a_mask_of_millions_of_rows_never_wraps_the_counter() -> None:
+    """The keystream starts at block 0: a 10M-word mask is one unbroken ChaCha20 stream."""
+    from vfm_flower.masking import pairwise_mask
+
+    seed = bytes(range(32))
+    for label in (f"train/forward/{i}" for i in range(8)):
+        long = pairwise_mask(seed, label, 10_000_000)
+        short = pairwise_mask(seed, label, 1_000)
+        assert long.shape == (10_000_000,) and np.array_equal(long[:1000], short)
+
+
+def test_the_mask_keystream_starts_at_block_zero() -> None:
+    """Counter 0 (not a derived, random start): the 32-bit block counter cannot wrap."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from vfm_flower import masking
+
+    seed, label = bytes(range(32)), "score/forward"
+    material = HKDF(
+        algorithm=hashes.SHA256(),
+        length=44,
+        salt=None,
+        info=masking._PRG_INFO + masking._length_prefixed(label.encode()),
+    ).derive(seed)
+    cipher = Cipher(algorithms.ChaCha20(material[:32], bytes(4) + material[32:]), mode=None)
+    expected = np.frombuffer(cipher.encryptor().update(bytes(8 * 64)), dtype="<u8")
+    assert np.array_equal(masking.pairwise_mask(seed, label, 64), expected)

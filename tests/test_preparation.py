@@ -228,3 +228,45 @@ def test_label_errors_give_counts_not_values():
     with pytest.raises(DataError, match="positive class") as err:
         encode_labels(["Yes", "No"], None, party="ins")
     assert "Yes" not in str(err.value)
+
+
+def test_feature_cohorts_no_slot_singles_out_fewer_than_the_minimum_cohort(caplog) -> None:
+    """Each one-hot slot and binary value covers at least the minimum cohort (issue: a
+    passive party's gradient of a small slot is a label sum over a handful of customers)."""
+    import numpy as np
+
+    from vfm_flower.preparation import apply_preparation, fit_preparation
+
+    rng = np.random.default_rng(0)
+    n = 400
+    frame = pd.DataFrame(
+        {
+            # levels of 200, 150, 40 rows and 5 rare rows, 5 missing
+            "plan": ["a"] * 200 + ["b"] * 150 + ["c"] * 40 + ["x", "y", "z", "x", "y"] + [None] * 5,
+            "flag": [1.0] * 12 + [0.0] * (n - 12),  # 12 customers isolated by the value 1
+            "sparse": [1.5, 2.5, 3.5] + [np.nan] * (n - 3),  # 3 present values
+            "income": rng.normal(size=n),
+        }
+    )
+    plan = fit_preparation(frame, list(frame.columns), party="p", min_cohort=20)
+    assert set(plan.dropped) == {"flag", "sparse"}
+    assert "flag" in caplog.text and "sparse" in caplog.text
+    plan_col = next(c for c in plan.columns if c.name == "plan")
+    assert plan_col.levels == ("a", "b", "c") and plan_col.pooled
+    assert plan_col.fallback == "a"  # 10 pooled rows are still under 20: they go to the mode
+    X = apply_preparation(plan, frame).matrix
+    slots = X[:, : len(plan_col.feature_names)]
+    counts = slots.sum(axis=0)
+    assert all(c == 0 or c >= 20 for c in counts), counts
+
+
+def test_feature_cohorts_keep_a_large_missing_level_apart() -> None:
+    from vfm_flower.preparation import apply_preparation, fit_preparation
+
+    frame = pd.DataFrame({"plan": ["a"] * 100 + ["b"] * 60 + [None] * 40})
+    plan = fit_preparation(frame, ["plan"], party="p", min_cohort=20)
+    col = plan.columns[0]
+    assert not col.pooled and col.fallback is None
+    counts = apply_preparation(plan, frame).matrix.sum(axis=0)
+    assert list(counts) == [100, 60, 40, 0]  # a, b, <missing>, <other>
+    assert PreparationPlan.from_json(plan.to_json()) == plan

@@ -233,3 +233,54 @@ def test_an_undecodable_payload_from_a_peer_is_refused_naming_the_peer(tmp_path,
     ):
         collab.run(job="train", **FAST)
     assert all(v.ok for _, v in verify_audit_tree(collab.root / "work"))
+
+
+def test_the_release_budget_is_counted_from_each_partys_audit_log(tmp_path):
+    collab = governed_collab(tmp_path, 41, max_jobs=2)
+    collab.run(job="train", **FAST)
+    collab.run(job="score")
+    with pytest.raises(ProtocolAbort, match=r"\[max_jobs\].*2 job\(s\)"):
+        collab.run(job="train", **FAST)
+    assert ("lo", "refused:max_jobs") in audit_decisions(collab.root / "work")
+
+
+def test_the_holdout_split_is_fixed_per_agreement(tmp_path):
+    from vfm_flower.clients.vertical_party import load_state
+
+    masks = []
+    for run in range(2):
+        collab = governed_collab(tmp_path / f"r{run}", 41)
+        grids: list = []
+        collab.run(job="train", grid_out=grids, **FAST)
+        states = {c.node_config["party"]: load_state(c) for c in grids[0].contexts.values()}
+        lo = states["lo"]
+        rows = lo.array("joint_rows")
+        mask = lo.array("coord.holdout_mask").astype(bool)
+        masks.append((collab, set(rows[mask].tolist())))
+    # the same agreement twice: the same customers held out (the rows are the LO's own)
+    collab, first = masks[0]
+    grids = []
+    collab.run(job="train", grid_out=grids, workdir=collab.root / "again", **FAST)
+    lo = {c.node_config["party"]: load_state(c) for c in grids[0].contexts.values()}["lo"]
+    again = set(lo.array("joint_rows")[lo.array("coord.holdout_mask").astype(bool)].tolist())
+    assert again == first
+
+
+def test_every_party_applies_feature_cohorts_before_it_sends_anything(tmp_path):
+    """A level held by 12 joint customers never becomes a one-hot slot (min cohort 20)."""
+    from tests.conftest import make_collaboration, synthetic_frames
+    from vfm_flower.clients.vertical_party import load_state
+    from vfm_flower.preparation import PreparationPlan
+
+    frames, _ = synthetic_frames(n_shared=200, n_only=10, seed=43)
+    p1 = frames["p1"]
+    p1["tier"] = ["gold" if i % 2 else "silver" for i in range(len(p1))]
+    joint = p1.index[~p1["email"].str.strip().str.lower().str.startswith("only")]
+    p1.loc[joint[:12], "tier"] = "platinum"  # 12 joint customers: kept at 5, pooled at 20
+    collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
+    grids: list = []
+    collab.run(job="train", grid_out=grids, **FAST)
+    state = {c.node_config["party"]: load_state(c) for c in grids[0].contexts.values()}["p1"]
+    plan = PreparationPlan.from_json(str(state.get("prep_plan")))
+    tier = next(c for c in plan.columns if c.name == "tier")
+    assert "platinum" not in tier.levels and set(tier.levels) == {"gold", "silver"}

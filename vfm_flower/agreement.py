@@ -38,6 +38,7 @@ File layout (version 1)::
     min-intersection = 100
     min-cohort = 20
     min-paillier-bits = 2048
+    max-jobs = 100                # jobs over the agreement's lifetime (each party counts its own)
 
     [parties.insurer]
     role = "label_owner"          # or "passive"
@@ -99,6 +100,7 @@ DEFAULT_VALID_DAYS = 365
 DEFAULT_MIN_INTERSECTION = 100
 DEFAULT_MAX_SET_SIZE = 10_000_000
 DEFAULT_MIN_COHORT = 20
+DEFAULT_MAX_JOBS = 100
 
 _SIGNATURE_LEN = 64
 
@@ -517,6 +519,7 @@ class Agreement:
     min_intersection: int = DEFAULT_MIN_INTERSECTION
     min_cohort: int = DEFAULT_MIN_COHORT
     min_paillier_bits: int = PAILLIER_FLOOR_BITS
+    max_jobs: int = DEFAULT_MAX_JOBS
 
     def __post_init__(self) -> None:
         _text(self.agreement_id, "agreement-id")
@@ -600,6 +603,7 @@ class Agreement:
                     )
         object.__setattr__(self, "jobs", tuple(sorted(jobs, key=lambda j: j.kind)))
         _positive_int(self.min_intersection, "limits.min-intersection")
+        _positive_int(self.max_jobs, "limits.max-jobs")
         _positive_int(self.min_cohort, "limits.min-cohort")
         _positive_int(self.min_paillier_bits, "limits.min-paillier-bits")
         if self.min_paillier_bits < PAILLIER_FLOOR_BITS:
@@ -625,6 +629,7 @@ class Agreement:
             "min_intersection": self.min_intersection,
             "min_cohort": self.min_cohort,
             "min_paillier_bits": self.min_paillier_bits,
+            "max_jobs": self.max_jobs,
             "parties": [p._canonical() for p in self.parties],
         }
 
@@ -745,6 +750,7 @@ class Agreement:
                 "min-intersection": self.min_intersection,
                 "min-cohort": self.min_cohort,
                 "min-paillier-bits": self.min_paillier_bits,
+                "max-jobs": self.max_jobs,
             },
             "parties": parties,
         }
@@ -783,7 +789,7 @@ class Agreement:
         label.known({"owner", "column", "positive-class", "result-owner"})
         jobs = r.table("jobs")
         limits = r.table("limits")
-        limits.known({"min-intersection", "min-cohort", "min-paillier-bits"})
+        limits.known({"min-intersection", "min-cohort", "min-paillier-bits", "max-jobs"})
         party_tables = r.table("parties")
         parties = []
         for name in party_tables.data:
@@ -843,6 +849,7 @@ class Agreement:
             min_intersection=limits.get("min-intersection", DEFAULT_MIN_INTERSECTION),
             min_cohort=limits.get("min-cohort", DEFAULT_MIN_COHORT),
             min_paillier_bits=limits.get("min-paillier-bits", PAILLIER_FLOOR_BITS),
+            max_jobs=limits.get("max-jobs", DEFAULT_MAX_JOBS),
         )
 
 
@@ -1120,6 +1127,7 @@ def init_agreement(
     allowed_models: Sequence[str] | None = None,
     allowed_operations: Sequence[str] | None = None,
     jobs: Sequence[Any] | None = None,
+    max_jobs: int = DEFAULT_MAX_JOBS,
     allowed_features: Mapping[str, Sequence[str] | None] | None = None,
     denied_features: Mapping[str, Sequence[str]] | None = None,
     default_country_code: str | Mapping[str, str] = "",
@@ -1220,6 +1228,7 @@ def init_agreement(
         min_intersection=min_intersection,
         min_cohort=min_cohort,
         min_paillier_bits=min_paillier_bits,
+        max_jobs=max_jobs,
     )
 
 

@@ -746,6 +746,23 @@ class AuditLog:
                 detail=detail,
             )
 
+    def count_events(self, *, phase: str, decision: str) -> int:
+        """How many events of this (verified) log have ``phase`` and ``decision``."""
+        with _locked(self._path) as handle:
+            self._sync(handle)
+            handle.seek(0)
+            data = handle.read()
+        count = 0
+        for _, raw in _split_lines(data):
+            entry = json.loads(raw.decode("utf-8"))
+            if (entry.get("kind"), entry.get("phase"), entry.get("decision")) == (
+                "event",
+                phase,
+                decision,
+            ):
+                count += 1
+        return count
+
     def record_refusal(self, phase: str, round: int, violation: PolicyViolation) -> str:
         """Append a ``"refused:<rule>"`` event for a policy violation."""
         return self.record(phase, round, f"refused:{violation.rule}")

@@ -225,7 +225,8 @@ class PartyContext:
         """This party's columns on the aligned rows, prepared for a model: ``(X, plan)``.
 
         Numeric columns standardized, categorical ones one-hot encoded, missing values
-        imputed, all fitted on the aligned rows (``vfm_flower.preparation``); ``plan`` holds
+        imputed, all fitted on the aligned rows (``vfm_flower.preparation``) with the
+        agreement's minimum cohort for every one-hot slot and binary value; ``plan`` holds
         the statistics (``plan.feature_names``, ``plan.to_json()``) to prepare new rows the
         same way. ``columns`` default to :meth:`feature_columns` and are checked.
         """
@@ -236,7 +237,9 @@ class PartyContext:
         else:
             self.check_columns(list(columns))
         aligned = self.aligned_table()
-        plan = fit_preparation(aligned, list(columns), party=self.party)
+        # feature cohorts: no one-hot slot or binary value singles out fewer customers than
+        # the agreement's minimum cohort (its gradient would be a label sum over them)
+        plan = fit_preparation(aligned, list(columns), party=self.party, min_cohort=self.min_cohort)
         return apply_preparation(plan, aligned).matrix, plan
 
     def labels(self) -> pd.Series:

@@ -70,16 +70,29 @@ class EnvelopeHeader:
     def decode(cls, data: bytes) -> EnvelopeHeader:
         try:
             obj = json.loads(data.decode("utf-8"))
+            round_ = obj["round"]
+            # a plain integer in range: 1e999, 1.5, true or 10**100 are refused, not cast
+            if isinstance(round_, bool) or not isinstance(round_, int) or not 0 <= round_ < 2**31:
+                raise ValueError("round out of range")
+            if not all(isinstance(obj[k], str) for k in ("run_id", "phase", "topic")):
+                raise TypeError("header fields must be strings")
             return cls(
                 run_id=str(obj["run_id"]),
                 phase=str(obj["phase"]),
-                round=int(obj["round"]),
+                round=round_,
                 topic=str(obj["topic"]),
                 sender=str(obj["sender"]),
                 recipient=str(obj["recipient"]),
                 envelope_id=str(obj["envelope_id"]),
             )
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            UnicodeDecodeError,
+            OverflowError,
+            RecursionError,
+        ) as exc:
             raise EnvelopeError("malformed envelope header") from exc
 
 

@@ -14,8 +14,9 @@ code accepts, and the bound a new agreement allows. Why these values:
 - ``holdout-fraction`` 0.3 (agreement: 0.1..0.5): enough hold-out rows for stable AUC and
   lift figures, never so many that training starves or so few that a metric covers a handful
   of customers.
-- ``holdout-seed`` 0 = drawn from the CSPRNG (agreement: any): a fixed seed makes a run
-  reproducible on the same files.
+- ``holdout-seed`` 0 = fixed per agreement, derived from its id (agreement: any): every job
+  under one agreement holds out the same customers, so repeated jobs never train on rows an
+  earlier job held out (a random split per job would expose about 0.3^k of them after k).
 - ``early-stopping`` 0 = off (agreement: 0..20): iterations without hold-out improvement.
 - ``outcome`` "respond": the verb in the report's plain language (only wording).
 """
@@ -56,7 +57,7 @@ REGRESSION_PARAMS: tuple[ParamSpec, ...] = (
         0,
         (0, 2**63 - 1),
         "*",
-        "seed of the hold-out split (0: random, from the CSPRNG)",
+        "seed of the hold-out split (0: fixed per agreement, derived from its id)",
     ),
     ParamSpec(
         "early-stopping",

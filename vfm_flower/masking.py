@@ -210,11 +210,16 @@ def pairwise_mask(seed: bytes, label: str, length: int) -> np.ndarray:
         raise ValueError("mask length must be non-negative")
     material = HKDF(
         algorithm=hashes.SHA256(),
-        length=48,
+        length=44,
         salt=None,
         info=_PRG_INFO + _length_prefixed(label.encode()),
     ).derive(bytes(seed))
-    key, nonce = material[:32], material[32:]
+    # cryptography's ChaCha20 takes a 16-byte block counter (32-bit, little-endian) + nonce:
+    # the counter starts at zero, so a mask of up to 2**32 blocks (32 GiB) never wraps it (a
+    # random start overflowed at a few hundred thousand rows).
+    key, nonce = material[:32], bytes(4) + material[32:44]
+    if length > (2**32) * 8:
+        raise ValueError("a mask longer than 2**35 words would wrap the ChaCha20 counter")
     encryptor = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
     stream = encryptor.update(bytes(8 * length))
     return np.frombuffer(stream, dtype=_U64).astype(np.uint64)

@@ -16,6 +16,7 @@ Rules, by name:
 ``features``           a party uses only the columns it may contribute (party and job level)
 ``min_intersection``   the minimum-intersection gate: no joint row is revealed below it
 ``min_cohort``         no aggregate is released over fewer customers
+``max_jobs``           the release budget: no more jobs over the agreement's lifetime
 ``max_set_size``       no party brings (or receives) more ids than it declared
 ``parties``            exactly the agreement's parties take part
 ``agreement_hash``     every party holds the same terms
@@ -304,6 +305,17 @@ def check_min_cohort(min_cohort: int, count: int, what: str) -> None:
             "min_cohort",
             f"{what} would cover {count} rows, below the minimum cohort of {min_cohort}: use a "
             "larger group (fewer buckets, a larger hold-out)",
+        )
+
+
+def check_job_budget(agreement: Agreement, jobs_so_far: int) -> None:
+    """The release budget: refuse a job beyond the agreement's ``max-jobs`` (rule
+    ``"max_jobs"``). Each party counts the jobs it took part in from its own audit log."""
+    if jobs_so_far >= agreement.max_jobs:
+        raise PolicyViolation(
+            "max_jobs",
+            f"this party already ran {jobs_so_far} job(s) under this agreement, its limit of "
+            f"{agreement.max_jobs}: agree and sign a new agreement to run more",
         )
 
 

@@ -90,11 +90,18 @@ class NumericColumn:
 
 @dataclass(frozen=True)
 class CategoricalColumn:
-    """A categorical column: one-hot over ``levels`` + ``<missing>`` + ``<other>``."""
+    """A categorical column: one-hot over ``levels`` + ``<missing>`` + ``<other>``.
+
+    ``pooled``: missing values go to the ``<other>`` slot (one of the two had fewer rows than
+    the minimum cohort at fit time). ``fallback``: rows of the ``<other>`` slot (and pooled
+    missing rows) go to this level instead (the pooled slot was still under the cohort).
+    """
 
     name: str
     levels: tuple[str, ...]
     kind: Literal["categorical"] = "categorical"
+    pooled: bool = False
+    fallback: str | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -151,7 +158,15 @@ class PreparationPlan:
                     }
                 )
             else:
-                cols.append({"kind": "categorical", "name": col.name, "levels": list(col.levels)})
+                cols.append(
+                    {
+                        "kind": "categorical",
+                        "name": col.name,
+                        "levels": list(col.levels),
+                        "pooled": col.pooled,
+                        "fallback": col.fallback,
+                    }
+                )
         return json.dumps(
             {
                 "version": _PLAN_VERSION,
@@ -189,9 +204,13 @@ class PreparationPlan:
                         )
                     )
                 elif item["kind"] == "categorical":
+                    fallback = item.get("fallback")
                     columns.append(
                         CategoricalColumn(
-                            name=str(item["name"]), levels=tuple(str(v) for v in item["levels"])
+                            name=str(item["name"]),
+                            levels=tuple(str(v) for v in item["levels"]),
+                            pooled=bool(item.get("pooled", False)),
+                            fallback=None if fallback is None else str(fallback),
                         )
                     )
                 else:
@@ -289,6 +308,7 @@ def fit_preparation(
     categorical: Sequence[str] = (),
     max_levels: int = 50,
     min_level_count: int = 5,
+    min_cohort: int | None = None,
 ) -> PreparationPlan:
     """Decide and fit how each of a party's columns is prepared (see the module rules).
 
@@ -308,6 +328,13 @@ def fit_preparation(
         Most one-hot levels kept per categorical column (the rest goes to ``<other>``).
     min_level_count : int
         Levels seen fewer times go to ``<other>``.
+    min_cohort : int, optional
+        The agreement's minimum cohort (feature cohorts): no one-hot slot and no binary
+        value may single out fewer customers. Levels under it go to ``<other>``;
+        ``<missing>`` and ``<other>`` are pooled when either is under it, and the pooled slot
+        goes to the most frequent level when it still is; a column with fewer present values,
+        or a two-valued numeric column whose rarer value has fewer rows, is dropped with a
+        warning naming it. Overrides ``min_level_count`` when larger.
 
     Returns
     -------
@@ -329,6 +356,8 @@ def fit_preparation(
             f"party '{party}': categorical column(s) {unknown_cat} are not among the features"
         )
     forced = set(categorical)
+    cohort = int(min_cohort or 0)
+    min_level_count = max(min_level_count, cohort)
     plans: list[ColumnPlan] = []
     dropped: list[str] = []
     for name in columns:
@@ -339,6 +368,16 @@ def fit_preparation(
             raise DataError(
                 f"party '{party}': column '{name}' has no value in any of its {len(series)} rows"
             )
+        if n_present < cohort:
+            dropped.append(name)
+            logger.warning(
+                "party '%s': column '%s' has values for fewer customers than the minimum "
+                "cohort (%d) and was dropped",
+                party,
+                name,
+                cohort,
+            )
+            continue
         plan: ColumnPlan | None
         if name in forced:
             plan = _fit_categorical(series, missing, name, party, max_levels, min_level_count)
@@ -362,6 +401,16 @@ def fit_preparation(
                         100.0 * n_junk / n_present,
                     )
                 plan = _fit_numeric(values, name)
+                if plan is not None and cohort and _isolates_few(values, cohort):
+                    dropped.append(name)
+                    logger.warning(
+                        "party '%s': two-valued column '%s' has a value held by fewer "
+                        "customers than the minimum cohort (%d) and was dropped",
+                        party,
+                        name,
+                        cohort,
+                    )
+                    continue
             else:
                 n_distinct = series[~missing].map(_canon).nunique()
                 if share_numbers >= 0.5 and n_distinct > max_levels:
@@ -372,6 +421,8 @@ def fit_preparation(
                         f"or drop it"
                     )
                 plan = _fit_categorical(series, missing, name, party, max_levels, min_level_count)
+        if isinstance(plan, CategoricalColumn) and cohort:
+            plan = _cohort_safe(plan, series, missing, cohort, party)
         if plan is None:
             dropped.append(name)
             logger.warning("party '%s': column '%s' is constant and was dropped", party, name)
@@ -382,6 +433,39 @@ def fit_preparation(
     return PreparationPlan(
         party=party, columns=tuple(plans), dropped=tuple(dropped), junk_threshold=junk_threshold
     )
+
+
+def _isolates_few(values: np.ndarray, cohort: int) -> bool:
+    """A numeric column with two distinct values, the rarer one held by < ``cohort`` rows."""
+    present = values[np.isfinite(values)]
+    distinct, counts = np.unique(present, return_counts=True)
+    return distinct.size == 2 and int(counts.min()) < cohort
+
+
+def _cohort_safe(
+    plan: CategoricalColumn, series: pd.Series, missing: np.ndarray, cohort: int, party: str
+) -> CategoricalColumn | None:
+    """Pool ``<missing>`` and ``<other>`` (and fall back to the mode) so no slot is small."""
+    text = series[~missing].map(_canon)
+    counts = text.value_counts()
+    n_missing = int(missing.sum())
+    n_other = int(text.size) - int(sum(int(counts[lv]) for lv in plan.levels))
+    pooled = 0 < n_missing < cohort or 0 < n_other < cohort
+    fallback = None
+    if pooled and 0 < n_missing + n_other < cohort and plan.levels:
+        fallback = max(plan.levels, key=lambda lv: (int(counts[lv]), lv))
+    if pooled:
+        logger.warning(
+            "party '%s': column '%s': rare and missing values pooled%s (minimum cohort %d)",
+            party,
+            plan.name,
+            f" into level '{fallback}'" if fallback else "",
+            cohort,
+        )
+    used = len(plan.levels) + int(n_missing + n_other > 0 and fallback is None)
+    if used <= 1:
+        return None
+    return CategoricalColumn(plan.name, plan.levels, pooled=pooled, fallback=fallback)
 
 
 def _fit_numeric(values: np.ndarray, name: str) -> NumericColumn | None:
@@ -475,7 +559,9 @@ def apply_preparation(plan: PreparationPlan, frame: pd.DataFrame) -> PreparedCol
             if present.any():
                 known = series[present].map(_canon).map(index)
                 slots[present] = known.fillna(width - 1).to_numpy(dtype=np.int64)
-            slots[missing] = width - 2
+            slots[missing] = width - 1 if col.pooled else width - 2
+            if col.fallback is not None:
+                slots[slots >= width - 2] = index[col.fallback]
             onehot = np.zeros((n, width))
             onehot[np.arange(n), slots] = 1.0
             blocks.append(onehot)

@@ -114,6 +114,7 @@ def cmd_agreement_init(args: argparse.Namespace) -> int:
         min_paillier_bits=args.min_paillier_bits,
         max_iterations=args.max_iterations,
         max_set_size=args.max_set_size,
+        max_jobs=args.max_jobs,
         result_owner=args.result_owner,
         allowed_models=args.models.split(",") if args.models else None,
         allowed_operations=args.operations.split(",") if args.operations else None,
@@ -189,6 +190,7 @@ def cmd_agreement_show(args: argparse.Namespace) -> int:
     _out(f"  min intersection  {a.min_intersection}")
     _out(f"  min cohort        {a.min_cohort}")
     _out(f"  min Paillier bits {a.min_paillier_bits}")
+    _out(f"  max jobs          {a.max_jobs} (each party counts the jobs in its own audit log)")
     _out("Jobs (kind: operations; every parameter's signed bound; what may be released)")
     for j in a.jobs:
         _out(f"  {j.kind}: {', '.join(j.operations)}")
@@ -367,6 +369,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-paillier-bits", type=_positive, default=2048)
     p.add_argument("--max-iterations", type=_positive, default=100)
     p.add_argument("--max-set-size", type=_positive, default=10_000_000)
+    p.add_argument(
+        "--max-jobs", type=_positive, default=100, help="jobs over the agreement's lifetime"
+    )
     p.add_argument("--models", help="comma-separated: logistic,linear (default both)")
     p.add_argument("--operations", help="comma-separated: train,evaluate,score (default all)")
     p.add_argument(

@@ -24,10 +24,11 @@ from vfm_flower.context import PartyContext
 from vfm_flower.errors import PolicyViolation, ProtocolAbort
 from vfm_flower.keys import PublicIdentity
 from vfm_flower.party import StepRegistry, new_nonce
-from vfm_flower.policy import check_set_size
+from vfm_flower.policy import check_job_budget, check_set_size
 
 #: The plugin's governance steps; they belong to every job kind.
 STEPS = StepRegistry()
+HELLO = "query.hello"
 
 
 @STEPS.step(
@@ -41,6 +42,8 @@ def every_party_hello(ctx: PartyContext) -> None:
     if runtime.state.get("run_key"):
         raise PolicyViolation("session", "a second hello in a run that already started")
     runtime.signed.verify()
+    # the release budget, counted from this party's own audit log (every hello it answered)
+    check_job_budget(runtime.agreement, runtime.audit.count_events(phase=HELLO, decision="ok"))
     frame = ctx.table()
     check_set_size(len(frame), runtime.terms.max_set_size, runtime.party)
     nonce = new_nonce()

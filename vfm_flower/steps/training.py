@@ -30,6 +30,7 @@ public step API (``vfm_flower.context.PartyContext``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -127,6 +128,12 @@ def _mask_state_from_payload(blob: bytes) -> paillier.MaskState:
     return paillier.MaskState(masks, int(meta["value_bits"]), int(meta["scale_bits"]))
 
 
+def agreement_holdout_seed(agreement_id: str) -> int:
+    """The hold-out seed of an agreement: the same split for every job under it."""
+    digest = hashlib.sha256(b"vfm-flower/holdout-seed/" + agreement_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
 def _numeric_target(values: pd.Series, party: str) -> np.ndarray:
     target = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
     bad = int((~np.isfinite(target)).sum())
@@ -155,15 +162,16 @@ def every_party_prepare(ctx: PartyContext) -> None:
             if spec.kind == "logistic"
             else _numeric_target(labels, ctx.party)
         )
-        # Split in the order of the LO's own rows (the joint order is random per run), so a
-        # seed gives the same split on the same files; seed 0 draws from the CSPRNG.
+        # Split in the order of the LO's own rows (the joint order is random per run) with a
+        # seed fixed per agreement (seed 0: derived from the agreement id), so repeated jobs
+        # hold out the same customers and never expose new hold-out rows to training.
         by_own_row = np.argsort(rows, kind="stable")
         holdout = np.empty(len(y), dtype=bool)
         holdout[by_own_row] = holdout_split(
             len(y),
             params.holdout_fraction,
             stratify=y[by_own_row] if spec.kind == "logistic" else None,
-            seed=params.holdout_seed or None,
+            seed=params.holdout_seed or agreement_holdout_seed(ctx.agreement.agreement_id),
         )
         ctx.check_cohort(int(holdout.sum()), "hold-out rows")
         ctx.check_cohort(int((~holdout).sum()), "training rows")
