@@ -97,10 +97,16 @@ class Transport:
                 Message(content, dst_node_id=node, message_type=kind, group_id=self.phase)
             )
         replies = list(self.grid.send_and_receive(messages, timeout=self.round_timeout))
+        # The grid gives each message its id when it pushes it. An error Flower makes itself
+        # (a node that stopped: "Node Unavailable") comes from the SuperLink's node id, so
+        # the party is found through the message it replies to.
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         stats.rounds += 1
         got: dict[Any, StepReply] = {}
         for message in replies:
             node = message.metadata.src_node_id
+            if node not in party_of and not by_node:
+                node = sent_to.get(message.metadata.reply_to_message_id, node)
             who = party_of.get(node, f"node {node}")
             if message.has_error():
                 named, reason = wire.parse_error_reason(_error_reason(message))

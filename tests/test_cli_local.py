@@ -237,3 +237,49 @@ def test_demo_end_to_end_and_refuses_non_empty_workdir(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert sorted(p.name for p in work.rglob("*")) == before
     assert not list(tmp_path.glob(".demo.partial-*"))
+
+
+def test_score_uses_the_kind_it_was_trained_as_and_keys_beside_the_agreement(tmp_path, capsys):
+    """`vfm local train --model linear` then `score` without --model scores the linear model;
+    keys under keys/ beside the agreement (as `vfm keygen --out keys/` writes) are found."""
+    import shutil
+
+    import numpy as np
+
+    from tests.conftest import make_collaboration
+
+    rng = np.random.default_rng(3)
+    ids = [f"u{i}@example.com" for i in range(200)]
+    frames = {
+        "lo": pd.DataFrame({"email": ids, "x": rng.normal(size=200), "y": rng.normal(size=200)}),
+        "p1": pd.DataFrame({"email": ids, "z": rng.normal(size=200)}),
+    }
+    collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
+    keys = collab.agreement_path.parent / "keys"
+    keys.mkdir()
+    for key in collab.keys.values():
+        shutil.move(str(key), keys / key.name)
+    work = tmp_path / "work"
+    common = ["--agreement", str(collab.agreement_path), *_data_args(collab), "--quiet"]
+    assert (
+        main(
+            [
+                "local",
+                "train",
+                *common,
+                "--workdir",
+                str(work),
+                "--model",
+                "linear",
+                "--iterations",
+                "5",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
+    out = tmp_path / "scores.csv"
+    assert main(["local", "score", *common, "--workdir", str(work), "--out", str(out)]) == 0, (
+        capsys.readouterr().err
+    )
+    scores = pd.read_csv(out)
+    assert scores["score"].min() < 0 or scores["score"].max() > 1  # linear, not probabilities

@@ -128,13 +128,22 @@ def _party_files(args: argparse.Namespace) -> tuple[Path, dict]:
     missing = [p for p in parties if p not in data]
     if missing:
         raise ConfigurationError(f"no --data for party(ies) {', '.join(missing)}")
-    keys_dir = Path(args.keys).expanduser() if args.keys else agreement_path.parent
+    # --keys DIR, else the agreement's folder, else keys/ beside it or here (`vfm keygen
+    # --out keys/` as the README does)
+    keys_dirs = (
+        [Path(args.keys).expanduser()]
+        if args.keys
+        else [agreement_path.parent, agreement_path.parent / "keys", Path("keys")]
+    )
     files = {}
     for party in parties:
-        key = keys.get(party, keys_dir / f"{party}.key")
+        candidates = [keys[party]] if party in keys else [d / f"{party}.key" for d in keys_dirs]
+        key = next((c for c in candidates if c.is_file()), candidates[0])
         if not key.is_file():
+            looked = ", ".join(str(c) for c in candidates)
             raise ConfigurationError(
-                f"no private key for party '{party}': looked for {key} (use --key {party}=FILE)"
+                f"no private key for party '{party}': looked for {looked} "
+                f"(use --keys DIR or --key {party}=FILE)"
             )
         if not data[party].is_file():
             raise ConfigurationError(f"--data {party}={data[party]}: no such file")
@@ -142,8 +151,23 @@ def _party_files(args: argparse.Namespace) -> tuple[Path, dict]:
     return agreement_path, files
 
 
+def _trained_kind(workdir: Path, agreement_path: Path) -> str:
+    """The job kind the label owner's model slice was trained as (score uses that model)."""
+    from vfm_flower.agreement import SignedAgreement
+
+    lo = SignedAgreement.load(agreement_path).agreement.label_owner
+    meta = workdir / "parties" / lo / "model" / "slice.json"
+    try:
+        return str(json.loads(meta.read_text(encoding="utf-8"))["model"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigurationError(
+            f"no trained model in {workdir} (looked for {meta}): run `vfm local train` with "
+            "this --workdir first"
+        ) from exc
+
+
 def _job_config(args: argparse.Namespace, job: str) -> dict:
-    config = {"job": job, "model": args.model}
+    config = {"job": job, "model": args.model or "logistic"}
     if getattr(args, "iterations", None):
         config["max-iterations"] = args.iterations
     if getattr(args, "l2", None) is not None:
@@ -160,7 +184,7 @@ def cmd_local_train(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).expanduser().resolve()
     result = run_local_job(agreement_path, files, workdir, _job_config(args, "train"))
     public = result["public"]
-    metric = "auc" if args.model == "logistic" else "r2"
+    metric = "r2" if args.model == "linear" else "auc"
     federated = public.get(metric, float("nan"))
     own_only = public.get(f"{metric}_label_owner_only", float("nan"))
     console.print(
@@ -183,6 +207,9 @@ def cmd_local_score(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not args.force:
         raise ConfigurationError(f"{out} exists: choose another --out or pass --force")
+    if args.model is None:
+        args.model = _trained_kind(workdir, agreement_path)
+        console.print(f"scoring with the trained {args.model} model in {workdir}")
     result = run_local_job(agreement_path, files, workdir, _job_config(args, "score"))
     agreement = SignedAgreement.load(agreement_path).agreement
     scores = workdir / "parties" / agreement.result_owner / "scores.csv"
@@ -266,7 +293,11 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         "--data", action="append", metavar="NAME=CSV", help="a party's CSV file (one per party)"
     )
     parser.add_argument("--workdir", required=True, help="work dir (server/ and parties/NAME/)")
-    parser.add_argument("--model", choices=("logistic", "linear"), default="logistic")
+    parser.add_argument(
+        "--model",
+        choices=("logistic", "linear"),
+        help="job kind (train: default logistic; score: the kind the slices were trained as)",
+    )
     parser.add_argument("--keys", help="directory with NAME.key files (default: the agreement's)")
     parser.add_argument("--key", action="append", metavar="NAME=FILE", help="one party's key")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
