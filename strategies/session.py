@@ -190,7 +190,19 @@ class VerticalSession:
             tmp = out.with_name(f".{out.name}.partial")
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, out)
-        logger.info("job done: %s", self.result_files[0])
+        released = ", ".join(
+            f"{k} {v}"
+            for k, v in sorted(self.result.public.items())
+            if k not in ("headline", "step")
+        )
+        logger.info(
+            "job done (%s %s): %d rounds; released: %s; result in %s",
+            self.job.kind,
+            self.job.operation,
+            self.result.total_rounds,
+            released or "nothing",
+            self.result_files[0],
+        )
 
     def __enter__(self) -> VerticalSession:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -225,6 +237,7 @@ class VerticalSession:
     def _abort(self, exc: BaseException) -> None:
         rule = getattr(exc, "rule", None)
         decision = f"refused:{rule}" if rule else "abort"
+        logger.error("job aborted in phase %s: %s", self.transport.phase, exc)
         self.audit.record(self.transport.phase, 0, decision, detail=str(exc)[:200])
         if self.info is not None and self.transport.node_of:
             self.transport.round_timeout = min(self.transport.round_timeout, 30.0)

@@ -124,7 +124,7 @@ class Transport:
                     f"(waiting for: {', '.join(late)})",
                 )
         stats.seconds += time.monotonic() - started
-        logger.info(
+        logger.debug(
             "%s: round %d of phase %s, %d bytes out, %d bytes in",
             kind,
             stats.rounds,

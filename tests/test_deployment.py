@@ -127,4 +127,14 @@ def test_local_deployment_script(tmp_path):
     assert result["public"]["auc"] > 0.6
     for party in ("broker", "bank", "insurer"):
         assert (tmp_path / "deploy" / "parties" / party / "model" / "slice.json").exists()
+    # the operator's `flwr run --stream` shows the phases, the iterations and the end
+    stream = (tmp_path / "deploy" / "logs" / "flwr-run.log").read_text()
+    for line in (
+        "[vfm] parties ready: ",
+        "[vfm] phase align done: 3 rounds",
+        "[vfm] iteration 1/2",
+        "[vfm] phase train done",
+        "[vfm] job done (logistic train)",
+    ):
+        assert line in stream, stream[-2000:]
     assert _flower_processes() - before == set()
