@@ -188,14 +188,6 @@ class Transport:
                     )
                 self._mailbox.setdefault(recipient, {})[(reply.party, topic)] = blob
 
-    def pending(self, party: str) -> Mailbox:
-        """The envelopes waiting for ``party`` (delivered with its next message)."""
-        return dict(self._mailbox.get(party, {}))
-
-    def take_pending(self, party: str) -> Mailbox:
-        """Remove and return the envelopes waiting for ``party``."""
-        return self._mailbox.pop(party, {})
-
 
 def _error_reason(message: Message) -> str:
     reason = message.error.reason or f"error code {message.error.code}"
