@@ -783,6 +783,10 @@ class LabelOwnerCoordinator:
         True for hold-out rows (evaluated, never trained on). ``None``: all rows train.
     monitor : ConvergenceMonitor, optional
         Stop rules (default ``ConvergenceMonitor()``).
+    coefficient_bits : int, optional
+        Round the step coefficients ``(a, b)`` to multiples of ``2**-coefficient_bits``
+        before using them (the private-gradient protocol, where passive parties apply them in
+        fixed point).
 
     Notes
     -----
@@ -798,8 +802,10 @@ class LabelOwnerCoordinator:
         *,
         holdout_mask: np.ndarray | None = None,
         monitor: ConvergenceMonitor | None = None,
+        coefficient_bits: int | None = None,
     ) -> None:
         self.spec = spec
+        self.coefficient_bits = coefficient_bits
         self.y = np.asarray(y, dtype=np.float64).ravel()
         n = self.y.size
         if holdout_mask is None:
@@ -901,6 +907,10 @@ class LabelOwnerCoordinator:
             # g.s = -g^T M^-1 g: the preconditioned squared gradient norm, known here.
             self.decrement.append(-(float(u[tr] @ d0) / self.n_train + self.spec.l2 * xs))
             a, b = _plane_search(self.z[tr], D[tr], self.y[tr], self.spec.kind, self.spec.l2, h, G)
+            if self.coefficient_bits is not None:
+                # the passive parties apply the move in fixed point: use exactly their values
+                unit = 2.0**self.coefficient_bits
+                a, b = round(a * unit) / unit, round(b * unit) / unit
             move = a * u + b * self._r
             self.z = self.z + move
             self._r = move
@@ -938,10 +948,15 @@ class LabelOwnerCoordinator:
         y: np.ndarray,
         state: dict[str, np.ndarray],
         monitor: ConvergenceMonitor | None = None,
+        coefficient_bits: int | None = None,
     ) -> LabelOwnerCoordinator:
         """Rebuild a coordinator saved by :meth:`to_state` (``monitor`` holds the settings)."""
         coord = cls(
-            spec, y, holdout_mask=np.asarray(state["holdout_mask"]).astype(bool), monitor=monitor
+            spec,
+            y,
+            holdout_mask=np.asarray(state["holdout_mask"]).astype(bool),
+            monitor=monitor,
+            coefficient_bits=coefficient_bits,
         )
         coord.z = np.asarray(state["z"], dtype=np.float64).copy()
         coord._r = np.asarray(state["r"], dtype=np.float64).copy()

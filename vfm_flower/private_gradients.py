@@ -1,0 +1,659 @@
+"""Private-gradient regression: passive weights, directions and gradients stay encrypted.
+
+Who holds what
+--------------
+The label owner (LO) holds the labels, its own block (in plain) and the Paillier private key.
+A passive party P_k holds its columns ``X_k`` (on all its rows: see
+``vfm_flower.hidden_membership``), its block preconditioner (from its own columns) in plain,
+and its weights ``x_k``, direction ``s_k`` and previous step ``p_k`` **encrypted under the
+LO's key**. The optimizer is the one of ``vfm_flower.model`` (exact plane search by the LO,
+exact sigmoid); only where each vector lives changes.
+
+One iteration, two rounds
+-------------------------
+``passive round t`` (each P_k, :func:`passive_iteration`)
+    It receives ``[[d / n_train]]`` on its rows (zero on rows that are not joint or are held
+    out), the LO's step coefficients ``(a, b)`` and fresh encryptions of ``x, s, p``. It moves
+    ``[[p]] = a [[s]] + b [[p]]``, ``[[x]] += [[p]]``, computes ``[[g]] = X^T [[d]]`` and the
+    direction ``[[s]] = -M^{-1} ([[g]] + l2 [[x]])``, then the image ``[[X s]]`` packed by slot
+    with per-customer masks, the statistically masked ``[[x + R_x]], [[s + R_s]], [[p + R_p]]``
+    (packed) and six correction ciphertexts for the inner products of the L2 term (masked
+    pairwise between passive parties). Every ciphertext it sends is re-randomized.
+``LO round t`` (:func:`open_forward`, then :func:`backward_messages`)
+    It adds the packed images of all passive parties slot by slot, decrypts, removes its
+    masks on the joint slots, checks every count, size and range, and gets ``q = sum_k X_k s_k``
+    on the joint rows; from the masked vectors and the corrections it gets the six inner
+    products summed over passive parties. It runs the exact plane search, computes the new
+    residual ``d``, and sends each P_k ``[[d / n_train]]`` (encrypted afresh, by position), the
+    coefficients and ``[[floor((v + R) / 2**D)]]`` for its three vectors: P_k subtracts
+    ``floor(R / 2**D)`` homomorphically, which brings them back to the base scale
+    (a one-unit rounding at most) without anyone seeing them.
+
+No passive party receives a plaintext that depends on labels other than ``(a, b)`` and the
+stop decision; the LO never returns a decryption in plain.
+
+Fixed point, and why these sizes
+--------------------------------
+Features ``2**-12`` (:data:`FEATURE_BITS`: the model is trained and scored on these quantized
+values, so nothing drifts); state ``x, s, p`` ``2**-24`` after each refresh
+(:data:`STATE_BITS`); coefficients ``2**-24`` (the LO quantizes ``a, b`` before it uses them, so
+both sides apply the same move); residuals ``2**-36`` so that ``X^T d`` lands on the scale of
+the moved ``x`` (``2**-48``); preconditioner entries ``2**-16``. Masks are ``40`` bits
+(:data:`STATISTICAL_BITS`) above each public value bound: a masked value is within
+statistical distance ``2**-40`` of uniform. The bounds (``|x|, |s|, |p| < 2**20``,
+``|X s| < 2**24``) are checked by the LO on what it decrypts; a diverging or deviating party
+hits them and the job aborts with a named rule.
+
+What the LO learns: the summed image ``q`` on joint rows at every iteration and the six
+summed inner products, hence over many iterations the span of the passive columns on the
+joint rows (with a few known rows, the columns themselves): inherent to any protocol where
+the LO computes the exact loss, and listed in the README's leakage table.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import gmpy2
+import numpy as np
+from gmpy2 import mpz
+from phe.paillier import PaillierPrivateKey, PaillierPublicKey
+
+from vfm_flower.errors import ProtocolAbort
+from vfm_flower.hazmat import paillier_djn as _djn
+from vfm_flower.hazmat import paillier_dot as _dot
+from vfm_flower.hazmat.paillier_image import packed_row_images, signed_power_products, slots_for
+from vfm_flower.hidden_membership import (
+    LabelOwnerLayout,
+    PassiveLayout,
+    label_owner_slot_masks,
+    pairwise_scalar_masks,
+    passive_slot_masks,
+)
+
+__all__ = [
+    "FEATURE_BITS",
+    "STATE_BITS",
+    "COEFFICIENT_BITS",
+    "RESIDUAL_BITS",
+    "PRECONDITIONER_BITS",
+    "STATISTICAL_BITS",
+    "PassiveControl",
+    "Preconditioner",
+    "ForwardMessage",
+    "BackwardMessage",
+    "PassiveSecrets",
+    "quantize_features",
+    "quantize_coefficient",
+    "image_layout",
+    "passive_iteration",
+    "passive_final_image",
+    "open_forward",
+    "open_image",
+    "backward_messages",
+    "initial_backward",
+]
+
+FEATURE_BITS = 12
+STATE_BITS = 24
+COEFFICIENT_BITS = 24
+MOVED_BITS = STATE_BITS + COEFFICIENT_BITS  # scale of x, p after the move, and of X^T d
+RESIDUAL_BITS = MOVED_BITS - FEATURE_BITS
+PRECONDITIONER_BITS = 16
+DIRECTION_BITS = MOVED_BITS + PRECONDITIONER_BITS
+STATISTICAL_BITS = 40
+#: |x|, |s|, |p| < 2**20 and |X w| < 2**24 (checked on what the LO decrypts).
+WEIGHT_MAGNITUDE_BITS = 20
+IMAGE_MAGNITUDE_BITS = 24
+#: |features| < 2**16 after preparation (standardized columns are far below).
+FEATURE_MAGNITUDE_BITS = 16
+N_SCALARS = 6
+_PHASE = "training"
+
+
+# --------------------------------------------------------------------------- plain helpers
+def quantize_features(X: np.ndarray) -> np.ndarray:
+    """``round(X * 2**12)`` as int64; refuses non-finite or huge values."""
+    arr = np.asarray(X, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError("features must be a 2-D matrix")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("features hold NaN or infinite values")
+    if arr.size and float(np.max(np.abs(arr))) >= 2.0**FEATURE_MAGNITUDE_BITS:
+        raise ValueError(f"feature values must satisfy |x| < 2**{FEATURE_MAGNITUDE_BITS}")
+    return np.rint(arr * 2.0**FEATURE_BITS).astype(np.int64)
+
+
+def quantize_coefficient(value: float) -> int:
+    """A step coefficient in fixed point (the LO uses ``q / 2**24`` itself)."""
+    if not math.isfinite(value) or abs(value) >= 2.0**40:
+        raise ProtocolAbort(_PHASE, None, "a step coefficient is not finite or too large")
+    return int(round(value * 2.0**COEFFICIENT_BITS))
+
+
+@dataclass(frozen=True)
+class PassiveControl:
+    """What a passive party learns from the LO each iteration (all public to the server too).
+
+    ``step``/``momentum`` are the coefficients in fixed point (``2**-24``); ``best_round``, with
+    ``stop``, is the round whose moved point is the final model (``-1``: the last one).
+    """
+
+    iteration: int
+    step: int = 0
+    momentum: int = 0
+    stop: bool = False
+    best_round: int = -1
+
+    def to_dict(self) -> dict[str, int | bool]:
+        return {
+            "iteration": int(self.iteration),
+            "step": int(self.step),
+            "momentum": int(self.momentum),
+            "stop": bool(self.stop),
+            "best_round": int(self.best_round),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> PassiveControl:
+        try:
+            control = cls(
+                iteration=int(data["iteration"]),  # type: ignore[arg-type]
+                step=int(data["step"]),  # type: ignore[arg-type]
+                momentum=int(data["momentum"]),  # type: ignore[arg-type]
+                stop=bool(data["stop"]),
+                best_round=int(data.get("best_round", -1)),  # type: ignore[arg-type]
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolAbort(_PHASE, None, f"malformed step control: {exc}") from exc
+        limit = 1 << (COEFFICIENT_BITS + 40)
+        if abs(control.step) >= limit or abs(control.momentum) >= limit:
+            raise ProtocolAbort(_PHASE, None, "a step coefficient is out of range")
+        if not 0 <= control.iteration < 1 << 31 or not -1 <= control.best_round < 1 << 31:
+            raise ProtocolAbort(_PHASE, None, "the step control's iteration is out of range")
+        return control
+
+
+@dataclass(frozen=True)
+class Preconditioner:
+    """``A = -M^{-1}`` and ``B = -l2 M^{-1}`` in fixed point, from the party's own columns.
+
+    ``M = c X^T X / rows + l2 I`` (``c = 1/4`` logistic, ``1`` linear) on all the party's rows:
+    it involves no label and no membership.
+    """
+
+    A: np.ndarray
+    B: np.ndarray
+
+    @classmethod
+    def from_features(cls, X_int: np.ndarray, curvature: float, l2: float) -> Preconditioner:
+        X = np.asarray(X_int, dtype=np.float64) / 2.0**FEATURE_BITS
+        rows, m = X.shape
+        gram = curvature * (X.T @ X) / max(rows, 1) + l2 * np.eye(m)
+        scale = float(np.trace(gram)) / max(m, 1) or 1.0
+        jitter = 0.0
+        for _ in range(12):
+            try:
+                inverse = np.linalg.inv(gram + jitter * scale * np.eye(m))
+                np.linalg.cholesky(gram + jitter * scale * np.eye(m))
+                break
+            except np.linalg.LinAlgError:
+                jitter = 1e-12 if jitter == 0.0 else jitter * 100.0
+        else:  # pragma: no cover - only for degenerate columns
+            raise ValueError("the party's columns give a singular preconditioner")
+        factor = 2.0**PRECONDITIONER_BITS
+        A = np.rint(-inverse * factor)
+        B = np.rint(-l2 * inverse * factor)
+        if float(np.max(np.abs(A))) >= 2.0**62:
+            raise ValueError("the preconditioner is too ill-conditioned: raise l2")
+        return cls(A.astype(np.int64), B.astype(np.int64))
+
+
+# --------------------------------------------------------------------------- messages
+@dataclass(frozen=True)
+class ForwardMessage:
+    """P_k -> LO: packed masked image, packed masked vectors, six corrections."""
+
+    image: tuple[mpz, ...]
+    vectors: tuple[mpz, ...]
+    corrections: tuple[mpz, ...]
+
+
+@dataclass(frozen=True)
+class BackwardMessage:
+    """LO -> P_k: control, ``[[d / n_train]]`` by position, refreshed ``x, s, p``."""
+
+    control: PassiveControl
+    residuals: tuple[mpz, ...]
+    state: tuple[mpz, ...]  # 3 m ciphertexts (x, s, p), or empty before the first round
+
+
+@dataclass(frozen=True, repr=False)
+class PassiveSecrets:
+    """P_k's offsets of its last masked vectors (never leave the party)."""
+
+    offsets: tuple[int, ...]
+
+    def __repr__(self) -> str:
+        return f"PassiveSecrets(count={len(self.offsets)})"
+
+
+def image_layout(passive_parties: int, key_bits: int, value_bits: int) -> tuple[int, int, int]:
+    """``(mask_bits, slot_bits, slots_per_ciphertext)`` of a packed image with that bound.
+
+    A slot sums, per passive party, its value plus ``2**value_bits`` (in ``[0, 2**(v+1))``)
+    and ``K`` masks of at most ``2**mask_bits`` each, ``mask_bits = v + 1 + 40``.
+    """
+    k = passive_parties
+    mask_bits = value_bits + 1 + STATISTICAL_BITS
+    slot_bits, spc = slots_for(mask_bits, 0, k * k + 1, key_bits)
+    return mask_bits, slot_bits, spc
+
+
+def _vector_layout(key_bits: int) -> tuple[int, int, int]:
+    value_bits = DIRECTION_BITS + WEIGHT_MAGNITUDE_BITS
+    return value_bits, value_bits + STATISTICAL_BITS + 2, (key_bits - 1) // (
+        value_bits + STATISTICAL_BITS + 2
+    )
+
+
+def _ciphertexts_needed(total_slots: int, spc: int) -> int:
+    return -(-total_slots // spc)
+
+
+def _add_plain(cts: Sequence[mpz], values: Sequence[int], n: mpz, n2: mpz) -> list[mpz]:
+    return _djn.add_plaintexts([mpz(v) % n for v in values], list(cts), n, n2)
+
+
+def _rerandomize(encryptor: _djn.DJNEncryptor, cts: Sequence[mpz], n2: mpz) -> list[mpz]:
+    obfuscators = encryptor.take_obfuscators(len(cts))
+    return [c * o % n2 for c, o in zip(cts, obfuscators, strict=True)]
+
+
+def _masked_image(
+    public: PaillierPublicKey,
+    encryptor: _djn.DJNEncryptor,
+    bases: Sequence[mpz],
+    X_int: np.ndarray,
+    layout: PassiveLayout,
+    masks: Sequence[int],
+    value_bits: int,
+    passive_parties: int,
+) -> list[mpz]:
+    n = mpz(public.n)
+    n2 = n * n
+    _, slot_bits, spc = image_layout(passive_parties, n.bit_length(), value_bits)
+    count = _ciphertexts_needed(layout.total_slots, spc)
+    image = packed_row_images(
+        bases, X_int, layout.slot_of_row, slot_bits=slot_bits, slots_per_ciphertext=spc,
+        ciphertexts=count, nsquare=n2,
+    )
+    plain = [0] * count
+    offset = 1 << value_bits
+    for row, slot in enumerate(layout.slot_of_row):
+        slot = int(slot)
+        plain[slot // spc] += (offset + masks[row]) << (slot_bits * (slot % spc))
+    return _rerandomize(encryptor, _add_plain(image, plain, n, n2), n2)
+
+
+# --------------------------------------------------------------------------- passive side
+def passive_iteration(
+    public: PaillierPublicKey,
+    encryptor: _djn.DJNEncryptor,
+    X_int: np.ndarray,
+    preconditioner: Preconditioner,
+    layout: PassiveLayout,
+    message: BackwardMessage,
+    secrets_prev: PassiveSecrets | None,
+    *,
+    slot_masks: Sequence[int],
+    scalar_masks: Sequence[int],
+    passive_parties: int,
+) -> tuple[ForwardMessage, PassiveSecrets, list[mpz]]:
+    """One passive round: move, gradient, direction, masked image, vectors and corrections.
+
+    Returns the message for the LO, the new secrets and the moved point ``[[x]]`` (kept for
+    early stopping).
+    """
+    n = mpz(public.n)
+    n2 = n * n
+    m = X_int.shape[1]
+    x, s, p = _unmasked_state(message.state, secrets_prev, m, n, n2)
+    control = message.control
+    # the move: p' = a s + b p, x' = 2**24 x + p'   (scale 2**-48)
+    p_new = [
+        signed_power_products([sj, pj], [[control.step, control.momentum]], n2)[0]
+        for sj, pj in zip(s, p)
+    ]
+    shift = mpz(1) << COEFFICIENT_BITS
+    x_new = [gmpy2.powmod(xi, shift, n2) * pi % n2 for xi, pi in zip(x, p_new)]
+    # the gradient and the direction   (X^T d on 2**-48; s on 2**-64)
+    residuals = layout.rows_from_positions(message.residuals)
+    gradient = _dot.encrypted_dot_products(residuals, X_int, n2)
+    direction = signed_power_products(
+        [*gradient, *x_new], np.hstack([preconditioner.A, preconditioner.B]), n2
+    )
+    image = _masked_image(
+        public, encryptor, direction, X_int, layout, slot_masks,
+        DIRECTION_BITS + FEATURE_BITS + IMAGE_MAGNITUDE_BITS, passive_parties,
+    )
+    vectors, offsets = _masked_vectors(encryptor, [*x_new, *direction, *p_new], n, n2)
+    corrections = _corrections(
+        encryptor, x_new, direction, p_new, offsets, scalar_masks, n, n2
+    )
+    return (
+        ForwardMessage(tuple(image), tuple(vectors), tuple(corrections)),
+        PassiveSecrets(tuple(offsets)),
+        x_new,
+    )
+
+
+def passive_final_move(
+    public: PaillierPublicKey, message: BackwardMessage, secrets_prev: PassiveSecrets, m: int
+) -> list[mpz]:
+    """The last move (no gradient follows): ``[[x + a s + b p]]`` on ``2**-48``."""
+    n = mpz(public.n)
+    n2 = n * n
+    x, s, p = _unmasked_state(message.state, secrets_prev, m, n, n2)
+    c = message.control
+    shift = mpz(1) << COEFFICIENT_BITS
+    out = []
+    for xi, si, pi in zip(x, s, p):
+        moved = signed_power_products([si, pi], [[c.step, c.momentum]], n2)[0]
+        out.append(gmpy2.powmod(xi, shift, n2) * moved % n2)
+    return out
+
+
+def passive_final_image(
+    public: PaillierPublicKey,
+    encryptor: _djn.DJNEncryptor,
+    weights: Sequence[mpz],
+    X_int: np.ndarray,
+    layout: PassiveLayout,
+    *,
+    slot_masks: Sequence[int],
+    passive_parties: int,
+) -> list[mpz]:
+    """``[[X w]]`` of the encrypted model ``w`` (``2**-48``), packed and masked, for the LO."""
+    return _masked_image(
+        public, encryptor, list(weights), X_int, layout, slot_masks,
+        final_image_bits(), passive_parties,
+    )
+
+
+def final_image_bits() -> int:
+    return MOVED_BITS + FEATURE_BITS + IMAGE_MAGNITUDE_BITS
+
+
+def _unmasked_state(
+    state: Sequence[mpz], secrets_prev: PassiveSecrets | None, m: int, n: mpz, n2: mpz
+) -> tuple[list[mpz], list[mpz], list[mpz]]:
+    if not state:
+        if secrets_prev is not None:
+            raise ProtocolAbort(_PHASE, None, "the refreshed weights are missing")
+        zero = [mpz(1)] * m  # trivial encryptions of zero; every output is re-randomized
+        return zero, list(zero), list(zero)
+    if secrets_prev is None or len(state) != 3 * m or len(secrets_prev.offsets) != 3 * m:
+        raise ProtocolAbort(_PHASE, None, f"expected {3 * m} refreshed ciphertexts")
+    shifts = [COEFFICIENT_BITS] * m + [DIRECTION_BITS - STATE_BITS] * m + [COEFFICIENT_BITS] * m
+    minus = [-(r >> d) for r, d in zip(secrets_prev.offsets, shifts)]
+    values = _add_plain(state, minus, n, n2)
+    return values[:m], values[m : 2 * m], values[2 * m :]
+
+
+def _masked_vectors(
+    encryptor: _djn.DJNEncryptor, cts: Sequence[mpz], n: mpz, n2: mpz
+) -> tuple[list[mpz], list[int]]:
+    """``[[v + R]]`` packed, ``R = 2**V + rho``, ``rho`` uniform below ``2**(V + 40)``."""
+    value_bits, slot_bits, spc = _vector_layout(n.bit_length())
+    offsets = [
+        (1 << value_bits) + secrets.randbits(value_bits + STATISTICAL_BITS) for _ in cts
+    ]
+    masked = _add_plain(cts, offsets, n, n2)
+    packed = _dot.pack_ciphertexts(
+        masked, n2, slot_bits=slot_bits, slots_per_ciphertext=spc
+    )
+    return _rerandomize(encryptor, packed, n2), offsets
+
+
+def _corrections(
+    encryptor: _djn.DJNEncryptor,
+    x: Sequence[mpz],
+    s: Sequence[mpz],
+    p: Sequence[mpz],
+    offsets: Sequence[int],
+    scalar_masks: Sequence[int],
+    n: mpz,
+    n2: mpz,
+) -> list[mpz]:
+    """``[[R_a . b + R_b . a + R_a . R_b]]`` for the six pairs (xx, xs, xp, ss, sp, pp)."""
+    m = len(x)
+    vec = {"x": list(x), "s": list(s), "p": list(p)}
+    off = {"x": offsets[:m], "s": offsets[m : 2 * m], "p": offsets[2 * m :]}
+    out = []
+    for a, b in (("x", "x"), ("x", "s"), ("x", "p"), ("s", "s"), ("s", "p"), ("p", "p")):
+        exps = [[*off[b], *off[a]]]
+        ct = signed_power_products([*vec[a], *vec[b]], exps, n2)[0] if m else mpz(1)
+        plain = sum(ra * rb for ra, rb in zip(off[a], off[b]))
+        out.append(ct * (1 + (plain % n) * n) % n2)
+    masked = _add_plain(out, scalar_masks, n, n2)
+    return _rerandomize(encryptor, masked, n2)
+
+
+# --------------------------------------------------------------------------- label owner side
+@dataclass(frozen=True)
+class OpenedForward:
+    """What the LO reads from one passive round."""
+
+    image: np.ndarray  # sum_k X_k s_k on the joint rows (floats)
+    scalars: np.ndarray  # the six inner products summed over passive parties
+    vectors: dict[str, list[int]]  # masked x, s, p of each party (for the refresh)
+
+
+def _decrypt_packed(
+    private: PaillierPrivateKey, cts: Sequence[mpz], slot_bits: int, spc: int, count: int
+) -> list[int]:
+    n = int(private.public_key.n)
+    plain = [v % n for v in _djn.decrypt_vector(private, cts)]
+    out: list[int] = []
+    for value in plain:
+        out.extend(_dot.unpack_plaintext(value, slot_bits=slot_bits, count=spc))
+    return out[:count]
+
+
+def _refuse(party: str | None, why: str) -> ProtocolAbort:
+    return ProtocolAbort(_PHASE, party, why)
+
+
+def open_image(
+    private: PaillierPrivateKey,
+    images: Mapping[str, Sequence[mpz]],
+    layout: LabelOwnerLayout,
+    masks: Sequence[int],
+    value_bits: int,
+    scale_bits: int,
+) -> np.ndarray:
+    """Sum the passive parties' packed images slot by slot, decrypt, read the joint slots.
+
+    Raises
+    ------
+    ProtocolAbort
+        A party sent another number of ciphertexts, or a joint value is out of its bound.
+    """
+    n = mpz(private.public_key.n)
+    n2 = n * n
+    k = len(images)
+    _, slot_bits, spc = image_layout(k, n.bit_length(), value_bits)
+    count = _ciphertexts_needed(layout.total_slots, spc)
+    total = [mpz(1)] * count
+    for party, cts in images.items():
+        if len(cts) != count:
+            raise _refuse(party, f"sent {len(cts)} image ciphertexts, the step carries {count}")
+        total = [t * c % n2 for t, c in zip(total, cts)]
+    slots = _decrypt_packed(private, total, slot_bits, spc, count * spc)
+    offset = k << value_bits
+    bound = 1 << value_bits
+    out = np.empty(layout.joint_slots.size)
+    for j, slot in enumerate(layout.joint_slots):
+        value = slots[int(slot)] - masks[j] - offset
+        if not -bound < value < bound:
+            raise _refuse(
+                None,
+                "[image_range] a decrypted image is outside its public bound: a passive "
+                "party deviated or the model diverges (raise l2)",
+            )
+        out[j] = value / 2.0**scale_bits
+    return out
+
+
+def open_forward(
+    private: PaillierPrivateKey,
+    messages: Mapping[str, ForwardMessage],
+    layout: LabelOwnerLayout,
+    features: Mapping[str, int],
+    masks: Sequence[int],
+) -> OpenedForward:
+    """LO: the summed image, the six summed inner products and every party's masked vectors."""
+    n = mpz(private.public_key.n)
+    n2 = n * n
+    value_bits, slot_bits, spc = _vector_layout(n.bit_length())
+    image = open_image(
+        private,
+        {p: msg.image for p, msg in messages.items()},
+        layout,
+        masks,
+        DIRECTION_BITS + FEATURE_BITS + IMAGE_MAGNITUDE_BITS,
+        DIRECTION_BITS + FEATURE_BITS,
+    )
+    vectors: dict[str, list[int]] = {}
+    products = [0] * N_SCALARS
+    correction = [mpz(1)] * N_SCALARS
+    for party, msg in messages.items():
+        m = features[party]
+        expected = _ciphertexts_needed(3 * m, spc)
+        if len(msg.vectors) != expected or len(msg.corrections) != N_SCALARS:
+            raise _refuse(
+                party,
+                f"sent {len(msg.vectors)} vector and {len(msg.corrections)} correction "
+                f"ciphertexts, the step carries {expected} and {N_SCALARS}",
+            )
+        values = _decrypt_packed(private, msg.vectors, slot_bits, spc, 3 * m)
+        vectors[party] = values
+        x, s, p = values[:m], values[m : 2 * m], values[2 * m :]
+        for i, (a, b) in enumerate(((x, x), (x, s), (x, p), (s, s), (s, p), (p, p))):
+            products[i] += sum(u * v for u, v in zip(a, b))
+        correction = [a * b % n2 for a, b in zip(correction, msg.corrections)]
+    corrections = _djn.decrypt_vector(private, correction)
+    scales = (
+        2 * MOVED_BITS,
+        MOVED_BITS + DIRECTION_BITS,
+        2 * MOVED_BITS,
+        2 * DIRECTION_BITS,
+        DIRECTION_BITS + MOVED_BITS,
+        2 * MOVED_BITS,
+    )
+    scalars = np.array(
+        [(pr - c) / 2.0**sc for pr, c, sc in zip(products, corrections, scales)],
+        dtype=np.float64,
+    )
+    limit = 2.0 ** (2 * WEIGHT_MAGNITUDE_BITS)
+    if not np.all(np.isfinite(scalars)) or max(scalars[0], scalars[3], scalars[5]) >= limit or min(
+        scalars[0], scalars[3], scalars[5]
+    ) < -1e-6:
+        raise _refuse(
+            None,
+            "[weight_range] the passive weights left their public bound: a party deviated or "
+            "the model diverges (raise l2)",
+        )
+    return OpenedForward(image=image, scalars=scalars, vectors=vectors)
+
+
+def _encrypt(
+    encryptor: _djn.DJNEncryptor, public: PaillierPublicKey, values: Sequence[int]
+) -> list[mpz]:
+    return _djn.encrypt_vector(public, np.array([int(v) for v in values], dtype=object),
+                               encryptor=encryptor)
+
+
+def initial_backward(
+    encryptor: _djn.DJNEncryptor,
+    public: PaillierPublicKey,
+    backward: np.ndarray,
+    layout: LabelOwnerLayout,
+    control: PassiveControl,
+) -> dict[str, BackwardMessage]:
+    """The first message to every passive party: residuals at the starting point."""
+    return backward_messages(encryptor, public, backward, layout, control, None)
+
+
+def backward_messages(
+    encryptor: _djn.DJNEncryptor,
+    public: PaillierPublicKey,
+    backward: np.ndarray | None,
+    layout: LabelOwnerLayout,
+    control: PassiveControl,
+    opened: OpenedForward | None,
+) -> dict[str, BackwardMessage]:
+    """LO: ``[[d / n_train]]`` by position (zeros elsewhere) and the refreshed vectors."""
+    out = {}
+    residual_ints = (
+        np.rint(np.asarray(backward, dtype=np.float64) * 2.0**RESIDUAL_BITS).astype(object)
+        if backward is not None
+        else None
+    )
+    for party, slot_map in layout.slot_maps.items():
+        residuals: list[mpz] = []
+        if residual_ints is not None:
+            values = [0] * int(slot_map.size)
+            for j, pos in enumerate(layout.positions[party]):
+                values[int(pos)] = int(residual_ints[j])
+            residuals = _encrypt(encryptor, public, values)
+        state: list[mpz] = []
+        if opened is not None:
+            masked = opened.vectors[party]
+            m = len(masked) // 3
+            shifts = (
+                [COEFFICIENT_BITS] * m + [DIRECTION_BITS - STATE_BITS] * m
+                + [COEFFICIENT_BITS] * m
+            )
+            state = _encrypt(encryptor, public, [v >> d for v, d in zip(masked, shifts)])
+        out[party] = BackwardMessage(control, tuple(residuals), tuple(state))
+    return out
+
+
+def joint_masks(
+    seeds: Mapping[str, bytes],
+    passives: Sequence[str],
+    joint_tokens: Sequence[bytes],
+    label: str,
+    value_bits: int,
+    key_bits: int,
+) -> list[int]:
+    """The LO's per-joint-slot mask total for an image of that bound."""
+    mask_bits, _, _ = image_layout(len(passives), key_bits, value_bits)
+    return label_owner_slot_masks(seeds, passives, joint_tokens, label, mask_bits)
+
+
+def row_masks(
+    party: str,
+    label_owner: str,
+    seeds: Mapping[str, bytes],
+    passives: Sequence[str],
+    tokens: Sequence[bytes],
+    label: str,
+    value_bits: int,
+    key_bits: int,
+) -> list[int]:
+    """P_k's per-row mask total for an image of that bound."""
+    mask_bits, _, _ = image_layout(len(passives), key_bits, value_bits)
+    return passive_slot_masks(party, label_owner, seeds, passives, tokens, label, mask_bits)
+
+
+def scalar_masks(
+    party: str, seeds: Mapping[str, bytes], passives: Sequence[str], label: str, n: int
+) -> list[int]:
+    """P_k's pairwise masks of its six correction scalars."""
+    return pairwise_scalar_masks(party, seeds, passives, label, N_SCALARS, n)
