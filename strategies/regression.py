@@ -1,10 +1,12 @@
 """Vertical logistic and linear regression (server side), on the session's public API.
 
 Training (``train``, or ``evaluate``, which keeps no model): prepare (all parties, once), then
-per iteration forward (passive parties, pairwise-masked), residual (label owner), backward
-(passive parties), decrypt (label owner): four rounds; finish (all parties). Scoring: partial
-scores (all parties, masked), combine (label owner). See ``vfm_flower.steps.training`` and
-``vfm_flower.steps.scoring`` for what each party computes and learns.
+per iteration the passive parties' encrypted round and the label owner's round: two rounds;
+then finish (passive parties: final encrypted image, slices) and evaluate (label owner).
+Scoring: encrypted images (passive parties) and partial score (label owner), combine (label
+owner). Every payload is a sealed envelope the server relays; see
+``vfm_flower.steps.training`` and ``vfm_flower.steps.scoring`` for what each party computes
+and learns.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ class VerticalRegression(VerticalStrategy):
             raise ConfigurationError(f"unknown operation '{self.job.operation}'")
 
     def score(self, session: VerticalSession) -> None:
-        """Partial scores from every party's slice, masked sum, result owner combines."""
-        lo, passives = session.label_owner, session.passive_parties
+        """Encrypted images from every passive slice, the result owner's side combines."""
+        lo = session.label_owner
         with session.phase("score") as sizes:
             partial = session.send("query.score")
             models = {p: r.public.get("model_id") for p, r in partial.items()}
@@ -57,34 +59,23 @@ class VerticalRegression(VerticalStrategy):
                         "its model slice comes from another training run than the "
                         "label owner's: retrain or restore matching slices",
                     )
-            sums = {}
-            if passives:
-                sums["score"] = session.secure_sum({p: partial[p] for p in passives}, "score")
-            combined = session.send("query.combine", to=[lo], sums=sums)
+            combined = session.send("query.combine", to=[lo])
             scored = int(combined[lo].public.get("scored_rows", 0))
             session.publish(scored_rows=scored)
             sizes["scored_rows"] = scored
 
     def train(self, session: VerticalSession) -> None:
-        """Prepare, iterate (4 rounds each), finish: see ``vfm_flower.steps.training``."""
+        """Prepare, iterate (2 rounds each), finish and evaluate."""
         lo, passives = session.label_owner, session.passive_parties
         with session.phase("train") as sizes:
-            prepared = session.send("train.prepare", step=0)
-            joint = {p: int(r.public.get("joint_rows", -1)) for p, r in prepared.items()}
-            for party, count in joint.items():
-                if count != joint[lo]:
-                    raise ProtocolAbort(
-                        "train", party, f"holds {count} aligned rows, the label owner {joint[lo]}"
-                    )
+            session.send("train.prepare", step=0)
             limit = self.params.max_iterations
             started = time.monotonic()
             t = 0
             while True:
-                sums = {}
                 if passives:
-                    forward = session.send("train.forward", to=passives, step=t)
-                    sums["forward"] = session.secure_sum(forward, "forward")
-                residual = session.send("train.residual", to=[lo], step=t, sums=sums)[lo]
+                    session.send("train.passive", to=passives, step=t)
+                decided = session.send("train.label_owner", to=[lo], step=t)[lo]
                 rate = (time.monotonic() - started) / (t + 1)
                 session.progress(
                     "iteration",
@@ -95,20 +86,20 @@ class VerticalRegression(VerticalStrategy):
                         "eta_seconds": round(rate * max(limit - t, 0), 1),
                     },
                 )
-                if residual.public.get("stop"):
+                t += 1
+                if decided.public.get("stop"):
                     break
-                if t >= limit:
+                if t > limit:
                     raise ProtocolAbort(
                         "train", lo, f"did not stop within max-iterations={limit} (job parameter)"
                     )
-                session.send("train.backward", to=passives, step=t)
-                session.send("train.decrypt", to=[lo], step=t)
-                t += 1
-            finished = session.send("train.finish", step=t)
-            session.publish(**finished[lo].public)
+            if passives:
+                session.send("train.finish", to=passives, step=t)
+            evaluated = session.send("train.evaluate", to=[lo], step=t)
+            session.publish(**evaluated[lo].public)
             session.publish(
                 iterations=t,
-                rounds_per_iteration=4 if passives else 1,
+                rounds_per_iteration=2 if passives else 1,
                 train_rounds=session.result.phases["train"].rounds,
             )
             sizes["iterations"] = t

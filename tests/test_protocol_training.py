@@ -27,12 +27,21 @@ def _states(grid):
     return {ctx.node_config["party"]: load_state(ctx) for ctx in grid.contexts.values()}
 
 
+def joint_rows_of(states, party, label_owner):
+    """A party's rows of the joint customers, in the common order (test-side knowledge: the
+    passive party itself never learns them)."""
+    if party == label_owner:
+        return states[party].array("joint_rows")
+    positions = states[label_owner].array(f"hm.positions.{party}")
+    return states[party].array("hm.row_of_position")[positions]
+
+
 def _central_design(collab, states, parties, label_owner):
     """Each party's prepared columns on the aligned rows (its saved plan), stacked."""
     blocks = []
     for party in parties:
         frame = pd.read_csv(collab.data[party], dtype={"email": str})
-        rows = states[party].array("joint_rows")
+        rows = joint_rows_of(states, party, label_owner)
         aligned = frame.iloc[rows].reset_index(drop=True)
         plan = PreparationPlan.from_json(str(states[party].get("prep_plan")))
         blocks.append(apply_preparation(plan, aligned).matrix)
@@ -66,7 +75,7 @@ def test_training_matches_central_sklearn(trained):
     assert public["iterations"] <= 40
     assert abs(public["auc"] - auc_central) <= 0.01
     assert public["auc"] > public["auc_label_owner_only"]
-    assert public["rounds_per_iteration"] == 4
+    assert public["rounds_per_iteration"] == 2
 
 
 def test_every_party_keeps_only_its_slice(trained):
@@ -115,7 +124,8 @@ def test_server_view_is_masked_or_encrypted(trained):
         raw = message_to_bytes(message)
         for needle in [*label_bytes, plain_x]:
             assert needle not in raw
-    assert masked_arrays > 10 and envelopes > 20
+    # training relays sealed envelopes only (no server-side sum)
+    assert masked_arrays == 0 and envelopes > 20
 
 
 def message_to_bytes(message):
@@ -202,7 +212,7 @@ def test_tampered_relay_refused_and_no_half_written_slice(tmp_path, monkeypatch)
     def flip(self, inboxes):
         if self.phase == "train" and "p1" in inboxes:
             for key, blob in list(inboxes["p1"].items()):
-                if key[1] == "train.encrypted_residual":
+                if key[1] == "train.encrypted_residuals":
                     inboxes["p1"][key] = blob[:-100] + bytes([blob[-100] ^ 1]) + blob[-99:]
         return inboxes
 
@@ -220,7 +230,7 @@ def test_replayed_residual_refused(tmp_path, monkeypatch):
 
     def replay(self, inboxes):
         for key, blob in inboxes.get("p1", {}).items():
-            if key[1] == "train.encrypted_residual":
+            if key[1] == "train.encrypted_residuals":
                 if "old" in kept:
                     inboxes["p1"][key] = kept["old"]
                 else:

@@ -198,6 +198,40 @@ class PartyContext:
         """This party's rows of the joint customers, in the common order."""
         return self.table().iloc[self.aligned_rows()].reset_index(drop=True)
 
+    # --- hidden membership (``vfm_flower.hidden_membership``) --------------------------------
+    @property
+    def hides_membership(self) -> bool:
+        """Whether this job's kind keeps membership from passive parties (the default)."""
+        from vfm_flower.steps.alignment import hides_membership
+
+        return hides_membership(self.runtime, self.request)
+
+    def rows(self) -> np.ndarray:
+        """The rows this party computes on: the LO's joint rows (common order); a passive
+        party's joint rows if the kind reveals membership, else all its rows (own order)."""
+        if self.is_label_owner or not self.hides_membership:
+            return self.aligned_rows()
+        return np.arange(self.passive_layout().rows, dtype=np.int64)
+
+    def passive_layout(self) -> Any:
+        """A passive party's slot map (``hidden_membership.PassiveLayout``)."""
+        from vfm_flower.steps.alignment import finish_hidden_alignment
+
+        return finish_hidden_alignment(self.runtime, self.request)
+
+    def label_owner_layout(self) -> Any:
+        """The LO's slot maps of every passive party (``hidden_membership.LabelOwnerLayout``)."""
+        from vfm_flower.steps.alignment import label_owner_layout
+
+        return label_owner_layout(self.runtime, self.request)
+
+    def customer_tokens(self) -> list[bytes]:
+        """Per-run pseudonyms of the customers, the input of per-customer masks: the LO's
+        joint customers (common order), a passive party's rows (own order)."""
+        from vfm_flower.steps.alignment import customer_tokens
+
+        return customer_tokens(self.runtime, self.request)
+
     def feature_columns(self) -> list[str]:
         """The columns this party contributes to the job, checked against the agreement.
 
@@ -222,10 +256,10 @@ class PartyContext:
         return columns
 
     def prepared_features(self, columns: list[str] | None = None) -> tuple[np.ndarray, Any]:
-        """This party's columns on the aligned rows, prepared for a model: ``(X, plan)``.
+        """This party's columns on its :meth:`rows`, prepared for a model: ``(X, plan)``.
 
         Numeric columns standardized, categorical ones one-hot encoded, missing values
-        imputed, all fitted on the aligned rows (``vfm_flower.preparation``) with the
+        imputed, all fitted on those rows (``vfm_flower.preparation``) with the
         agreement's minimum cohort for every one-hot slot and binary value; ``plan`` holds
         the statistics (``plan.feature_names``, ``plan.to_json()``) to prepare new rows the
         same way. ``columns`` default to :meth:`feature_columns` and are checked.
@@ -236,7 +270,7 @@ class PartyContext:
             columns = self.feature_columns()
         else:
             self.check_columns(list(columns))
-        aligned = self.aligned_table()
+        aligned = self.table().iloc[self.rows()].reset_index(drop=True)
         # feature cohorts: no one-hot slot or binary value singles out fewer customers than
         # the agreement's minimum cohort (its gradient would be a label sum over them)
         plan = fit_preparation(aligned, list(columns), party=self.party, min_cohort=self.min_cohort)
@@ -326,7 +360,8 @@ class PartyContext:
         return (sender, topic.name) in self.request.inbox
 
     # --- secure sums ---------------------------------------------------------------------------
-    def _seeds(self) -> dict[str, bytes]:
+    def mask_seeds(self) -> dict[str, bytes]:
+        """This run's pairwise mask seed with every other party (secret: never send or log)."""
         peers = {
             p: self.agreement.party(p).public_identity
             for p in self.agreement.party_names
@@ -338,6 +373,10 @@ class PartyContext:
             run_id=self.run_id,
             agreement_hash=self.agreement.terms_hash(),
         )
+
+    def claim_mask_label(self, label: str) -> None:
+        """Refuse (rule ``session``) a mask label this party already used in this run."""
+        self.runtime.claim_mask_label(label)
 
     def share(self, name: str, vector: np.ndarray, *, label: str | None = None) -> None:
         """Add this party's pairwise-masked share of ``vector`` (fixed point) to the reply.
@@ -351,7 +390,7 @@ class PartyContext:
         self.reply.masked[name] = masking.mask_vector(
             masking.encode_fixed(np.asarray(vector, dtype=np.float64)),
             self.party,
-            self._seeds(),
+            self.mask_seeds(),
             label,
         )
 
@@ -370,7 +409,9 @@ class PartyContext:
             raise ProtocolAbort(
                 self.kind, self.party, f"the server's sum '{name}' is missing or has another size"
             )
-        return masking.decode_fixed(masking.unmask_sum(masked, self.party, self._seeds(), label))
+        return masking.decode_fixed(
+            masking.unmask_sum(masked, self.party, self.mask_seeds(), label)
+        )
 
     # --- encryption ----------------------------------------------------------------------------
     def paillier(self, bits: int | None = None) -> PaillierContext:

@@ -160,7 +160,9 @@ def build_layouts(
     )
 
 
-def passive_layout(slot_map: np.ndarray, permutation: np.ndarray, total_slots: int) -> PassiveLayout:
+def passive_layout(
+    slot_map: np.ndarray, permutation: np.ndarray, total_slots: int
+) -> PassiveLayout:
     """P_k: check the LO's slot map and turn it into a slot per own row.
 
     Raises
@@ -269,11 +271,15 @@ def pairwise_scalar_masks(
             continue
         low, high = sorted((party, peer))
         key = hashlib.blake2b(
-            f"{low}/{high}/{label}".encode(), key=bytes(seeds[peer]), digest_size=64,
+            f"{low}/{high}/{label}".encode(),
+            key=bytes(seeds[peer]),
+            digest_size=64,
             person=_SCALAR_PERSON,
         ).digest()
         sign = 1 if party == low else -1
         for i in range(count):
-            block = hashlib.shake_256(key + i.to_bytes(4, "big")).digest((n.bit_length() + 135) // 8)
+            block = hashlib.shake_256(key + i.to_bytes(4, "big")).digest(
+                (n.bit_length() + 135) // 8
+            )
             total[i] = (total[i] + sign * int.from_bytes(block, "big")) % n
     return total

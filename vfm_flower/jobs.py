@@ -146,6 +146,13 @@ class JobKind:
         ``min-paillier-bits`` applies to its ``paillier-bits`` parameter).
     description : str
         One line for ``vfm agreement show``.
+    membership : {"hidden", "revealed"}
+        What alignment tells a passive party. ``"hidden"`` (default): a slot map, never which
+        of its customers are joint; its steps compute on all its rows
+        (``vfm_flower.hidden_membership``). ``"revealed"``: its rows of the joint customers,
+        in the common order (``PartyContext.aligned_rows``); simpler to program, and a passive
+        party then learns which of its customers the others hold: say so in the kind's
+        documentation.
     """
 
     name: str
@@ -154,6 +161,7 @@ class JobKind:
     releases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     uses_paillier: bool = False
     description: str = ""
+    membership: str = "hidden"
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -175,6 +183,10 @@ class JobKind:
             )
         releases = {a: tuple(sorted(set(self.releases.get(a, ())))) for a in RELEASE_AUDIENCES}
         object.__setattr__(self, "releases", MappingProxyType(releases))
+        if self.membership not in ("hidden", "revealed"):
+            raise ConfigurationError(
+                f"job kind '{self.name}': membership must be 'hidden' or 'revealed'"
+            )
 
     def param(self, name: str) -> ParamSpec:
         for spec in self.params:

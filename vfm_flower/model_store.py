@@ -2,7 +2,9 @@
 
 Nobody holds the whole model: a party stores only its weights, its feature names and the
 preparation statistics of its own columns (the label owner also the intercept and the model
-kind). A slice is written to a staging directory and moved into place in one rename when
+kind). A passive party's weights are ciphertexts under the label owner's Paillier key
+(``encrypted_weights``, with that public key): scoring uses their encrypted image, and only an
+agreement that releases them lets the party store them in plain. A slice is written to a staging directory and moved into place in one rename when
 training finished, so an aborted run never leaves a half-written slice that scoring would use.
 """
 
@@ -35,6 +37,9 @@ class ModelSlice:
     intercept: float | None
     preparation_json: str
     info: dict[str, Any]
+    encrypted_weights: bytes | None = None
+    public_key: bytes | None = None
+    private_key: bytes | None = None
 
 
 def save_model_slice(work_dir: Path, model_slice: ModelSlice) -> Path:
@@ -54,6 +59,16 @@ def save_model_slice(work_dir: Path, model_slice: ModelSlice) -> Path:
         }
         (staging / "slice.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         (staging / "preparation.json").write_text(model_slice.preparation_json, encoding="utf-8")
+        if model_slice.encrypted_weights is not None:
+            (staging / "weights.enc").write_bytes(model_slice.encrypted_weights)
+        if model_slice.public_key is not None:
+            (staging / "paillier_public.key").write_bytes(model_slice.public_key)
+        if model_slice.private_key is not None:
+            # the label owner's key for scoring with the passive parties' encrypted weights
+            key_path = staging / "paillier_private.key"
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(model_slice.private_key)
         target = work_dir / SLICE_DIR
         old = None
         if target.exists():
@@ -83,6 +98,13 @@ def load_model_slice(work_dir: Path, party: str) -> ModelSlice:
         raise DataError(f"party '{party}': model slice in {folder} is unreadable: {exc}") from exc
     if meta.get("party") != party:
         raise DataError(f"the model slice in {folder} belongs to '{meta.get('party')}'")
+    encrypted = public = private = None
+    if (folder / "weights.enc").is_file():
+        encrypted = (folder / "weights.enc").read_bytes()
+    if (folder / "paillier_public.key").is_file():
+        public = (folder / "paillier_public.key").read_bytes()
+    if (folder / "paillier_private.key").is_file():
+        private = (folder / "paillier_private.key").read_bytes()
     return ModelSlice(
         party=party,
         model=str(meta["model"]),
@@ -92,4 +114,7 @@ def load_model_slice(work_dir: Path, party: str) -> ModelSlice:
         intercept=meta.get("intercept"),
         preparation_json=preparation,
         info=dict(meta.get("info", {})),
+        encrypted_weights=encrypted,
+        public_key=public,
+        private_key=private,
     )

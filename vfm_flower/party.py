@@ -488,13 +488,16 @@ class PartyRuntime:
         return reply
 
     def _finish_alignment_if_due(self, context: PartyContext) -> None:
-        """Alignment completes on every party: a passive party's positions arrive with the
-        next message it gets, whatever step that is, and are applied before the step runs."""
-        from vfm_flower.steps.alignment import JOINT_ROWS, TOPIC_POSITIONS
+        """Alignment completes on every party: a passive party's positions (or slot map)
+        arrive with the next message it gets, whatever step that is, and are applied before
+        the step runs."""
+        from vfm_flower.steps.alignment import JOINT_ROWS, TOPIC_POSITIONS, TOPIC_SLOTS
 
         lo = self.agreement.label_owner
         if (lo, TOPIC_POSITIONS) in context.request.inbox and JOINT_ROWS not in self.state:
             context.aligned_rows()
+        if (lo, TOPIC_SLOTS) in context.request.inbox and "hm.slot_of_row" not in self.state:
+            context.passive_layout()
 
     def _seal_if_no_session(self, request: StepRequest) -> None:
         """A refused hello ends this party's part of the run: no close round will seal it.

@@ -255,8 +255,10 @@ def image_layout(passive_parties: int, key_bits: int, value_bits: int) -> tuple[
 
 def _vector_layout(key_bits: int) -> tuple[int, int, int]:
     value_bits = DIRECTION_BITS + WEIGHT_MAGNITUDE_BITS
-    return value_bits, value_bits + STATISTICAL_BITS + 2, (key_bits - 1) // (
-        value_bits + STATISTICAL_BITS + 2
+    return (
+        value_bits,
+        value_bits + STATISTICAL_BITS + 2,
+        (key_bits - 1) // (value_bits + STATISTICAL_BITS + 2),
     )
 
 
@@ -288,8 +290,13 @@ def _masked_image(
     _, slot_bits, spc = image_layout(passive_parties, n.bit_length(), value_bits)
     count = _ciphertexts_needed(layout.total_slots, spc)
     image = packed_row_images(
-        bases, X_int, layout.slot_of_row, slot_bits=slot_bits, slots_per_ciphertext=spc,
-        ciphertexts=count, nsquare=n2,
+        bases,
+        X_int,
+        layout.slot_of_row,
+        slot_bits=slot_bits,
+        slots_per_ciphertext=spc,
+        ciphertexts=count,
+        nsquare=n2,
     )
     plain = [0] * count
     offset = 1 << value_bits
@@ -337,13 +344,17 @@ def passive_iteration(
         [*gradient, *x_new], np.hstack([preconditioner.A, preconditioner.B]), n2
     )
     image = _masked_image(
-        public, encryptor, direction, X_int, layout, slot_masks,
-        DIRECTION_BITS + FEATURE_BITS + IMAGE_MAGNITUDE_BITS, passive_parties,
+        public,
+        encryptor,
+        direction,
+        X_int,
+        layout,
+        slot_masks,
+        iteration_image_bits(),
+        passive_parties,
     )
     vectors, offsets = _masked_vectors(encryptor, [*x_new, *direction, *p_new], n, n2)
-    corrections = _corrections(
-        encryptor, x_new, direction, p_new, offsets, scalar_masks, n, n2
-    )
+    corrections = _corrections(encryptor, x_new, direction, p_new, offsets, scalar_masks, n, n2)
     return (
         ForwardMessage(tuple(image), tuple(vectors), tuple(corrections)),
         PassiveSecrets(tuple(offsets)),
@@ -379,13 +390,25 @@ def passive_final_image(
 ) -> list[mpz]:
     """``[[X w]]`` of the encrypted model ``w`` (``2**-48``), packed and masked, for the LO."""
     return _masked_image(
-        public, encryptor, list(weights), X_int, layout, slot_masks,
-        final_image_bits(), passive_parties,
+        public,
+        encryptor,
+        list(weights),
+        X_int,
+        layout,
+        slot_masks,
+        final_image_bits(),
+        passive_parties,
     )
 
 
 def final_image_bits() -> int:
+    """Public bound (bits) of the image of a final model ``[[X w]]`` (scale ``2**-60``)."""
     return MOVED_BITS + FEATURE_BITS + IMAGE_MAGNITUDE_BITS
+
+
+def iteration_image_bits() -> int:
+    """Public bound (bits) of the image of a direction ``[[X s]]`` (scale ``2**-76``)."""
+    return DIRECTION_BITS + FEATURE_BITS + IMAGE_MAGNITUDE_BITS
 
 
 def _unmasked_state(
@@ -409,13 +432,9 @@ def _masked_vectors(
 ) -> tuple[list[mpz], list[int]]:
     """``[[v + R]]`` packed, ``R = 2**V + rho``, ``rho`` uniform below ``2**(V + 40)``."""
     value_bits, slot_bits, spc = _vector_layout(n.bit_length())
-    offsets = [
-        (1 << value_bits) + secrets.randbits(value_bits + STATISTICAL_BITS) for _ in cts
-    ]
+    offsets = [(1 << value_bits) + secrets.randbits(value_bits + STATISTICAL_BITS) for _ in cts]
     masked = _add_plain(cts, offsets, n, n2)
-    packed = _dot.pack_ciphertexts(
-        masked, n2, slot_bits=slot_bits, slots_per_ciphertext=spc
-    )
+    packed = _dot.pack_ciphertexts(masked, n2, slot_bits=slot_bits, slots_per_ciphertext=spc)
     return _rerandomize(encryptor, packed, n2), offsets
 
 
@@ -525,7 +544,7 @@ def open_forward(
         {p: msg.image for p, msg in messages.items()},
         layout,
         masks,
-        DIRECTION_BITS + FEATURE_BITS + IMAGE_MAGNITUDE_BITS,
+        iteration_image_bits(),
         DIRECTION_BITS + FEATURE_BITS,
     )
     vectors: dict[str, list[int]] = {}
@@ -560,9 +579,11 @@ def open_forward(
         dtype=np.float64,
     )
     limit = 2.0 ** (2 * WEIGHT_MAGNITUDE_BITS)
-    if not np.all(np.isfinite(scalars)) or max(scalars[0], scalars[3], scalars[5]) >= limit or min(
-        scalars[0], scalars[3], scalars[5]
-    ) < -1e-6:
+    if (
+        not np.all(np.isfinite(scalars))
+        or max(scalars[0], scalars[3], scalars[5]) >= limit
+        or min(scalars[0], scalars[3], scalars[5]) < -1e-6
+    ):
         raise _refuse(
             None,
             "[weight_range] the passive weights left their public bound: a party deviated or "
@@ -574,8 +595,9 @@ def open_forward(
 def _encrypt(
     encryptor: _djn.DJNEncryptor, public: PaillierPublicKey, values: Sequence[int]
 ) -> list[mpz]:
-    return _djn.encrypt_vector(public, np.array([int(v) for v in values], dtype=object),
-                               encryptor=encryptor)
+    return _djn.encrypt_vector(
+        public, np.array([int(v) for v in values], dtype=object), encryptor=encryptor
+    )
 
 
 def initial_backward(
@@ -616,8 +638,7 @@ def backward_messages(
             masked = opened.vectors[party]
             m = len(masked) // 3
             shifts = (
-                [COEFFICIENT_BITS] * m + [DIRECTION_BITS - STATE_BITS] * m
-                + [COEFFICIENT_BITS] * m
+                [COEFFICIENT_BITS] * m + [DIRECTION_BITS - STATE_BITS] * m + [COEFFICIENT_BITS] * m
             )
             state = _encrypt(encryptor, public, [v >> d for v, d in zip(masked, shifts)])
         out[party] = BackwardMessage(control, tuple(residuals), tuple(state))

@@ -74,6 +74,7 @@ __all__ = [
     "write_report",
     "write_released_report",
     "build_party_report",
+    "build_encrypted_party_report",
     "write_party_report",
     "assign_segments",
     "segment_summaries",
@@ -836,6 +837,43 @@ def build_party_report(
             f"Weights of {_possessive(str(party))} own columns in the federated model, in "
             f"{scale} per standard deviation (numeric columns) or for being in a category "
             "(one-hot columns). Only this party receives this report."
+        ),
+    }
+
+
+def build_encrypted_party_report(
+    party: str, model: str, feature_names: list[str], *, min_cohort: int, rows: int
+) -> dict[str, Any]:
+    """A passive party's own report when its weights stay encrypted (the default).
+
+    It lists the party's prepared columns and says where the weights are: under the label
+    owner's key, used only through encrypted images; the agreement may release them to the
+    party once, at the end of training (``release.party`` names ``model-weights``).
+    """
+    if model not in ("logistic", "linear"):
+        raise ValueError(f"model must be 'logistic' or 'linear', got {model!r}")
+    if not feature_names:
+        raise ValueError(f"party '{party}' has no features to report")
+    features = [
+        {"rank": i + 1, "feature": str(name), "weight": None, "abs_weight": None,
+         "relative_importance": None}
+        for i, name in enumerate(feature_names)
+    ]
+    return {
+        "schema": _PARTY_SCHEMA,
+        "party": str(party),
+        "model": model,
+        "aligned_rows": _count("rows", rows),
+        "min_cohort": _check_min_cohort_value(min_cohort),
+        "weights_encrypted": True,
+        "features": features,
+        "top_features": [f["feature"] for f in features[:_TOP_FEATURES]],
+        "note": (
+            f"{_possessive(str(party))} weights stay encrypted under the label owner's key: "
+            "they are used only through encrypted images, and no party (this one included) "
+            "sees them. The agreement may release them to this party once, at the end of "
+            "training. Rows counts all of this party's customers: it does not learn which are "
+            "joint."
         ),
     }
 

@@ -688,6 +688,25 @@ def _render_party_html(report: Mapping[str, Any]) -> str:
     (:func:`vfm_flower.report.build_party_report`)."""
     party = str(report["party"])
     features = report.get("features", [])
+    if report.get("weights_encrypted"):
+        return _page(
+            f"Features ({party})",
+            "".join(
+                [
+                    f"<h1>{_e(party)}: own features in the federated model</h1>",
+                    f'<p class="sub">Federated {_e(report["model"])} model; '
+                    f"{_f(report['aligned_rows'])} rows of {_e(party)}. "
+                    f"{_e(report.get('note', ''))}</p>",
+                    "<h2>Features</h2>",
+                    _table(
+                        ["Rank", "Feature"],
+                        [[f["rank"], f["feature"]] for f in features],
+                        left=2,
+                    ),
+                    f"<footer>vfm-flower party report for {_e(party)} only.</footer>",
+                ]
+            ),
+        )
     parts = [
         f"<h1>{_e(party)}: own feature weights</h1>",
         f'<p class="sub">Federated {_e(report["model"])} model trained on '

@@ -72,9 +72,7 @@ def _factors(X: np.ndarray) -> tuple[list[_Factor], list[int]]:
         shifted = column - low
         uniques, inverse = np.unique(shifted, return_inverse=True)
         if uniques.size <= FEW_VALUES:
-            factors.append(
-                _Factor(j, 0, tuple(int(u) for u in uniques), inverse.astype(np.int64))
-            )
+            factors.append(_Factor(j, 0, tuple(int(u) for u in uniques), inverse.astype(np.int64)))
             continue
         top = int(shifted.max()).bit_length()
         mask = (1 << DIGIT_BITS) - 1
@@ -229,9 +227,7 @@ def packed_row_images(
     bounds = chunk_bounds(spc, parts)
     payloads = []
     for t_lo, t_hi in bounds:
-        in_range = order[
-            ((slot_arr[order] % spc) >= t_lo) & ((slot_arr[order] % spc) < t_hi)
-        ]
+        in_range = order[((slot_arr[order] % spc) >= t_lo) & ((slot_arr[order] % spc) < t_hi)]
         payloads.append(
             (
                 base_list,

@@ -23,19 +23,32 @@ from vfm_flower.errors import EnvelopeError, ProtocolAbort
 SCORES_FILE = "scores.csv"
 
 
-def scores_payload(scores: np.ndarray) -> bytes:
-    """The payload of delivered scores (joint-row order)."""
-    return pack_payload({"scores": np.asarray(scores, dtype=np.float64)})
+def scores_payload(ctx: PartyContext, scores: np.ndarray) -> bytes:
+    """The payload of delivered scores (joint-row order). A passive result owner of a kind
+    that hides membership also gets its positions of the joint customers: receiving their
+    scores, it learns which customers are joint anyway (the one party that does)."""
+    arrays = {"scores": np.asarray(scores, dtype=np.float64)}
+    owner = ctx.result_owner
+    if owner != ctx.label_owner and ctx.hides_membership:
+        arrays["positions"] = ctx.label_owner_layout().positions[owner]
+    return pack_payload(arrays)
 
 
 def receive_scores(ctx: PartyContext, payload: bytes) -> None:
     arrays, _ = unpack_payload(payload)
-    write_scores(ctx, arrays["scores"])
+    rows = None
+    if "positions" in arrays:
+        layout = ctx.passive_layout()
+        positions = np.asarray(arrays["positions"], dtype=np.int64)
+        if positions.size and (positions.min() < 0 or positions.max() >= layout.rows):
+            raise ProtocolAbort("score", ctx.party, "delivered positions are out of range")
+        rows = layout.row_of_position[positions]
+    write_scores(ctx, arrays["scores"], rows=rows)
 
 
-def write_scores(ctx: PartyContext, scores: np.ndarray) -> int:
+def write_scores(ctx: PartyContext, scores: np.ndarray, *, rows: np.ndarray | None = None) -> int:
     """Write ``scores.csv`` (this party's own ids as in its file, score) atomically."""
-    rows = ctx.aligned_rows()
+    rows = ctx.aligned_rows() if rows is None else rows
     if len(rows) != len(scores):
         raise ProtocolAbort("score", ctx.party, "scores do not match the aligned rows")
     id_columns = list(ctx.terms.id_columns)

@@ -1,10 +1,18 @@
-"""The end of a regression training job, party side: ``train.finish``.
+"""The end of a regression training job, party side: ``train.finish`` and ``train.evaluate``.
 
-When the label owner (LO) decided to stop, every party applies the final control (its stop
-envelope from the LO), and, for operation ``train``, writes its own model slice and its own
-feature report (``evaluate`` measures a model and keeps none). The LO evaluates on its hold-out
-rows, trains a model on its own columns alone (locally, same rows and split) for comparison,
-and builds the shared report, which it keeps (result owner) or delivers to the result owner.
+``train.finish`` (passive parties)
+    Apply the LO's stop control to the encrypted weights (or take the kept point of the best
+    hold-out round, for early stopping), send the LO the packed, masked image ``[[X_k w_k]]``
+    of that final model, and, for operation ``train``, write the model slice (weights still
+    encrypted under the LO's key) and the party's own report (its features; no weight).
+``train.evaluate`` (label owner)
+    Open the summed final image on the joint rows: the scores of exactly the model the
+    parties saved. Check them against the scores it tracked during training (a deviating
+    party that swapped its model is refused, rule ``model_consistency``), evaluate on its
+    hold-out rows, train a model on its own columns alone (locally, same rows and split) for
+    comparison, build the shared report, which it keeps (result owner) or delivers, and write
+    its own slice. ``evaluate`` measures a model and keeps none.
+
 The server learns counts and a few headline metrics, rounded, and only those the agreement's
 release list names.
 """
@@ -15,24 +23,41 @@ import json
 
 import numpy as np
 
+from vfm_flower import paillier
+from vfm_flower import private_gradients as pg
 from vfm_flower import report as reporting
-from vfm_flower.context import PartyContext
+from vfm_flower.codec import pack_payload
+from vfm_flower.context import PartyContext, Topic
 from vfm_flower.errors import ProtocolAbort
-from vfm_flower.model import BlockOptimizer, ModelSpec, StepControl, train_vertical_plaintext
+from vfm_flower.hazmat import paillier_djn as djn
+from vfm_flower.model import BlockOptimizer, ModelSpec, train_vertical_plaintext
 from vfm_flower.model_store import ModelSlice, save_model_slice
 from vfm_flower.party import StepRegistry
 from vfm_flower.preparation import PreparationPlan
 from vfm_flower.steps.training import (
     REGRESSION_KINDS,
-    TOPIC_STOP,
+    TOPIC_BACKWARD,
     TRAINING,
+    _offsets_from_bytes,
+    ciphertext_array,
+    ciphertexts_of,
+    image_label,
     load_coordinator,
     load_optimizer,
     model_spec,
     params_of,
+    private_key,
+    public_key,
+    receive_backward,
 )
 
-#: The closing step of the regression training jobs.
+TOPIC_FINAL = Topic("train.final_image", phase="train.finish")
+FINAL_LABEL = image_label("final")
+#: Largest difference between the scores the LO tracked and those of the saved model:
+#: fixed-point rounding stays far below it (about 1e-6 per iteration).
+MODEL_CONSISTENCY_TOLERANCE = 1e-3
+
+#: The closing steps of the regression training jobs.
 STEPS = StepRegistry()
 
 
@@ -48,41 +73,162 @@ _HEADLINE = {
 }
 
 
+def final_weights(ctx: PartyContext) -> list:
+    """Passive party: its encrypted final weights after the LO's stop control."""
+    t = ctx.round
+    message = receive_backward(ctx, TOPIC_BACKWARD, round=t - 1)
+    control = message.control
+    if not control.stop or control.iteration != t:
+        raise ProtocolAbort(ctx.kind, ctx.party, "training did not reach its stop control")
+    public = public_key(ctx)
+    m = int(ctx.state.array("X").shape[1])
+    if 0 <= control.best_round < t:
+        key = f"pg.moved.{control.best_round}"
+        if key not in ctx.state:
+            raise ProtocolAbort(ctx.kind, ctx.party, "the best round's weights were not kept")
+        return list(paillier.ciphertexts_from_bytes(ctx.state.get_bytes(key), public, m))
+    secrets = _offsets_from_bytes(ctx.state.get_bytes("pg.offsets"))
+    return pg.passive_final_move(public, message, secrets, m)
+
+
 @STEPS.step("train.finish", jobs=REGRESSION_KINDS, operations=TRAINING)
-def every_party_finish(ctx: PartyContext) -> None:
-    """Apply the final control, write the model slice; LO: hold-out evaluation."""
+def passive_finish(ctx: PartyContext) -> None:
+    """Passive party: final encrypted weights, their masked image for the LO, own slice."""
+    public = public_key(ctx)
+    weights = final_weights(ctx)
+    X_int = ctx.state.array("X")
+    ctx.claim_mask_label(FINAL_LABEL)
+    masks = pg.row_masks(
+        ctx.party,
+        ctx.label_owner,
+        ctx.mask_seeds(),
+        ctx.passive_parties,
+        ctx.customer_tokens(),
+        FINAL_LABEL,
+        pg.final_image_bits(),
+        public.n.bit_length(),
+    )
+    image = pg.passive_final_image(
+        public,
+        djn.DJNEncryptor(public),
+        weights,
+        X_int,
+        ctx.passive_layout(),
+        slot_masks=masks,
+        passive_parties=len(ctx.passive_parties),
+    )
+    ctx.send(
+        ctx.label_owner,
+        TOPIC_FINAL,
+        pack_payload({"image": ciphertext_array(image, public)}, {"image": len(image)}),
+    )
+    plan = PreparationPlan.from_json(str(ctx.state.get("prep_plan")))
+    ctx.publish(features=int(X_int.shape[1]))
+    if ctx.operation != "train":
+        return
+    ctx.check_release("party", "model-slice", "party-report")
+    reporting.write_party_report(
+        reporting.build_encrypted_party_report(
+            ctx.party,
+            ctx.job.kind,
+            list(plan.feature_names),
+            min_cohort=ctx.min_cohort,
+            rows=int(X_int.shape[0]),
+        ),
+        ctx.work_dir,
+    )
+    save_model_slice(
+        ctx.work_dir,
+        ModelSlice(
+            party=ctx.party,
+            model=ctx.job.kind,
+            agreement_hash=ctx.agreement.terms_hash(),
+            feature_names=tuple(plan.feature_names),
+            weights=np.zeros(0),
+            intercept=None,
+            preparation_json=plan.to_json(),
+            info={"iterations": ctx.round, "run_key": ctx.run_id, "scale_bits": pg.MOVED_BITS},
+            encrypted_weights=paillier.ciphertexts_to_bytes(weights, public),
+            public_key=ctx.state.get_bytes("paillier.public"),
+        ),
+    )
+
+
+def receive_image(ctx: PartyContext, peer: str, topic: Topic) -> tuple[tuple, dict]:
+    """LO: a passive party's packed image ciphertexts and the message's meta."""
+    arrays, meta = ctx.receive_arrays(peer, topic)
+    with ctx.decoding(peer, topic):
+        return ciphertexts_of(arrays["image"], public_key(ctx), int(meta["image"])), meta
+
+
+def open_final_scores(ctx: PartyContext, label: str, images: dict[str, tuple]) -> np.ndarray:
+    """LO: the passive parties' summed image of their final weights on the joint rows."""
+    public, private = public_key(ctx), private_key(ctx)
+    masks = pg.joint_masks(
+        ctx.mask_seeds(),
+        ctx.passive_parties,
+        ctx.customer_tokens(),
+        label,
+        pg.final_image_bits(),
+        public.n.bit_length(),
+    )
+    return pg.open_image(
+        private,
+        images,
+        ctx.label_owner_layout(),
+        masks,
+        pg.final_image_bits(),
+        pg.MOVED_BITS + pg.FEATURE_BITS,
+    )
+
+
+@STEPS.step("train.evaluate", jobs=REGRESSION_KINDS, operations=TRAINING)
+def label_owner_evaluate(ctx: PartyContext) -> None:
+    """LO: scores of the saved model, hold-out evaluation, report, own slice."""
     t = ctx.round
     spec = model_spec(ctx)
     optimizer = load_optimizer(ctx)
-    if not ctx.is_label_owner:
-        blob = ctx.receive(ctx.label_owner, TOPIC_STOP)
-        with ctx.decoding(ctx.label_owner, TOPIC_STOP):
-            control = StepControl.from_dict(json.loads(blob.decode()))
-        optimizer.step(None, control)
     if not optimizer.finished:
         raise ProtocolAbort(ctx.kind, ctx.party, "training did not reach its stop control")
+    X = ctx.state.array("X")
+    z = X @ optimizer.weights + optimizer.intercept
+    if ctx.passive_parties:
+        images = {p: receive_image(ctx, p, TOPIC_FINAL)[0] for p in ctx.passive_parties}
+        z = z + open_final_scores(ctx, FINAL_LABEL, images)
+    coordinator = load_coordinator(ctx)
+    tracked = coordinator.z
+    if ctx.state.get("stop_reason") == "early_stopping" and "z_best" in ctx.state:
+        tracked = ctx.state.array("z_best")
+    gap = float(np.max(np.abs(z - tracked))) if z.size else 0.0
+    if not gap <= MODEL_CONSISTENCY_TOLERANCE * (1.0 + float(np.max(np.abs(tracked)))):
+        raise ProtocolAbort(
+            ctx.kind,
+            ctx.party,
+            f"[model_consistency] the saved model's scores differ from the trained ones by "
+            f"{gap:.3g}: a party changed its weights after training",
+        )
     plan = PreparationPlan.from_json(str(ctx.state.get("prep_plan")))
     info: dict[str, object] = {"iterations": t, "run_key": ctx.run_id}
     released: dict[str, object] = {"features": int(optimizer.weights.size)}
-    if ctx.is_label_owner:
-        evaluation = _evaluate(ctx, spec, optimizer, plan)
-        released.update(evaluation)
-        info.update(evaluation)
+    evaluation = _evaluate(ctx, spec, optimizer, plan, z)
+    released.update(evaluation)
+    info.update(evaluation)
     ctx.publish(**released)
     if ctx.operation != "train":
         return
     ctx.check_release("party", "model-slice", "party-report")
     weights = dict(zip(plan.feature_names, (float(w) for w in optimizer.weights)))
-    reporting.write_party_report(
-        reporting.build_party_report(
-            ctx.party,
-            spec.kind,
-            weights,
-            min_cohort=ctx.min_cohort,
-            aligned_rows=int(ctx.state.array("X").shape[0]),
-        ),
-        ctx.work_dir,
-    )
+    if weights:
+        reporting.write_party_report(
+            reporting.build_party_report(
+                ctx.party,
+                spec.kind,
+                weights,
+                min_cohort=ctx.min_cohort,
+                aligned_rows=int(X.shape[0]),
+            ),
+            ctx.work_dir,
+        )
     save_model_slice(
         ctx.work_dir,
         ModelSlice(
@@ -91,15 +237,21 @@ def every_party_finish(ctx: PartyContext) -> None:
             agreement_hash=ctx.agreement.terms_hash(),
             feature_names=tuple(plan.feature_names),
             weights=optimizer.weights,
-            intercept=optimizer.intercept if ctx.is_label_owner else None,
+            intercept=optimizer.intercept,
             preparation_json=plan.to_json(),
             info=info,
+            public_key=ctx.state.get_bytes("paillier.public"),
+            private_key=ctx.state.get_bytes("paillier.private"),
         ),
     )
 
 
 def _evaluate(
-    ctx: PartyContext, spec: ModelSpec, optimizer: BlockOptimizer, plan: PreparationPlan
+    ctx: PartyContext,
+    spec: ModelSpec,
+    optimizer: BlockOptimizer,
+    plan: PreparationPlan,
+    z: np.ndarray,
 ) -> dict[str, object]:
     """Hold-out evaluation and the result owner's report; returns the released aggregates.
 
@@ -110,9 +262,6 @@ def _evaluate(
     coordinator = load_coordinator(ctx)
     y = ctx.state.array("y")
     holdout = coordinator.holdout_mask
-    z = coordinator.z
-    if ctx.state.get("stop_reason") == "early_stopping" and "z_best" in ctx.state:
-        z = ctx.state.array("z_best")
     n_hold = int(holdout.sum())
     ctx.check_cohort(n_hold, "hold-out metrics")
     X = ctx.state.array("X")

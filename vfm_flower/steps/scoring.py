@@ -1,30 +1,38 @@
 """Scoring new customers with the regression job kinds, party side (after alignment).
 
 ``query.score`` (all parties): load the party's own model slice (a missing slice is a clear
-error naming the party), prepare its columns with the statistics saved at training, and
-compute its partial score on the aligned rows. Passive parties share it pairwise-masked and
-seal the identity of their slice (the training run) to the label owner, who checks every slice
-itself; the label owner keeps its own part. The server sums the masked shares.
-``query.combine`` (label owner): unmask the sum, add its own part and the intercept, apply the
-link, and keep the scores (result owner: ``scores.csv`` under its own ids) or deliver them to
-the result owner. Only the result owner ever keeps a score.
+error naming the party) and prepare its columns with the statistics saved at training. The
+label owner (LO) computes its partial score on the joint rows; a passive party computes, on
+**all** its rows (it does not learn which customers are joint), the packed, per-customer-
+masked image ``[[X_k w_k]]`` of its encrypted weights and seals it to the LO with the identity
+of its slice (the training run and the LO key it was trained under), which the LO checks.
+``query.combine`` (LO): add the images slot by slot, decrypt, read the joint slots, add its
+own part and the intercept, apply the link, and keep the scores (result owner: ``scores.csv``
+under its own ids) or deliver them to the result owner. Only the result owner ever keeps a
+score; the server relays sealed envelopes and learns counts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 
+from vfm_flower import paillier
+from vfm_flower import private_gradients as pg
+from vfm_flower.codec import pack_payload
 from vfm_flower.context import PartyContext, Topic
 from vfm_flower.errors import DataError
+from vfm_flower.hazmat import paillier_djn as djn
 from vfm_flower.model import link
-from vfm_flower.model_store import load_model_slice
+from vfm_flower.model_store import ModelSlice, load_model_slice
 from vfm_flower.party import StepRegistry
 from vfm_flower.preparation import PreparationPlan, apply_preparation
 from vfm_flower.steps import delivery
-from vfm_flower.steps.training import REGRESSION_KINDS
+from vfm_flower.steps.evaluation import open_final_scores, receive_image
+from vfm_flower.steps.training import REGRESSION_KINDS, ciphertext_array
 
-SCORE_LABEL = "score/forward"
-TOPIC_MODEL = Topic("score.model_stamp", phase="query.score")
+SCORE_LABEL = "score/image"
+TOPIC_IMAGE = Topic("score.encrypted_image", phase="query.score")
 
 #: The scoring steps of the regression job kinds.
 STEPS = StepRegistry()
@@ -32,10 +40,11 @@ STEPS = StepRegistry()
 STEPS.receiver("scores", jobs=REGRESSION_KINDS)(delivery.receive_scores)
 
 
-@STEPS.step("query.score", jobs=REGRESSION_KINDS, operations=("score",))
-def every_party_score(ctx: PartyContext) -> None:
-    """Every party: its partial score on the aligned rows from its own model slice."""
-    rows = ctx.aligned_rows()
+def _key_id(public_bytes: bytes | None) -> str:
+    return hashlib.sha256(public_bytes or b"").hexdigest()[:16]
+
+
+def _own_slice(ctx: PartyContext) -> ModelSlice:
     model_slice = load_model_slice(ctx.work_dir, ctx.party)
     if model_slice.agreement_hash != ctx.agreement.terms_hash():
         raise DataError(f"party '{ctx.party}': its model slice was trained under another agreement")
@@ -44,41 +53,89 @@ def every_party_score(ctx: PartyContext) -> None:
             f"party '{ctx.party}': its model slice is '{model_slice.model}', the job "
             f"scores '{ctx.job.kind}'"
         )
+    if model_slice.public_key is None:
+        raise DataError(f"party '{ctx.party}': its model slice predates encrypted weights: retrain")
+    return model_slice
+
+
+@STEPS.step("query.score", jobs=REGRESSION_KINDS, operations=("score",))
+def every_party_score(ctx: PartyContext) -> None:
+    """LO: its partial score on the joint rows; passive party: its masked encrypted image."""
+    rows = ctx.rows()
+    model_slice = _own_slice(ctx)
     plan = PreparationPlan.from_json(model_slice.preparation_json)
-    prepared = apply_preparation(plan, ctx.aligned_table())
+    prepared = apply_preparation(plan, ctx.table().iloc[rows].reset_index(drop=True))
     if tuple(prepared.feature_names) != model_slice.feature_names:
         raise DataError(f"party '{ctx.party}': prepared columns differ from its model slice")
-    partial = prepared.matrix @ model_slice.weights
     model_id = str(model_slice.info.get("run_key", ""))
     ctx.publish(rows=int(len(rows)), model_id=model_id)
+    stamp = {
+        "model_id": model_id,
+        "model": model_slice.model,
+        "key": _key_id(model_slice.public_key),
+    }
     if ctx.is_label_owner:
+        if model_slice.private_key is None:
+            raise DataError(f"party '{ctx.party}': its model slice holds no Paillier key")
+        partial = prepared.matrix @ model_slice.weights
         ctx.state.set_array("own_score", partial + float(model_slice.intercept or 0.0))
-        ctx.state.set("score_model", model_slice.model)
-        ctx.state.set("score_model_id", model_id)
+        ctx.state.set("score_stamp", json.dumps(stamp, sort_keys=True))
+        ctx.state.set_bytes("paillier.public", model_slice.public_key)
+        ctx.state.set_bytes("paillier.private", model_slice.private_key)
         return
-    ctx.share("score", partial, label=SCORE_LABEL)
-    # the label owner checks every slice itself (a server could skip its own check)
-    stamp = json.dumps({"model_id": model_id, "model": model_slice.model}).encode()
-    ctx.send(ctx.label_owner, TOPIC_MODEL, stamp)
+    public = paillier.public_key_from_bytes(
+        model_slice.public_key, min_bits=ctx.agreement.min_paillier_bits
+    )
+    m = len(model_slice.feature_names)
+    weights = paillier.ciphertexts_from_bytes(model_slice.encrypted_weights or b"", public, m)
+    with ctx.decoding(ctx.party, "features"):
+        X_int = pg.quantize_features(prepared.matrix)
+    ctx.claim_mask_label(SCORE_LABEL)
+    masks = pg.row_masks(
+        ctx.party,
+        ctx.label_owner,
+        ctx.mask_seeds(),
+        ctx.passive_parties,
+        ctx.customer_tokens(),
+        SCORE_LABEL,
+        pg.final_image_bits(),
+        public.n.bit_length(),
+    )
+    image = pg.passive_final_image(
+        public,
+        djn.DJNEncryptor(public),
+        weights,
+        X_int,
+        ctx.passive_layout(),
+        slot_masks=masks,
+        passive_parties=len(ctx.passive_parties),
+    )
+    ctx.send(
+        ctx.label_owner,
+        TOPIC_IMAGE,
+        pack_payload(
+            {"image": ciphertext_array(image, public)},
+            {"image": len(image), "stamp": json.dumps(stamp, sort_keys=True)},
+        ),
+    )
 
 
 @STEPS.step("query.combine", jobs=REGRESSION_KINDS, operations=("score",))
 def label_owner_combine(ctx: PartyContext) -> None:
-    """Label owner: unmask the sum, add its part, keep or deliver the scores."""
+    """Label owner: check every slice's identity, open the images, keep or deliver scores."""
     own = ctx.state.array("own_score")
-    expected = {"model_id": ctx.state.get("score_model_id"), "model": ctx.state.get("score_model")}
+    expected = str(ctx.state.get("score_stamp"))
+    images = {}
     for peer in ctx.passive_parties:
-        blob = ctx.receive(peer, TOPIC_MODEL)
-        with ctx.decoding(peer, TOPIC_MODEL):
-            stamp = json.loads(blob)
-        if stamp != expected:
+        images[peer], meta = receive_image(ctx, peer, TOPIC_IMAGE)
+        if str(meta.get("stamp")) != expected:
             raise DataError(
                 f"party '{peer}' scores with a model slice from another training run than "
                 f"'{ctx.party}': retrain, or restore matching slices"
             )
     total = own.copy()
     if ctx.passive_parties:
-        total += ctx.unmask("score", label=SCORE_LABEL, length=own.shape[0])
-    scores = link(total, str(ctx.state.get("score_model")))
+        total += open_final_scores(ctx, SCORE_LABEL, images)
+    scores = link(total, json.loads(expected)["model"])
     ctx.publish(scored_rows=int(len(scores)))
-    ctx.deliver("scores", delivery.scores_payload(scores))
+    ctx.deliver("scores", delivery.scores_payload(ctx, scores))

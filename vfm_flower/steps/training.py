@@ -1,31 +1,30 @@
-"""Vertical training of the regression job kinds, party side (the iterations).
+"""Vertical training of the regression job kinds, party side: private gradients, two rounds.
 
-Rounds (``t`` = iteration, from 0):
+Rounds (``t`` = iteration, from 0); the cryptography of each is in
+``vfm_flower.private_gradients``, the optimizer in ``vfm_flower.model``:
 
 ``train.prepare`` (all parties, once)
-    Every party selects the columns the agreement allows it to use, fits the preparation of
-    its own columns on the aligned rows and sets up its block optimizer. The label owner (LO)
-    encodes its labels, draws the hold-out split and generates its Paillier key pair.
-``train.forward`` (passive parties), round ``t``
-    From ``t >= 1``: open the LO's decrypted masked gradient of round ``t-1``, remove the
-    party's own masks, and step the optimizer with the LO's step control. Then share the
-    image ``X_k v_k`` of the party's forward vector on all aligned rows and six inner products
-    of its own vectors, pairwise-masked (fixed point mod 2^64): the server sums the masked
-    vectors and learns nothing.
-``train.residual`` (LO), round ``t``
-    Unmask the server's sum, add its own block, run the exact plane search
-    (``vfm_flower.model.LabelOwnerCoordinator``), compute the exact residual ``d / n_train``
-    (zero on hold-out rows) and encrypt it under its Paillier key, with the step control,
-    for each passive party.
-``train.backward`` (passive parties), round ``t``
-    Compute ``[[X_k^T d + r_k]]`` with a fresh random mask ``r_k``, packed, for the LO.
-``train.decrypt`` (LO), round ``t``
-    Decrypt the packed masked gradients and return them to their parties.
-``train.finish`` (all parties): see ``vfm_flower.steps.evaluation``.
+    Every party selects the columns the agreement allows it to use and prepares them; a
+    passive party on **all its rows** (it does not know which are joint), in fixed point,
+    with its block preconditioner. The label owner (LO) encodes its labels, draws the
+    hold-out split (fixed per agreement), generates its Paillier key pair, computes the
+    residual at the starting point and sends every passive party ``[[d / n_train]]`` on its
+    rows (zero on rows that are not joint or are held out).
+``train.passive`` (passive parties), round ``t``
+    Apply the LO's step coefficients to the encrypted weights, compute the encrypted gradient
+    and direction, and send the LO the packed, per-customer-masked image ``[[X_k s_k]]`` with
+    the masked vectors and corrections for the L2 inner products.
+``train.label_owner`` (LO), round ``t``
+    Open the summed image on the joint rows, run the exact plane search, compute the new
+    residual and send each passive party its encrypted residuals, the coefficients and its
+    refreshed encrypted vectors, or the stop control.
+``train.finish`` (passive parties) and ``train.evaluate`` (LO): see
+``vfm_flower.steps.evaluation``.
 
-Four sequential rounds per iteration. The server sees masked vectors, ciphertexts inside
-envelopes, and the label owner's stop decision per iteration. Every step uses only the
-public step API (``vfm_flower.context.PartyContext``).
+Two sequential rounds per iteration. The server relays sealed envelopes only; it learns
+sizes, timing and the LO's stop decision. A passive party receives ciphertexts under the LO's
+key, the two step coefficients per iteration and the stop decision: nothing else that
+depends on labels. Every step uses only the public step API (``vfm_flower.context``).
 """
 
 from __future__ import annotations
@@ -33,23 +32,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 
 import numpy as np
 import pandas as pd
 
 from vfm_flower import paillier
-from vfm_flower.codec import pack_payload, unpack_payload
+from vfm_flower import private_gradients as pg
+from vfm_flower.codec import pack_payload
 from vfm_flower.context import PartyContext, Topic
 from vfm_flower.errors import DataError, ProtocolAbort
+from vfm_flower.hazmat import paillier_djn as djn
 from vfm_flower.jobs_builtin import RegressionParams
 from vfm_flower.model import (
-    N_FORWARD_SCALARS,
     BlockOptimizer,
     ConvergenceMonitor,
     LabelOwnerCoordinator,
     ModelSpec,
-    StepControl,
     holdout_split,
 )
 from vfm_flower.party import StepRegistry
@@ -60,12 +58,12 @@ logger = logging.getLogger(__name__)
 REGRESSION_KINDS = ("linear", "logistic")
 TRAINING = ("evaluate", "train")
 
-TOPIC_BACKWARD = Topic("train.encrypted_residual", phase="train.residual")
-TOPIC_STOP = Topic("train.stop", phase="train.residual")
-TOPIC_GRADIENT = Topic("train.masked_encrypted_gradient", phase="train.backward")
-TOPIC_DECRYPTED = Topic("train.masked_gradient", phase="train.decrypt")
+TOPIC_START = Topic("train.first_residuals", phase="train.prepare")
+TOPIC_SHAPE = Topic("train.block_shape", phase="train.prepare")
+TOPIC_BACKWARD = Topic("train.encrypted_residuals", phase="train.label_owner")
+TOPIC_FORWARD = Topic("train.encrypted_image", phase="train.passive")
 
-#: The training steps of the regression job kinds (``train.finish`` is in ``evaluation``).
+#: The training steps of the regression job kinds (the closing ones are in ``evaluation``).
 STEPS = StepRegistry()
 
 
@@ -78,8 +76,8 @@ def model_spec(ctx: PartyContext) -> ModelSpec:
     return ModelSpec(kind=ctx.job.kind, l2=params_of(ctx).l2)
 
 
-def forward_label(t: int) -> str:
-    return f"train/forward/{t}"
+def image_label(t: int | str) -> str:
+    return f"train/image/{t}"
 
 
 def save_optimizer(ctx: PartyContext, optimizer: BlockOptimizer) -> None:
@@ -109,23 +107,8 @@ def load_coordinator(ctx: PartyContext) -> LabelOwnerCoordinator:
         ctx.state.array("y"),
         ctx.state.group("coord"),
         monitor=convergence_monitor(ctx),
+        coefficient_bits=pg.COEFFICIENT_BITS,
     )
-
-
-def _mask_state_to_payload(state: paillier.MaskState) -> bytes:
-    width = max((max(state.masks).bit_length() + 7) // 8, 1) if state.masks else 1
-    blob = b"".join(int(m).to_bytes(width, "big") for m in state.masks)
-    return pack_payload(
-        {"masks": np.frombuffer(blob, np.uint8)},
-        {"width": width, "value_bits": state.value_bits, "scale_bits": state.scale_bits},
-    )
-
-
-def _mask_state_from_payload(blob: bytes) -> paillier.MaskState:
-    arrays, meta = unpack_payload(blob)
-    raw, width = arrays["masks"].tobytes(), int(meta["width"])
-    masks = tuple(int.from_bytes(raw[i : i + width], "big") for i in range(0, len(raw), width))
-    return paillier.MaskState(masks, int(meta["value_bits"]), int(meta["scale_bits"]))
 
 
 def agreement_holdout_seed(agreement_id: str) -> int:
@@ -142,182 +125,306 @@ def _numeric_target(values: pd.Series, party: str) -> np.ndarray:
     return target
 
 
+def public_key(ctx: PartyContext):
+    return paillier.public_key_from_bytes(
+        ctx.state.get_bytes("paillier.public"), min_bits=ctx.agreement.min_paillier_bits
+    )
+
+
+def private_key(ctx: PartyContext):
+    return paillier.private_key_from_bytes(ctx.state.get_bytes("paillier.private"))
+
+
+def ciphertext_array(cts, public) -> np.ndarray:
+    return np.frombuffer(paillier.ciphertexts_to_bytes(cts, public), np.uint8)
+
+
+def ciphertexts_of(array: np.ndarray, public, count: int) -> tuple:
+    return tuple(paillier.ciphertexts_from_bytes(array.tobytes(), public, count))
+
+
+def passive_features(ctx: PartyContext, peer: str) -> int:
+    """A passive party's feature count, from its signed reply to ``train.prepare``."""
+    counts = json.loads(str(ctx.state.get("pg.features")))
+    return int(counts[peer])
+
+
+def _offsets_to_bytes(offsets) -> bytes:
+    return b"".join(int(o).to_bytes(32, "big") for o in offsets)
+
+
+def _offsets_from_bytes(blob: bytes) -> pg.PassiveSecrets:
+    return pg.PassiveSecrets(
+        tuple(int.from_bytes(blob[i : i + 32], "big") for i in range(0, len(blob), 32))
+    )
+
+
+def send_backward(ctx: PartyContext, topic: Topic, messages: dict[str, pg.BackwardMessage]) -> None:
+    """LO: seal each passive party's residuals, refreshed vectors and control."""
+    public = public_key(ctx)
+    key_bytes = np.frombuffer(ctx.state.get_bytes("paillier.public"), np.uint8)
+    for peer, msg in messages.items():
+        payload = pack_payload(
+            {
+                "residuals": ciphertext_array(msg.residuals, public),
+                "state": ciphertext_array(msg.state, public),
+                "public_key": key_bytes,
+            },
+            {
+                "control": msg.control.to_dict(),
+                "residuals": len(msg.residuals),
+                "state": len(msg.state),
+            },
+        )
+        ctx.send(peer, topic, payload)
+
+
+def receive_backward(ctx: PartyContext, topic: Topic, round: int) -> pg.BackwardMessage:
+    """Passive party: open the LO's message, checking every count against what it may carry."""
+    arrays, meta = ctx.receive_arrays(ctx.label_owner, topic, round=round)
+    with ctx.decoding(ctx.label_owner, topic):
+        key = arrays["public_key"].tobytes()
+        if "paillier.public" not in ctx.state:
+            paillier.public_key_from_bytes(key, min_bits=ctx.agreement.min_paillier_bits)
+            ctx.state.set_bytes("paillier.public", key)
+        elif key != ctx.state.get_bytes("paillier.public"):
+            raise ValueError("the label owner's Paillier key changed during the job")
+        public = public_key(ctx)
+        rows = int(ctx.state.array("X").shape[0])
+        m = int(ctx.state.array("X").shape[1])
+        control = pg.PassiveControl.from_dict(dict(meta["control"]))
+        n_res, n_state = int(meta["residuals"]), int(meta["state"])
+        if n_res not in ((0, rows) if control.stop else (rows,)):
+            raise ValueError(f"{n_res} residual ciphertexts for {rows} rows")
+        if n_state not in ((0,) if topic is TOPIC_START else (3 * m,)):
+            raise ValueError(f"{n_state} state ciphertexts, the step carries {3 * m}")
+        residuals = ciphertexts_of(arrays["residuals"], public, n_res)
+        state = ciphertexts_of(arrays["state"], public, n_state)
+    return pg.BackwardMessage(control, residuals, state)
+
+
 # --------------------------------------------------------------------------- prepare
 @STEPS.step("train.prepare", jobs=REGRESSION_KINDS, operations=TRAINING)
 def every_party_prepare(ctx: PartyContext) -> None:
-    """Prepare own columns, set up the optimizer (LO: labels, split, key)."""
-    rows = ctx.aligned_rows()
+    """Prepare own columns; LO: labels, split, key, the first encrypted residuals."""
+    rows = ctx.rows()
     X, plan = ctx.prepared_features()
     spec = model_spec(ctx)
-    optimizer = BlockOptimizer(spec, X.shape[1], has_intercept=ctx.is_label_owner)
+    ctx.state.set("prep_plan", plan.to_json())
+    facts: dict[str, int] = {"rows": int(len(rows)), "features": int(X.shape[1])}
+    if not ctx.is_label_owner:
+        if X.shape[1] == 0:
+            raise DataError(f"party '{ctx.party}' has no feature column for this job")
+        with ctx.decoding(ctx.party, "features"):
+            X_int = pg.quantize_features(X)
+        pre = pg.Preconditioner.from_features(X_int, spec.curvature_bound, spec.l2)
+        ctx.state.set_array("X", X_int)
+        ctx.state.set_array("pg.A", pre.A)
+        ctx.state.set_array("pg.B", pre.B)
+        shape = {"rows": int(X_int.shape[0]), "features": int(X_int.shape[1])}
+        ctx.send(ctx.label_owner, TOPIC_SHAPE, json.dumps(shape).encode())
+        ctx.publish(**facts)
+        return
+    optimizer = BlockOptimizer(spec, X.shape[1], has_intercept=True)
     optimizer.setup(X)
     ctx.state.set_array("X", X)
-    ctx.state.set("prep_plan", plan.to_json())
-    facts: dict[str, int] = {"joint_rows": int(len(rows)), "features": int(X.shape[1])}
-    if ctx.is_label_owner:
-        params = params_of(ctx)
-        labels = ctx.labels()
-        y = (
-            encode_labels(labels, ctx.agreement.positive_class, party=ctx.party)
-            if spec.kind == "logistic"
-            else _numeric_target(labels, ctx.party)
+    params = params_of(ctx)
+    labels = ctx.labels()
+    y = (
+        encode_labels(labels, ctx.agreement.positive_class, party=ctx.party)
+        if spec.kind == "logistic"
+        else _numeric_target(labels, ctx.party)
+    )
+    # Split in the order of the LO's own rows (the joint order is random per run) with a
+    # seed fixed per agreement (seed 0: derived from the agreement id), so repeated jobs
+    # hold out the same customers and never expose new hold-out rows to training.
+    by_own_row = np.argsort(rows, kind="stable")
+    holdout = np.empty(len(y), dtype=bool)
+    holdout[by_own_row] = holdout_split(
+        len(y),
+        params.holdout_fraction,
+        stratify=y[by_own_row] if spec.kind == "logistic" else None,
+        seed=params.holdout_seed or agreement_holdout_seed(ctx.agreement.agreement_id),
+    )
+    ctx.check_cohort(int(holdout.sum()), "hold-out rows")
+    ctx.check_cohort(int((~holdout).sum()), "training rows")
+    coordinator = LabelOwnerCoordinator(
+        spec,
+        y,
+        holdout_mask=holdout,
+        monitor=convergence_monitor(ctx),
+        coefficient_bits=pg.COEFFICIENT_BITS,
+    )
+    optimizer.initialize(intercept=coordinator.initial_intercept())
+    ctx.state.set_array("y", np.asarray(y, dtype=np.float64))
+    bits = max(params.paillier_bits, ctx.agreement.min_paillier_bits)
+    public, private = paillier.generate_paillier_keypair(bits)
+    ctx.state.set_bytes("paillier.private", paillier.private_key_to_bytes(private))
+    ctx.state.set_bytes("paillier.public", paillier.public_key_to_bytes(public))
+    facts.update(joint_rows=int(len(rows)), holdout_rows=int(holdout.sum()), paillier_bits=bits)
+    # iteration 0: passive parties start from zero weights, so the score is the LO's own
+    control, backward = coordinator.advance(optimizer.partial_score(X), optimizer.forward_scalars())
+    if backward is None:
+        raise ProtocolAbort(ctx.kind, ctx.party, "training stopped before its first iteration")
+    optimizer.step(optimizer.data_gradient(X, backward), control)
+    if control.mark_best:
+        ctx.state.set_array("z_best", coordinator.z.copy())
+        ctx.state.set("pg.best_round", 0)
+    if ctx.passive_parties:
+        encryptor = djn.DJNEncryptor(public, private=private)
+        messages = pg.backward_messages(
+            encryptor, public, backward, ctx.label_owner_layout(), pg.PassiveControl(0), None
         )
-        # Split in the order of the LO's own rows (the joint order is random per run) with a
-        # seed fixed per agreement (seed 0: derived from the agreement id), so repeated jobs
-        # hold out the same customers and never expose new hold-out rows to training.
-        by_own_row = np.argsort(rows, kind="stable")
-        holdout = np.empty(len(y), dtype=bool)
-        holdout[by_own_row] = holdout_split(
-            len(y),
-            params.holdout_fraction,
-            stratify=y[by_own_row] if spec.kind == "logistic" else None,
-            seed=params.holdout_seed or agreement_holdout_seed(ctx.agreement.agreement_id),
-        )
-        ctx.check_cohort(int(holdout.sum()), "hold-out rows")
-        ctx.check_cohort(int((~holdout).sum()), "training rows")
-        coordinator = LabelOwnerCoordinator(
-            spec, y, holdout_mask=holdout, monitor=convergence_monitor(ctx)
-        )
-        optimizer.initialize(intercept=coordinator.initial_intercept())
-        save_coordinator(ctx, coordinator)
-        ctx.state.set_array("y", np.asarray(y, dtype=np.float64))
-        bits = max(params.paillier_bits, ctx.agreement.min_paillier_bits)
-        public, private = paillier.generate_paillier_keypair(bits)
-        ctx.state.set_bytes("paillier.private", paillier.private_key_to_bytes(private))
-        ctx.state.set_bytes("paillier.public", paillier.public_key_to_bytes(public))
-        facts.update(holdout_rows=int(holdout.sum()), paillier_bits=bits)
+        send_backward(ctx, TOPIC_START, messages)
     save_optimizer(ctx, optimizer)
+    save_coordinator(ctx, coordinator)
     ctx.publish(**facts)
 
 
 # --------------------------------------------------------------------------- iterations
-@STEPS.step("train.forward", jobs=REGRESSION_KINDS, operations=TRAINING)
-def passive_forward(ctx: PartyContext) -> None:
-    """Passive party: apply last round's gradient, share the masked forward message."""
+@STEPS.step("train.passive", jobs=REGRESSION_KINDS, operations=TRAINING)
+def passive_iteration(ctx: PartyContext) -> None:
+    """Passive party: move, encrypted gradient and direction, masked image for the LO."""
     t = ctx.round
-    optimizer = load_optimizer(ctx)
-    X = ctx.state.array("X")
-    if t >= 1:
-        _apply_decrypted_gradient(ctx, optimizer, t - 1)
-    if optimizer.iteration != t:
+    expected = int(ctx.state.get("pg.round", 0))
+    if t != expected:
+        raise ProtocolAbort(ctx.kind, ctx.party, f"round {t} out of order (expected {expected})")
+    topic = TOPIC_START if t == 0 else TOPIC_BACKWARD
+    message = receive_backward(ctx, topic, round=0 if t == 0 else t - 1)
+    if message.control.iteration != t or message.control.stop:
         raise ProtocolAbort(
-            ctx.kind, ctx.party, f"forward step {t} out of order (expected {optimizer.iteration})"
+            ctx.kind, ctx.party, f"the step control is for iteration {message.control.iteration}"
         )
-    forward = np.concatenate([optimizer.partial_score(X), optimizer.forward_scalars()])
-    ctx.share("forward", forward, label=forward_label(t))
-    save_optimizer(ctx, optimizer)
+    public = public_key(ctx)
+    X_int = ctx.state.array("X")
+    previous = None if t == 0 else _offsets_from_bytes(ctx.state.get_bytes("pg.offsets"))
+    label = image_label(t)
+    ctx.claim_mask_label(label)
+    seeds, passives = ctx.mask_seeds(), ctx.passive_parties
+    row_masks = pg.row_masks(
+        ctx.party,
+        ctx.label_owner,
+        seeds,
+        passives,
+        ctx.customer_tokens(),
+        label,
+        pg.iteration_image_bits(),
+        public.n.bit_length(),
+    )
+    forward, secrets, moved = pg.passive_iteration(
+        public,
+        djn.DJNEncryptor(public),
+        X_int,
+        pg.Preconditioner(ctx.state.array("pg.A"), ctx.state.array("pg.B")),
+        ctx.passive_layout(),
+        message,
+        previous,
+        slot_masks=row_masks,
+        scalar_masks=pg.scalar_masks(ctx.party, seeds, passives, label, public.n),
+        passive_parties=len(passives),
+    )
+    ctx.state.set_bytes("pg.offsets", _offsets_to_bytes(secrets.offsets))
+    ctx.state.set_bytes(f"pg.moved.{t}", paillier.ciphertexts_to_bytes(moved, public))
+    ctx.state.set("pg.round", t + 1)
+    ctx.send(
+        ctx.label_owner,
+        TOPIC_FORWARD,
+        pack_payload(
+            {
+                "image": ciphertext_array(forward.image, public),
+                "vectors": ciphertext_array(forward.vectors, public),
+                "corrections": ciphertext_array(forward.corrections, public),
+            },
+            {
+                "image": len(forward.image),
+                "vectors": len(forward.vectors),
+                "corrections": len(forward.corrections),
+            },
+        ),
+    )
 
 
-def _apply_decrypted_gradient(ctx: PartyContext, optimizer: BlockOptimizer, t: int) -> None:
-    arrays, meta = ctx.receive_arrays(ctx.label_owner, TOPIC_DECRYPTED, round=t)
-    mask_state = _mask_state_from_payload(ctx.state.get_bytes("mask_state"))
-    with ctx.decoding(ctx.label_owner, TOPIC_DECRYPTED):
-        values = paillier.masked_values_from_bytes(
-            arrays["values"].tobytes(), int(meta["slot_bits"]), int(meta["count"])
+def receive_forward(ctx: PartyContext, peer: str, topic: Topic) -> pg.ForwardMessage:
+    """LO: a passive party's ciphertexts (their counts are checked when they are opened)."""
+    arrays, meta = ctx.receive_arrays(peer, topic)
+    public = public_key(ctx)
+    with ctx.decoding(peer, topic):
+        return pg.ForwardMessage(
+            *(
+                ciphertexts_of(arrays[name], public, int(meta[name]))
+                for name in ("image", "vectors", "corrections")
+            )
         )
-        gradient = paillier.unmask_gradient(values, mask_state)
-    control = StepControl.from_dict(json.loads(str(ctx.state.get("pending_control"))))
-    optimizer.step(gradient, control)
-    ctx.state.pop_array("mask_state")
 
 
-@STEPS.step("train.residual", jobs=REGRESSION_KINDS, operations=TRAINING)
-def label_owner_residual(ctx: PartyContext) -> None:
-    """LO: unmask the forward sum, plane search, encrypt ``d / n_train`` for every party."""
+@STEPS.step("train.label_owner", jobs=REGRESSION_KINDS, operations=TRAINING)
+def label_owner_iteration(ctx: PartyContext) -> None:
+    """LO: open the summed image, plane search, encrypted residuals for every party."""
     t = ctx.round
     coordinator = load_coordinator(ctx)
     optimizer = load_optimizer(ctx)
     X = ctx.state.array("X")
-    n = X.shape[0]
-    passives = ctx.passive_parties
-    if t != coordinator.iteration:
+    if t + 1 != coordinator.iteration:
         raise ProtocolAbort(
-            ctx.kind,
-            ctx.party,
-            f"residual step {t} out of order (expected {coordinator.iteration})",
+            ctx.kind, ctx.party, f"round {t} out of order (expected {coordinator.iteration - 1})"
         )
-    forward = np.zeros(n + N_FORWARD_SCALARS)
-    if passives:
-        forward = ctx.unmask("forward", label=forward_label(t), length=n + N_FORWARD_SCALARS)
-        if t == 0 and np.any(forward != 0):
-            # passive parties start from zero weights: anything else was added on the way
-            raise ProtocolAbort(
-                ctx.kind, ctx.party, "the relayed forward sum was altered (iteration 0)"
-            )
-    forward_sum = forward[:n] + optimizer.partial_score(X)
-    scalars = forward[n:] + optimizer.forward_scalars()
-    control, backward = coordinator.advance(forward_sum, scalars)
+    private, public = private_key(ctx), public_key(ctx)
+    layout = ctx.label_owner_layout()
+    label = image_label(t)
+    masks = pg.joint_masks(
+        ctx.mask_seeds(),
+        ctx.passive_parties,
+        ctx.customer_tokens(),
+        label,
+        pg.iteration_image_bits(),
+        public.n.bit_length(),
+    )
+    if t == 0:
+        record_passive_shapes(ctx, layout)
+    messages = {p: receive_forward(ctx, p, TOPIC_FORWARD) for p in ctx.passive_parties}
+    features = {p: passive_features(ctx, p) for p in ctx.passive_parties}
+    opened = pg.open_forward(private, messages, layout, features, masks)
+    control, backward = coordinator.advance(
+        opened.image + optimizer.partial_score(X), opened.scalars + optimizer.forward_scalars()
+    )
     if control.mark_best:
+        # the point after this move is the best so far: the passive parties compute it in
+        # their next round (or at finish), and keep it
         ctx.state.set_array("z_best", coordinator.z.copy())
-    # Only the decision goes to the server: per-iteration losses computed on a sum the server
-    # relays (without integrity) would let it encode label bits into them.
+        ctx.state.set("pg.best_round", t + 1)
+    optimizer.step(None if backward is None else optimizer.data_gradient(X, backward), control)
+    # Only the decision goes to the server (per-iteration losses stay with the LO).
     ctx.publish(iteration=t, stop=bool(control.stop), reason=control.reason)
-    control_json = json.dumps(control.to_dict(), sort_keys=True)
-    if backward is None:
+    best = int(ctx.state.get("pg.best_round", -1)) if control.restore_best else -1
+    to_passives = pg.PassiveControl(
+        iteration=t + 1,
+        step=pg.quantize_coefficient(control.step),
+        momentum=pg.quantize_coefficient(control.momentum),
+        stop=bool(control.stop),
+        best_round=best,
+    )
+    if control.stop:
         ctx.state.set("stop_reason", control.reason)
-        optimizer.step(None, control)
-        for peer in passives:
-            ctx.send(peer, TOPIC_STOP, control_json.encode())
-    else:
-        optimizer.step(optimizer.data_gradient(X, backward), control)
-        public = paillier.public_key_from_bytes(ctx.state.get_bytes("paillier.public"))
-        # A public bound on |d / n_train|: 1 for logistic; a power of two >= 1 for linear
-        # (only its bit length is revealed).
-        largest = float(np.max(np.abs(backward))) if backward.size else 0.0
-        bound = 1.0 if largest <= 1.0 else 2.0 ** math.ceil(math.log2(largest))
-        # the private key lets the label owner compute obfuscators by CRT (~28% less CPU)
-        private = paillier.private_key_from_bytes(ctx.state.get_bytes("paillier.private"))
-        encrypted = paillier.encrypt_residuals(public, backward, bound=bound, private=private)
-        payload = pack_payload(
-            {
-                "residuals": np.frombuffer(
-                    paillier.encrypted_vector_to_bytes(encrypted, public), np.uint8
-                ),
-                "public_key": np.frombuffer(paillier.public_key_to_bytes(public), np.uint8),
-            },
-            {"control": control_json},
-        )
-        for peer in passives:
-            ctx.send(peer, TOPIC_BACKWARD, payload)
+    encryptor = djn.DJNEncryptor(public, private=private)
+    send_backward(
+        ctx,
+        TOPIC_BACKWARD,
+        pg.backward_messages(encryptor, public, backward, layout, to_passives, opened),
+    )
     save_optimizer(ctx, optimizer)
     save_coordinator(ctx, coordinator)
 
 
-@STEPS.step("train.backward", jobs=REGRESSION_KINDS, operations=TRAINING)
-def passive_backward(ctx: PartyContext) -> None:
-    """Passive party: ``[[X_k^T d + r_k]]``, packed and re-randomized, for the LO."""
-    arrays, meta = ctx.receive_arrays(ctx.label_owner, TOPIC_BACKWARD)
-    with ctx.decoding(ctx.label_owner, TOPIC_BACKWARD):
-        public = paillier.public_key_from_bytes(
-            arrays["public_key"].tobytes(), min_bits=ctx.agreement.min_paillier_bits
-        )
-        encrypted = paillier.encrypted_vector_from_bytes(arrays["residuals"].tobytes(), public)
-        control = str(meta["control"])
-        StepControl.from_dict(json.loads(control))  # well-formed before it is kept
-    X = ctx.state.array("X")
-    packed, mask_state = paillier.masked_encrypted_gradient(public, encrypted, X)
-    ctx.state.set_bytes("mask_state", _mask_state_to_payload(mask_state))
-    ctx.state.set("pending_control", control)
-    ctx.send(ctx.label_owner, TOPIC_GRADIENT, paillier.packed_to_bytes(packed, public))
-
-
-@STEPS.step("train.decrypt", jobs=REGRESSION_KINDS, operations=TRAINING)
-def label_owner_decrypt(ctx: PartyContext) -> None:
-    """LO: decrypt each party's packed masked gradient and send it back to that party."""
-    public = paillier.public_key_from_bytes(ctx.state.get_bytes("paillier.public"))
-    private = paillier.private_key_from_bytes(ctx.state.get_bytes("paillier.private"))
-    decryptor = paillier.CRTDecryptor(private)
+def record_passive_shapes(ctx: PartyContext, layout) -> None:
+    """LO: each passive party's row and feature counts (sealed to it at ``train.prepare``);
+    the rows must be the ids it aligned."""
+    counts = {}
     for peer in ctx.passive_parties:
-        blob = ctx.receive(peer, TOPIC_GRADIENT)
-        with ctx.decoding(peer, TOPIC_GRADIENT):
-            packed = paillier.packed_from_bytes(blob, public)
-        values = paillier.decrypt_masked_gradient(decryptor, packed)
-        payload = pack_payload(
-            {
-                "values": np.frombuffer(
-                    paillier.masked_values_to_bytes(values, packed.slot_bits), np.uint8
-                )
-            },
-            {"slot_bits": packed.slot_bits, "count": packed.count},
-        )
-        ctx.send(peer, TOPIC_DECRYPTED, payload)
+        blob = ctx.receive(peer, TOPIC_SHAPE, round=0)
+        with ctx.decoding(peer, TOPIC_SHAPE):
+            shape = json.loads(blob)
+            rows, features = int(shape["rows"]), int(shape["features"])
+            if rows != layout.slot_maps[peer].size or not 0 < features < 1 << 20:
+                raise ValueError(f"block of {rows} rows and {features} features")
+        counts[peer] = features
+    ctx.state.set("pg.features", json.dumps(counts))

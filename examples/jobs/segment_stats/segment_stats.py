@@ -41,6 +41,7 @@ SEGMENT_STATS = JobKind(
     ),
     releases={"server": ("cells",), "result-owner": ("segments",)},
     uses_paillier=True,
+    membership="revealed",  # passive parties learn which of their customers are joint
 )
 LABELS = Topic("stats.encrypted_labels", phase="query.encrypt_labels")
 SUMS = Topic("stats.segment_sums", phase="query.segment_sums")

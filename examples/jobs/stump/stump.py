@@ -37,6 +37,7 @@ STUMP = JobKind(
     params=(ParamSpec("bins", int, 16, (2, 64)), ParamSpec("paillier-bits", int, 2048)),
     releases={"server": ("splits",), "result-owner": ("stump",), "party": ("stump-split",)},
     uses_paillier=True,
+    membership="revealed",  # passive parties learn which of their customers are joint
 )
 GRADIENTS = Topic("stump.encrypted_gradients", phase="train.stump_gradients")
 HISTOGRAMS = Topic("stump.histograms", phase="train.stump_histograms")
