@@ -4,7 +4,8 @@ Nobody holds the whole model: a party stores only its weights, its feature names
 preparation statistics of its own columns (the label owner also the intercept and the model
 kind). A passive party's weights are ciphertexts under the label owner's Paillier key
 (``encrypted_weights``, with that public key): scoring uses their encrypted image, and only an
-agreement that releases them lets the party store them in plain. A slice is written to a staging directory and moved into place in one rename when
+agreement that releases them lets the party store them in plain.
+A slice is written to a staging directory and moved into place in one rename when
 training finished, so an aborted run never leaves a half-written slice that scoring would use.
 """
 

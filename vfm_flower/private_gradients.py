@@ -13,24 +13,28 @@ One iteration, two rounds
 -------------------------
 ``passive round t`` (each P_k, :func:`passive_iteration`)
     It receives ``[[d / n_train]]`` on its rows (zero on rows that are not joint or are held
-    out), the LO's step coefficients ``(a, b)`` and fresh encryptions of ``x, s, p``. It moves
-    ``[[p]] = a [[s]] + b [[p]]``, ``[[x]] += [[p]]``, computes ``[[g]] = X^T [[d]]`` and the
-    direction ``[[s]] = -M^{-1} ([[g]] + l2 [[x]])``, then the image ``[[X s]]`` packed by slot
-    with per-customer masks, the statistically masked ``[[x + R_x]], [[s + R_s]], [[p + R_p]]``
+    out) and its moved state (below), from which it gets ``[[x]]`` and ``[[p]]``
+    (:func:`passive_state`). It computes ``[[g]] = X^T [[d]]`` and the direction
+    ``[[s]] = -M^{-1} ([[g]] + l2 [[x]])``, then the image ``[[X s]]`` packed by slot with
+    per-customer masks, the statistically masked ``[[x + R_x]], [[s + R_s]], [[p + R_p]]``
     (packed) and six correction ciphertexts for the inner products of the L2 term (masked
     pairwise between passive parties). Every ciphertext it sends is re-randomized.
 ``LO round t`` (:func:`open_forward`, then :func:`backward_messages`)
     It adds the packed images of all passive parties slot by slot, decrypts, removes its
     masks on the joint slots, checks every count, size and range, and gets ``q = sum_k X_k s_k``
     on the joint rows; from the masked vectors and the corrections it gets the six inner
-    products summed over passive parties. It runs the exact plane search, computes the new
-    residual ``d``, and sends each P_k ``[[d / n_train]]`` (encrypted afresh, by position), the
-    coefficients and ``[[floor((v + R) / 2**D)]]`` for its three vectors: P_k subtracts
-    ``floor(R / 2**D)`` homomorphically, which brings them back to the base scale
-    (a one-unit rounding at most) without anyone seeing them.
+    products summed over passive parties. It runs the exact plane search for ``(a, b)``,
+    computes the new residual ``d`` and sends each P_k ``[[d / n_train]]`` (encrypted afresh,
+    by position) and the move applied to the *masked* vectors, truncated to the base scale:
+    ``W_x = T(U_x) + a T(U_s) + b T(U_p)``, ``W_p = a T(U_s) + b T(U_p)``, with ``[[a]]`` and
+    ``[[b]]``. P_k removes ``T(R_x) + [[a]] T(R_s) + [[b]] T(R_p)`` under encryption: its new
+    ``[[x]], [[p]]``, back on the base scale (one unit of rounding at most), and it never
+    learns ``a`` or ``b``.
 
-No passive party receives a plaintext that depends on labels other than ``(a, b)`` and the
-stop decision; the LO never returns a decryption in plain.
+No passive party receives a plaintext that depends on labels other than the stop decision
+(and, with early stopping, the index of the best round); the LO never returns a decryption
+in plain, and a passive party that fabricates its image learns nothing from the reply but
+ciphertexts.
 
 Fixed point, and why these sizes
 --------------------------------
@@ -57,7 +61,6 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import gmpy2
 import numpy as np
 from gmpy2 import mpz
 from phe.paillier import PaillierPrivateKey, PaillierPublicKey
@@ -94,7 +97,7 @@ __all__ = [
     "open_forward",
     "open_image",
     "backward_messages",
-    "initial_backward",
+    "passive_state",
 ]
 
 FEATURE_BITS = 12
@@ -136,23 +139,18 @@ def quantize_coefficient(value: float) -> int:
 
 @dataclass(frozen=True)
 class PassiveControl:
-    """What a passive party learns from the LO each iteration (all public to the server too).
-
-    ``step``/``momentum`` are the coefficients in fixed point (``2**-24``); ``best_round``, with
-    ``stop``, is the round whose moved point is the final model (``-1``: the last one).
-    """
+    """What a passive party learns from the LO each iteration: its index and whether training
+    stops (both public to the server too); with ``stop``, ``best_round`` is the round whose
+    weights are the final model (``-1``: the ones in this message). The step coefficients
+    travel encrypted, inside the state."""
 
     iteration: int
-    step: int = 0
-    momentum: int = 0
     stop: bool = False
     best_round: int = -1
 
     def to_dict(self) -> dict[str, int | bool]:
         return {
             "iteration": int(self.iteration),
-            "step": int(self.step),
-            "momentum": int(self.momentum),
             "stop": bool(self.stop),
             "best_round": int(self.best_round),
         }
@@ -162,16 +160,11 @@ class PassiveControl:
         try:
             control = cls(
                 iteration=int(data["iteration"]),  # type: ignore[arg-type]
-                step=int(data["step"]),  # type: ignore[arg-type]
-                momentum=int(data["momentum"]),  # type: ignore[arg-type]
                 stop=bool(data["stop"]),
                 best_round=int(data.get("best_round", -1)),  # type: ignore[arg-type]
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolAbort(_PHASE, None, f"malformed step control: {exc}") from exc
-        limit = 1 << (COEFFICIENT_BITS + 40)
-        if abs(control.step) >= limit or abs(control.momentum) >= limit:
-            raise ProtocolAbort(_PHASE, None, "a step coefficient is out of range")
         if not 0 <= control.iteration < 1 << 31 or not -1 <= control.best_round < 1 << 31:
             raise ProtocolAbort(_PHASE, None, "the step control's iteration is out of range")
         return control
@@ -224,11 +217,16 @@ class ForwardMessage:
 
 @dataclass(frozen=True)
 class BackwardMessage:
-    """LO -> P_k: control, ``[[d / n_train]]`` by position, refreshed ``x, s, p``."""
+    """LO -> P_k: control, ``[[d / n_train]]`` by position, the moved masked state.
+
+    ``state`` holds ``2 m + 2`` ciphertexts: ``[[W_x]]``, ``[[W_p]]`` (the moved weights and
+    step, still carrying the party's masks) and ``[[a]]``, ``[[b]]`` (the step coefficients in
+    fixed point), or nothing before the first round.
+    """
 
     control: PassiveControl
     residuals: tuple[mpz, ...]
-    state: tuple[mpz, ...]  # 3 m ciphertexts (x, s, p), or empty before the first round
+    state: tuple[mpz, ...]
 
 
 @dataclass(frozen=True, repr=False)
@@ -320,28 +318,20 @@ def passive_iteration(
     scalar_masks: Sequence[int],
     passive_parties: int,
 ) -> tuple[ForwardMessage, PassiveSecrets, list[mpz]]:
-    """One passive round: move, gradient, direction, masked image, vectors and corrections.
+    """One passive round: gradient, direction, masked image, masked vectors and corrections.
 
-    Returns the message for the LO, the new secrets and the moved point ``[[x]]`` (kept for
+    Returns the message for the LO, the new secrets and the current point ``[[x]]`` (kept for
     early stopping).
     """
     n = mpz(public.n)
     n2 = n * n
     m = X_int.shape[1]
-    x, s, p = _unmasked_state(message.state, secrets_prev, m, n, n2)
-    control = message.control
-    # the move: p' = a s + b p, x' = 2**24 x + p'   (scale 2**-48)
-    p_new = [
-        signed_power_products([sj, pj], [[control.step, control.momentum]], n2)[0]
-        for sj, pj in zip(s, p)
-    ]
-    shift = mpz(1) << COEFFICIENT_BITS
-    x_new = [gmpy2.powmod(xi, shift, n2) * pi % n2 for xi, pi in zip(x, p_new)]
-    # the gradient and the direction   (X^T d on 2**-48; s on 2**-64)
+    x, p = passive_state(public, message, secrets_prev, m)
+    # the gradient and the direction   (X^T d and x on 2**-48; s on 2**-64)
     residuals = layout.rows_from_positions(message.residuals)
     gradient = _dot.encrypted_dot_products(residuals, X_int, n2)
     direction = signed_power_products(
-        [*gradient, *x_new], np.hstack([preconditioner.A, preconditioner.B]), n2
+        [*gradient, *x], np.hstack([preconditioner.A, preconditioner.B]), n2
     )
     image = _masked_image(
         public,
@@ -353,29 +343,54 @@ def passive_iteration(
         iteration_image_bits(),
         passive_parties,
     )
-    vectors, offsets = _masked_vectors(encryptor, [*x_new, *direction, *p_new], n, n2)
-    corrections = _corrections(encryptor, x_new, direction, p_new, offsets, scalar_masks, n, n2)
+    vectors, offsets = _masked_vectors(encryptor, [*x, *direction, *p], n, n2)
+    corrections = _corrections(encryptor, x, direction, p, offsets, scalar_masks, n, n2)
     return (
         ForwardMessage(tuple(image), tuple(vectors), tuple(corrections)),
         PassiveSecrets(tuple(offsets)),
-        x_new,
+        x,
     )
 
 
-def passive_final_move(
-    public: PaillierPublicKey, message: BackwardMessage, secrets_prev: PassiveSecrets, m: int
-) -> list[mpz]:
-    """The last move (no gradient follows): ``[[x + a s + b p]]`` on ``2**-48``."""
+def passive_state(
+    public: PaillierPublicKey,
+    message: BackwardMessage,
+    secrets_prev: PassiveSecrets | None,
+    m: int,
+) -> tuple[list[mpz], list[mpz]]:
+    """``[[x]], [[p]]`` (scale ``2**-48``) from the LO's moved masked state.
+
+    The LO sent ``W_x = T(U_x) + a T(U_s) + b T(U_p)`` and ``W_p = a T(U_s) + b T(U_p)``, where
+    ``U = v + R`` are the masked vectors of the last round and ``T`` truncates to ``2**-24``;
+    the party removes ``T(R_x)``, ``[[a]] T(R_s)`` and ``[[b]] T(R_p)`` under encryption, so
+    it never learns ``a`` or ``b`` (one unit of rounding at most).
+    """
     n = mpz(public.n)
     n2 = n * n
-    x, s, p = _unmasked_state(message.state, secrets_prev, m, n, n2)
-    c = message.control
-    shift = mpz(1) << COEFFICIENT_BITS
-    out = []
-    for xi, si, pi in zip(x, s, p):
-        moved = signed_power_products([si, pi], [[c.step, c.momentum]], n2)[0]
-        out.append(gmpy2.powmod(xi, shift, n2) * moved % n2)
-    return out
+    state = message.state
+    if not state:
+        if secrets_prev is not None:
+            raise ProtocolAbort(_PHASE, None, "the moved weights are missing")
+        zero = [mpz(1)] * m  # trivial encryptions of zero; every output is re-randomized
+        return zero, list(zero)
+    if secrets_prev is None or len(state) != 2 * m + 2 or len(secrets_prev.offsets) != 3 * m:
+        raise ProtocolAbort(_PHASE, None, f"expected {2 * m + 2} moved-state ciphertexts")
+    r_x, r_s, r_p = (
+        secrets_prev.offsets[:m],
+        secrets_prev.offsets[m : 2 * m],
+        secrets_prev.offsets[2 * m :],
+    )
+    a_ct, b_ct = state[2 * m], state[2 * m + 1]
+    shift_s = DIRECTION_BITS - MOVED_BITS + COEFFICIENT_BITS
+    corrections = signed_power_products(
+        [a_ct, b_ct],
+        [[-(rs >> shift_s), -(rp >> COEFFICIENT_BITS)] for rs, rp in zip(r_s, r_p)],
+        n2,
+    )
+    p = [w * c % n2 for w, c in zip(state[m : 2 * m], corrections)]
+    minus_x = [-((r >> COEFFICIENT_BITS) << COEFFICIENT_BITS) for r in r_x]
+    x = [w * c % n2 for w, c in zip(_add_plain(state[:m], minus_x, n, n2), corrections)]
+    return x, p
 
 
 def passive_final_image(
@@ -409,22 +424,6 @@ def final_image_bits() -> int:
 def iteration_image_bits() -> int:
     """Public bound (bits) of the image of a direction ``[[X s]]`` (scale ``2**-76``)."""
     return DIRECTION_BITS + FEATURE_BITS + IMAGE_MAGNITUDE_BITS
-
-
-def _unmasked_state(
-    state: Sequence[mpz], secrets_prev: PassiveSecrets | None, m: int, n: mpz, n2: mpz
-) -> tuple[list[mpz], list[mpz], list[mpz]]:
-    if not state:
-        if secrets_prev is not None:
-            raise ProtocolAbort(_PHASE, None, "the refreshed weights are missing")
-        zero = [mpz(1)] * m  # trivial encryptions of zero; every output is re-randomized
-        return zero, list(zero), list(zero)
-    if secrets_prev is None or len(state) != 3 * m or len(secrets_prev.offsets) != 3 * m:
-        raise ProtocolAbort(_PHASE, None, f"expected {3 * m} refreshed ciphertexts")
-    shifts = [COEFFICIENT_BITS] * m + [DIRECTION_BITS - STATE_BITS] * m + [COEFFICIENT_BITS] * m
-    minus = [-(r >> d) for r, d in zip(secrets_prev.offsets, shifts)]
-    values = _add_plain(state, minus, n, n2)
-    return values[:m], values[m : 2 * m], values[2 * m :]
 
 
 def _masked_vectors(
@@ -600,17 +599,6 @@ def _encrypt(
     )
 
 
-def initial_backward(
-    encryptor: _djn.DJNEncryptor,
-    public: PaillierPublicKey,
-    backward: np.ndarray,
-    layout: LabelOwnerLayout,
-    control: PassiveControl,
-) -> dict[str, BackwardMessage]:
-    """The first message to every passive party: residuals at the starting point."""
-    return backward_messages(encryptor, public, backward, layout, control, None)
-
-
 def backward_messages(
     encryptor: _djn.DJNEncryptor,
     public: PaillierPublicKey,
@@ -618,14 +606,22 @@ def backward_messages(
     layout: LabelOwnerLayout,
     control: PassiveControl,
     opened: OpenedForward | None,
+    step: int = 0,
+    momentum: int = 0,
 ) -> dict[str, BackwardMessage]:
-    """LO: ``[[d / n_train]]`` by position (zeros elsewhere) and the refreshed vectors."""
+    """LO: ``[[d / n_train]]`` by position (zeros elsewhere) and the moved masked state.
+
+    ``step``/``momentum`` are the coefficients ``a, b`` in fixed point (``2**-24``): the LO
+    applies the move ``x += a s + b p`` to the masked vectors it opened (after truncating them
+    to ``2**-24``), and sends ``[[a]], [[b]]`` so that the party can remove its masks' share.
+    """
     out = {}
     residual_ints = (
         np.rint(np.asarray(backward, dtype=np.float64) * 2.0**RESIDUAL_BITS).astype(object)
         if backward is not None
         else None
     )
+    shift_s = DIRECTION_BITS - MOVED_BITS + COEFFICIENT_BITS
     for party, slot_map in layout.slot_maps.items():
         residuals: list[mpz] = []
         if residual_ints is not None:
@@ -637,10 +633,15 @@ def backward_messages(
         if opened is not None:
             masked = opened.vectors[party]
             m = len(masked) // 3
-            shifts = (
-                [COEFFICIENT_BITS] * m + [DIRECTION_BITS - STATE_BITS] * m + [COEFFICIENT_BITS] * m
-            )
-            state = _encrypt(encryptor, public, [v >> d for v, d in zip(masked, shifts)])
+            u_x, u_s, u_p = masked[:m], masked[m : 2 * m], masked[2 * m :]
+            moves = [
+                step * (us >> shift_s) + momentum * (up >> COEFFICIENT_BITS)
+                for us, up in zip(u_s, u_p)
+            ]
+            w_x = [
+                ((ux >> COEFFICIENT_BITS) << COEFFICIENT_BITS) + mv for ux, mv in zip(u_x, moves)
+            ]
+            state = _encrypt(encryptor, public, [*w_x, *moves, step, momentum])
         out[party] = BackwardMessage(control, tuple(residuals), tuple(state))
     return out
 

@@ -855,8 +855,13 @@ def build_encrypted_party_report(
     if not feature_names:
         raise ValueError(f"party '{party}' has no features to report")
     features = [
-        {"rank": i + 1, "feature": str(name), "weight": None, "abs_weight": None,
-         "relative_importance": None}
+        {
+            "rank": i + 1,
+            "feature": str(name),
+            "weight": None,
+            "abs_weight": None,
+            "relative_importance": None,
+        }
         for i, name in enumerate(feature_names)
     ]
     return {

@@ -256,29 +256,55 @@ def packed_row_images(
 
 
 def signed_power_products(
-    bases: Sequence[int], exponents: np.ndarray | Sequence[Sequence[int]], nsquare: int
+    bases: Sequence[int],
+    exponents: np.ndarray | Sequence[Sequence[int]],
+    nsquare: int,
+    *,
+    window: int = 4,
 ) -> list[mpz]:
     """``[[sum_j E[i, j] w_j]]`` for a small integer matrix ``E`` (any sign, any size).
 
-    One exponentiation per entry (negative entries use the inverted base); for the ``m x m``
-    preconditioner products and the correction terms, where ``m`` is the number of features.
+    Straus multi-exponentiation: the ``2**window`` powers of every base (and of its inverse,
+    for negative entries) are computed once and shared by all rows; a row then costs one
+    squaring per exponent bit (shared by its bases) and one multiplication per non-zero
+    window digit. For the ``m x 2m`` preconditioner products and the correction terms.
     """
     n2 = mpz(nsquare)
     cts = [mpz(b) for b in bases]
-    inverses: list[mpz | None] = [None] * len(cts)
+    rows = [[int(e) for e in row] for row in exponents]
+    if not rows:
+        return []
+    size = 1 << window
+    mask = size - 1
+    tables: dict[tuple[int, bool], list[mpz]] = {}
+
+    def table(j: int, negative: bool) -> list[mpz]:
+        key = (j, negative)
+        if key not in tables:
+            base = gmpy2.invert(cts[j], n2) if negative else cts[j]
+            powers = [mpz(1), base]
+            for _ in range(2, size):
+                powers.append(powers[-1] * base % n2)
+            tables[key] = powers
+        return tables[key]
+
     out = []
-    for row in exponents:
+    for row in rows:
+        terms = [(j, e) for j, e in enumerate(row) if e]
+        if not terms:
+            out.append(mpz(1))
+            continue
+        top = max(abs(e) for _, e in terms).bit_length()
+        digits = -(-top // window)
         acc = mpz(1)
-        for j, e in enumerate(row):
-            e = int(e)
-            if e == 0:
-                continue
-            if e > 0:
-                acc = acc * gmpy2.powmod(cts[j], e, n2) % n2
-            else:
-                if inverses[j] is None:
-                    inverses[j] = gmpy2.invert(cts[j], n2)
-                acc = acc * gmpy2.powmod(inverses[j], -e, n2) % n2
+        for k in range(digits - 1, -1, -1):
+            if k != digits - 1:
+                acc = gmpy2.powmod(acc, size, n2)
+            shift = k * window
+            for j, e in terms:
+                digit = (abs(e) >> shift) & mask
+                if digit:
+                    acc = acc * table(j, e < 0)[digit] % n2
         out.append(acc)
     return out
 

@@ -1,7 +1,7 @@
 """The end of a regression training job, party side: ``train.finish`` and ``train.evaluate``.
 
 ``train.finish`` (passive parties)
-    Apply the LO's stop control to the encrypted weights (or take the kept point of the best
+    Unmask the final encrypted weights the LO moved (or take the kept point of the best
     hold-out round, for early stopping), send the LO the packed, masked image ``[[X_k w_k]]``
     of that final model, and, for operation ``train``, write the model slice (weights still
     encrypted under the LO's key) and the party's own report (its features; no weight).
@@ -88,7 +88,7 @@ def final_weights(ctx: PartyContext) -> list:
             raise ProtocolAbort(ctx.kind, ctx.party, "the best round's weights were not kept")
         return list(paillier.ciphertexts_from_bytes(ctx.state.get_bytes(key), public, m))
     secrets = _offsets_from_bytes(ctx.state.get_bytes("pg.offsets"))
-    return pg.passive_final_move(public, message, secrets, m)
+    return pg.passive_state(public, message, secrets, m)[0]
 
 
 @STEPS.step("train.finish", jobs=REGRESSION_KINDS, operations=TRAINING)

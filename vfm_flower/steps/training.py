@@ -11,20 +11,21 @@ Rounds (``t`` = iteration, from 0); the cryptography of each is in
     residual at the starting point and sends every passive party ``[[d / n_train]]`` on its
     rows (zero on rows that are not joint or are held out).
 ``train.passive`` (passive parties), round ``t``
-    Apply the LO's step coefficients to the encrypted weights, compute the encrypted gradient
-    and direction, and send the LO the packed, per-customer-masked image ``[[X_k s_k]]`` with
-    the masked vectors and corrections for the L2 inner products.
+    Unmask its moved encrypted weights, compute the encrypted gradient and direction, and send
+    the LO the packed, per-customer-masked image ``[[X_k s_k]]`` with the masked vectors and
+    corrections for the L2 inner products.
 ``train.label_owner`` (LO), round ``t``
-    Open the summed image on the joint rows, run the exact plane search, compute the new
-    residual and send each passive party its encrypted residuals, the coefficients and its
-    refreshed encrypted vectors, or the stop control.
+    Open the summed image on the joint rows, run the exact plane search, apply the move to
+    the masked vectors, compute the new residual and send each passive party its encrypted
+    residuals, its moved masked state and the encrypted coefficients, with the stop control.
 ``train.finish`` (passive parties) and ``train.evaluate`` (LO): see
 ``vfm_flower.steps.evaluation``.
 
 Two sequential rounds per iteration. The server relays sealed envelopes only; it learns
 sizes, timing and the LO's stop decision. A passive party receives ciphertexts under the LO's
-key, the two step coefficients per iteration and the stop decision: nothing else that
-depends on labels. Every step uses only the public step API (``vfm_flower.context``).
+key and the stop decision (with, for early stopping, the index of the best round): nothing
+else that depends on labels, not even the step coefficients.
+Every step uses only the public step API (``vfm_flower.context``).
 """
 
 from __future__ import annotations
@@ -196,8 +197,8 @@ def receive_backward(ctx: PartyContext, topic: Topic, round: int) -> pg.Backward
         n_res, n_state = int(meta["residuals"]), int(meta["state"])
         if n_res not in ((0, rows) if control.stop else (rows,)):
             raise ValueError(f"{n_res} residual ciphertexts for {rows} rows")
-        if n_state not in ((0,) if topic is TOPIC_START else (3 * m,)):
-            raise ValueError(f"{n_state} state ciphertexts, the step carries {3 * m}")
+        if n_state not in ((0,) if topic is TOPIC_START else (2 * m + 2,)):
+            raise ValueError(f"{n_state} state ciphertexts, the step carries {2 * m + 2}")
         residuals = ciphertexts_of(arrays["residuals"], public, n_res)
         state = ciphertexts_of(arrays["state"], public, n_state)
     return pg.BackwardMessage(control, residuals, state)
@@ -396,20 +397,23 @@ def label_owner_iteration(ctx: PartyContext) -> None:
     # Only the decision goes to the server (per-iteration losses stay with the LO).
     ctx.publish(iteration=t, stop=bool(control.stop), reason=control.reason)
     best = int(ctx.state.get("pg.best_round", -1)) if control.restore_best else -1
-    to_passives = pg.PassiveControl(
-        iteration=t + 1,
-        step=pg.quantize_coefficient(control.step),
-        momentum=pg.quantize_coefficient(control.momentum),
-        stop=bool(control.stop),
-        best_round=best,
-    )
+    to_passives = pg.PassiveControl(iteration=t + 1, stop=bool(control.stop), best_round=best)
     if control.stop:
         ctx.state.set("stop_reason", control.reason)
     encryptor = djn.DJNEncryptor(public, private=private)
     send_backward(
         ctx,
         TOPIC_BACKWARD,
-        pg.backward_messages(encryptor, public, backward, layout, to_passives, opened),
+        pg.backward_messages(
+            encryptor,
+            public,
+            backward,
+            layout,
+            to_passives,
+            opened,
+            step=pg.quantize_coefficient(control.step),
+            momentum=pg.quantize_coefficient(control.momentum),
+        ),
     )
     save_optimizer(ctx, optimizer)
     save_coordinator(ctx, coordinator)
