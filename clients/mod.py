@@ -43,7 +43,7 @@ from vfm_flower.context import PartyContext, Topic
 from vfm_flower.errors import ProtocolAbort
 from vfm_flower.jobs import JobKind, JobRegistry
 from vfm_flower.party import DataLoader, StepRegistry, StepSpec
-from vfm_flower.steps.alignment import JOINT_ROWS, TOPIC_POSITIONS
+from vfm_flower.steps.alignment import JOINT_ROWS, TOPIC_POSITIONS, TOPIC_SLOTS
 
 
 def raw_array(blob: bytes) -> Array:
@@ -129,7 +129,7 @@ def _run_plain_handler(
 ) -> None:
     opened = {}
     for sender, name in sorted(ctx.request.inbox):
-        if name == TOPIC_POSITIONS:
+        if name in (TOPIC_POSITIONS, TOPIC_SLOTS):  # alignment's, consumed by the runtime
             continue
         topic = topics.get(name)
         if topic is None:
@@ -148,6 +148,9 @@ def _run_plain_handler(
     content = RecordDict({"vfm.step": step, "vfm.opened": ArrayRecord(opened)})
     if JOINT_ROWS in ctx.state:  # this party's rows of the joint customers, in common order
         content["vfm.aligned"] = ArrayRecord({"rows": Array(ctx.aligned_rows())})
+    elif "hm.slot_of_row" in ctx.state:  # hidden membership: a slot for each of its rows
+        layout = ctx.passive_layout()
+        content["vfm.slots"] = ArrayRecord({"slot_of_row": Array(layout.slot_of_row)})
     message.content = content
     reply = call_next(message, context)
     if reply.has_error():

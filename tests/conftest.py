@@ -140,3 +140,13 @@ def small_collab(tmp_path):
     collab = make_collaboration(tmp_path / "collab", frames, label_owner="lo", min_intersection=50)
     collab.shared = shared  # type: ignore[attr-defined]
     return collab
+
+
+def joint_rows_of(states, party: str, label_owner: str):
+    """A party's rows of the joint customers, in the common order. Test-side knowledge: a
+    passive party of a kind that hides membership never learns them (the LO's positions and
+    the party's own PSI permutation are combined here)."""
+    if party == label_owner or "joint_rows" in states[party]:
+        return states[party].array("joint_rows")
+    positions = states[label_owner].array(f"hm.positions.{party}")
+    return states[party].array("hm.row_of_position")[positions]

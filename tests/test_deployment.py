@@ -123,7 +123,7 @@ def test_local_deployment_script(tmp_path):
     assert "[deploy] ok:" in proc.stdout
     result = json.loads((tmp_path / "deploy" / "server" / "result.json").read_text())
     assert result["joint_rows"] > 4000
-    assert result["public"]["rounds_per_iteration"] == 4
+    assert result["public"]["rounds_per_iteration"] == 2
     assert result["public"]["auc"] > 0.6
     for party in ("broker", "bank", "insurer"):
         assert (tmp_path / "deploy" / "parties" / party / "model" / "slice.json").exists()

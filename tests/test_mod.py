@@ -29,6 +29,7 @@ COUNTS = JobKind(
     ("run",),
     (ParamSpec("column", str, "region"),),
     releases={"server": ("regions",), "result-owner": ()},
+    membership="revealed",  # the passive party counts its rows of the joint customers
 )
 
 

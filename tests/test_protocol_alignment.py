@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import joint_rows_of
 from vfm_flower.clients.vertical_party import load_state
 from vfm_flower.errors import ProtocolAbort
 from vfm_flower.normalize import normalize_ids
@@ -26,13 +27,20 @@ def test_alignment_matches_plain_intersection_in_same_order(small_collab):
     assert result["joint_rows"] == len(small_collab.shared)
     assert result["phases"]["align"]["rounds"] <= 3
     grid = grids[0]
-    # passive parties receive their positions with the next phase: run state after the job
+    # passive parties never learn the joint rows: the LO's positions and each party's own
+    # PSI permutation, combined here, say which they are
     states = _party_states(grid)
+    for party in ("p1", "p2"):
+        assert "joint_rows" not in states[party]
+        assert not any(key.startswith("hm.positions") for key in states[party].array_keys())
+        slots = states[party].array("hm.slot_of_row")
+        assert slots.size == len(pd.read_csv(small_collab.data[party]))
+        assert np.unique(slots).size == slots.size
     ordered = {}
-    for party, state in states.items():
+    for party in states:
         frame = pd.read_csv(small_collab.data[party], dtype={"email": str})
         ids = normalize_ids([frame["email"].tolist()], "email", party=party)
-        rows = state.array("joint_rows")
+        rows = joint_rows_of(states, party, "lo")
         ordered[party] = [ids[i] for i in rows]
     first = ordered["lo"]
     assert sorted(first) == sorted(small_collab.shared)
@@ -150,5 +158,5 @@ def test_large_alignment_uses_the_process_pool(tmp_path):
     states = _party_states(grids[0])
     lo_ids = normalize_ids([pd.read_csv(collab.data["lo"])["email"].tolist()], "email")
     p1_ids = normalize_ids([pd.read_csv(collab.data["p1"])["email"].tolist()], "email")
-    lo_rows, p1_rows = states["lo"].array("joint_rows"), states["p1"].array("joint_rows")
+    lo_rows, p1_rows = joint_rows_of(states, "lo", "lo"), joint_rows_of(states, "p1", "lo")
     assert [lo_ids[i] for i in lo_rows[:500]] == [p1_ids[i] for i in p1_rows[:500]]

@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 
 from tests.conftest import make_collaboration, synthetic_frames
+from vfm_flower.envelope import peek_header
 from vfm_flower.errors import ProtocolAbort
 from vfm_flower.session import SessionInfo
 from vfm_flower.strategies.session import VerticalSession
@@ -35,14 +35,14 @@ def _wrap_exchange(monkeypatch, hook):
     monkeypatch.setattr(Transport, "exchange", exchange)
 
 
-def test_replayed_forward_step_refused(collab, monkeypatch):
-    """Re-asking step 0 after training moved on would reuse its mask: the party refuses."""
+def test_replayed_passive_step_refused(collab, monkeypatch):
+    """Re-asking round 0 after training moved on would reuse its masks: the party refuses."""
 
     def hook(self, kind, requests, send):
         out = send(kind, requests)
-        if kind == "train.forward" and next(iter(requests.values())).step == 2:
+        if kind == "train.passive" and next(iter(requests.values())).step == 2:
             replay = dataclasses.replace(requests["p1"], step=0, inbox={})
-            send("train.forward", {"p1": replay})
+            send("train.passive", {"p1": replay})
         return out
 
     _wrap_exchange(monkeypatch, hook)
@@ -82,20 +82,53 @@ def test_forged_session_nonces_refused(collab, monkeypatch):
         collab.run(job="train", **FAST)
 
 
-def test_altered_forward_sum_refused(collab, monkeypatch):
-    """Adding label-probing offsets to the relayed sum at iteration 0 is detected."""
-    original = VerticalSession.request
+def _wrap_post(monkeypatch, mutate):
+    """The server's relay, with ``mutate(mailbox)`` applied to what it holds after each round."""
+    original = Transport.post
 
-    def request(self, kind, step, **kwargs):
-        req = original(self, kind, step, **kwargs)
-        if kind == "train.residual" and step == 0 and "forward" in req.sums:
-            probe = np.zeros_like(req.sums["forward"])
-            probe[:24] = [1 << (12 + i) for i in range(24)]
-            req.sums["forward"] = req.sums["forward"] + probe
-        return req
+    def post(self, replies):
+        original(self, replies)
+        mutate(self._mailbox)
 
-    monkeypatch.setattr(VerticalSession, "request", request)
-    with pytest.raises(ProtocolAbort, match=r"lo.*altered"):
+    monkeypatch.setattr(Transport, "post", post)
+
+
+IMAGE = ("p1", "train.encrypted_image")
+
+
+@pytest.mark.parametrize("iteration", [0, 3])
+def test_altered_image_refused_at_every_iteration(collab, monkeypatch, iteration):
+    """The server relays the passive parties' images sealed: changing one at any iteration
+    (not only the first) is detected by the label owner."""
+
+    def mutate(mailbox):
+        blob = mailbox.get("lo", {}).get(IMAGE)
+        if blob is not None and peek_header(blob).round == iteration:
+            mailbox["lo"][IMAGE] = blob[:-300] + bytes([blob[-300] ^ 4]) + blob[-299:]
+
+    _wrap_post(monkeypatch, mutate)
+    with pytest.raises(ProtocolAbort, match=r"lo.*p1.*(tampered|signature|authentic)"):
+        collab.run(job="train", **FAST)
+    for party in ("lo", "p1", "p2"):
+        assert not (collab.root / "work" / "parties" / party / "model").exists()
+
+
+def test_replayed_image_refused(collab, monkeypatch):
+    """An image of an earlier iteration relayed again is refused (bound to its round)."""
+    kept = {}
+
+    def mutate(mailbox):
+        blob = mailbox.get("lo", {}).get(IMAGE)
+        if blob is None:
+            return
+        round_ = peek_header(blob).round
+        if round_ == 1:
+            kept["old"] = blob
+        if round_ == 3:
+            mailbox["lo"][IMAGE] = kept["old"]
+
+    _wrap_post(monkeypatch, mutate)
+    with pytest.raises(ProtocolAbort, match=r"lo.*(round is 1, expected 3|replay)"):
         collab.run(job="train", **FAST)
 
 
@@ -121,9 +154,8 @@ def test_result_owner_refuses_mismatched_slices_even_if_server_does_not(collab, 
     shutil.copytree(first_p2, target)  # p2 now holds the first run's slice
 
     def score(self, session):  # the server's own model-id check is skipped
-        partial = session.send("query.score")
-        sums = {"score": session.secure_sum({p: partial[p] for p in ("p1", "p2")}, "score")}
-        session.send("query.combine", to=[session.label_owner], sums=sums)
+        session.send("query.score")
+        session.send("query.combine", to=[session.label_owner])
 
     monkeypatch.setattr("vfm_flower.strategies.regression.VerticalRegression.score", score)
     with pytest.raises(ProtocolAbort, match=r"lo.*'p2'.*another training run"):

@@ -148,7 +148,7 @@ def test_a_parameter_changed_between_messages_is_refused(tmp_path, malicious_ser
     collab = _collab(tmp_path)
 
     def change(kind, step, req):
-        if kind == "train.residual" and step >= 1:
+        if kind == "train.label_owner" and step >= 1:
             req.job = dataclasses.replace(req.job, params={**req.job.params, "tol": 1e-3})
 
     _tamper_requests(monkeypatch, change)

@@ -14,7 +14,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import r2_score, roc_auc_score
 
-from tests.conftest import Collaboration, make_collaboration
+from tests.conftest import Collaboration, joint_rows_of, make_collaboration
 from vfm_flower.clients.vertical_party import load_state
 from vfm_flower.preparation import PreparationPlan, apply_preparation, encode_labels
 
@@ -26,7 +26,7 @@ def _central(collab: Collaboration, grid, parties, label_owner, label_column, id
     blocks = []
     for party in parties:
         frame = pd.read_csv(collab.data[party], dtype={id_column: str})
-        aligned = frame.iloc[states[party].array("joint_rows")].reset_index(drop=True)
+        aligned = frame.iloc[joint_rows_of(states, party, label_owner)].reset_index(drop=True)
         plan = PreparationPlan.from_json(str(states[party].get("prep_plan")))
         blocks.append(apply_preparation(plan, aligned).matrix)
         if party == label_owner:

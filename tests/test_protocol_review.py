@@ -223,14 +223,17 @@ def test_a_job_step_cannot_send_plaintext_or_unmasked_vectors(tmp_path):
 
 
 def test_an_undecodable_payload_from_a_peer_is_refused_naming_the_peer(tmp_path, monkeypatch):
-    """A deviating passive party seals garbage as its gradient: the label owner names it."""
+    """A deviating passive party seals garbage as its image: the label owner names it."""
     import vfm_flower.steps.training as training
 
-    monkeypatch.setattr(training.paillier, "packed_to_bytes", lambda packed, public: b"garbage")
+    real = training.pack_payload
+
+    def garbage_image(arrays, meta=None):
+        return b"garbage" if "corrections" in arrays else real(arrays, meta)
+
+    monkeypatch.setattr(training, "pack_payload", garbage_image)
     collab = governed_collab(tmp_path, 41)
-    with pytest.raises(
-        ProtocolAbort, match=r"lo.*payload 'train.masked_encrypted_gradient' from 'p1'"
-    ):
+    with pytest.raises(ProtocolAbort, match=r"lo.*payload 'train.encrypted_image' from 'p(1|2)'"):
         collab.run(job="train", **FAST)
     assert all(v.ok for _, v in verify_audit_tree(collab.root / "work"))
 

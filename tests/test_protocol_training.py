@@ -12,7 +12,7 @@ from flwr.proto.message_pb2 import Message as ProtoMessage
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import r2_score, roc_auc_score
 
-from tests.conftest import make_collaboration, synthetic_frames
+from tests.conftest import joint_rows_of, make_collaboration, synthetic_frames
 from vfm_flower.clients.vertical_party import load_state
 from vfm_flower.envelope import ReplayGuard, open_envelope, peek_header
 from vfm_flower.errors import EnvelopeError, ProtocolAbort
@@ -25,15 +25,6 @@ FAST = {"max-iterations": 8}
 
 def _states(grid):
     return {ctx.node_config["party"]: load_state(ctx) for ctx in grid.contexts.values()}
-
-
-def joint_rows_of(states, party, label_owner):
-    """A party's rows of the joint customers, in the common order (test-side knowledge: the
-    passive party itself never learns them)."""
-    if party == label_owner:
-        return states[party].array("joint_rows")
-    positions = states[label_owner].array(f"hm.positions.{party}")
-    return states[party].array("hm.row_of_position")[positions]
 
 
 def _central_design(collab, states, parties, label_owner):

@@ -17,7 +17,7 @@ def test_a_node_that_stopped_is_named_by_its_party(tmp_path, monkeypatch):
     original = InProcessGrid._deliver
 
     def deliver(self, message):
-        if message.metadata.message_type == "train.forward":
+        if message.metadata.message_type == "train.passive":
             party = self.contexts[message.metadata.dst_node_id].node_config["party"]
             if party == "p2":
                 reply = Message(

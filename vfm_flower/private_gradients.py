@@ -12,9 +12,9 @@ exact sigmoid); only where each vector lives changes.
 One iteration, two rounds
 -------------------------
 ``passive round t`` (each P_k, :func:`passive_iteration`)
-    It receives ``[[d / n_train]]`` on its rows (zero on rows that are not joint or are held
-    out) and its moved state (below), from which it gets ``[[x]]`` and ``[[p]]``
-    (:func:`passive_state`). It computes ``[[g]] = X^T [[d]]`` and the direction
+    It receives ``[[d / n_train]]`` by slot (zero on slots that are not joint and on held-out
+    rows; the same vector for every passive party) and its moved state (below), from which
+    it gets ``[[x]]`` and ``[[p]]`` (:func:`passive_state`). It computes ``[[g]] = X^T [[d]]`` and the direction
     ``[[s]] = -M^{-1} ([[g]] + l2 [[x]])``, then the image ``[[X s]]`` packed by slot with
     per-customer masks, the statistically masked ``[[x + R_x]], [[s + R_s]], [[p + R_p]]``
     (packed) and six correction ciphertexts for the inner products of the L2 term (masked
@@ -25,7 +25,7 @@ One iteration, two rounds
     on the joint rows; from the masked vectors and the corrections it gets the six inner
     products summed over passive parties. It runs the exact plane search for ``(a, b)``,
     computes the new residual ``d`` and sends each P_k ``[[d / n_train]]`` (encrypted afresh,
-    by position) and the move applied to the *masked* vectors, truncated to the base scale:
+    by slot) and the move applied to the *masked* vectors, truncated to the base scale:
     ``W_x = T(U_x) + a T(U_s) + b T(U_p)``, ``W_p = a T(U_s) + b T(U_p)``, with ``[[a]]`` and
     ``[[b]]``. P_k removes ``T(R_x) + [[a]] T(R_s) + [[b]] T(R_p)`` under encryption: its new
     ``[[x]], [[p]]``, back on the base scale (one unit of rounding at most), and it never
@@ -328,7 +328,9 @@ def passive_iteration(
     m = X_int.shape[1]
     x, p = passive_state(public, message, secrets_prev, m)
     # the gradient and the direction   (X^T d and x on 2**-48; s on 2**-64)
-    residuals = layout.rows_from_positions(message.residuals)
+    if len(message.residuals) != layout.total_slots:
+        raise ProtocolAbort(_PHASE, None, "the residuals do not cover every slot")
+    residuals = [message.residuals[int(slot)] for slot in layout.slot_of_row]
     gradient = _dot.encrypted_dot_products(residuals, X_int, n2)
     direction = signed_power_products(
         [*gradient, *x], np.hstack([preconditioner.A, preconditioner.B]), n2
@@ -609,26 +611,24 @@ def backward_messages(
     step: int = 0,
     momentum: int = 0,
 ) -> dict[str, BackwardMessage]:
-    """LO: ``[[d / n_train]]`` by position (zeros elsewhere) and the moved masked state.
+    """LO: ``[[d / n_train]]`` by slot (zeros elsewhere) and the moved masked state.
 
     ``step``/``momentum`` are the coefficients ``a, b`` in fixed point (``2**-24``): the LO
     applies the move ``x += a s + b p`` to the masked vectors it opened (after truncating them
     to ``2**-24``), and sends ``[[a]], [[b]]`` so that the party can remove its masks' share.
     """
     out = {}
-    residual_ints = (
-        np.rint(np.asarray(backward, dtype=np.float64) * 2.0**RESIDUAL_BITS).astype(object)
-        if backward is not None
-        else None
-    )
+    residuals: list[mpz] = []
+    if backward is not None:
+        # one vector for every passive party, by slot: d on the joint slots, zero elsewhere
+        # (two parties that compare theirs learn nothing their slot maps do not tell them)
+        values = [0] * layout.total_slots
+        quantized = np.rint(np.asarray(backward, dtype=np.float64) * 2.0**RESIDUAL_BITS)
+        for slot, value in zip(layout.joint_slots, quantized):
+            values[int(slot)] = int(value)
+        residuals = _encrypt(encryptor, public, values)
     shift_s = DIRECTION_BITS - MOVED_BITS + COEFFICIENT_BITS
-    for party, slot_map in layout.slot_maps.items():
-        residuals: list[mpz] = []
-        if residual_ints is not None:
-            values = [0] * int(slot_map.size)
-            for j, pos in enumerate(layout.positions[party]):
-                values[int(pos)] = int(residual_ints[j])
-            residuals = _encrypt(encryptor, public, values)
+    for party in layout.slot_maps:
         state: list[mpz] = []
         if opened is not None:
             masked = opened.vectors[party]

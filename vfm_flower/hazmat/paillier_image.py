@@ -44,7 +44,8 @@ __all__ = [
 
 #: Largest lookup table (entries per group and position).
 TABLE_BUDGET = 256
-#: Digit width for columns with many distinct values.
+#: Default digit width for columns with many distinct values (the width is chosen per
+#: column from the row count and the number of slot positions).
 DIGIT_BITS = 6
 #: A column with at most this many distinct values is one factor.
 FEW_VALUES = 64
@@ -61,7 +62,19 @@ class _Factor:
     codes: np.ndarray  # code per row (int64)
 
 
-def _factors(X: np.ndarray) -> tuple[list[_Factor], list[int]]:
+def _digit_bits(top: int, rows: int, positions: int) -> int:
+    """Digit width minimizing row multiplications plus table entries (one table per
+    position): ``rows * digits + positions * digits * 2**w``."""
+    best, best_cost = DIGIT_BITS, None
+    for w in range(3, 13):
+        digits = -(-top // w)
+        cost = rows * digits + positions * digits * (1 << w)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = w, cost
+    return best
+
+
+def _factors(X: np.ndarray, positions: int = 1) -> tuple[list[_Factor], list[int]]:
     """Split every column into factors; returns the factors and the column minima."""
     factors: list[_Factor] = []
     minima: list[int] = []
@@ -75,10 +88,11 @@ def _factors(X: np.ndarray) -> tuple[list[_Factor], list[int]]:
             factors.append(_Factor(j, 0, tuple(int(u) for u in uniques), inverse.astype(np.int64)))
             continue
         top = int(shifted.max()).bit_length()
-        mask = (1 << DIGIT_BITS) - 1
-        for k in range(0, top, DIGIT_BITS):
+        width = _digit_bits(top, column.size, positions)
+        mask = (1 << width) - 1
+        for k in range(0, top, width):
             digits = (shifted >> k) & mask
-            factors.append(_Factor(j, k, tuple(range(1 << DIGIT_BITS)), digits.astype(np.int64)))
+            factors.append(_Factor(j, k, tuple(range(1 << width)), digits.astype(np.int64)))
     return factors, minima
 
 
@@ -212,7 +226,7 @@ def packed_row_images(
     n2 = mpz(nsquare)
     if X.shape[0] == 0 or X.shape[1] == 0:
         return [mpz(1)] * ciphertexts
-    factors, minima = _factors(X)
+    factors, minima = _factors(X, positions=min(slots_per_ciphertext, X.shape[0]))
     groups = _groups(factors)
     codes = [_group_codes(g) for g in groups]
     # the workers need the factors' values only, not their per-row codes

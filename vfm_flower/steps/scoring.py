@@ -28,8 +28,13 @@ from vfm_flower.model_store import ModelSlice, load_model_slice
 from vfm_flower.party import StepRegistry
 from vfm_flower.preparation import PreparationPlan, apply_preparation
 from vfm_flower.steps import delivery
-from vfm_flower.steps.evaluation import open_final_scores, receive_image
-from vfm_flower.steps.training import REGRESSION_KINDS, ciphertext_array
+from vfm_flower.steps.evaluation import open_final_scores
+from vfm_flower.steps.training import (
+    REGRESSION_KINDS,
+    ciphertext_array,
+    ciphertexts_of,
+    public_key,
+)
 
 SCORE_LABEL = "score/image"
 TOPIC_IMAGE = Topic("score.encrypted_image", phase="query.score")
@@ -127,12 +132,14 @@ def label_owner_combine(ctx: PartyContext) -> None:
     expected = str(ctx.state.get("score_stamp"))
     images = {}
     for peer in ctx.passive_parties:
-        images[peer], meta = receive_image(ctx, peer, TOPIC_IMAGE)
-        if str(meta.get("stamp")) != expected:
+        arrays, meta = ctx.receive_arrays(peer, TOPIC_IMAGE)
+        if str(meta.get("stamp")) != expected:  # before anything else is read from it
             raise DataError(
                 f"party '{peer}' scores with a model slice from another training run than "
                 f"'{ctx.party}': retrain, or restore matching slices"
             )
+        with ctx.decoding(peer, TOPIC_IMAGE):
+            images[peer] = ciphertexts_of(arrays["image"], public_key(ctx), int(meta["image"]))
     total = own.copy()
     if ctx.passive_parties:
         total += open_final_scores(ctx, SCORE_LABEL, images)

@@ -191,12 +191,12 @@ def receive_backward(ctx: PartyContext, topic: Topic, round: int) -> pg.Backward
         elif key != ctx.state.get_bytes("paillier.public"):
             raise ValueError("the label owner's Paillier key changed during the job")
         public = public_key(ctx)
-        rows = int(ctx.state.array("X").shape[0])
+        rows = int(ctx.passive_layout().total_slots)
         m = int(ctx.state.array("X").shape[1])
         control = pg.PassiveControl.from_dict(dict(meta["control"]))
         n_res, n_state = int(meta["residuals"]), int(meta["state"])
         if n_res not in ((0, rows) if control.stop else (rows,)):
-            raise ValueError(f"{n_res} residual ciphertexts for {rows} rows")
+            raise ValueError(f"{n_res} residual ciphertexts for {rows} slots")
         if n_state not in ((0,) if topic is TOPIC_START else (2 * m + 2,)):
             raise ValueError(f"{n_state} state ciphertexts, the step carries {2 * m + 2}")
         residuals = ciphertexts_of(arrays["residuals"], public, n_res)
