@@ -14,11 +14,12 @@ One iteration, two rounds
 ``passive round t`` (each P_k, :func:`passive_iteration`)
     It receives ``[[d / n_train]]`` by slot (zero on slots that are not joint and on held-out
     rows; the same vector for every passive party) and its moved state (below), from which
-    it gets ``[[x]]`` and ``[[p]]`` (:func:`passive_state`). It computes ``[[g]] = X^T [[d]]`` and the direction
-    ``[[s]] = -M^{-1} ([[g]] + l2 [[x]])``, then the image ``[[X s]]`` packed by slot with
-    per-customer masks, the statistically masked ``[[x + R_x]], [[s + R_s]], [[p + R_p]]``
-    (packed) and six correction ciphertexts for the inner products of the L2 term (masked
-    pairwise between passive parties). Every ciphertext it sends is re-randomized.
+    it gets ``[[x]]`` and ``[[p]]`` (:func:`passive_state`). It computes ``[[g]] = X^T [[d]]``
+    and the direction ``[[s]] = -M^{-1} ([[g]] + l2 [[x]])``, then the image ``[[X s]]``
+    packed by slot with per-customer masks, the statistically masked
+    ``[[x + R_x]], [[s + R_s]], [[p + R_p]]`` (packed) and six correction ciphertexts for the
+    inner products of the L2 term (masked pairwise between passive parties). Every
+    ciphertext it sends is re-randomized.
 ``LO round t`` (:func:`open_forward`, then :func:`backward_messages`)
     It adds the packed images of all passive parties slot by slot, decrypts, removes its
     masks on the joint slots, checks every count, size and range, and gets ``q = sum_k X_k s_k``
