@@ -49,9 +49,7 @@ def test_caravan_demo_matches_sklearn(tmp_path):
     collab = Collaboration(tmp_path, demo.agreement_path, demo.party_data, demo.party_keys)
     grids = []
     # the demo's hold-out split (fixed seed): the test is deterministic
-    result = collab.run(
-        grid_out=grids, job="train", **{"max-iterations": 40, "holdout-seed": 2000}
-    )
+    result = collab.run(grid_out=grids, job="train", **{"max-iterations": 40, "holdout-seed": 2000})
     X, labels, holdout = _central(
         collab, grids[0], ["broker", "bank", "insurer"], "insurer", "Purchase", "email"
     )
