@@ -512,9 +512,19 @@ def open_image(
     total = [mpz(1)] * count
     for party, cts in images.items():
         if len(cts) != count:
-            raise _refuse(party, f"sent {len(cts)} image ciphertexts, the step carries {count}")
+            raise _refuse(
+                party,
+                f"[payload_count] party '{party}' sent {len(cts)} image ciphertexts, the step "
+                f"carries {count}",
+            )
         total = [t * c % n2 for t, c in zip(total, cts)]
-    slots = _decrypt_packed(private, total, slot_bits, spc, count * spc)
+    try:
+        slots = _decrypt_packed(private, total, slot_bits, spc, count * spc)
+    except ValueError as exc:
+        raise _refuse(
+            None,
+            "[image_range] a packed image does not fit its slots: a passive party deviated",
+        ) from exc
     offset = k << value_bits
     bound = 1 << value_bits
     out = np.empty(layout.joint_slots.size)
@@ -558,10 +568,18 @@ def open_forward(
         if len(msg.vectors) != expected or len(msg.corrections) != N_SCALARS:
             raise _refuse(
                 party,
-                f"sent {len(msg.vectors)} vector and {len(msg.corrections)} correction "
-                f"ciphertexts, the step carries {expected} and {N_SCALARS}",
+                f"[payload_count] party '{party}' sent {len(msg.vectors)} vector and "
+                f"{len(msg.corrections)} correction ciphertexts, the step carries {expected} "
+                f"and {N_SCALARS}",
             )
-        values = _decrypt_packed(private, msg.vectors, slot_bits, spc, 3 * m)
+        try:
+            values = _decrypt_packed(private, msg.vectors, slot_bits, spc, 3 * m)
+        except ValueError as exc:
+            raise _refuse(
+                party,
+                f"[payload_range] party '{party}' sent masked vectors that do not fit their "
+                "slots",
+            ) from exc
         vectors[party] = values
         x, s, p = values[:m], values[m : 2 * m], values[2 * m :]
         for i, (a, b) in enumerate(((x, x), (x, s), (x, p), (s, s), (s, p), (p, p))):
