@@ -11,6 +11,8 @@ For teams that keep their own ``ClientApp`` and handlers::
         step = message.content["vfm.step"]          # party, job (JSON), round, roles
         opened = message.content["vfm.opened"]      # "sender|topic" -> plaintext bytes
         rows = message.content["vfm.aligned"]["rows"].numpy()  # joint rows, common order
+        # (a passive party gets them only for a kind with membership="revealed"; otherwise it
+        # gets "vfm.slots": a slot for each of its rows, see vfm_flower.hidden_membership)
         ...
         return Message(RecordDict({
             "vfm.send": ArrayRecord({"lo|stats.sums": raw_array(payload)}),  # sealed for you
