@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-
 import numpy as np
 import pytest
 from gmpy2 import mpz
@@ -256,105 +254,6 @@ def test_dot_products_validate_inputs(keypair) -> None:
 # ---------------------------------------------------------------------------- full backward step
 
 
-@pytest.mark.parametrize(("scale", "bound"), [(1.0, 1.0), (40.0, None)], ids=["logistic", "linear"])
-def test_masked_gradient_equals_plain_gradient(keypair, encryptor, scale, bound) -> None:
-    public, private = keypair
-    rng = np.random.default_rng(21)
-    X = _features(ROWS, 7)
-    d = rng.uniform(-1.0, 1.0, ROWS) * scale
-    enc_d = P.encrypt_residuals(public, d, bound=bound, encryptor=encryptor)
-    packed, state = P.masked_encrypted_gradient(public, enc_d, X)
-    assert packed.count == X.shape[1]
-    assert len(packed.ciphertexts) < X.shape[1]  # packing saves decryptions
-    masked = P.decrypt_masked_gradient(private, packed)
-    gradient = P.unmask_gradient(masked, state)
-    scale_bits = P.RESIDUAL_FRACTION_BITS + P.FEATURE_FRACTION_BITS
-    exact = np.array(_exact_gradient(X, d, bound), dtype=float) / 2.0**scale_bits
-    assert np.allclose(gradient, exact, rtol=1e-15, atol=0.0)
-    # To the named precision against the float gradient.
-    tol = ROWS * (
-        np.max(np.abs(d)) * 2.0 ** -(P.FEATURE_FRACTION_BITS + 1)
-        + np.max(np.abs(X)) * 2.0 ** -(P.RESIDUAL_FRACTION_BITS + 1)
-    )
-    assert np.all(np.abs(gradient - X.T @ d) <= tol)
-
-
-def test_label_owner_sees_only_masked_values(keypair, encryptor) -> None:
-    public, private = keypair
-    rng = np.random.default_rng(3)
-    X = _features(ROWS, 9)
-    d = rng.uniform(-1, 1, ROWS)
-    enc_d = P.encrypt_residuals(public, d, bound=1.0, encryptor=encryptor)
-    packed, state = P.masked_encrypted_gradient(public, enc_d, X)
-    packed2, state2 = P.masked_encrypted_gradient(public, enc_d, X)
-    masked = P.decrypt_masked_gradient(private, packed)
-    masked2 = P.decrypt_masked_gradient(private, packed2)
-    layout = H.slot_layout(ROWS, enc_d.value_bits, 2048)
-    exact = _exact_gradient(X, d)
-    for a, b, g in zip(masked, masked2, exact):
-        assert 0 <= a < 2**layout.slot_bits
-        assert a != b  # fresh masks every time
-        # The masked value is the gradient shifted by a mask of value_bits + 65 bits.
-        assert abs(a - (g + 2**layout.value_bits)) > 2**layout.value_bits
-    assert np.allclose(P.unmask_gradient(masked2, state2), P.unmask_gradient(masked, state))
-    # The packed ciphertexts are re-randomized: identical inputs give unrelated ciphertexts.
-    assert set(packed.ciphertexts).isdisjoint(packed2.ciphertexts)
-    assert repr(state) == f"MaskState(count={X.shape[1]})"
-
-
-def test_party_without_private_key_cannot_decrypt(keypair, encryptor) -> None:
-    public, _ = keypair
-    rng = np.random.default_rng(5)
-    X = _features(60, 2)
-    d = rng.uniform(-1, 1, 60)
-    enc_d = P.encrypt_residuals(public, d, bound=1.0, encryptor=encryptor)
-    packed, state = P.masked_encrypted_gradient(public, enc_d, X)
-    # Everything leaving the party is a header plus full-width ciphertexts.
-    blob = P.packed_to_bytes(packed, public)
-    assert len(blob) == 16 + len(packed.ciphertexts) * P.ciphertext_width(public)
-    # Another key (what a party could make up) decrypts to values that fail the mask check.
-    other_public, other_private = P.generate_paillier_keypair(2048)
-    foreign = P.CRTDecryptor(other_private)
-    junk = [int(foreign.decrypt(c % other_public.nsquare)) for c in packed.ciphertexts]
-    assert all(j.bit_length() > 1900 for j in junk)  # uniform noise, not packed slots
-    with pytest.raises(ValueError):
-        P.decrypt_masked_gradient(other_private, packed)
-
-
-def test_unmask_rejects_a_mismatched_state(keypair, encryptor) -> None:
-    public, private = keypair
-    X = _features(50, 4)
-    d = np.linspace(-1, 1, 50)
-    enc_d = P.encrypt_residuals(public, d, bound=1.0, encryptor=encryptor)
-    packed, state = P.masked_encrypted_gradient(public, enc_d, X)
-    _, other_state = P.masked_encrypted_gradient(public, enc_d, X)
-    masked = P.decrypt_masked_gradient(private, packed)
-    with pytest.raises(ValueError, match="does not match"):
-        P.unmask_gradient(masked, other_state)
-    with pytest.raises(ValueError, match="masked values"):
-        P.unmask_gradient(masked[:-1], state)
-
-
-def test_masking_uses_the_given_random_source(keypair, encryptor) -> None:
-    public, private = keypair
-
-    class Recorder:
-        def __init__(self) -> None:
-            self.calls = 0
-
-        def randbits(self, k: int) -> int:
-            self.calls += 1
-            return secrets.randbits(k)
-
-    rng = Recorder()
-    X = _features(30, 6)
-    enc_d = P.encrypt_residuals(public, np.linspace(-1, 1, 30), bound=1.0, encryptor=encryptor)
-    packed, state = P.masked_encrypted_gradient(public, enc_d, X, rng=rng)
-    assert rng.calls >= X.shape[1] + len(packed.ciphertexts)
-    gradient = P.unmask_gradient(P.decrypt_masked_gradient(private, packed), state)
-    assert np.allclose(gradient, X.T @ np.linspace(-1, 1, 30), atol=1e-3)
-
-
 # ---------------------------------------------------------------------------- packing
 
 
@@ -370,23 +269,6 @@ def test_slot_layout_has_no_overflow_between_slots() -> None:
         H.slot_layout(10, 33, 2048, feature_value_bits=2000)
     with pytest.raises(ValueError, match="40 bits"):
         H.slot_layout(10, 33, 2048, statistical_bits=20)
-
-
-@pytest.mark.parametrize("count", [1, 13, 14, 15, 28, 29])
-def test_packing_round_trips_at_slot_boundaries(keypair, encryptor, count) -> None:
-    public, private = keypair
-    slot_bits, slots = 146, 14  # 14 * 146 = 2044 bits: the top slot ends 3 bits below n
-    top = 2**slot_bits - 1
-    values = [
-        top if i % 3 == 0 else (0 if i % 3 == 1 else 2 ** (slot_bits - 1)) for i in range(count)
-    ]
-    cts = H.encrypt_vector(public, np.array(values, dtype=object), encryptor=encryptor)
-    packed_cts = H.pack_ciphertexts(
-        cts, public.nsquare, slot_bits=slot_bits, slots_per_ciphertext=slots
-    )
-    assert len(packed_cts) == -(-count // slots)
-    packed = P.PackedCiphertexts(tuple(packed_cts), count, slot_bits, slots)
-    assert list(P.decrypt_masked_gradient(private, packed)) == values
 
 
 def test_unpack_rejects_bits_above_the_last_slot() -> None:
@@ -419,39 +301,6 @@ def test_ciphertext_codec_checks_widths(keypair, encryptor) -> None:
         P.ciphertexts_from_bytes(b"\xff" * width, public)
     with pytest.raises(ValueError, match="out of range"):
         P.ciphertexts_to_bytes([public.nsquare], public)
-
-
-def test_payload_codecs_round_trip(keypair, encryptor) -> None:
-    public, private = keypair
-    X = _features(40, 8)
-    enc_d = P.encrypt_residuals(public, np.linspace(-1, 1, 40), bound=1.0, encryptor=encryptor)
-    ev_bytes = P.encrypted_vector_to_bytes(enc_d, public)
-    assert P.encrypted_vector_from_bytes(ev_bytes, public) == enc_d
-    small = P.encrypt_residuals(public, np.array([0.1, -0.2]), encryptor=encryptor)
-    assert small.value_bits < small.fraction_bits  # bound 0.25: allowed
-    assert P.encrypted_vector_from_bytes(P.encrypted_vector_to_bytes(small, public), public)
-    with pytest.raises(ValueError, match="expected 40"):
-        P.encrypted_vector_from_bytes(ev_bytes[:-512], public)
-    with pytest.raises(ValueError, match="not a serialized"):
-        P.encrypted_vector_from_bytes(b"XXXX" + ev_bytes[4:], public)
-    packed, state = P.masked_encrypted_gradient(public, enc_d, X)
-    pk_bytes = P.packed_to_bytes(packed, public)
-    assert P.packed_from_bytes(pk_bytes, public) == packed
-    with pytest.raises(ValueError):
-        P.packed_from_bytes(pk_bytes[:-1], public)
-    bad_slots = pk_bytes[:8] + (4000).to_bytes(4, "big") + pk_bytes[12:]
-    with pytest.raises(ValueError, match="do not fit"):
-        P.packed_from_bytes(bad_slots, public)
-    masked = P.decrypt_masked_gradient(private, packed)
-    mv_bytes = P.masked_values_to_bytes(masked, packed.slot_bits)
-    assert len(mv_bytes) == packed.count * ((packed.slot_bits + 7) // 8)
-    back = P.masked_values_from_bytes(mv_bytes, packed.slot_bits, packed.count)
-    assert list(back) == list(masked)
-    with pytest.raises(ValueError, match="expected"):
-        P.masked_values_from_bytes(mv_bytes[:-1], packed.slot_bits, packed.count)
-    with pytest.raises(ValueError, match="does not fit"):
-        P.masked_values_to_bytes([2**packed.slot_bits], packed.slot_bits)
-    assert np.allclose(P.unmask_gradient(back, state), X.T @ np.linspace(-1, 1, 40), atol=1e-3)
 
 
 # ---------------------------------------------------------------------------- quantization

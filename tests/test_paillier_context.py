@@ -194,7 +194,7 @@ def test_rerandomize_changes_ciphertexts_not_plaintexts(holder, party) -> None:
     assert list(holder.decrypt(fresh)) == list(values)
     again = party.rerandomize(enc)
     assert set(again.ciphertexts).isdisjoint(fresh.ciphertexts)
-    # The module-level operation (what masked_encrypted_gradient uses).
+    # The module-level operation (what the private-gradient protocol uses).
     raw = P.rerandomize(party.public_key, enc.ciphertexts)
     assert list(holder.decrypt(EncryptedVector(tuple(raw), enc.value_bits, 0))) == list(values)
     with pytest.raises(ValueError, match="out of range"):

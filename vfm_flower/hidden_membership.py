@@ -108,15 +108,6 @@ class PassiveLayout:
     def rows(self) -> int:
         return int(self.slot_of_row.size)
 
-    def rows_from_positions(self, values: Sequence) -> list:
-        """Reorder a vector received in shuffled-position order into own row order."""
-        if len(values) != self.rows:
-            raise DataError(f"a vector of {len(values)} entries for {self.rows} rows")
-        out: list = [None] * self.rows
-        for pos, row in enumerate(self.row_of_position):
-            out[int(row)] = values[pos]
-        return out
-
 
 def build_layouts(
     joint_positions: Mapping[str, np.ndarray], rows: Mapping[str, int]

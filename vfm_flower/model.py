@@ -22,7 +22,7 @@ current search direction ``s_k`` and its previous step ``p_k``. One iteration is
 
 1. *forward*: party k sends the image of its direction on all aligned rows, ``q_k = X_k s_k``,
    plus six inner products of its own vectors (``x.x, x.s, x.p, s.s, s.p, p.p``, intercept
-   excluded). In the real protocol both travel in the pairwise-masked sum, so the label owner
+   excluded). In the real protocol both are computed under encryption and the label owner
    learns only the sums ``q = sum_k q_k`` and the six summed scalars. (Iteration 0 sends the
    image of the initial weights instead, ``X_k x_k``, usually zero.)
 2. *label owner*: it keeps the score vector ``z`` and the image ``r = X p`` of the previous
@@ -35,9 +35,9 @@ current search direction ``s_k`` and its previous step ``p_k``. One iteration is
    updates ``z``, computes the new residual ``d = sigmoid(z) - y`` (or ``z - y``) on the
    training rows and decides whether to stop.
 3. *backward*: it broadcasts the two coefficients ``(a, b)`` (a :class:`StepControl`) and
-   ``d / n_train`` (zero on hold-out rows, Paillier-encrypted in the real protocol). Party k
-   moves ``x_k += a s_k + b p_k``, gets its own gradient ``g_k = X_k^T d / n + l2 x_k`` and
-   its next direction ``s_k = -M_k^{-1} g_k``.
+   ``d / n_train`` (zero on hold-out rows; both encrypted in the real protocol). Party k
+   moves ``x_k += a s_k + b p_k``, gets its gradient ``g_k = X_k^T d / n + l2 x_k`` and
+   its next direction ``s_k = -M_k^{-1} g_k`` (under encryption for a passive party).
 
 For a quadratic objective (linear regression) exact minimization over ``span{s, p}`` is the
 preconditioned conjugate-gradient method: it is exact after at most ``n_params`` iterations
@@ -59,14 +59,13 @@ after 40 iterations; per-party L-BFGS directions added to the search did not hel
 
 What is shared
 --------------
-- passive party -> label owner (masked sum only): ``sum_k X_k s_k`` (or ``sum_k X_k x_k`` at
-  iteration 0) on the aligned rows and six scalars summed over parties. With a single passive
-  party the sum is that party's own values (as for any masked forward pass).
-- label owner -> every party: the :class:`StepControl` scalars (iteration, ``a``, ``b``,
-  best-model and stop flags, stop reason) and the backward vector ``d / n_train`` under
-  Paillier encryption; each party learns only its own gradient.
-- The hold-out split stays with the label owner: parties compute forward passes on all
-  aligned rows and the backward vector is zero (and encrypted) on hold-out rows.
+This module is the plaintext math; where each vector lives in the real protocol is in
+``vfm_flower.private_gradients``: a passive party keeps ``x_k, s_k, p_k`` encrypted under the
+label owner's key and computes its gradient, direction and image under encryption; the label
+owner learns only the summed image ``sum_k X_k s_k`` on the joint rows and the six summed
+inner products, applies the move ``(a, b)`` to masked vectors and sends the coefficients
+encrypted. :func:`train_vertical_plaintext` runs the same optimizer with every block in plain
+(the reference the encrypted protocol reproduces up to fixed-point rounding).
 
 Iterations are counted as backward (gradient) rounds; the final forward round only applies
 the last step, no gradient follows it.

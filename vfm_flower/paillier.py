@@ -10,22 +10,10 @@ Two ways in:
   :class:`~vfm_flower.errors.PaillierKeyError` (missing or mismatched key),
   :class:`~vfm_flower.errors.CiphertextError` (malformed or out-of-bound ciphertexts),
   :class:`~vfm_flower.errors.PolicyViolation` (key shorter than the agreement allows).
-* The protocol steps of the backward pass of vertical training::
-
-    label owner (LO, holds the private key)          passive party P_k (holds X_k)
-    d = residuals (floats)
-    [[d]] = encrypt_residuals(public, d)      ---->
-                                                     packed, state = masked_encrypted_gradient(
-                                                         public, [[d]], X_k)
-                                              <----  packed = pack([[X_k^T d + r_k]])
-    s = decrypt_masked_gradient(private, packed)
-                                              ---->  g = unmask_gradient(s, state) = X_k^T d
-
-  The party adds a statistical mask to every ``[[g_j]]``, packs several masked values into one
-  ciphertext and re-randomizes it (:func:`rerandomize`): the randomness of a homomorphically
-  computed ciphertext is a product of the label owner's own obfuscators raised to the party's
-  feature values, which the key owner could extract and test hypotheses against;
-  re-randomization makes it a uniformly random encryption of its (masked) plaintext.
+* Keys, their codecs, re-randomization (:func:`rerandomize`: give a homomorphically
+  computed ciphertext fresh randomness before it reaches the key holder, who could otherwise
+  extract its randomness and test hypotheses against it) and the ciphertext codecs that the
+  protocols of ``vfm_flower.private_gradients`` and the job steps share.
 
 Everything is plain Paillier with ``g = n + 1`` on ``phe``'s key objects, so a ``phe`` private
 key decrypts every ciphertext made here and ``phe`` ciphertexts can enter every operation here.
@@ -48,7 +36,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import gmpy2
-import numpy as np
 from gmpy2 import mpz
 from phe import paillier as phe_paillier
 from phe.paillier import PaillierPrivateKey, PaillierPublicKey
@@ -67,7 +54,6 @@ from vfm_flower.hazmat import (
     check_key_bits,
 )
 from vfm_flower.hazmat import paillier_djn as _djn
-from vfm_flower.hazmat import paillier_dot as _dot
 
 __all__ = [
     # the entry point of job steps, and its errors
@@ -89,27 +75,17 @@ __all__ = [
     "FEATURE_INTEGER_BITS",
     "FEATURE_VALUE_BITS",
     "STATISTICAL_SECURITY_BITS",
-    # payloads and protocol steps of the backward pass
+    # payloads
     "EncryptedVector",
-    "PackedCiphertexts",
-    "MaskState",
     "RandomBits",
     "CRTDecryptor",
     "rerandomize",
-    "encrypt_residuals",
-    "masked_encrypted_gradient",
-    "decrypt_masked_gradient",
-    "unmask_gradient",
     # byte codecs
     "ciphertext_width",
     "ciphertexts_to_bytes",
     "ciphertexts_from_bytes",
     "encrypted_vector_to_bytes",
     "encrypted_vector_from_bytes",
-    "packed_to_bytes",
-    "packed_from_bytes",
-    "masked_values_to_bytes",
-    "masked_values_from_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -262,50 +238,6 @@ class EncryptedVector:
         return f"EncryptedVector(len={len(self.ciphertexts)}, value_bits={self.value_bits})"
 
 
-@dataclass(frozen=True)
-class PackedCiphertexts:
-    """Packed, masked, re-randomized ``[[X_k^T d + r_k]]`` sent by a party to the label owner."""
-
-    ciphertexts: tuple[mpz, ...]
-    count: int
-    slot_bits: int
-    slots_per_ciphertext: int
-
-    def __post_init__(self) -> None:
-        if self.count < 0 or self.slot_bits < 1 or self.slots_per_ciphertext < 1:
-            raise ValueError("invalid packing parameters")
-        if len(self.ciphertexts) != -(-self.count // self.slots_per_ciphertext):
-            raise ValueError("packed ciphertext count does not match the packing parameters")
-
-    def __repr__(self) -> str:
-        return (
-            f"PackedCiphertexts(count={self.count}, ciphertexts={len(self.ciphertexts)}, "
-            f"slot_bits={self.slot_bits})"
-        )
-
-
-@dataclass(frozen=True, repr=False)
-class MaskState:
-    """The passive party's secret masks of one backward step. Never leaves the party.
-
-    Attributes
-    ----------
-    masks : tuple[int, ...]
-        ``r_j`` per feature.
-    value_bits : int
-        Offset exponent: a slot holds ``g_j + 2**value_bits + r_j``.
-    scale_bits : int
-        ``g_j`` is ``X^T d`` scaled by ``2**scale_bits``.
-    """
-
-    masks: tuple[int, ...]
-    value_bits: int
-    scale_bits: int
-
-    def __repr__(self) -> str:
-        return f"MaskState(count={len(self.masks)})"
-
-
 # --------------------------------------------------------------------------------------------
 # Re-randomization
 
@@ -360,160 +292,6 @@ def rerandomize(
 
 # --------------------------------------------------------------------------------------------
 # High-level steps
-
-
-def encrypt_residuals(
-    public: PaillierPublicKey,
-    d: np.ndarray,
-    *,
-    bound: float | None = None,
-    encryptor: _djn.DJNEncryptor | None = None,
-    private: PaillierPrivateKey | None = None,
-    workers: int | None = None,
-) -> EncryptedVector:
-    """Label owner: encrypt the residuals ``d`` in fixed point (``RESIDUAL_FRACTION_BITS``).
-
-    Parameters
-    ----------
-    public : PaillierPublicKey
-        The label owner's public key.
-    d : np.ndarray
-        1-D float residuals (``|d| <= 1`` for logistic regression).
-    bound : float, optional
-        Public bound on ``|d|`` (pass 1.0 for logistic regression). Default: the smallest power
-        of two at least ``max |d|``.
-    encryptor : vfm_flower.hazmat.DJNEncryptor, optional
-        Keep one per run (made with the private key) to reuse its tables and pooled
-        obfuscators.
-    private : PaillierPrivateKey, optional
-        Without ``encryptor``: the label owner's private key, for CRT-accelerated obfuscators.
-    workers : int, optional
-        Processes for the encryption (default: all cores for large vectors).
-    """
-    if encryptor is None:
-        encryptor = _djn.DJNEncryptor(public, private=private)
-    quantized, value_bits = _dot.quantize_residuals(d, bound=bound)
-    cts = _djn.encrypt_vector(public, quantized, encryptor=encryptor, workers=workers)
-    return EncryptedVector(tuple(cts), value_bits, RESIDUAL_FRACTION_BITS)
-
-
-def masked_encrypted_gradient(
-    public: PaillierPublicKey,
-    enc_d: EncryptedVector,
-    X: np.ndarray,
-    rng: RandomBits = secrets,
-    *,
-    workers: int | None = None,
-) -> tuple[PackedCiphertexts, MaskState]:
-    """Passive party: ``[[X^T d + r]]`` masked, packed and re-randomized, and the mask state.
-
-    Parameters
-    ----------
-    public : PaillierPublicKey
-        The label owner's public key.
-    enc_d : EncryptedVector
-        Encrypted residuals from the label owner.
-    X : np.ndarray
-        ``n x m`` float features (quantized here to ``FEATURE_FRACTION_BITS``).
-    rng : RandomBits
-        Source of the masks and re-randomization (default: the ``secrets`` module).
-    workers : int, optional
-        Processes for the dot products.
-
-    Returns
-    -------
-    tuple[PackedCiphertexts, MaskState]
-        The payload for the label owner, and the secret state to keep for
-        :func:`unmask_gradient`.
-    """
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError("features must be a 2-D matrix (rows x features)")
-    rows, cols = X.shape
-    if rows != len(enc_d):
-        raise ValueError(f"features have {rows} rows but {len(enc_d)} residuals were received")
-    if cols == 0:
-        raise ValueError("no feature column to compute a gradient for")
-    n = mpz(public.n)
-    nsquare = n * n
-    layout = _dot.slot_layout(rows, enc_d.value_bits, n.bit_length())
-    X_q = _dot.quantize_features(X)
-    dots = _dot.encrypted_dot_products(enc_d.ciphertexts, X_q, nsquare, workers=workers)
-    packed = _dot.pack_ciphertexts(
-        dots, nsquare, slot_bits=layout.slot_bits, slots_per_ciphertext=layout.slots_per_ciphertext
-    )
-    masks = tuple(int(rng.randbits(layout.mask_bits)) for _ in range(cols))
-    offset = 1 << layout.value_bits
-    slots = layout.slots_per_ciphertext
-    plains = [
-        mpz(sum((offset + r) << (layout.slot_bits * i) for i, r in enumerate(group)))
-        for group in (masks[k * slots : (k + 1) * slots] for k in range(len(packed)))
-    ]
-    # [[a]] * (1 + plain * n) = [[a + plain]]
-    masked = _djn.add_plaintexts(plains, packed, n, nsquare)
-    out = rerandomize(public, masked, rng=rng)
-    payload = PackedCiphertexts(tuple(out), cols, layout.slot_bits, layout.slots_per_ciphertext)
-    state = MaskState(masks, layout.value_bits, enc_d.fraction_bits + FEATURE_FRACTION_BITS)
-    return payload, state
-
-
-def decrypt_masked_gradient(
-    private: PaillierPrivateKey | CRTDecryptor, packed: PackedCiphertexts
-) -> np.ndarray:
-    """Label owner: decrypt and unpack the masked gradient (it learns only masked values).
-
-    Parameters
-    ----------
-    private : PaillierPrivateKey or CRTDecryptor
-        The label owner's key (pass a :class:`CRTDecryptor` to reuse its precomputation).
-    packed : PackedCiphertexts
-        A passive party's reply.
-
-    Returns
-    -------
-    np.ndarray
-        ``object`` array of ``packed.count`` non-negative Python ints ``g_j + offset + r_j``,
-        to return to the party (see :func:`masked_values_to_bytes`).
-    """
-    decryptor = private if isinstance(private, CRTDecryptor) else CRTDecryptor(private)
-    if packed.slot_bits * packed.slots_per_ciphertext > decryptor.key_bits - 1:
-        raise ValueError("packed gradient declares slots that do not fit the key")
-    values: list[int] = []
-    remaining = packed.count
-    for c in packed.ciphertexts:
-        take = min(remaining, packed.slots_per_ciphertext)
-        values.extend(
-            _dot.unpack_plaintext(decryptor.decrypt(c), slot_bits=packed.slot_bits, count=take)
-        )
-        remaining -= take
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
-
-
-def unmask_gradient(masked_values: np.ndarray | Sequence[int], mask_state: MaskState) -> np.ndarray:
-    """Passive party: remove the masks and get ``X^T d`` as ``float64``.
-
-    The result equals ``X_q^T d_q / 2**(RESIDUAL_FRACTION_BITS + FEATURE_FRACTION_BITS)``
-    exactly (up to float rounding), i.e. ``X^T d`` to the quantization precision.
-
-    Raises
-    ------
-    ValueError
-        If the values do not match the mask state (wrong count, or a result out of bounds,
-        which reveals a corrupted or mismatched reply).
-    """
-    values = [int(v) for v in masked_values]
-    if len(values) != len(mask_state.masks):
-        raise ValueError(f"got {len(values)} masked values for {len(mask_state.masks)} masks")
-    offset = 1 << mask_state.value_bits
-    out = np.empty(len(values), dtype=np.float64)
-    for j, (value, mask) in enumerate(zip(values, mask_state.masks)):
-        g = value - offset - mask
-        if abs(g) >= offset:
-            raise ValueError("masked gradient does not match this mask state")
-        out[j] = math.ldexp(float(g), -mask_state.scale_bits)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -574,48 +352,6 @@ def encrypted_vector_from_bytes(data: bytes, public: PaillierPublicKey) -> Encry
         raise ValueError("encrypted vector declares an invalid value bound")
     cts = ciphertexts_from_bytes(body, public, count)
     return EncryptedVector(tuple(cts), value_bits, fraction_bits)
-
-
-def packed_to_bytes(packed: PackedCiphertexts, public: PaillierPublicKey) -> bytes:
-    """Serialize packed ciphertexts: header (count, slot bits, slots), ciphertexts."""
-    head = _header(_PK_MAGIC, packed.count, packed.slot_bits, packed.slots_per_ciphertext)
-    return head + ciphertexts_to_bytes(packed.ciphertexts, public)
-
-
-def packed_from_bytes(data: bytes, public: PaillierPublicKey) -> PackedCiphertexts:
-    """Parse :func:`packed_to_bytes` output (checks that the slots fit the key)."""
-    (count, slot_bits, slots), body = _read_header(data, _PK_MAGIC, 3, "packed gradient")
-    key_bits = int(public.n).bit_length()
-    if slot_bits < 1 or slots < 1 or slot_bits * slots > key_bits - 1:
-        raise ValueError("packed gradient declares slots that do not fit the key")
-    expected = -(-count // slots)
-    cts = ciphertexts_from_bytes(body, public, expected)
-    return PackedCiphertexts(tuple(cts), count, slot_bits, slots)
-
-
-def masked_values_to_bytes(values: np.ndarray | Sequence[int], slot_bits: int) -> bytes:
-    """Serialize decrypted masked values (non-negative, below ``2**slot_bits``) fixed width."""
-    width = (slot_bits + 7) // 8
-    out = []
-    for v in values:
-        v = int(v)
-        if not 0 <= v < 1 << slot_bits:
-            raise ValueError("a masked value does not fit its slot")
-        out.append(v.to_bytes(width, "big"))
-    return b"".join(out)
-
-
-def masked_values_from_bytes(data: bytes, slot_bits: int, count: int) -> np.ndarray:
-    """Parse :func:`masked_values_to_bytes` output (checks width and count)."""
-    width = (slot_bits + 7) // 8
-    if len(data) != width * count:
-        raise ValueError(f"expected {count} masked values of {width} bytes, got {len(data)} bytes")
-    values = [int.from_bytes(data[i * width : (i + 1) * width], "big") for i in range(count)]
-    if any(v >> slot_bits for v in values):
-        raise ValueError("a masked value does not fit its slot")
-    out = np.empty(count, dtype=object)
-    out[:] = values
-    return out
 
 
 # The entry point of job steps lives in its own module (it builds on everything above).

@@ -356,7 +356,7 @@ def encrypted_dot_products(
     list[mpz]
         ``m`` ciphertexts of ``sum_i X[i, j] d_i`` (mod ``n``). A column of zeros gives the
         trivial encryption ``1`` of zero: mask and re-randomize before sending (as
-        :func:`vfm_flower.paillier.masked_encrypted_gradient` does).
+        ``vfm_flower.private_gradients`` does).
     """
     X = np.asarray(X_int)
     if X.ndim != 2 or not np.issubdtype(X.dtype, np.integer):
