@@ -96,6 +96,8 @@ class VerticalRegression(VerticalStrategy):
             if passives:
                 session.send("train.finish", to=passives, step=t)
             evaluated = session.send("train.evaluate", to=[lo], step=t)
+            if passives and self.releases_passive_weights():
+                session.send("train.release", to=passives, step=t)
             session.publish(**evaluated[lo].public)
             session.publish(
                 iterations=t,
@@ -103,6 +105,11 @@ class VerticalRegression(VerticalStrategy):
                 train_rounds=session.result.phases["train"].rounds,
             )
             sizes["iterations"] = t
+
+    def releases_passive_weights(self) -> bool:
+        """Whether the agreement releases the passive parties' weights to them (opt-in)."""
+        terms = self.agreement.job_terms(self.job.kind)
+        return self.job.operation == "train" and "model-weights" in terms.release.get("party", ())
 
 
 class VerticalLogisticRegression(VerticalRegression):

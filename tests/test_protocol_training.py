@@ -292,3 +292,47 @@ def test_result_owner_other_than_label_owner(tmp_path):
     assert set(scores["id"]) <= set(pd.read_csv(collab.data["p1"])["email"])  # p1's own format
     assert not (work / "lo" / "scores.csv").exists()
     assert not (work / "p2" / "scores.csv").exists()
+
+
+def test_passive_weights_stay_encrypted_unless_the_agreement_releases_them(tmp_path):
+    import dataclasses
+
+    from vfm_flower import paillier
+    from vfm_flower.agreement import JobTerms
+    from vfm_flower.jobs_builtin import LOGISTIC
+
+    frames, _ = synthetic_frames(n_shared=150, n_only=10, seed=21)
+    # default terms: the weights are an opt-in release, so they stay encrypted
+    assert "model-weights" not in JobTerms.default_for(LOGISTIC).release["party"]
+    collab = make_collaboration(tmp_path / "a", frames, label_owner="lo", min_intersection=50)
+    collab.run(job="train", **FAST)
+    work = collab.root / "work" / "parties"
+    kept = load_model_slice(work / "p1", "p1")
+    assert kept.weights.size == 0 and kept.encrypted_weights
+    report = json.loads((work / "p1" / "party_report.json").read_text())
+    assert report["weights_encrypted"] and all(f["weight"] is None for f in report["features"])
+
+    terms = JobTerms.default_for(LOGISTIC)
+    release = dict(terms.release)
+    release["party"] = (*release["party"], "model-weights")
+    collab = make_collaboration(
+        tmp_path / "b",
+        frames,
+        label_owner="lo",
+        min_intersection=50,
+        jobs=[dataclasses.replace(terms, release=release)],
+    )
+    grids = []
+    collab.run(job="train", grid_out=grids, **FAST)
+    states = _states(grids[0])
+    private = paillier.private_key_from_bytes(states["lo"].get_bytes("paillier.private"))
+    work = collab.root / "work" / "parties"
+    for party in ("p1", "p2"):
+        kept = load_model_slice(work / party, party)
+        cts = paillier.ciphertexts_from_bytes(kept.encrypted_weights, private.public_key)
+        exact = [private.raw_decrypt(int(c)) for c in cts]
+        n = private.public_key.n
+        exact = np.array([v - n if v > n // 2 else v for v in exact]) / 2.0**48
+        np.testing.assert_allclose(kept.weights, exact, atol=1e-12)
+        report = json.loads((work / party / "party_report.json").read_text())
+        assert not report.get("weights_encrypted") and report["features"][0]["weight"] is not None

@@ -474,7 +474,7 @@ class JobTerms:
     ) -> JobTerms:
         """The terms a new agreement writes for ``job_kind`` (a :class:`~vfm_flower.jobs.JobKind`):
         every operation, the default bound of every parameter (``params`` overrides some),
-        the kind's whole release list."""
+        the kind's release list but its opt-in names."""
         bounds = {p.name: p.default_bound() for p in job_kind.params}
         unknown = sorted(set(params or {}) - set(bounds))
         if unknown:
@@ -493,7 +493,12 @@ class JobTerms:
             kind=job_kind.name,
             operations=ops,
             params=bounds,
-            release=dict(job_kind.releases),
+            release={
+                audience: tuple(
+                    n for n in names if n not in job_kind.opt_in_releases.get(audience, ())
+                )
+                for audience, names in job_kind.releases.items()
+            },
         )
 
 

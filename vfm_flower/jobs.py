@@ -146,6 +146,9 @@ class JobKind:
         ``min-paillier-bits`` applies to its ``paillier-bits`` parameter).
     description : str
         One line for ``vfm agreement show``.
+    opt_in_releases : mapping audience -> tuple of str
+        Names of ``releases`` that a new agreement leaves off (signers add them on purpose),
+        such as a passive party's plaintext weights.
     membership : {"hidden", "revealed"}
         What alignment tells a passive party. ``"hidden"`` (default): a slot map, never which
         of its customers are joint; its steps compute on all its rows
@@ -162,6 +165,7 @@ class JobKind:
     uses_paillier: bool = False
     description: str = ""
     membership: str = "hidden"
+    opt_in_releases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -183,6 +187,21 @@ class JobKind:
             )
         releases = {a: tuple(sorted(set(self.releases.get(a, ())))) for a in RELEASE_AUDIENCES}
         object.__setattr__(self, "releases", MappingProxyType(releases))
+        extra = sorted(
+            f"{a}:{n}"
+            for a, names in self.opt_in_releases.items()
+            for n in names
+            if n not in releases.get(a, ())
+        )
+        if extra:
+            raise ConfigurationError(
+                f"job kind '{self.name}': opt-in release(s) {', '.join(extra)} are not releases"
+            )
+        object.__setattr__(
+            self,
+            "opt_in_releases",
+            MappingProxyType({a: tuple(sorted(n)) for a, n in self.opt_in_releases.items()}),
+        )
         if self.membership not in ("hidden", "revealed"):
             raise ConfigurationError(
                 f"job kind '{self.name}': membership must be 'hidden' or 'revealed'"

@@ -106,8 +106,11 @@ def _regression(name: str, description: str) -> JobKind:
         releases={
             "server": REGRESSION_SERVER_RELEASES,
             "result-owner": ("report", "scores"),
-            "party": ("model-slice", "party-report"),
+            "party": ("model-slice", "party-report", "model-weights"),
         },
+        # a passive party's weights stay encrypted unless the signers release them (once, to
+        # their owner, at the end of training)
+        opt_in_releases={"party": ("model-weights",)},
         uses_paillier=True,
         description=description,
     )

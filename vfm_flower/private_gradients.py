@@ -577,8 +577,7 @@ def open_forward(
         except ValueError as exc:
             raise _refuse(
                 party,
-                f"[payload_range] party '{party}' sent masked vectors that do not fit their "
-                "slots",
+                f"[payload_range] party '{party}' sent masked vectors that do not fit their slots",
             ) from exc
         vectors[party] = values
         x, s, p = values[:m], values[m : 2 * m], values[2 * m :]
@@ -698,3 +697,44 @@ def scalar_masks(
 ) -> list[int]:
     """P_k's pairwise masks of its six correction scalars."""
     return pairwise_scalar_masks(party, seeds, passives, label, N_SCALARS, n)
+
+
+# --------------------------------------------------------------------------- opt-in release
+def masked_weights(
+    public: PaillierPublicKey, encryptor: _djn.DJNEncryptor, weights: Sequence[mpz]
+) -> tuple[list[mpz], list[int]]:
+    """P_k: ``[[w + R]]`` (``R = 2**V + rho``, ``rho`` below ``2**(V + 40)``) for the LO to
+    decrypt when the agreement releases the weights to their owner."""
+    n = mpz(public.n)
+    n2 = n * n
+    value_bits = MOVED_BITS + WEIGHT_MAGNITUDE_BITS
+    offsets = [(1 << value_bits) + secrets.randbits(value_bits + STATISTICAL_BITS) for _ in weights]
+    return _rerandomize(encryptor, _add_plain(list(weights), offsets, n, n2), n2), offsets
+
+
+def open_masked_weights(private: PaillierPrivateKey, cts: Sequence[mpz]) -> list[int]:
+    """LO: the masked values ``w + R`` (statistically hiding ``w``)."""
+    n = int(private.public_key.n)
+    return [v % n for v in _djn.decrypt_vector(private, cts)]
+
+
+def masked_values_payload(values: Sequence[int]) -> bytes:
+    return b"".join(int(v).to_bytes(32, "big") for v in values)
+
+
+def masked_values_from_payload(blob: bytes, count: int) -> list[int]:
+    if len(blob) != 32 * count:
+        raise ValueError(f"{len(blob)} bytes for {count} masked weights")
+    return [int.from_bytes(blob[i : i + 32], "big") for i in range(0, len(blob), 32)]
+
+
+def unmask_weights(values: Sequence[int], offsets: Sequence[int]) -> np.ndarray:
+    """P_k: its plaintext weights ``(w + R) - R``, checked against their public bound."""
+    bound = 1 << (MOVED_BITS + WEIGHT_MAGNITUDE_BITS)
+    out = []
+    for v, r in zip(values, offsets, strict=True):
+        w = int(v) - int(r)
+        if not -bound < w < bound:
+            raise ValueError("a released weight is outside its public bound")
+        out.append(w / 2.0**MOVED_BITS)
+    return np.array(out, dtype=np.float64)

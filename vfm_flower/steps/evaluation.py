@@ -19,6 +19,7 @@ release list names.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -31,20 +32,21 @@ from vfm_flower.context import PartyContext, Topic
 from vfm_flower.errors import ProtocolAbort
 from vfm_flower.hazmat import paillier_djn as djn
 from vfm_flower.model import BlockOptimizer, ModelSpec, train_vertical_plaintext
-from vfm_flower.model_store import ModelSlice, save_model_slice
+from vfm_flower.model_store import ModelSlice, load_model_slice, save_model_slice
 from vfm_flower.party import StepRegistry
 from vfm_flower.preparation import PreparationPlan
 from vfm_flower.steps.training import (
     REGRESSION_KINDS,
     TOPIC_BACKWARD,
     TRAINING,
-    _offsets_from_bytes,
     ciphertext_array,
     ciphertexts_of,
     image_label,
     load_coordinator,
     load_optimizer,
     model_spec,
+    offsets_from_bytes,
+    offsets_to_bytes,
     params_of,
     private_key,
     public_key,
@@ -52,6 +54,10 @@ from vfm_flower.steps.training import (
 )
 
 TOPIC_FINAL = Topic("train.final_image", phase="train.finish")
+TOPIC_MASKED_WEIGHTS = Topic("train.masked_weights", phase="train.finish")
+TOPIC_RELEASED_WEIGHTS = Topic("train.released_weights", phase="train.evaluate")
+#: The opt-in release of a passive party's plaintext weights (to that party, once).
+WEIGHTS = "model-weights"
 FINAL_LABEL = image_label("final")
 #: Largest difference between the scores the LO tracked and those of the saved model:
 #: fixed-point rounding stays far below it (about 1e-6 per iteration).
@@ -87,7 +93,7 @@ def final_weights(ctx: PartyContext) -> list:
         if key not in ctx.state:
             raise ProtocolAbort(ctx.kind, ctx.party, "the best round's weights were not kept")
         return list(paillier.ciphertexts_from_bytes(ctx.state.get_bytes(key), public, m))
-    secrets = _offsets_from_bytes(ctx.state.get_bytes("pg.offsets"))
+    secrets = offsets_from_bytes(ctx.state.get_bytes("pg.offsets"))
     return pg.passive_state(public, message, secrets, m)[0]
 
 
@@ -126,6 +132,11 @@ def passive_finish(ctx: PartyContext) -> None:
     ctx.publish(features=int(X_int.shape[1]))
     if ctx.operation != "train":
         return
+    if ctx.may_release("party", WEIGHTS):
+        masked, offsets = pg.masked_weights(public, djn.DJNEncryptor(public), weights)
+        ctx.state.set_bytes("pg.weight_offsets", offsets_to_bytes(offsets))
+        payload = pack_payload({"weights": ciphertext_array(masked, public)})
+        ctx.send(ctx.label_owner, TOPIC_MASKED_WEIGHTS, payload)
     ctx.check_release("party", "model-slice", "party-report")
     reporting.write_party_report(
         reporting.build_encrypted_party_report(
@@ -216,6 +227,8 @@ def label_owner_evaluate(ctx: PartyContext) -> None:
     ctx.publish(**released)
     if ctx.operation != "train":
         return
+    if ctx.passive_parties and ctx.may_release("party", WEIGHTS):
+        release_passive_weights(ctx)
     ctx.check_release("party", "model-slice", "party-report")
     weights = dict(zip(plan.feature_names, (float(w) for w in optimizer.weights)))
     if weights:
@@ -310,3 +323,50 @@ def _evaluate(
     if all(ctx.may_release("server", k) for k in quoted):
         out["headline"] = reporting.headline(report)
     return {k: v for k, v in out.items() if ctx.may_release("server", k)}
+
+
+def release_passive_weights(ctx: PartyContext) -> None:
+    """LO, only when the agreement releases ``model-weights`` to the parties: decrypt each
+    passive party's statistically masked weights ``w + R`` and seal them back to it (it alone
+    holds ``R``). Once per training job, at its end."""
+    public, private = public_key(ctx), private_key(ctx)
+    for peer in ctx.passive_parties:
+        arrays, _ = ctx.receive_arrays(peer, TOPIC_MASKED_WEIGHTS)
+        with ctx.decoding(peer, TOPIC_MASKED_WEIGHTS):
+            count = int(arrays["weights"].size) // paillier.ciphertext_width(public)
+            if count != passive_features_of(ctx, peer):
+                raise ValueError(f"{count} weights for {passive_features_of(ctx, peer)} features")
+            masked = ciphertexts_of(arrays["weights"], public, count)
+        values = pg.open_masked_weights(private, masked)
+        ctx.send(peer, TOPIC_RELEASED_WEIGHTS, pg.masked_values_payload(values))
+
+
+def passive_features_of(ctx: PartyContext, peer: str) -> int:
+    from vfm_flower.steps.training import passive_features
+
+    return passive_features(ctx, peer)
+
+
+@STEPS.step("train.release", jobs=REGRESSION_KINDS, operations=("train",))
+def passive_release(ctx: PartyContext) -> None:
+    """Passive party, when the agreement releases its weights: unmask them, keep them in its
+    slice and show them in its own report."""
+    ctx.check_release("party", WEIGHTS, "model-slice", "party-report")
+    blob = ctx.receive(ctx.label_owner, TOPIC_RELEASED_WEIGHTS, round=ctx.round)
+    offsets = offsets_from_bytes(ctx.state.get_bytes("pg.weight_offsets")).offsets
+    with ctx.decoding(ctx.label_owner, TOPIC_RELEASED_WEIGHTS):
+        weights = pg.unmask_weights(pg.masked_values_from_payload(blob, len(offsets)), offsets)
+    model_slice = load_model_slice(ctx.work_dir, ctx.party)
+    if model_slice.info.get("run_key") != ctx.run_id:
+        raise ProtocolAbort(ctx.kind, ctx.party, "its model slice is not this run's")
+    save_model_slice(ctx.work_dir, dataclasses.replace(model_slice, weights=weights))
+    reporting.write_party_report(
+        reporting.build_party_report(
+            ctx.party,
+            ctx.job.kind,
+            dict(zip(model_slice.feature_names, (float(w) for w in weights))),
+            min_cohort=ctx.min_cohort,
+            aligned_rows=int(ctx.state.array("X").shape[0]),
+        ),
+        ctx.work_dir,
+    )

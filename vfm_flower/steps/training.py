@@ -150,11 +150,11 @@ def passive_features(ctx: PartyContext, peer: str) -> int:
     return int(counts[peer])
 
 
-def _offsets_to_bytes(offsets) -> bytes:
+def offsets_to_bytes(offsets) -> bytes:
     return b"".join(int(o).to_bytes(32, "big") for o in offsets)
 
 
-def _offsets_from_bytes(blob: bytes) -> pg.PassiveSecrets:
+def offsets_from_bytes(blob: bytes) -> pg.PassiveSecrets:
     return pg.PassiveSecrets(
         tuple(int.from_bytes(blob[i : i + 32], "big") for i in range(0, len(blob), 32))
     )
@@ -298,7 +298,7 @@ def passive_iteration(ctx: PartyContext) -> None:
         )
     public = public_key(ctx)
     X_int = ctx.state.array("X")
-    previous = None if t == 0 else _offsets_from_bytes(ctx.state.get_bytes("pg.offsets"))
+    previous = None if t == 0 else offsets_from_bytes(ctx.state.get_bytes("pg.offsets"))
     label = image_label(t)
     ctx.claim_mask_label(label)
     seeds, passives = ctx.mask_seeds(), ctx.passive_parties
@@ -324,7 +324,7 @@ def passive_iteration(ctx: PartyContext) -> None:
         scalar_masks=pg.scalar_masks(ctx.party, seeds, passives, label, public.n),
         passive_parties=len(passives),
     )
-    ctx.state.set_bytes("pg.offsets", _offsets_to_bytes(secrets.offsets))
+    ctx.state.set_bytes("pg.offsets", offsets_to_bytes(secrets.offsets))
     ctx.state.set_bytes(f"pg.moved.{t}", paillier.ciphertexts_to_bytes(moved, public))
     ctx.state.set("pg.round", t + 1)
     ctx.send(
