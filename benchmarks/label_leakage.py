@@ -162,7 +162,8 @@ def _collaboration(root: Path, frames: dict[str, pd.DataFrame], label_owner: str
 
 def breast_cancer_frames(extra_passive: int = 120, rng=None):
     """Breast cancer split in two: the label owner 10 columns and the label, the passive party
-    the other 20 columns (plus customers the label owner does not have)."""
+    the other 20 columns and three of them banded into five categories (plus customers the
+    label owner does not have)."""
     rng = rng or np.random.default_rng(0)
     data = load_breast_cancer()
     X, y = data.data, data.target
@@ -173,6 +174,8 @@ def breast_cancer_frames(extra_passive: int = 120, rng=None):
     extra = [f"other{i:04d}@clinic.example" for i in range(extra_passive)]
     passive_values = np.vstack([X[:, 10:], X[rng.integers(0, len(y), extra_passive), 10:]])
     passive = pd.DataFrame(passive_values, columns=[f"b{i}" for i in range(20)])
+    for column in ("b0", "b3", "b7"):  # three banded (categorical) columns, for that attack
+        passive[f"{column}_band"] = pd.qcut(passive[column], 5, labels=list("ABCDE")).astype(str)
     passive.insert(0, "email", ids + extra)
     return {"lo": lo, "p1": passive.sample(frac=1.0, random_state=1).reset_index(drop=True)}
 
@@ -229,13 +232,20 @@ def passive_attacks(transcript, frames, passive, label_owner, label_column, posi
         ),
     }
     table = frames[passive]
-    category = np.zeros(len(table))
-    for column in table.columns:
-        if column == "email" or table[column].nunique() > 20:
-            continue
-        means = pd.Series(parity).groupby(table[column].to_numpy()).transform("mean")
-        category += means.to_numpy()
-    out["category"] = _auc(y[rows], category[rows]) if category.any() else 0.5
+    columns = [c for c in table.columns if c != "email" and table[c].nunique() <= 20]
+
+    def category_auc(statistic: np.ndarray) -> float:
+        score = np.zeros(len(table))
+        for column in columns:
+            means = pd.Series(statistic).groupby(table[column].to_numpy()).transform("mean")
+            score += means.to_numpy()
+        return _auc(y[rows], score[rows]) if columns else 0.5
+
+    out["category"] = category_auc(parity)
+    # the same attack on shuffled statistics: its noise level is wide when the columns predict
+    # the label (a random score per category ranks predictive categories at random)
+    null = [category_auc(rng.permutation(parity)) for _ in range(40)] if columns else [0.5]
+    out["category_null_p95"] = float(np.percentile(null, 95))
     slot_score = transcript.layouts[passive].slot_of_row.astype(float)
     if (~joint).any():
         out["membership"] = (
@@ -334,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         # order to the passive party's rows (the LO's positions, the party's permutation)
         positions = transcript.lo_layout.positions["p1"]
         rows = transcript.layouts["p1"].row_of_position[positions]
-        target = frames["p1"].drop(columns=["email"]).to_numpy(dtype=float)[rows]
+        numeric = frames["p1"].drop(columns=["email"]).select_dtypes("number")
+        target = numeric.to_numpy(dtype=float)[rows]
         images = np.column_stack(transcript.images)
         result["label_owner_forward_image_r2"] = round(image_r2(images, target, rng), 4)
         result["label_owner_forward_image_iterations"] = images.shape[1]
@@ -388,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 result[f"caravan_{party}_ciphertext_parity_auc"] = round(attacks["parity"], 3)
                 result[f"caravan_{party}_category_rate_auc"] = round(attacks["category"], 3)
+                result[f"caravan_{party}_category_null_p95"] = round(
+                    attacks["category_null_p95"], 3
+                )
                 result[f"caravan_{party}_membership_auc"] = round(attacks.get("membership", 0.5), 3)
             result["caravan_random_auc"] = round(attacks["random"], 3)
     passive = [
@@ -396,10 +410,17 @@ def main(argv: list[str] | None = None) -> int:
         if k.endswith("_auc") and "membership" not in k and "random" not in k
     ]
     result["max_passive_auc"] = max(passive)
+    # an attack passes if it stays at or below 0.55, or within the 95% band of its own null
+    bars = {
+        k: max(0.55, float(result.get(k.replace("_rate_auc", "_null_p95"), 0.55)))
+        for k in result
+        if k.endswith("_auc") and "membership" not in k and "random" not in k
+    }
+    result["attacks_within_bar"] = all(result[k] <= bar for k, bar in bars.items())
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
     ok = (
-        result["max_passive_auc"] <= 0.55
+        result["attacks_within_bar"]
         and result["chosen_ciphertext_labels_recovered"] == 0
         and result["guessed_ids_revealed"] == 0
     )

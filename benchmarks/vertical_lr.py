@@ -14,7 +14,7 @@ parties on their own machines, in parallel):
 Payloads go through the byte codecs (as over Flower). Correctness: the image the label owner
 opens equals ``sum_k X_k s_k`` computed in plain from the directions (recovered here from the
 masked vectors with the parties' own offsets), to the last bit. The naive baseline does the
-same products with per-element ``phe`` calls (encrypt each residual for each party, multiply
+same products with per-element ``phe`` calls (encrypt each residual once, multiply
 each ciphertext by each float feature and add, for ``X^T [[d]]`` and for ``X [[s]]``, decrypt
 each row of the image), measured on a subsample and extrapolated.
 
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         {"public": public, "private": private, "X": X_all}, args.naive_rows, args.naive_features
     )
     naive = (
-        unit["encrypt"] * args.rows * len(names)  # [[d]] for every passive party
+        unit["encrypt"] * args.rows  # [[d]] by slot, once for every passive party
         + 2 * unit["mul_add"] * args.rows * args.features  # X^T [[d]] and X [[s]]
         + unit["decrypt"] * args.rows  # every row of the summed image
     )

@@ -46,7 +46,7 @@ both sides apply the same move); residuals ``2**-36`` so that ``X^T d`` lands on
 the moved ``x`` (``2**-48``); preconditioner entries ``2**-16``. Masks are ``40`` bits
 (:data:`STATISTICAL_BITS`) above each public value bound: a masked value is within
 statistical distance ``2**-40`` of uniform. The bounds (``|x|, |s|, |p| < 2**20``,
-``|X s| < 2**24``) are checked by the LO on what it decrypts; a diverging or deviating party
+``|X s|, |X w| < 2**15``) are checked by the LO on what it decrypts; a diverging or deviating party
 hits them and the job aborts with a named rule.
 
 What the LO learns: the summed image ``q`` on joint rows at every iteration and the six
@@ -109,9 +109,12 @@ RESIDUAL_BITS = MOVED_BITS - FEATURE_BITS
 PRECONDITIONER_BITS = 16
 DIRECTION_BITS = MOVED_BITS + PRECONDITIONER_BITS
 STATISTICAL_BITS = 40
-#: |x|, |s|, |p| < 2**20 and |X w| < 2**24 (checked on what the LO decrypts).
+#: |x|, |s|, |p| < 2**20 and |X s|, |X w| < 2**15 (checked on what the LO decrypts). The image
+#: of a direction is about a projection of the residuals plus the L2 pull (a few units at
+#: most); scores above 2**15 mean divergence. 15 bits make a slot 136 bits: 15 per ciphertext.
+
 WEIGHT_MAGNITUDE_BITS = 20
-IMAGE_MAGNITUDE_BITS = 24
+IMAGE_MAGNITUDE_BITS = 15
 #: |features| < 2**16 after preparation (standardized columns are far below).
 FEATURE_MAGNITUDE_BITS = 16
 N_SCALARS = 6
