@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                 if key != "category"
                 else "passive_category_rate_auc"
             ] = round(attacks[key], 3)
+        result["passive_category_null_p95"] = round(attacks["category_null_p95"], 3)
         result["passive_membership_auc"] = round(attacks.get("membership", 0.5), 3)
         result["random_auc"] = round(attacks["random"], 3)
         result["random_auc_std"] = round(attacks["random_std"], 3)
