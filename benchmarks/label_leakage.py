@@ -7,8 +7,9 @@ same rows: the noise level of one such measurement).
 
 Passive party (honest but curious: it analyses everything it receives)
     ``passive_ciphertext_parity_auc``, ``passive_ciphertext_magnitude_auc``: each row scored
-    by a statistic of the residual ciphertexts it received for that row, averaged over all
-    iterations (the parity; the leading bits). A scheme leaking through its ciphertexts (a
+    by a statistic of the residual ciphertext it received for that row (the parity; the leading
+    bits), one score per iteration, the AUC averaged over iterations (``random_auc_std`` is the
+    spread of such a mean for random scores). A scheme leaking through its ciphertexts (a
     trivial encryption of zero, a reused obfuscator, a deterministic encoding) shows here.
     ``passive_category_rate_auc``: per level of each of its categorical columns, the mean of
     that statistic, as an estimated label rate per category (the red team's per-category
@@ -23,10 +24,11 @@ Passive party (deviating)
     counts the joint customers its transcript identifies.
 Label owner
     ``label_owner_forward_image_r2``: from the summed images it decrypts at each iteration and
-    21 rows whose passive features it knows, it reconstructs the passive party's columns
-    (projection on the span of the images, least squares on the known rows): the median R^2 of
-    the columns on the other rows. This one is inherent (the label owner computes the exact
-    loss on the summed image), and the README says so.
+    rows whose passive features it knows (20 more than the span of its images has dimensions),
+    it reconstructs the passive party's numeric columns (projection on that span, least
+    squares on the known rows): the median R^2 of the columns on the other rows. This one is
+    inherent (the label owner computes the exact loss on the summed image), and the README
+    says so.
 
 Usage::
 
@@ -202,68 +204,68 @@ def _auc(y, score) -> float:
 
 
 def ciphertext_statistics(transcript: Transcript, party: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per own row: mean parity and mean leading 16 bits of the residual ciphertexts received
-    for it over every iteration."""
-    layout = transcript.layouts[party]
-    slots = layout.slot_of_row
+    """Per iteration and own row: the parity and the leading 16 bits of the residual
+    ciphertext received for that row (``iterations x rows``)."""
+    slots = transcript.layouts[party].slot_of_row
     top = 2 * transcript.public_n.bit_length() - 16
-    parity = np.zeros(slots.size)
-    lead = np.zeros(slots.size)
-    count = 0
+    parity, lead = [], []
     for residuals in transcript.residuals[party]:
-        if not residuals:
-            continue
-        parity += np.array([int(residuals[s]) & 1 for s in slots])
-        lead += np.array([int(residuals[s]) >> top for s in slots], dtype=np.float64)
-        count += 1
-    return parity / max(count, 1), lead / max(count, 1)
+        if residuals:
+            parity.append([int(residuals[s]) & 1 for s in slots])
+            lead.append([int(residuals[s]) >> top for s in slots])
+    return np.array(parity, dtype=np.float64), np.array(lead, dtype=np.float64)
 
 
 def passive_attacks(transcript, frames, passive, label_owner, label_column, positive, rng):
+    """Each attack scores the rows once per iteration from what that iteration brought; the
+    reported AUC is the mean over iterations (a leak shows as a consistent deviation from 0.5;
+    an attacker cannot pick the sign of a noise draw without the labels)."""
     joint, y = _truth(frames, passive, label_owner, label_column, positive)
     parity, lead = ciphertext_statistics(transcript, passive)
     rows = joint & (y >= 0)
-    out = {
-        "parity": _auc(y[rows], parity[rows]),
-        "magnitude": _auc(y[rows], lead[rows]),
-        "random": _auc(y[rows], rng.random(int(rows.sum()))),
-        "random_std": float(
-            np.std([_auc(y[rows], rng.random(int(rows.sum()))) for _ in range(200)])
-        ),
-    }
     table = frames[passive]
     columns = [c for c in table.columns if c != "email" and table[c].nunique() <= 20]
 
-    def category_auc(statistic: np.ndarray) -> float:
+    def category_score(statistic: np.ndarray) -> np.ndarray:
         score = np.zeros(len(table))
         for column in columns:
             means = pd.Series(statistic).groupby(table[column].to_numpy()).transform("mean")
             score += means.to_numpy()
-        return _auc(y[rows], score[rows]) if columns else 0.5
+        return score
 
-    out["category"] = category_auc(parity)
-    # the same attack on shuffled statistics: its noise level is wide when the columns predict
-    # the label (a random score per category ranks predictive categories at random)
-    null = [category_auc(rng.permutation(parity)) for _ in range(40)] if columns else [0.5]
+    def mean_auc(scores) -> float:
+        return float(np.mean([_auc(y[rows], s[rows]) for s in scores]))
+
+    out = {
+        "parity": mean_auc(parity),
+        "magnitude": mean_auc(lead),
+        "category": mean_auc([category_score(p) for p in parity]) if columns else 0.5,
+        "random": mean_auc(rng.random(parity.shape)),
+    }
+    # the spread of one such mean when nothing leaks (random scores, as many iterations)
+    out["random_std"] = float(np.std([mean_auc(rng.random(parity.shape)) for _ in range(20)]))
+    null = (
+        [mean_auc([category_score(rng.permutation(p)) for p in parity]) for _ in range(10)]
+        if columns
+        else [0.5]
+    )
     out["category_null_p95"] = float(np.percentile(null, 95))
-    slot_score = transcript.layouts[passive].slot_of_row.astype(float)
     if (~joint).any():
-        out["membership"] = (
-            max(
-                abs(_auc(joint.astype(int), slot_score) - 0.5),
-                abs(_auc(joint.astype(int), parity) - 0.5),
-            )
-            + 0.5
-        )
+        slot_score = transcript.layouts[passive].slot_of_row.astype(float)
+        membership = [_auc(joint.astype(int), slot_score)]
+        membership += [_auc(joint.astype(int), p) for p in parity]
+        out["membership"] = float(np.mean(membership))
     return out
 
 
-def image_r2(images: np.ndarray, target: np.ndarray, rng, known: int = 21) -> float:
-    """Median R^2 over target columns, reconstructed from the span of the images."""
+def image_r2(images: np.ndarray, target: np.ndarray, rng, margin: int = 20) -> tuple[float, int]:
+    """Median R^2 over target columns, reconstructed from the span of the images with
+    ``rank + 1 + margin`` known rows; returns (R^2, rows used)."""
     n, m = target.shape
     u, sv, _ = np.linalg.svd(images - images.mean(axis=0), full_matrices=False)
-    rank = int(min(m + 1, (sv > sv[0] * 1e-9).sum()))
+    rank = int((sv > sv[0] * 1e-9).sum())
     basis = np.hstack([u[:, :rank], np.ones((n, 1))])
+    known = rank + 1 + margin
     idx = rng.permutation(n)
     train, test = idx[:known], idx[known:]
     coef, *_ = np.linalg.lstsq(basis[train], target[train], rcond=None)
@@ -274,7 +276,7 @@ def image_r2(images: np.ndarray, target: np.ndarray, rng, known: int = 21) -> fl
         var = float(np.var(truth))
         if var > 0:
             r2.append(1.0 - float(np.mean((truth - pred[:, j]) ** 2)) / var)
-    return float(np.median(r2))
+    return float(np.median(r2)), known
 
 
 # --------------------------------------------------------------------------- runs
@@ -348,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         numeric = frames["p1"].drop(columns=["email"]).select_dtypes("number")
         target = numeric.to_numpy(dtype=float)[rows]
         images = np.column_stack(transcript.images)
-        result["label_owner_forward_image_r2"] = round(image_r2(images, target, rng), 4)
+        r2, known = image_r2(images, target, rng)
+        result["label_owner_forward_image_r2"] = round(r2, 4)
+        result["label_owner_forward_image_known_rows"] = known
         result["label_owner_forward_image_iterations"] = images.shape[1]
 
         # 2. chosen ciphertexts, inflated count and exact count
