@@ -48,6 +48,7 @@ from vfm_flower.steps.training import (
     offsets_from_bytes,
     offsets_to_bytes,
     params_of,
+    passive_features,
     private_key,
     public_key,
     receive_backward,
@@ -97,20 +98,25 @@ def final_weights(ctx: PartyContext) -> list:
     return pg.passive_state(public, message, secrets, m)[0]
 
 
-@STEPS.step("train.finish", jobs=REGRESSION_KINDS, operations=TRAINING)
-def passive_finish(ctx: PartyContext) -> None:
-    """Passive party: final encrypted weights, their masked image for the LO, own slice."""
-    public = public_key(ctx)
-    weights = final_weights(ctx)
-    X_int = ctx.state.array("X")
-    ctx.claim_mask_label(FINAL_LABEL)
+def send_model_image(
+    ctx: PartyContext,
+    public,
+    weights: list,
+    X_int: np.ndarray,
+    label: str,
+    topic: Topic,
+    meta: dict | None = None,
+) -> None:
+    """Passive party: seal the packed, per-customer-masked image ``[[X w]]`` of its encrypted
+    weights on all its rows to the LO (the final model at training, new rows at scoring)."""
+    ctx.claim_mask_label(label)
     masks = pg.row_masks(
         ctx.party,
         ctx.label_owner,
         ctx.mask_seeds(),
         ctx.passive_parties,
         ctx.customer_tokens(),
-        FINAL_LABEL,
+        label,
         pg.final_image_bits(),
         public.n.bit_length(),
     )
@@ -123,11 +129,19 @@ def passive_finish(ctx: PartyContext) -> None:
         slot_masks=masks,
         passive_parties=len(ctx.passive_parties),
     )
-    ctx.send(
-        ctx.label_owner,
-        TOPIC_FINAL,
-        pack_payload({"image": ciphertext_array(image, public)}, {"image": len(image)}),
+    payload = pack_payload(
+        {"image": ciphertext_array(image, public)}, {"image": len(image), **(meta or {})}
     )
+    ctx.send(ctx.label_owner, topic, payload)
+
+
+@STEPS.step("train.finish", jobs=REGRESSION_KINDS, operations=TRAINING)
+def passive_finish(ctx: PartyContext) -> None:
+    """Passive party: final encrypted weights, their masked image for the LO, own slice."""
+    public = public_key(ctx)
+    weights = final_weights(ctx)
+    X_int = ctx.state.array("X")
+    send_model_image(ctx, public, weights, X_int, FINAL_LABEL, TOPIC_FINAL)
     plan = PreparationPlan.from_json(str(ctx.state.get("prep_plan")))
     ctx.publish(features=int(X_int.shape[1]))
     if ctx.operation != "train":
@@ -334,17 +348,11 @@ def release_passive_weights(ctx: PartyContext) -> None:
         arrays, _ = ctx.receive_arrays(peer, TOPIC_MASKED_WEIGHTS)
         with ctx.decoding(peer, TOPIC_MASKED_WEIGHTS):
             count = int(arrays["weights"].size) // paillier.ciphertext_width(public)
-            if count != passive_features_of(ctx, peer):
-                raise ValueError(f"{count} weights for {passive_features_of(ctx, peer)} features")
+            if count != passive_features(ctx, peer):
+                raise ValueError(f"{count} weights for {passive_features(ctx, peer)} features")
             masked = ciphertexts_of(arrays["weights"], public, count)
         values = pg.open_masked_weights(private, masked)
         ctx.send(peer, TOPIC_RELEASED_WEIGHTS, pg.masked_values_payload(values))
-
-
-def passive_features_of(ctx: PartyContext, peer: str) -> int:
-    from vfm_flower.steps.training import passive_features
-
-    return passive_features(ctx, peer)
 
 
 @STEPS.step("train.release", jobs=REGRESSION_KINDS, operations=("train",))

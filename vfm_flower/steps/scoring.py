@@ -19,19 +19,16 @@ import json
 
 from vfm_flower import paillier
 from vfm_flower import private_gradients as pg
-from vfm_flower.codec import pack_payload
 from vfm_flower.context import PartyContext, Topic
 from vfm_flower.errors import DataError
-from vfm_flower.hazmat import paillier_djn as djn
 from vfm_flower.model import link
 from vfm_flower.model_store import ModelSlice, load_model_slice
 from vfm_flower.party import StepRegistry
 from vfm_flower.preparation import PreparationPlan, apply_preparation
 from vfm_flower.steps import delivery
-from vfm_flower.steps.evaluation import open_final_scores
+from vfm_flower.steps.evaluation import open_final_scores, send_model_image
 from vfm_flower.steps.training import (
     REGRESSION_KINDS,
-    ciphertext_array,
     ciphertexts_of,
     public_key,
 )
@@ -95,34 +92,8 @@ def every_party_score(ctx: PartyContext) -> None:
     weights = paillier.ciphertexts_from_bytes(model_slice.encrypted_weights or b"", public, m)
     with ctx.decoding(ctx.party, "features"):
         X_int = pg.quantize_features(prepared.matrix)
-    ctx.claim_mask_label(SCORE_LABEL)
-    masks = pg.row_masks(
-        ctx.party,
-        ctx.label_owner,
-        ctx.mask_seeds(),
-        ctx.passive_parties,
-        ctx.customer_tokens(),
-        SCORE_LABEL,
-        pg.final_image_bits(),
-        public.n.bit_length(),
-    )
-    image = pg.passive_final_image(
-        public,
-        djn.DJNEncryptor(public),
-        weights,
-        X_int,
-        ctx.passive_layout(),
-        slot_masks=masks,
-        passive_parties=len(ctx.passive_parties),
-    )
-    ctx.send(
-        ctx.label_owner,
-        TOPIC_IMAGE,
-        pack_payload(
-            {"image": ciphertext_array(image, public)},
-            {"image": len(image), "stamp": json.dumps(stamp, sort_keys=True)},
-        ),
-    )
+    meta = {"stamp": json.dumps(stamp, sort_keys=True)}
+    send_model_image(ctx, public, weights, X_int, SCORE_LABEL, TOPIC_IMAGE, meta)
 
 
 @STEPS.step("query.combine", jobs=REGRESSION_KINDS, operations=("score",))
