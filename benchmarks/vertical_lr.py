@@ -1,15 +1,22 @@
 """Benchmark: one full iteration of private-gradient vertical logistic regression, in-process.
 
 The two rounds of one iteration (``vfm_flower.private_gradients``; all parties in this
-process, timed one after the other, which is conservative: a deployment runs the passive
-parties on their own machines, in parallel):
+process, timed one after the other):
 
 1. passive round (each passive party P_k): apply the step to its encrypted weights, compute
    ``[[X_k^T d]]``, the encrypted direction and the packed, per-customer-masked image
-   ``[[X_k s_k]]`` of it on all its rows, the masked vectors and corrections;
+   ``[[X_k s_k]]`` of it on all its rows, the masked vectors and corrections; in the same
+   round the label owner's ``train.precompute`` (the randomness of its next encryptions);
 2. label-owner round: add the images slot by slot, decrypt (CRT), read the joint rows, get the
-   six inner products, then encrypt the next residuals for every passive party (by position,
-   zeros elsewhere) and the refreshed vectors.
+   six inner products, then encrypt the next residuals for every passive party (by slot,
+   zeros elsewhere) and the moved state; in the same round each passive party's
+   ``train.precompute``.
+
+Two figures: ``seconds`` is the deployment's critical path (every party on its own machine
+with these cores, the steps of one round in parallel: the slower of each round's steps);
+``seconds_sequential`` is every step of every party one after the other on these cores (one
+machine for the whole collaboration). One more iteration without the precompute steps shows
+what they save.
 
 Payloads go through the byte codecs (as over Flower). Correctness: the image the label owner
 opens equals ``sum_k X_k s_k`` computed in plain from the directions (recovered here from the
@@ -100,20 +107,30 @@ def _cts(blob_cts, public) -> tuple:
     return tuple(paillier.ciphertexts_from_bytes(data, public))
 
 
-def run_iteration(ctx: dict, iteration: int, *, prefill: bool) -> dict:
-    """One training iteration (passive round + label-owner round); timings and checks."""
+def _precompute(encryptor, count: int, private=None) -> float:
+    """``train.precompute``: a party fills its pool (exported and re-imported, as across the
+    fresh processes of two messages); seconds."""
+    started = time.perf_counter()
+    maker = hazmat.DJNEncryptor(encryptor.public, private=private)
+    maker.fill_pool(count)
+    encryptor.import_pool(maker.export_pool())
+    return time.perf_counter() - started
+
+
+def run_iteration(ctx: dict, iteration: int, *, precompute: bool) -> dict:
+    """One training iteration (passive round + label-owner round); timings and checks.
+
+    With ``precompute`` (what the job does), each round also carries the waiting party's
+    ``train.precompute``: the LO's during the passive round, each passive party's during the
+    LO's round; in a deployment they run in parallel with the round's main step.
+    """
     public, private = ctx["public"], ctx["private"]
     parties, y, layout = ctx["parties"], ctx["y"], ctx["layout"]
     t: dict[str, float] = {}
-    if prefill:
-        started = time.perf_counter()
-        ctx["encryptor"].fill_pool(sum(X.shape[0] + 2 * X.shape[1] + 2 for X in parties.values()))
-        for name in parties:
-            ctx["passive_encryptors"][name].fill_pool(ctx["outgoing"][name])
-        t["prefill_off_critical_path"] = time.perf_counter() - started
     cpu_started, busy_started = _own_cpu(), _machine_busy()
 
-    # Round 1: every passive party (one after the other here; in parallel in a deployment).
+    # Round 1: every passive party (one after the other here; in parallel in a deployment),
+    # and the LO's precompute.
     forwards, secrets_now, each = {}, {}, []
     for name, X in parties.items():
         started = time.perf_counter()
@@ -136,14 +153,19 @@ def run_iteration(ctx: dict, iteration: int, *, prefill: bool) -> dict:
         forwards[name] = pg.ForwardMessage(
             *(_cts(part, public) for part in (forward.image, forward.vectors, forward.corrections))
         )
-        ctx["outgoing"][name] = len(forward.image) + len(forward.vectors) + pg.N_SCALARS
         each.append(time.perf_counter() - started)
     t["passive_round_slowest_party"] = max(each)
     t["passive_round_all_parties"] = sum(each)
-
-    # Round 2: the label owner opens, then encrypts the next residuals and refreshed vectors.
-    started = time.perf_counter()
     features = {name: X.shape[1] for name, X in parties.items()}
+    t["lo_precompute"] = (
+        _precompute(ctx["encryptor"], pg.label_owner_obfuscators(layout, features), private)
+        if precompute
+        else 0.0
+    )
+
+    # Round 2: the LO opens, then encrypts the next residuals and refreshed vectors; the
+    # passive parties precompute.
+    started = time.perf_counter()
     opened = pg.open_forward(private, forwards, layout, features, ctx["joint_masks"])
     t["lo_open"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -161,6 +183,18 @@ def run_iteration(ctx: dict, iteration: int, *, prefill: bool) -> dict:
         momentum=pg.quantize_coefficient(0.25),
     )
     t["lo_encrypt"] = time.perf_counter() - started
+    pre = [
+        _precompute(
+            ctx["passive_encryptors"][name],
+            pg.passive_obfuscators(
+                layout.total_slots, X.shape[1], len(parties), public.n.bit_length()
+            ),
+        )
+        if precompute
+        else 0.0
+        for name, X in parties.items()
+    ]
+    t["passive_precompute_slowest_party"] = max(pre)
     cpu = _own_cpu() - cpu_started
     foreign = max(0.0, _machine_busy() - busy_started - cpu)
 
@@ -181,10 +215,14 @@ def run_iteration(ctx: dict, iteration: int, *, prefill: bool) -> dict:
     ctx["messages"], ctx["secrets"], ctx["z"] = messages, secrets_now, z
     lo = t["lo_open"] + t["lo_encrypt"]
     return {
-        # a deployment: passive parties in parallel, each on its own machine
-        "seconds": t["passive_round_slowest_party"] + lo,
+        # a deployment: every party on its own machine, the steps of a round in parallel
+        "seconds": max(t["passive_round_slowest_party"], t["lo_precompute"])
+        + max(lo, t["passive_precompute_slowest_party"]),
         # every party on these same cores, one after the other
-        "seconds_sequential": t["passive_round_all_parties"] + lo,
+        "seconds_sequential": t["passive_round_all_parties"]
+        + t["lo_precompute"]
+        + lo
+        + sum(pre),
         "cpu": cpu,
         "foreign_cpu": foreign,
         "steps": t,
@@ -288,12 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         "preconditioners": preconditioners,
         "messages": pg.backward_messages(encryptor, public, d0, layout, pg.PassiveControl(0), None),
         "secrets": {},
-        "outgoing": {name: 0 for name in names},
     }
 
     runs = []
     for it in range(args.iterations + 1):
-        result = run_iteration(ctx, it, prefill=False)
+        result = run_iteration(ctx, it, precompute=True)
         steps = ", ".join(f"{k} {v:.3f}" for k, v in result["steps"].items())
         print(
             f"iteration {it}: {result['seconds']:.3f} s, {result['seconds_sequential']:.3f} s "
@@ -302,9 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if it:  # iteration 0 starts from zero weights: not representative
             runs.append(result)
-    prefilled = run_iteration(ctx, args.iterations + 1, prefill=True)
-    steps = ", ".join(f"{k} {v:.3f}" for k, v in prefilled["steps"].items())
-    print(f"iteration, obfuscators prefilled while idle: {prefilled['seconds']:.3f} s ({steps})")
+    for enc in (ctx["encryptor"], *ctx["passive_encryptors"].values()):
+        enc.export_pool()  # dropped: the next iteration computes its randomness on demand
+    plain = run_iteration(ctx, args.iterations + 1, precompute=False)
+    steps = ", ".join(f"{k} {v:.3f}" for k, v in plain["steps"].items())
+    print(f"iteration without train.precompute: {plain['seconds']:.3f} s ({steps})")
 
     seconds = statistics.median(r["seconds"] for r in runs)
     unit = naive_backward(
@@ -327,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         f"extrapolated: {naive:.1f} s; speedup {naive / seconds:.0f}x "
         f"({naive / sequential:.0f}x sequential)"
     )
-    correct = all(r["correct"] for r in runs) and prefilled["correct"]
+    correct = all(r["correct"] for r in runs) and plain["correct"]
     summary = {
         "rows": args.rows,
         "passive_features": args.features,
@@ -339,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_iteration_sequential": round(
             statistics.median(r["seconds_sequential"] for r in runs), 4
         ),
-        "seconds_per_iteration_prefilled": round(prefilled["seconds"], 4),
+        "seconds_per_iteration_without_precompute": round(plain["seconds"], 4),
         "cpu_seconds_per_iteration": round(statistics.median(r["cpu"] for r in runs), 3),
         "other_processes_cpu_seconds_per_iteration": round(
             statistics.median(r["foreign_cpu"] for r in runs), 3

@@ -1,7 +1,8 @@
 """Vertical logistic and linear regression (server side), on the session's public API.
 
 Training (``train``, or ``evaluate``, which keeps no model): prepare (all parties, once), then
-per iteration the passive parties' encrypted round and the label owner's round: two rounds;
+per iteration the passive parties' encrypted round and the label owner's round: two rounds
+(in each, the party that would wait computes the encryption randomness of its next message);
 then finish (passive parties: final encrypted image, slices) and evaluate (label owner).
 Scoring: encrypted images (passive parties) and partial score (label owner), combine (label
 owner). Every payload is a sealed envelope the server relays; see
@@ -73,9 +74,12 @@ class VerticalRegression(VerticalStrategy):
             started = time.monotonic()
             t = 0
             while True:
+                # each round, the party that would wait computes its next randomness
                 if passives:
-                    session.send("train.passive", to=passives, step=t)
-                decided = session.send("train.label_owner", to=[lo], step=t)[lo]
+                    session.send_each({"train.passive": passives, "train.precompute": [lo]}, step=t)
+                decided = session.send_each(
+                    {"train.label_owner": [lo], "train.precompute": passives}, step=t
+                )[lo]
                 rate = (time.monotonic() - started) / (t + 1)
                 session.progress(
                     "iteration",

@@ -417,6 +417,31 @@ class VerticalSession:
             kind, {p: self.request(kind, step, params=params, sums=sums) for p in names}
         )
 
+    def send_each(
+        self,
+        kinds: Mapping[str, Iterable[str]],
+        *,
+        step: int = 1,
+        params: Mapping[str, Any] | None = None,
+    ) -> dict[str, StepReply]:
+        """One round in which each group of parties runs its own step: ``{kind: parties}``.
+
+        For steps that can overlap, e.g. the label owner computing the encryption randomness
+        of its next message while the passive parties compute theirs: one round, not two.
+        Every party appears at most once; replies by party.
+        """
+        requests: dict[str, StepRequest] = {}
+        for kind, names in kinds.items():
+            for party in names:
+                if party not in self.parties:
+                    raise ProtocolAbort(kind, party, "not a party of the agreement")
+                if party in requests:
+                    raise ProtocolAbort(kind, party, "a party runs one step per round")
+                requests[party] = self.request(kind, step, params=params)
+        if not requests:
+            return {}
+        return self.transport.exchange("+".join(kinds), requests)
+
     @staticmethod
     def secure_sum(replies: Mapping[str, StepReply], name: str) -> np.ndarray:
         """Sum the pairwise-masked vectors ``name`` of the replies (mod 2^64).

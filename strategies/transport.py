@@ -85,7 +85,11 @@ class Transport:
     def round(
         self, kind: str, requests: Mapping[int, StepRequest], *, by_node: bool = False
     ) -> dict[Any, StepReply]:
-        """Send ``requests`` (by node id) in one round; replies by party (or by node)."""
+        """Send ``requests`` (by node id) in one round; replies by party (or by node).
+
+        Each message carries its own request's step kind (``kind`` names the round in errors
+        and logs): parties that run different steps of one round get them in one round.
+        """
         party_of = {node: party for party, node in self.node_of.items()}
         stats = self.result.phases.setdefault(self.phase, PhaseStats())
         started = time.monotonic()
@@ -94,8 +98,9 @@ class Transport:
             content = wire.encode_request(request)
             stats.bytes_to_parties += recorddict_to_proto(content).ByteSize()
             messages.append(
-                Message(content, dst_node_id=node, message_type=kind, group_id=self.phase)
+                Message(content, dst_node_id=node, message_type=request.kind, group_id=self.phase)
             )
+        kind_of = {node: request.kind for node, request in requests.items()}
         replies = list(self.grid.send_and_receive(messages, timeout=self.round_timeout))
         # The grid gives each message its id when it pushes it. An error Flower makes itself
         # (a node that stopped: "Node Unavailable") comes from the SuperLink's node id, so
@@ -112,7 +117,7 @@ class Transport:
                 named, reason = wire.parse_error_reason(_error_reason(message))
                 raise ProtocolAbort(self.phase, named or who, reason)
             stats.bytes_from_parties += recorddict_to_proto(message.content).ByteSize()
-            reply = wire.decode_reply(kind, message.content)
+            reply = wire.decode_reply(kind_of.get(node, kind), message.content)
             got[node if by_node else party_of.get(node, reply.party)] = reply
         if not by_node:
             late = [party_of[n] for n in requests if party_of[n] not in got]
@@ -148,8 +153,10 @@ class Transport:
         for party, request in requests.items():
             reply = replies[party]
             if reply.party != party:
-                raise ProtocolAbort(kind, party, f"reply claims to come from '{reply.party}'")
-            self.verify_reply(kind, request.step, reply, run_ref=self.run_ref)
+                raise ProtocolAbort(
+                    request.kind, party, f"reply claims to come from '{reply.party}'"
+                )
+            self.verify_reply(request.kind, request.step, reply, run_ref=self.run_ref)
             out[party] = reply
         self.post(out.values())
         return out

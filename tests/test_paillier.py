@@ -171,6 +171,53 @@ def test_encryptor_pool_and_parameters(keypair) -> None:
         H.encrypt_vector(public, np.array([0.5]), encryptor=enc)
 
 
+def test_low_cardinality_columns_share_buckets(keypair, encryptor) -> None:
+    from vfm_flower.hazmat import paillier_dot
+
+    public, private = keypair
+    rng = np.random.default_rng(5)
+    rows = 400
+    X = np.column_stack(
+        [
+            *(rng.binomial(1, p, rows) for p in (0.05, 0.3, 0.5, 0.9)),  # flags, one mostly 1
+            *(rng.integers(-3, 4, rows) * 4096 for _ in range(3)),  # signed levels
+            rng.integers(0, 10, rows),
+            np.full(rows, 7),  # a constant column
+            rng.integers(-(2**17), 2**17, rows),  # continuous: not grouped
+        ]
+    ).astype(np.int64)
+    columns = np.ascontiguousarray(X.T)
+    plans = [paillier_dot._plan_column(c) for c in columns]
+    groups = paillier_dot._joint_groups(columns, plans)
+    assert groups and all(9 not in g.columns for g in groups)
+    assert sum(g.cost for g in groups) < sum(plans[j].cost for g in groups for j in g.columns)
+    d = rng.integers(-(2**40), 2**40, rows)
+    cts = encryptor.encrypt_ints([int(v) for v in d])
+    expected = [int(v) for v in X.astype(object).T @ d.astype(object)]
+    for workers in (1, 2):
+        got = H.encrypted_dot_products(cts, X, public.nsquare, workers=workers)
+        assert H.decrypt_vector(private, got) == expected
+
+
+def test_an_exported_pool_is_used_once_by_another_encryptor(keypair) -> None:
+    public, private = keypair
+    maker = H.DJNEncryptor(public, private=private)
+    maker.fill_pool(4, workers=1)
+    blob = maker.export_pool()
+    assert maker.pooled == 0 and maker.export_pool() == b""
+    user = H.DJNEncryptor(public)  # another encryptor of the key (a later message's process)
+    user.import_pool(blob)
+    assert user.pooled == 4
+    cts = user.encrypt_ints([7, -2, 0, 5])
+    assert user.pooled == 0 and len(set(cts)) == 4
+    assert H.decrypt_vector(private, cts) == [7, -2, 0, 5]
+    with pytest.raises(ValueError, match="multiple of"):
+        user.import_pool(blob[:-1])
+    with pytest.raises(ValueError, match="out of range"):
+        user.import_pool(bytes(len(blob)))
+    assert user.pooled == 0
+
+
 def test_process_pool_paths_match(keypair) -> None:
     public, private = keypair
     values = list(range(-20, 20))

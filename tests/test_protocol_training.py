@@ -336,3 +336,41 @@ def test_passive_weights_stay_encrypted_unless_the_agreement_releases_them(tmp_p
         np.testing.assert_allclose(kept.weights, exact, atol=1e-12)
         report = json.loads((work / party / "party_report.json").read_text())
         assert not report.get("weights_encrypted") and report["features"][0]["weight"] is not None
+
+
+def test_randomness_is_precomputed_in_the_round_a_party_waits(trained, tmp_path, monkeypatch):
+    from vfm_flower.hazmat import paillier_djn as djn
+    from vfm_flower.steps.training import OBFUSCATORS
+
+    _, result, grid = trained
+    public = result["public"]
+    # the precompute steps share the rounds: still 2 per iteration (+ prepare, finish, evaluate)
+    assert public["train_rounds"] == 2 * public["iterations"] + 3
+    kinds = [kind for direction, kind, _ in grid.transcript if direction == "to-party"]
+    assert kinds.count("train.precompute") == 3 * public["iterations"]  # LO + 2 passives
+    # every pool was used by the next message and none is left behind
+    assert all(OBFUSCATORS not in state for state in _states(grid).values())
+
+    # randomness is made on demand only for each party's first message: the LO's first
+    # residuals (train.prepare) and each passive party's round 0 (image, vectors, corrections)
+    on_demand, inside = [], []
+    make, fill = djn.DJNEncryptor._make, djn.DJNEncryptor.fill_pool
+
+    def spy_make(self, count):
+        if not inside:
+            on_demand.append(count)
+        return make(self, count)
+
+    def spy_fill(self, count, **kwargs):
+        inside.append(1)
+        try:
+            return fill(self, count, workers=1)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(djn.DJNEncryptor, "_make", spy_make)
+    monkeypatch.setattr(djn.DJNEncryptor, "fill_pool", spy_fill)
+    frames, _ = synthetic_frames(n_shared=150, n_only=10, seed=21)
+    collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
+    collab.run(job="train", **FAST)
+    assert len(on_demand) == 1 + 2 * 3, on_demand

@@ -30,6 +30,7 @@ from vfm_flower.hazmat import (
 )
 from vfm_flower.hazmat import paillier_djn as _djn
 from vfm_flower.hazmat import paillier_dot as _dot
+from vfm_flower.hazmat import paillier_pack as _pack
 from vfm_flower.paillier import (  # the key and payload functions this class builds on
     _DEFAULT_INTEGER_BITS,
     _EV_MAGIC,
@@ -522,7 +523,7 @@ class PaillierContext:
         n_groups = operator.index(n_groups)
         value_bits = encrypted.value_bits + max(len(cts), 1).bit_length()
         self._check_bounds(value_bits, encrypted.fraction_bits)
-        sums = _dot.encrypted_group_sums(cts, groups, n_groups, self._nsquare, workers=workers)
+        sums = _pack.encrypted_group_sums(cts, groups, n_groups, self._nsquare, workers=workers)
         return self._result(sums, value_bits, encrypted.fraction_bits, rerandomize, workers)
 
     def add(self, a: EncryptedVector, b: EncryptedVector) -> EncryptedVector:

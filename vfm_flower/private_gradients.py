@@ -69,6 +69,7 @@ from phe.paillier import PaillierPrivateKey, PaillierPublicKey
 from vfm_flower.errors import ProtocolAbort
 from vfm_flower.hazmat import paillier_djn as _djn
 from vfm_flower.hazmat import paillier_dot as _dot
+from vfm_flower.hazmat import paillier_pack as _pack
 from vfm_flower.hazmat.paillier_image import packed_row_images, signed_power_products, slots_for
 from vfm_flower.hidden_membership import (
     LabelOwnerLayout,
@@ -99,6 +100,8 @@ __all__ = [
     "open_image",
     "backward_messages",
     "passive_state",
+    "passive_obfuscators",
+    "label_owner_obfuscators",
 ]
 
 FEATURE_BITS = 12
@@ -432,6 +435,29 @@ def iteration_image_bits() -> int:
     return DIRECTION_BITS + FEATURE_BITS + IMAGE_MAGNITUDE_BITS
 
 
+def passive_obfuscators(
+    total_slots: int, features: int, passive_parties: int, key_bits: int
+) -> int:
+    """Re-randomizations in a passive party's next message: the image of an iteration's
+    direction or of the final model (the larger), the packed vectors and the corrections.
+
+    A party computes them ahead (``train.precompute``, while the LO works) so that its own
+    round starts without them.
+    """
+    images = max(
+        _ciphertexts_needed(total_slots, image_layout(passive_parties, key_bits, bits)[2])
+        for bits in (iteration_image_bits(), final_image_bits())
+    )
+    vectors = _ciphertexts_needed(3 * features, _vector_layout(key_bits)[2])
+    return images + vectors + N_SCALARS
+
+
+def label_owner_obfuscators(layout: LabelOwnerLayout, features: Mapping[str, int]) -> int:
+    """Encryptions in one LO backward message: the residuals by slot and each passive party's
+    moved state (``2 m + 2``). Computed ahead while the passive parties work."""
+    return layout.total_slots + sum(2 * m + 2 for m in features.values())
+
+
 def _masked_vectors(
     encryptor: _djn.DJNEncryptor, cts: Sequence[mpz], n: mpz, n2: mpz
 ) -> tuple[list[mpz], list[int]]:
@@ -439,7 +465,7 @@ def _masked_vectors(
     value_bits, slot_bits, spc = _vector_layout(n.bit_length())
     offsets = [(1 << value_bits) + secrets.randbits(value_bits + STATISTICAL_BITS) for _ in cts]
     masked = _add_plain(cts, offsets, n, n2)
-    packed = _dot.pack_ciphertexts(masked, n2, slot_bits=slot_bits, slots_per_ciphertext=spc)
+    packed = _pack.pack_ciphertexts(masked, n2, slot_bits=slot_bits, slots_per_ciphertext=spc)
     return _rerandomize(encryptor, packed, n2), offsets
 
 
@@ -484,7 +510,7 @@ def _decrypt_packed(
     plain = [v % n for v in _djn.decrypt_vector(private, cts)]
     out: list[int] = []
     for value in plain:
-        out.extend(_dot.unpack_plaintext(value, slot_bits=slot_bits, count=spc))
+        out.extend(_pack.unpack_plaintext(value, slot_bits=slot_bits, count=spc))
     return out[:count]
 
 

@@ -14,16 +14,28 @@ paillier_djn
     (short-exponent, fixed-base table) encryption, full-size obfuscators for re-randomization,
     CRT decryption.
 paillier_dot
-    Fixed-point quantization, bucketed / windowed (Pippenger) multi-exponentiation for
-    ``[[X^T d]]``, group sums, slot layout and packing.
+    Fixed-point quantization, bucketed / windowed (Pippenger) and joint-bucket
+    multi-exponentiation for ``[[X^T d]]``.
+paillier_pack
+    Group sums, slot layout and packing.
+paillier_image
+    Packed row images ``[[X w]]`` (per-position lookup tables) and small signed products.
 
-Every name of both modules' ``__all__`` is re-exported here.
+Every name of the first three modules' ``__all__`` is re-exported here.
 """
 
 from __future__ import annotations
 
-from vfm_flower.hazmat import paillier_djn, paillier_dot
+from vfm_flower.hazmat import paillier_djn, paillier_dot, paillier_pack
 from vfm_flower.hazmat.paillier_djn import *  # noqa: F403
 from vfm_flower.hazmat.paillier_dot import *  # noqa: F403
+from vfm_flower.hazmat.paillier_pack import *  # noqa: F403
 
-__all__ = ["paillier_djn", "paillier_dot", *paillier_djn.__all__, *paillier_dot.__all__]
+__all__ = [
+    "paillier_djn",
+    "paillier_dot",
+    "paillier_pack",
+    *paillier_djn.__all__,
+    *paillier_dot.__all__,
+    *paillier_pack.__all__,
+]

@@ -454,6 +454,29 @@ class DJNEncryptor:
         for part in run_pool(_obfuscator_worker, payloads, n_workers):
             self._pool.extend(part)
 
+    def export_pool(self) -> bytes:
+        """Remove every pooled obfuscator and return them as fixed-width bytes.
+
+        For a party that computes them in one message and uses them in the next (the
+        Deployment Engine runs every message in a fresh process): the bytes are secret
+        randomness; keep them in the party's own state only, and load them once.
+        """
+        blob = join_ciphertexts(self._pool, ciphertext_bytes_width(self._nsquare))
+        self._pool = []
+        return blob
+
+    def import_pool(self, blob: bytes) -> None:
+        """Add obfuscators exported by :meth:`export_pool` (any encryptor of this key).
+
+        Raises
+        ------
+        ValueError
+            The bytes are not a whole number of values in ``(0, n**2)`` (another key's pool).
+        """
+        self._pool.extend(
+            split_ciphertexts(blob, ciphertext_bytes_width(self._nsquare), self._nsquare)
+        )
+
     def take_obfuscators(self, count: int) -> list[mpz]:
         """``count`` fresh obfuscators: from the pool first, the rest computed now."""
         take = min(count, len(self._pool))

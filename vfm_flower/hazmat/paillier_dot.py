@@ -1,4 +1,4 @@
-"""Hazmat: fixed point, encrypted dot products, group sums and slot packing (on gmpy2).
+"""Hazmat: fixed point and encrypted dot products ``[[X^T d]]`` (on gmpy2).
 
 No safety net: these functions trust their caller for bounds, for masking and re-randomizing
 results before they leave, and for what may be revealed to whom. Use :mod:`vfm_flower.paillier`
@@ -14,13 +14,16 @@ results before they leave, and for what may be revealed to whom. Use :mod:`vfm_f
   column's offset (mode or minimum), instead of one exponentiation per row. Negative values go
   in a separate bucket set that is inverted once; offsets and common factors (binary and small
   integer columns standardized to two or ten levels) are applied with one short exponentiation.
-* **Group sums** ``[[sum_{i in g} d_i]]``: one modular multiplication per row.
-* **Packing.** ``slots_per_ciphertext`` values are packed into one ciphertext by shift-and-add
-  (``[[a]]**(2**s) * [[b]] = [[a 2**s + b]]``), so the key owner decrypts ``m / slots``
-  ciphertexts instead of ``m``; :class:`SlotLayout` sizes the slots so that statistically
-  masked values neither overflow nor reveal the plaintext.
-* **Process pools** across cores for large batches (dot products split by columns with a cost
-  model, group sums by rows); small batches run in-process.
+* **Joint buckets** for low-cardinality columns (flags, levels, small counts): columns with at
+  most :data:`JOINT_MAX_VALUES` values are taken in runs of at most
+  :data:`JOINT_MAX_BUCKETS` joint codes; each row's ciphertext goes into the bucket of its
+  code once (one multiplication per row for the whole run, none where every column sits at
+  its offset), and each column is then a bucketed multi-exponentiation over the buckets. Eleven
+  binary columns cost about one multiplication per row instead of one per non-zero entry.
+* **Process pools** across cores for large batches (split by rows: equal work per process;
+  the partial products are multiplied); small batches run in-process.
+
+Group sums and slot packing are in :mod:`vfm_flower.hazmat.paillier_pack`.
 
 Results here carry randomness derived from their inputs' (a product of the inputs'
 obfuscators raised to the plaintext weights): whoever holds the key could test hypotheses
@@ -59,11 +62,6 @@ __all__ = [
     "quantize_residuals",
     "quantize_features",
     "encrypted_dot_products",
-    "encrypted_group_sums",
-    "SlotLayout",
-    "slot_layout",
-    "pack_ciphertexts",
-    "unpack_plaintext",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,7 +81,8 @@ STATISTICAL_SECURITY_BITS = 64
 #: Largest residual magnitude that can be encoded (``|d| * 2**32`` must fit in 62 bits).
 MAX_RESIDUAL_ABS = float(2**30)
 
-# Below this many modular multiplications a process pool costs more than it saves.
+# Below this many matrix entries (or modular multiplications) a process pool costs more than
+# it saves.
 _PARALLEL_MIN_PRODUCTS = 60_000
 
 _ONE = mpz(1)
@@ -296,12 +295,111 @@ def _product_all(cts: Sequence[mpz], nsquare: mpz) -> mpz:
 
 _SUM_ITEM = -1
 
+#: A column with at most this many distinct values may share buckets with others.
+JOINT_MAX_VALUES = 16
+#: Most buckets (distinct joint codes) of one group of columns.
+JOINT_MAX_BUCKETS = 2048
+
+
+@dataclass(frozen=True)
+class _JointGroup:
+    """Low-cardinality columns computed together: each row's ciphertext goes into the bucket
+    of its joint code once (one multiplication per row for the whole group), then every
+    column is a bucketed multi-exponentiation over the buckets instead of over the rows."""
+
+    columns: tuple[int, ...]
+    codes: np.ndarray  # bucket of each row
+    values: tuple[np.ndarray, ...]  # each column's value at each bucket
+    plans: tuple[_ColumnPlan, ...]  # each column's plan over the buckets
+    cost: float
+
+
+def _joint_group(columns: np.ndarray, index: list[int]) -> _JointGroup:
+    """Bucket the rows by the joint code of ``index``; plan every column over the buckets."""
+    code = np.zeros(columns.shape[1], dtype=np.int64)
+    levels, radix = [], 1
+    for j in index:
+        values, inverse = np.unique(columns[j], return_inverse=True)
+        code += inverse.reshape(-1).astype(np.int64) * radix
+        levels.append((values, radix))
+        radix *= values.size
+    present, codes = np.unique(code, return_inverse=True)
+    values = tuple(
+        np.ascontiguousarray(vals[(present // r) % vals.size]).astype(np.int64)
+        for vals, r in levels
+    )
+    plans = tuple(_plan_column(v) for v in values)
+    # a bucket where every column sits at its offset has exponent 0 everywhere: its rows cost
+    # nothing
+    idle = np.ones(present.size, dtype=bool)
+    for v, plan in zip(values, plans):
+        idle &= v == plan.offset
+    busy_rows = int(np.count_nonzero(~idle[codes.reshape(-1)]))
+    cost = float(busy_rows - np.count_nonzero(~idle)) + sum(p.cost for p in plans)
+    return _JointGroup(tuple(index), codes.reshape(-1).astype(np.int64), values, plans, cost)
+
+
+def _joint_groups(columns: np.ndarray, plans: list[_ColumnPlan]) -> list[_JointGroup]:
+    """Low-cardinality columns in runs (fewest values first) of at most
+    :data:`JOINT_MAX_BUCKETS` joint codes; a run is kept where it is cheaper than its columns
+    alone."""
+    sizes = {j: int(np.unique(columns[j]).size) for j in range(columns.shape[0])}
+    few = sorted((j for j, k in sizes.items() if 1 < k <= JOINT_MAX_VALUES), key=sizes.get)
+    runs: list[list[int]] = []
+    product = 0
+    for j in few:
+        if runs and product * sizes[j] <= JOINT_MAX_BUCKETS:
+            runs[-1].append(j)
+            product *= sizes[j]
+        else:
+            runs.append([j])
+            product = sizes[j]
+    groups = []
+    for run in runs:
+        if len(run) > 1:
+            group = _joint_group(columns, run)
+            if group.cost < sum(plans[j].cost for j in run):
+                groups.append(group)
+    return groups
+
+
+def _group_core(
+    cts: Sequence[mpz], group: _JointGroup, nsquare: mpz
+) -> list[tuple[int, mpz | None]]:
+    idle = np.ones(group.values[0].size, dtype=bool)
+    for v, plan in zip(group.values, group.plans):
+        idle &= v == plan.offset
+    order = np.argsort(group.codes, kind="stable")
+    sorted_codes = group.codes[order]
+    cuts = (np.flatnonzero(sorted_codes[1:] != sorted_codes[:-1]) + 1).tolist()
+    rows = order.tolist()
+    buckets: list[mpz] = []
+    for bucket, (start, end) in enumerate(zip([0, *cuts], [*cuts, len(rows)])):
+        if idle[bucket]:  # never read: every column's exponent is 0 there
+            buckets.append(_ONE)
+            continue
+        acc = cts[rows[start]]
+        for row in rows[start + 1 : end]:
+            acc = acc * cts[row] % nsquare
+        buckets.append(acc)
+    return [
+        (j, _column_core(buckets, values, plan, nsquare))
+        for j, values, plan in zip(group.columns, group.values, group.plans)
+    ]
+
+
+_Item = tuple[int, np.ndarray | None, _ColumnPlan | None] | _JointGroup
+
 
 def _dot_items(
-    cts: Sequence[mpz], items: list[tuple[int, np.ndarray | None, _ColumnPlan | None]], nsquare: mpz
+    cts: Sequence[mpz], items: list[_Item], nsquare: mpz
 ) -> list[tuple[int, mpz | None]]:
     out: list[tuple[int, mpz | None]] = []
-    for index, column, plan in items:
+    for item in items:
+        if isinstance(item, _JointGroup):
+            out.extend(_group_core(cts, item, nsquare))
+            continue
+        index, column, plan = item
         if index == _SUM_ITEM:
             out.append((index, _product_all(cts, nsquare)))
         else:
@@ -310,23 +408,44 @@ def _dot_items(
     return out
 
 
-def _dot_worker(
-    payload: tuple[bytes, int, mpz, list[tuple[int, np.ndarray | None, _ColumnPlan | None]]],
-) -> list[tuple[int, mpz | None]]:
-    blob, width, nsquare, items = payload
-    cts = split_ciphertexts(blob, width, nsquare)
-    return _dot_items(cts, items, nsquare)
+def _rows_worker(payload: tuple[bytes, int, mpz, np.ndarray]) -> list[mpz]:
+    blob, width, nsquare, X = payload
+    return _dot_products_here(split_ciphertexts(blob, width, nsquare), X, nsquare)
 
 
-def _balance(costs: list[float], bins: int) -> list[list[int]]:
-    """Longest-processing-time-first assignment of items to ``bins`` workers."""
-    loads = [0.0] * bins
-    groups: list[list[int]] = [[] for _ in range(bins)]
-    for index in sorted(range(len(costs)), key=lambda i: -costs[i]):
-        target = min(range(bins), key=loads.__getitem__)
-        groups[target].append(index)
-        loads[target] += costs[index]
-    return [g for g in groups if g]
+def _dot_products_here(cts: Sequence[mpz], X: np.ndarray, n2: mpz) -> list[mpz]:
+    """``[[X^T d]]`` in this process: plans, joint groups, columns, offset corrections."""
+    rows, cols = X.shape
+    columns = np.ascontiguousarray(X.T.astype(np.int64))
+    plans = [_plan_column(columns[j]) for j in range(cols)]
+    groups = _joint_groups(columns, plans)
+    grouped = {j for g in groups for j in g.columns}
+    for g in groups:  # a grouped column's offset is the one of its plan over the buckets
+        for j, plan in zip(g.columns, g.plans):
+            plans[j] = plan
+    items: list[_Item] = [
+        *groups,
+        *((j, columns[j], plans[j]) for j in range(cols) if j not in grouped),
+    ]
+    if any(p.offset != 0 for p in plans):
+        items.append((_SUM_ITEM, None, None))
+    results = dict(_dot_items(cts, items, n2))
+    total = results.get(_SUM_ITEM)
+    total_inverse = None
+    out: list[mpz] = []
+    for j, plan in enumerate(plans):
+        result = results[j]
+        if plan.offset:
+            assert total is not None
+            if plan.offset > 0:
+                correction = gmpy2.powmod(total, plan.offset, n2)
+            else:
+                if total_inverse is None:
+                    total_inverse = gmpy2.invert(total, n2)
+                correction = gmpy2.powmod(total_inverse, -plan.offset, n2)
+            result = correction if result is None else result * correction % n2
+        out.append(_ONE if result is None else result)
+    return out
 
 
 def encrypted_dot_products(
@@ -348,7 +467,7 @@ def encrypted_dot_products(
     nsquare : int
         ``n**2`` of the public key.
     workers : int, optional
-        Processes (columns are split by a cost model); default ``os.cpu_count()`` when
+        Processes (rows are split evenly); default ``os.cpu_count()`` when
         ``n * m`` is large, else in-process.
 
     Returns
@@ -370,224 +489,25 @@ def encrypted_dot_products(
         return [_ONE] * cols
     n2 = mpz(nsquare)
     started = time.perf_counter()
-    columns = np.ascontiguousarray(X.T.astype(np.int64))
-    plans = [_plan_column(columns[j]) for j in range(cols)]
-    items: list[tuple[int, np.ndarray | None, _ColumnPlan | None]] = [
-        (j, columns[j], plans[j]) for j in range(cols)
-    ]
-    costs = [p.cost for p in plans]
-    if any(p.offset != 0 for p in plans):
-        items.append((_SUM_ITEM, None, None))
-        costs.append(float(rows))
-    total_cost = int(sum(costs))
-    n_workers = resolve_workers(workers, total_cost, _PARALLEL_MIN_PRODUCTS)
+    n_workers = min(resolve_workers(workers, rows * cols, _PARALLEL_MIN_PRODUCTS), rows)
     cts = [mpz(c) for c in enc_d]
-    if n_workers == 1 or len(items) == 1:
-        results = dict(_dot_items(cts, items, n2))
+    if n_workers == 1:
+        out = _dot_products_here(cts, X, n2)
     else:
+        # by rows: every process gets a contiguous share of the rows (equal work, half the
+        # ciphertexts each) and all columns; the partial sums are multiplied
         width = ciphertext_bytes_width(n2)
-        blob = join_ciphertexts(cts, width)
         payloads = [
-            (blob, width, n2, [items[i] for i in group])
-            for group in _balance(costs, min(n_workers, len(items)))
+            (join_ciphertexts(cts[start:end], width), width, n2, X[start:end])
+            for start, end in chunk_bounds(rows, n_workers)
         ]
-        results = {}
-        for part in run_pool(_dot_worker, payloads, n_workers):
-            results.update(part)
-    total = results.get(_SUM_ITEM)
-    total_inverse = None
-    out: list[mpz] = []
-    for j, plan in enumerate(plans):
-        result = results[j]
-        if plan.offset:
-            assert total is not None
-            if plan.offset > 0:
-                correction = gmpy2.powmod(total, plan.offset, n2)
-            else:
-                if total_inverse is None:
-                    total_inverse = gmpy2.invert(total, n2)
-                correction = gmpy2.powmod(total_inverse, -plan.offset, n2)
-            result = correction if result is None else result * correction % n2
-        out.append(_ONE if result is None else result)
+        parts = run_pool(_rows_worker, payloads, n_workers)
+        out = [_product_all(list(column), n2) for column in zip(*parts)]
     logger.debug(
-        "encrypted dot products: %d x %d, est. %d mulmods, %d workers, %.3f s",
+        "encrypted dot products: %d x %d, %d workers, %.3f s",
         rows,
         cols,
-        total_cost,
         n_workers,
         time.perf_counter() - started,
     )
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Group sums: [[sum of d_i over the rows of each group]]
-
-
-def _group_products(cts: Sequence[mpz], groups: np.ndarray, nsquare: mpz) -> dict[int, mpz]:
-    """Product per group of ciphertexts listed in group order (``groups`` sorted, same length)."""
-    if not len(cts):
-        return {}
-    cuts = (np.flatnonzero(groups[1:] != groups[:-1]) + 1).tolist()
-    starts, ends = [0, *cuts], [*cuts, len(cts)]
-    return {
-        int(groups[start]): _product_all(cts[start:end], nsquare)
-        for start, end in zip(starts, ends)
-    }
-
-
-def _group_worker(payload: tuple[bytes, int, mpz, np.ndarray]) -> dict[int, mpz]:
-    blob, width, nsquare, groups = payload
-    return _group_products(split_ciphertexts(blob, width, nsquare), groups, nsquare)
-
-
-def encrypted_group_sums(
-    ciphertexts: Sequence[int],
-    groups: np.ndarray,
-    n_groups: int,
-    nsquare: int,
-    *,
-    workers: int | None = None,
-) -> list[mpz]:
-    """``[[sum_{i : groups[i] = g} d_i]]`` for ``g = 0 .. n_groups - 1``: one product per group.
-
-    Parameters
-    ----------
-    ciphertexts : Sequence[int]
-        ``[[d_i]]``, one per row.
-    groups : np.ndarray
-        ``n`` integer group ids in ``[-1, n_groups)``; rows with ``-1`` are left out.
-    n_groups : int
-        Number of groups.
-    nsquare : int
-        ``n**2`` of the public key.
-    workers : int, optional
-        Processes (rows are split in contiguous chunks of the group order, partial products
-        are combined here); default ``os.cpu_count()`` from 60,000 rows on, else in-process.
-
-    Returns
-    -------
-    list[mpz]
-        ``n_groups`` ciphertexts. An empty group gives the trivial encryption ``1`` of zero:
-        re-randomize before sending.
-    """
-    g = np.asarray(groups)
-    if g.ndim != 1 or not (np.issubdtype(g.dtype, np.integer) or g.size == 0):
-        raise ValueError("groups must be a 1-D vector of integer group ids")
-    if len(g) != len(ciphertexts):
-        raise ValueError(f"{len(g)} group ids were given for {len(ciphertexts)} ciphertexts")
-    if n_groups < 0:
-        raise ValueError("n_groups must be non-negative")
-    if g.size and (int(g.min()) < -1 or int(g.max()) >= n_groups):
-        raise ValueError(f"group ids must be in [-1, {n_groups}) (-1: row left out)")
-    n2 = mpz(nsquare)
-    started = time.perf_counter()
-    kept = np.flatnonzero(g >= 0)
-    order = kept[np.argsort(g[kept], kind="stable")]
-    sorted_groups = g[order].astype(np.int64)
-    cts = [mpz(ciphertexts[i]) for i in order.tolist()]
-    n_workers = resolve_workers(workers, len(cts), _PARALLEL_MIN_PRODUCTS)
-    if n_workers == 1:
-        partials = [_group_products(cts, sorted_groups, n2)]
-    else:
-        width = ciphertext_bytes_width(n2)
-        payloads = [
-            (join_ciphertexts(cts[start:end], width), width, n2, sorted_groups[start:end])
-            for start, end in chunk_bounds(len(cts), n_workers)
-        ]
-        partials = run_pool(_group_worker, payloads, n_workers)
-    sums: list[mpz | None] = [None] * n_groups
-    for part in partials:
-        for k, product in part.items():
-            previous = sums[k]
-            sums[k] = product if previous is None else previous * product % n2
-    logger.debug(
-        "encrypted group sums: %d rows, %d groups, %d workers, %.3f s",
-        len(cts),
-        n_groups,
-        n_workers,
-        time.perf_counter() - started,
-    )
-    return [_ONE if s is None else s for s in sums]
-
-
-# --------------------------------------------------------------------------------------------
-# Masking and packing
-
-
-@dataclass(frozen=True)
-class SlotLayout:
-    """Slot arithmetic of packed masked gradients (all public).
-
-    A gradient entry ``g`` satisfies ``|g| < 2**value_bits``. Its slot holds
-    ``g + 2**value_bits + r`` with ``r`` uniform in ``[0, 2**mask_bits)``,
-    ``mask_bits = value_bits + 1 + statistical_bits``. Since ``0 < g + 2**value_bits <
-    2**(value_bits + 1)``, a slot value is non-negative and below
-    ``2**(value_bits + 1) + 2**mask_bits <= 2**(mask_bits + 1) = 2**slot_bits``: no slot borrows
-    from or carries into its neighbours, and ``slots_per_ciphertext * slot_bits <= bits(n) - 1``
-    keeps a packed plaintext below ``2**(bits(n) - 1) <= n``, so nothing wraps modulo ``n``. The
-    masked value is within statistical distance ``2**(value_bits + 1) / 2**mask_bits =
-    2**-statistical_bits`` of ``r`` alone: it reveals nothing about ``g``.
-    """
-
-    value_bits: int
-    mask_bits: int
-    slot_bits: int
-    slots_per_ciphertext: int
-
-
-def slot_layout(
-    rows: int,
-    residual_value_bits: int,
-    key_bits: int,
-    *,
-    feature_value_bits: int = FEATURE_VALUE_BITS,
-    statistical_bits: int = STATISTICAL_SECURITY_BITS,
-) -> SlotLayout:
-    """Slot layout for ``X^T d`` with ``rows`` rows, ``|d_q| < 2**residual_value_bits`` and
-    ``|x_q| < 2**feature_value_bits``: ``|g| <= rows * max|x_q| * max|d_q| <
-    2**(bits(rows) + feature_value_bits + residual_value_bits)``.
-    """
-    if rows < 1 or residual_value_bits < 1 or feature_value_bits < 1:
-        raise ValueError("slot layout needs positive sizes")
-    if statistical_bits < 40:
-        raise ValueError("statistical masking needs at least 40 bits")
-    value_bits = int(rows).bit_length() + feature_value_bits + residual_value_bits
-    mask_bits = value_bits + 1 + statistical_bits
-    slot_bits = mask_bits + 1
-    slots = (key_bits - 1) // slot_bits
-    if slots < 1:
-        raise ValueError(f"a {slot_bits}-bit slot does not fit a {key_bits}-bit plaintext")
-    return SlotLayout(value_bits, mask_bits, slot_bits, slots)
-
-
-def pack_ciphertexts(
-    ciphertexts: Sequence[int], nsquare: int, *, slot_bits: int, slots_per_ciphertext: int
-) -> list[mpz]:
-    """Pack ciphertexts by shift-and-add: ``[[sum_i a_i 2**(slot_bits * i)]]`` per group.
-
-    Values ``i = 0 .. slots_per_ciphertext - 1`` of a group land in slot ``i`` (slot 0 in the
-    lowest bits). The caller guarantees the plaintexts fit (see :class:`SlotLayout`).
-    """
-    if slot_bits < 1 or slots_per_ciphertext < 1:
-        raise ValueError("slot_bits and slots_per_ciphertext must be positive")
-    n2 = mpz(nsquare)
-    shift = mpz(1) << slot_bits
-    out = []
-    for start in range(0, len(ciphertexts), slots_per_ciphertext):
-        group = ciphertexts[start : start + slots_per_ciphertext]
-        acc = mpz(group[-1])
-        for c in reversed(group[:-1]):
-            acc = gmpy2.powmod(acc, shift, n2) * c % n2
-        out.append(acc)
-    return out
-
-
-def unpack_plaintext(plaintext: int, *, slot_bits: int, count: int) -> list[int]:
-    """Split a packed plaintext into ``count`` non-negative ``slot_bits``-bit values (slot 0
-    first). Raises ``ValueError`` if bits remain above the last slot."""
-    value = int(plaintext)
-    if value < 0 or value >> (slot_bits * count):
-        raise ValueError("packed plaintext does not fit the declared slots")
-    mask = (1 << slot_bits) - 1
-    return [(value >> (slot_bits * i)) & mask for i in range(count)]

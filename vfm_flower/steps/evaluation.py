@@ -49,6 +49,7 @@ from vfm_flower.steps.training import (
     offsets_to_bytes,
     params_of,
     passive_features,
+    precomputed_encryptor,
     private_key,
     public_key,
     receive_backward,
@@ -106,6 +107,7 @@ def send_model_image(
     label: str,
     topic: Topic,
     meta: dict | None = None,
+    encryptor: djn.DJNEncryptor | None = None,
 ) -> None:
     """Passive party: seal the packed, per-customer-masked image ``[[X w]]`` of its encrypted
     weights on all its rows to the LO (the final model at training, new rows at scoring)."""
@@ -122,7 +124,7 @@ def send_model_image(
     )
     image = pg.passive_final_image(
         public,
-        djn.DJNEncryptor(public),
+        encryptor or djn.DJNEncryptor(public),
         weights,
         X_int,
         ctx.passive_layout(),
@@ -141,7 +143,15 @@ def passive_finish(ctx: PartyContext) -> None:
     public = public_key(ctx)
     weights = final_weights(ctx)
     X_int = ctx.state.array("X")
-    send_model_image(ctx, public, weights, X_int, FINAL_LABEL, TOPIC_FINAL)
+    send_model_image(
+        ctx,
+        public,
+        weights,
+        X_int,
+        FINAL_LABEL,
+        TOPIC_FINAL,
+        encryptor=precomputed_encryptor(ctx, public),
+    )
     plan = PreparationPlan.from_json(str(ctx.state.get("prep_plan")))
     ctx.publish(features=int(X_int.shape[1]))
     if ctx.operation != "train":

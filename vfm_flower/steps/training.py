@@ -18,6 +18,10 @@ Rounds (``t`` = iteration, from 0); the cryptography of each is in
     Open the summed image on the joint rows, run the exact plane search, apply the move to
     the masked vectors, compute the new residual and send each passive party its encrypted
     residuals, its moved masked state and the encrypted coefficients, with the stop control.
+``train.precompute`` (any party, in the round where it would otherwise wait)
+    The LO during the passive round, each passive party during the LO's round: the
+    encryption randomness (DJN obfuscators) of its next message, kept in its own state and
+    used once, so that neither round waits for it.
 ``train.finish`` (passive parties) and ``train.evaluate`` (LO): see
 ``vfm_flower.steps.evaluation``.
 
@@ -63,6 +67,9 @@ TOPIC_START = Topic("train.first_residuals", phase="train.prepare")
 TOPIC_SHAPE = Topic("train.block_shape", phase="train.prepare")
 TOPIC_BACKWARD = Topic("train.encrypted_residuals", phase="train.label_owner")
 TOPIC_FORWARD = Topic("train.encrypted_image", phase="train.passive")
+
+#: Party state key of the encryption randomness computed ahead (secret, used once).
+OBFUSCATORS = "pg.obfuscators"
 
 #: The training steps of the regression job kinds (the closing ones are in ``evaluation``).
 STEPS = StepRegistry()
@@ -158,6 +165,16 @@ def offsets_from_bytes(blob: bytes) -> pg.PassiveSecrets:
     return pg.PassiveSecrets(
         tuple(int.from_bytes(blob[i : i + 32], "big") for i in range(0, len(blob), 32))
     )
+
+
+def precomputed_encryptor(ctx: PartyContext, public, private=None) -> djn.DJNEncryptor:
+    """This party's encryptor, holding the randomness its last ``train.precompute`` made
+    (taken out of the state: every obfuscator is used once)."""
+    encryptor = djn.DJNEncryptor(public, private=private)
+    pool = ctx.state.pop_array(OBFUSCATORS)
+    if pool is not None:
+        encryptor.import_pool(pool.tobytes())
+    return encryptor
 
 
 def send_backward(ctx: PartyContext, topic: Topic, messages: dict[str, pg.BackwardMessage]) -> None:
@@ -314,7 +331,7 @@ def passive_iteration(ctx: PartyContext) -> None:
     )
     forward, secrets, moved = pg.passive_iteration(
         public,
-        djn.DJNEncryptor(public),
+        precomputed_encryptor(ctx, public),
         X_int,
         pg.Preconditioner(ctx.state.array("pg.A"), ctx.state.array("pg.B")),
         ctx.passive_layout(),
@@ -380,7 +397,7 @@ def label_owner_iteration(ctx: PartyContext) -> None:
         pg.iteration_image_bits(),
         public.n.bit_length(),
     )
-    if t == 0:
+    if "pg.features" not in ctx.state:  # else recorded by train.precompute
         record_passive_shapes(ctx, layout)
     messages = {p: receive_forward(ctx, p, TOPIC_FORWARD) for p in ctx.passive_parties}
     features = {p: passive_features(ctx, p) for p in ctx.passive_parties}
@@ -400,7 +417,7 @@ def label_owner_iteration(ctx: PartyContext) -> None:
     to_passives = pg.PassiveControl(iteration=t + 1, stop=bool(control.stop), best_round=best)
     if control.stop:
         ctx.state.set("stop_reason", control.reason)
-    encryptor = djn.DJNEncryptor(public, private=private)
+    encryptor = precomputed_encryptor(ctx, public, private)
     send_backward(
         ctx,
         TOPIC_BACKWARD,
@@ -417,6 +434,36 @@ def label_owner_iteration(ctx: PartyContext) -> None:
     )
     save_optimizer(ctx, optimizer)
     save_coordinator(ctx, coordinator)
+
+
+@STEPS.step("train.precompute", jobs=REGRESSION_KINDS, operations=TRAINING)
+def precompute_randomness(ctx: PartyContext) -> None:
+    """Any party, in a round where it would wait: the encryption randomness of its next message.
+
+    The LO runs it in the passive round (its residuals by slot and every party's moved state),
+    a passive party in the LO's round (its next image, vectors and corrections), so that
+    neither spends its own round on it. The obfuscators stay in the party's own state and are
+    used once (:func:`precomputed_encryptor`); nothing is sent.
+    """
+    public = public_key(ctx)
+    if ctx.is_label_owner:
+        layout = ctx.label_owner_layout()
+        if "pg.features" not in ctx.state:
+            record_passive_shapes(ctx, layout)
+        features = {p: passive_features(ctx, p) for p in ctx.passive_parties}
+        count = pg.label_owner_obfuscators(layout, features)
+        encryptor = djn.DJNEncryptor(public, private=private_key(ctx))
+    else:
+        count = pg.passive_obfuscators(
+            int(ctx.passive_layout().total_slots),
+            int(ctx.state.array("X").shape[1]),
+            len(ctx.passive_parties),
+            public.n.bit_length(),
+        )
+        encryptor = djn.DJNEncryptor(public)
+    ctx.state.pop_array(OBFUSCATORS)  # an unused earlier pool is dropped, never reused
+    encryptor.fill_pool(count)
+    ctx.state.set_bytes(OBFUSCATORS, encryptor.export_pool())
 
 
 def record_passive_shapes(ctx: PartyContext, layout) -> None:
