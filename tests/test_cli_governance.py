@@ -258,3 +258,24 @@ def test_init_options(tmp_path: Path, keys: Path, capsys):
     capsys.readouterr()
     assert main(["agreement", "show", str(path)]) == 0
     assert "features        MAANTHUI, MOSTYPE" in capsys.readouterr().out
+
+
+def test_init_grants_an_opt_in_release_only_when_asked(tmp_path: Path, keys: Path, capsys):
+    from vfm_flower.agreement import SignedAgreement
+
+    plain = tmp_path / "plain.toml"
+    assert main(init_args(plain, keys)) == 0
+    terms = SignedAgreement.load(plain).agreement.job_terms("logistic")
+    assert "model-weights" not in terms.release["party"]  # encrypted by default
+    granted = tmp_path / "granted.toml"
+    assert main(init_args(granted, keys, "--release", "model-weights")) == 0
+    a = SignedAgreement.load(granted).agreement
+    for kind in ("logistic", "linear"):
+        assert "model-weights" in a.job_terms(kind).release["party"]
+    capsys.readouterr()
+    assert main(["agreement", "show", str(granted)]) == 0
+    assert "model-weights" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    assert main(init_args(bad, keys, "--release", "labels")) == 2
+    assert "no job kind offers labels" in capsys.readouterr().err
+    assert not bad.exists()

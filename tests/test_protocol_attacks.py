@@ -40,7 +40,8 @@ def test_replayed_passive_step_refused(collab, monkeypatch):
 
     def hook(self, kind, requests, send):
         out = send(kind, requests)
-        if kind == "train.passive" and next(iter(requests.values())).step == 2:
+        passive = requests.get("p1")
+        if passive is not None and passive.kind == "train.passive" and passive.step == 2:
             replay = dataclasses.replace(requests["p1"], step=0, inbox={})
             send("train.passive", {"p1": replay})
         return out

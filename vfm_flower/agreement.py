@@ -471,10 +471,20 @@ class JobTerms:
         *,
         operations: Iterable[str] | None = None,
         params: Mapping[str, Any] | None = None,
+        opt_in: Iterable[str] = (),
     ) -> JobTerms:
         """The terms a new agreement writes for ``job_kind`` (a :class:`~vfm_flower.jobs.JobKind`):
         every operation, the default bound of every parameter (``params`` overrides some),
-        the kind's release list but its opt-in names."""
+        the kind's release list but its opt-in names, except those named in ``opt_in``
+        (e.g. ``"model-weights"``: passive parties get their final weights)."""
+        chosen = set(opt_in)
+        offered = {n for names in job_kind.opt_in_releases.values() for n in names}
+        if chosen - offered:
+            known = ", ".join(sorted(offered)) or "none"
+            raise ConfigurationError(
+                f"job kind '{job_kind.name}' has no opt-in release(s) "
+                f"{', '.join(sorted(chosen - offered))} (opt-in: {known})"
+            )
         bounds = {p.name: p.default_bound() for p in job_kind.params}
         unknown = sorted(set(params or {}) - set(bounds))
         if unknown:
@@ -495,7 +505,9 @@ class JobTerms:
             params=bounds,
             release={
                 audience: tuple(
-                    n for n in names if n not in job_kind.opt_in_releases.get(audience, ())
+                    n
+                    for n in names
+                    if n in chosen or n not in job_kind.opt_in_releases.get(audience, ())
                 )
                 for audience, names in job_kind.releases.items()
             },
@@ -1132,6 +1144,7 @@ def init_agreement(
     allowed_models: Sequence[str] | None = None,
     allowed_operations: Sequence[str] | None = None,
     jobs: Sequence[Any] | None = None,
+    release_opt_in: Sequence[str] = (),
     max_jobs: int = DEFAULT_MAX_JOBS,
     allowed_features: Mapping[str, Sequence[str] | None] | None = None,
     denied_features: Mapping[str, Sequence[str]] | None = None,
@@ -1166,6 +1179,10 @@ def init_agreement(
     allowed_models, allowed_operations, max_iterations : optional
         Shorthands for the built-in kinds: which of them, which operations, and the upper
         bound of their ``max-iterations`` parameter.
+    release_opt_in : sequence of str
+        Opt-in releases to grant, for the kinds given as ``JobKind`` or by name (e.g.
+        ``("model-weights",)``: each passive party gets its final weights in plain). Default:
+        none, the safe choice.
 
     Other keyword arguments set the terms of the same name; per-party ones accept a mapping.
 
@@ -1220,7 +1237,7 @@ def init_agreement(
             )
         )
     return Agreement(
-        jobs=_job_terms(jobs, allowed_models, allowed_operations, max_iterations),
+        jobs=_job_terms(jobs, allowed_models, allowed_operations, max_iterations, release_opt_in),
         agreement_id=agreement_id or uuid.uuid4().hex,
         purpose=purpose,
         not_before=start,
@@ -1242,6 +1259,7 @@ def _job_terms(
     models: Sequence[str] | None,
     operations: Sequence[str] | None,
     max_iterations: int | None,
+    opt_in: Sequence[str] = (),
 ) -> tuple[JobTerms, ...]:
     from vfm_flower.jobs import JobKind
     from vfm_flower.jobs_builtin import builtin_registry
@@ -1275,5 +1293,14 @@ def _job_terms(
         if max_iterations is not None and any(p.name == "max-iterations" for p in item.params):
             _positive_int(max_iterations, "jobs.max-iterations")
             params["max-iterations"] = ParamRange(1, int(max_iterations))
-        out.append(JobTerms.default_for(item, operations=ops, params=params))
+        granted = [n for n in opt_in if any(n in v for v in item.opt_in_releases.values())]
+        out.append(JobTerms.default_for(item, operations=ops, params=params, opt_in=granted))
+    offered = {
+        n for t in jobs if isinstance(t, JobKind) for v in t.opt_in_releases.values() for n in v
+    }
+    if unknown := sorted(set(opt_in) - offered):
+        raise ConfigurationError(
+            f"release opt-in: no job kind offers {', '.join(unknown)} "
+            f"(offered: {', '.join(sorted(offered)) or 'none'})"
+        )
     return tuple(out)

@@ -117,6 +117,7 @@ def cmd_agreement_init(args: argparse.Namespace) -> int:
         max_jobs=args.max_jobs,
         result_owner=args.result_owner,
         allowed_models=args.models.split(",") if args.models else None,
+        release_opt_in=tuple(args.release),
         allowed_operations=args.operations.split(",") if args.operations else None,
         allowed_features=allowed or None,
         denied_features=denied or None,
@@ -373,6 +374,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-jobs", type=_positive, default=100, help="jobs over the agreement's lifetime"
     )
     p.add_argument("--models", help="comma-separated: logistic,linear (default both)")
+    p.add_argument(
+        "--release",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="grant an opt-in release, e.g. model-weights: each passive party gets its final "
+        "weights in plain (default: none; they stay encrypted)",
+    )
     p.add_argument("--operations", help="comma-separated: train,evaluate,score (default all)")
     p.add_argument(
         "--deny",
