@@ -136,12 +136,49 @@ def test_verify_detects_tampering(agreement: Path, keys: Path, capsys):
     assert main(["agreement", "verify", str(agreement)]) == 0
 
 
-def test_verify_expired_and_not_yet_valid(tmp_path: Path, keys: Path, capsys):
+def _signed_in_the_past(path: Path, keys: Path) -> None:
+    """An agreement signed while it was in force (2020), written by the library."""
+    from datetime import UTC, datetime
+
+    from vfm_flower.agreement import SignedAgreement, init_agreement
+
+    identities = {n: PartyIdentity.load(keys / f"{n}.key", expected_party=n) for n in NAMES}
+    agreement = init_agreement(
+        purpose="Caravan insurance propensity",
+        label_owner="insurer",
+        label_column="Purchase",
+        id_column="email",
+        id_kind="email",
+        parties={n: i.public for n, i in identities.items()},
+        not_before=datetime(2020, 1, 1, tzinfo=UTC),
+        valid_days=30,
+    )
+    signed = SignedAgreement(agreement, {})
+    for identity in identities.values():
+        signed = signed.with_signature(identity)
+    signed.save(path)
+
+
+def test_an_ended_agreement_is_neither_drafted_nor_signed(tmp_path: Path, keys: Path, capsys):
     path = tmp_path / "old.toml"
     args = init_args(path, keys, "--not-before", "2020-01-01T00:00:00Z", "--valid-days", "30")
-    assert main(args) == 0
-    for name in NAMES:
-        assert sign(path, keys, name) == 0
+    assert main(args) == 2
+    assert "[validity]" in capsys.readouterr().err and not path.exists()
+    _signed_in_the_past(path, keys)
+    before = path.read_bytes()
+    assert sign(path, keys, "bank") == 2
+    assert "ended on 2020-01-31T00:00:00Z" in capsys.readouterr().err
+    assert path.read_bytes() == before
+    soon = tmp_path / "soon.toml"
+    assert main(init_args(soon, keys, "--valid-days", "3")) == 0
+    assert "warning:" in capsys.readouterr().err and soon.exists()
+    assert sign(soon, keys, "bank") == 0
+    assert "ends on" in capsys.readouterr().err
+
+
+def test_verify_expired_and_not_yet_valid(tmp_path: Path, keys: Path, capsys):
+    path = tmp_path / "old.toml"
+    _signed_in_the_past(path, keys)
     capsys.readouterr()
     assert main(["agreement", "verify", str(path)]) == 1
     err = capsys.readouterr().err
@@ -171,6 +208,54 @@ def test_show(agreement: Path, keys: Path, capsys):
     assert "insurer (label_owner) - NOT SIGNED" in out
     assert "AGE" in out and "min intersection  200" in out
     assert "Status: NOT valid" in out
+
+
+def test_show_explains_terms_labels_and_fingerprints(agreement: Path, keys: Path, capsys):
+    from vfm_flower.pins import format_fingerprint
+
+    assert main(["agreement", "show", str(agreement)]) == 0
+    out = capsys.readouterr().out
+    assert "linear            insurer.Purchase: numeric target" in out
+    assert "logistic          insurer.Purchase: binary label (positive class '1')" in out
+    assert "(alignment aborts, revealing nothing, below this many joint customers)" in out
+    bank = PartyIdentity.load(keys / "bank.key").public.fingerprint
+    assert len(bank) == 32 and format_fingerprint(bank) in out
+    assert "confirm every key fingerprint with its owner out of band" in out
+
+
+def test_sign_pins_keys_and_refuses_a_substituted_one(tmp_path: Path, keys: Path, capsys):
+    first = tmp_path / "first.toml"
+    assert main(init_args(first, keys)) == 0
+    capsys.readouterr()
+    assert sign(first, keys, "insurer") == 0
+    out = capsys.readouterr().out
+    assert "NEW: confirm before signing" in out and "pinned bank, broker, insurer" in out
+    pins = keys / "insurer.pins.toml"
+    assert stat.S_IMODE(pins.stat().st_mode) == 0o600
+    pinned = pins.read_text()
+    # whoever circulates the next agreement lists its own key under "bank"
+    forged = tmp_path / "forged"
+    assert main(["keygen", "--party", "bank", "--out", str(forged)]) == 0
+    second = tmp_path / "second.toml"
+    args = init_args(second, keys)
+    args[args.index(f"bank={keys / 'bank.pub'}")] = f"bank={forged / 'bank.pub'}"
+    assert main(args) == 0
+    before = second.read_bytes()
+    capsys.readouterr()
+    assert sign(second, keys, "insurer") == 2
+    err = capsys.readouterr().err
+    assert "[key_pin]" in err and "'bank'" in err and "--repin bank" in err
+    assert second.read_bytes() == before and pins.read_text() == pinned
+    # after confirming the new key with the bank by phone, the insurer accepts it
+    key = keys / "insurer.key"
+    repin = ["agreement", "sign", str(second), "--party", "insurer", "--key", str(key)]
+    assert main([*repin, "--repin", "bank"]) == 0
+    assert pins.read_text() != pinned
+    assert main([*repin, "--repin", "nobody"]) == 2
+    # the first agreement now lists a key this signer no longer pins
+    capsys.readouterr()
+    assert sign(first, keys, "insurer") == 2
+    assert "[key_pin]" in capsys.readouterr().err
 
 
 def _work_dir(tmp_path: Path) -> tuple[Path, Path]:

@@ -101,6 +101,8 @@ DEFAULT_MIN_INTERSECTION = 100
 DEFAULT_MAX_SET_SIZE = 10_000_000
 DEFAULT_MIN_COHORT = 20
 DEFAULT_MAX_JOBS = 100
+#: Drafting or signing an agreement that ends within this many days prints a warning.
+EXPIRY_WARNING_DAYS = 7
 
 _SIGNATURE_LEN = 64
 
@@ -1108,6 +1110,35 @@ class SignedAgreement:
                 f"agreement {a.agreement_id} expired on {format_utc(a.not_after)} (window "
                 f"{window}): agree and sign a renewed agreement",
             )
+
+
+def check_signing_window(agreement: Agreement, now: datetime | None = None) -> str | None:
+    """The rule ``validity`` for drafting or signing: refused once the window has ended.
+
+    Returns a warning when the window ends within :data:`EXPIRY_WARNING_DAYS` days (signers
+    should know a renewal is due), else ``None``.
+
+    Raises
+    ------
+    PolicyViolation
+        Rule ``"validity"``: the window has ended; nobody could run the agreement.
+    """
+    moment = _now(now)
+    if moment >= agreement.not_after:
+        raise PolicyViolation(
+            "validity",
+            f"agreement {agreement.agreement_id} ended on {format_utc(agreement.not_after)}: "
+            "nobody could run it; draft a new one (vfm agreement init ... --valid-days N)",
+        )
+    left = agreement.not_after - moment
+    if left < timedelta(days=EXPIRY_WARNING_DAYS):
+        hours = int(left.total_seconds() // 3600)
+        return (
+            f"warning: agreement {agreement.agreement_id} ends on "
+            f"{format_utc(agreement.not_after)}, in {hours // 24} day(s) {hours % 24} hour(s): "
+            "plan its renewal"
+        )
+    return None
 
 
 # ----------------------------------------------------------------------------------------------

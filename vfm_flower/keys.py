@@ -83,8 +83,10 @@ class PublicIdentity:
 
     @property
     def fingerprint(self) -> str:
-        """Short, stable hex fingerprint of both public keys (for display and logs)."""
-        return hashlib.sha256(self.signing_key + self.exchange_key).hexdigest()[:16]
+        """Stable hex fingerprint of both public keys: 128 bits of SHA-256 (32 hex digits),
+        enough that nobody can make another key pair with the same fingerprint, short enough
+        to read aloud when signers confirm keys out of band."""
+        return hashlib.sha256(self.signing_key + self.exchange_key).hexdigest()[:32]
 
     def verify(self, signature: bytes, data: bytes) -> None:
         """Verify an Ed25519 signature by this party; raise ``SignatureError`` if invalid."""

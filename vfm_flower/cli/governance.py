@@ -61,7 +61,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def cmd_agreement_init(args: argparse.Namespace) -> int:
     """Draft a new, unsigned agreement file."""
-    from vfm_flower.agreement import SignedAgreement, init_agreement
+    from vfm_flower.agreement import SignedAgreement, check_signing_window, init_agreement
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -126,26 +126,64 @@ def cmd_agreement_init(args: argparse.Namespace) -> int:
         valid_days=args.valid_days,
         not_before=_when(args.not_before, "--not-before"),
     )
+    warning = check_signing_window(agreement)  # an agreement that already ended: refused
     SignedAgreement(agreement, {}).save(out)
     _out(f"wrote {out}: agreement {agreement.agreement_id}, terms hash {agreement.terms_hash()}")
+    if warning:
+        _err(warning)
     _out("next: every party signs it:")
     for name in agreement.party_names:
         _out(f"  vfm agreement sign {out} --party {name} --key {name}.key")
     return 0
 
 
+def _listed_fingerprints(agreement) -> dict[str, str]:
+    return {p.name: p.public_identity.fingerprint for p in agreement.parties}
+
+
+def _print_fingerprints(agreement, pinned: dict[str, str] | None = None) -> None:
+    from vfm_flower.pins import format_fingerprint
+
+    _out("Key fingerprints (confirm each with its owner out of band: a call or a meeting,")
+    _out("not the channel the agreement came through; a substituted key reads that party's data)")
+    for name, fp in _listed_fingerprints(agreement).items():
+        note = ""
+        if pinned is not None:
+            note = "  (pinned)" if pinned.get(name) == fp else "  (NEW: confirm before signing)"
+        _out(f"  {name:<20}{format_fingerprint(fp)}{note}")
+
+
 def cmd_agreement_sign(args: argparse.Namespace) -> int:
-    """Add (or renew) one party's signature and rewrite the file atomically."""
-    from vfm_flower.agreement import SignedAgreement
+    """Add (or renew) one party's signature and rewrite the file atomically.
+
+    Refused when the validity window has ended, or when a party's key differs from the one
+    this signer pinned for that name (``--repin NAME`` accepts a change confirmed out of band).
+    """
+    from vfm_flower.agreement import SignedAgreement, check_signing_window
+    from vfm_flower.pins import KeyPins, pin_path_for
 
     signed = SignedAgreement.load(args.file)
-    signed.agreement.party(args.party)  # unknown party: PolicyViolation "parties"
+    agreement = signed.agreement
+    agreement.party(args.party)  # unknown party: PolicyViolation "parties"
+    unknown = sorted(set(args.repin) - set(agreement.party_names))
+    if unknown:
+        raise ConfigurationError(f"--repin names no party of the agreement: {', '.join(unknown)}")
+    warning = check_signing_window(agreement)
     identity = PartyIdentity.load(args.key, expected_party=args.party)
+    pins = KeyPins.load(args.pins or pin_path_for(args.key, args.party))
+    listed = _listed_fingerprints(agreement)
+    _print_fingerprints(agreement, pins.pins)
+    first = pins.check(listed, repin=args.repin)  # a changed pinned key: refused
     signed = signed.with_signature(identity)
+    pins.pinned(listed).save()
     signed.save(args.file)
     missing = signed.missing_signatures()
     _out(f"signed {args.file} as {args.party} (terms hash {signed.terms_hash()})")
+    if first:
+        _out(f"pinned {', '.join(first)} in {pins.path}: later agreements must list these keys")
     _out(f"still missing: {', '.join(missing)}" if missing else "all parties have signed")
+    if warning:
+        _err(warning)
     return 0
 
 
@@ -172,26 +210,55 @@ def cmd_agreement_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_line(a, kind: str) -> str:
+    if kind == "logistic":
+        classes = (
+            "labels are 0/1" if a.positive_class is None else f"positive class {a.positive_class!r}"
+        )
+        return f"{a.label_owner}.{a.label_column}: binary label ({classes})"
+    if kind == "linear":
+        return f"{a.label_owner}.{a.label_column}: numeric target (real values, no classes)"
+    return f"{a.label_owner}.{a.label_column}: as the job kind '{kind}' defines it"
+
+
 def cmd_agreement_show(args: argparse.Namespace) -> int:
-    """Print the terms and who has signed, for a person."""
+    """Print the terms, what each means, every key's fingerprint and who has signed."""
     from vfm_flower.agreement import SignedAgreement, format_utc
+    from vfm_flower.pins import format_fingerprint
 
     signed = SignedAgreement.load(args.file)
     a = signed.agreement
     good, bad = set(signed.signed_by()), set(signed.invalid_signatures())
+    rows = [
+        ("purpose", a.purpose, "what the parties agreed to use the data for"),
+        (
+            "valid",
+            f"{format_utc(a.not_before)} .. {format_utc(a.not_after)}",
+            "every party refuses a job outside this window",
+        ),
+        ("terms hash", a.terms_hash(), "SHA-256 of the terms: what every party signs"),
+        ("label owner", a.label_owner, "the only party that sees labels and the Paillier key"),
+        ("result owner", a.result_owner, "receives scores, metrics and the model report"),
+        (
+            "min intersection",
+            a.min_intersection,
+            "alignment aborts, revealing nothing, below this many joint customers",
+        ),
+        (
+            "min cohort",
+            a.min_cohort,
+            "smallest group any released figure or feature level may describe",
+        ),
+        ("min Paillier bits", a.min_paillier_bits, "smallest encryption key a job may use"),
+        ("max jobs", a.max_jobs, "jobs over the lifetime, counted in each party's audit log"),
+    ]
     _out(f"Agreement {a.agreement_id}")
-    _out(f"  purpose           {a.purpose}")
-    _out(f"  valid             {format_utc(a.not_before)} .. {format_utc(a.not_after)}")
-    _out(f"  terms hash        {a.terms_hash()}")
-    positive = (
-        "labels are 0/1" if a.positive_class is None else f"positive class {a.positive_class!r}"
-    )
-    _out(f"  label             {a.label_owner}.{a.label_column} ({positive})")
-    _out(f"  result owner      {a.result_owner}")
-    _out(f"  min intersection  {a.min_intersection}")
-    _out(f"  min cohort        {a.min_cohort}")
-    _out(f"  min Paillier bits {a.min_paillier_bits}")
-    _out(f"  max jobs          {a.max_jobs} (each party counts the jobs in its own audit log)")
+    for name, value, meaning in rows:
+        _out(f"  {name:<18}{value}")
+        _out(f"  {'':<18}({meaning})")
+    _out("Label, per model kind")
+    for j in a.jobs:
+        _out(f"  {j.kind:<18}{_label_line(a, j.kind)}")
     _out("Jobs (kind: operations; every parameter's signed bound; what may be released)")
     for j in a.jobs:
         _out(f"  {j.kind}: {', '.join(j.operations)}")
@@ -202,6 +269,7 @@ def cmd_agreement_show(args: argparse.Namespace) -> int:
             _out(f"    release to {audience}: {', '.join(names) or 'nothing'}")
         for party, columns in (j.features or {}).items():
             _out(f"    {party} may use   {', '.join(columns) or 'none'}")
+    _out("  (a job asking for more than a bound, or releasing what is not listed, is refused)")
     _out("Parties")
     for p in a.parties:
         if p.name in good:
@@ -217,14 +285,16 @@ def cmd_agreement_show(args: argparse.Namespace) -> int:
             extras.append("case sensitive" if p.case_sensitive else "case insensitive")
         features = "all" if p.allowed_features is None else ", ".join(p.allowed_features) or "none"
         _out(f"  {p.name} ({p.role}) - {status}")
-        _out(f"    key fingerprint {p.public_identity.fingerprint}")
+        _out(f"    key fingerprint {format_fingerprint(p.public_identity.fingerprint)}")
         _out(
             f"    ids             {', '.join(p.id_columns)} as {p.id_kind}"
             + (f" ({'; '.join(extras)})" if extras else "")
         )
-        _out(f"    features        {features}")
-        _out(f"    denied          {', '.join(p.denied_features) or '-'}")
-        _out(f"    max set size    {p.max_set_size}")
+        _out(f"    features        {features} (columns it may contribute)")
+        _out(f"    denied          {', '.join(p.denied_features) or '-'} (never used)")
+        _out(f"    max set size    {p.max_set_size} (most ids it aligns)")
+    _out("Before signing, confirm every key fingerprint with its owner out of band (a call or a")
+    _out("meeting, not the channel this file came through); `vfm agreement sign` pins them.")
     try:
         signed.verify()
         _out("Status: valid (every party signed, within the validity window)")
@@ -402,6 +472,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("file")
     p.add_argument("--party", required=True)
     p.add_argument("--key", required=True, help="the party's NAME.key file")
+    p.add_argument("--pins", help="this signer's pin file (default: NAME.pins.toml beside the key)")
+    p.add_argument(
+        "--repin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="accept a changed key for party NAME, after confirming it out of band",
+    )
     p.set_defaults(func=cmd_agreement_sign)
 
     p = agr_sub.add_parser("verify", help="exit 0 only if fully signed and in force")
