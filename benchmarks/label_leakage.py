@@ -144,6 +144,8 @@ def _collaboration(root: Path, frames: dict[str, pd.DataFrame], label_owner: str
         data = folder / f"{party}.csv"
         frame.to_csv(data, index=False)
         files[party] = PartyFiles(data, key)
+    operator = PartyIdentity.generate("operator")
+    operator.save(root / "operator")
     agreement = init_agreement(
         purpose="label leakage benchmark",
         label_owner=label_owner,
@@ -151,11 +153,12 @@ def _collaboration(root: Path, frames: dict[str, pd.DataFrame], label_owner: str
         id_column="email",
         id_kind="email",
         parties={p: i.public for p, i in identities.items()},
+        operator=operator.public,
         positive_class="1",
         **terms,
     )
     signed = SignedAgreement(agreement, {})
-    for identity in identities.values():
+    for identity in (*identities.values(), operator):
         signed = signed.with_signature(identity)
     path = root / "agreement.toml"
     signed.save(path)
@@ -281,9 +284,13 @@ def image_r2(images: np.ndarray, target: np.ndarray, rng, margin: int = 20) -> t
 
 # --------------------------------------------------------------------------- runs
 def run(agreement, files, workdir, transcript, attack=None, **config):
+    """Train; the operator's key is ``operator/operator.key`` beside the agreement."""
+    operator_key = Path(agreement).parent / "operator" / "operator.key"
     with recording(transcript, attack):
         try:
-            return run_local_job(agreement, files, workdir, {"job": "train", **config}), None
+            return run_local_job(
+                agreement, files, workdir, {"job": "train", **config}, operator_key=operator_key
+            ), None
         except VfmError as exc:
             return None, str(exc)
 

@@ -37,7 +37,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from flwr.serverapp import Grid
 
-from vfm_flower.agreement import SignedAgreement
+from vfm_flower.agreement import Agreement, SignedAgreement
 from vfm_flower.audit import AuditLog, sign_head
 from vfm_flower.errors import ConfigurationError, ProtocolAbort, VfmError
 from vfm_flower.jobs import Job, JobKind
@@ -54,12 +54,13 @@ from vfm_flower.masking import sum_masked
 from vfm_flower.party import StepReply, StepRequest, audit_log_path
 from vfm_flower.policy import (
     check_job,
+    check_operator_key,
     check_party_presence,
     check_same_agreement,
     check_same_job,
     check_set_size,
 )
-from vfm_flower.session import SessionInfo
+from vfm_flower.session import SessionInfo, server_hello_bytes
 from vfm_flower.strategies.transport import JobResult, PhaseStats, Transport
 
 logger = logging.getLogger(__name__)
@@ -78,13 +79,19 @@ def log_progress(event: str, details: dict[str, Any]) -> None:
     )
 
 
-def load_server_identity(workdir: Path) -> PartyIdentity:
-    """The server's audit-signing identity (not a party of the agreement), made once."""
-    key = workdir / "server.key"
-    if key.exists():
-        return PartyIdentity.load(key, expected_party="server")
-    identity = PartyIdentity.generate("server")
-    identity.save(workdir)
+def load_operator_identity(agreement: Agreement, workdir: Path) -> PartyIdentity:
+    """The operator's signing identity, ``WORKDIR/NAME.key`` for the operator the agreement
+    names; refused (rule ``operator``) unless the agreement lists exactly this key."""
+    name = agreement.operator.name
+    key = workdir / f"{name}.key"
+    if not key.exists():
+        raise ConfigurationError(
+            f"the operator's key {key} is missing: the server runs with the key of the "
+            f"operator the agreement names ('{name}'); put {name}.key (from `vfm keygen "
+            f"--party {name}`) in the server work dir"
+        )
+    identity = PartyIdentity.load(key, expected_party=name)
+    check_operator_key(agreement, identity.public)
     return identity
 
 
@@ -102,7 +109,9 @@ class VerticalSession:
     run_id : int
         Flower's run id (``context.run_id``); part of the run key.
     workdir : Path
-        Where the server keeps its audit log and its audit-signing key.
+        Where the server keeps its audit log and the operator's key (``NAME.key`` of the
+        operator the agreement names: the server's hello, session and audit log are signed
+        with it).
     job_kind : JobKind, optional
         The registered kind of ``job`` (then the server also checks that the job sets exactly
         the kind's parameters).
@@ -209,7 +218,7 @@ class VerticalSession:
         # a failed job must not leave an earlier job's result looking like its own
         for path in self.result_files:
             path.unlink(missing_ok=True)
-        self._identity = load_server_identity(self.workdir)
+        self._identity = load_operator_identity(self.agreement, self.workdir)
         self._audit = AuditLog.open(
             audit_log_path(self.workdir, self.agreement_hash), self._identity, self.agreement_hash
         )
@@ -296,7 +305,21 @@ class VerticalSession:
         self.transport.phase = "hello"
         nodes = self.wait_for_nodes()
         server_nonce = secrets.token_hex(16)
-        request = self._request("query.hello", 1, params={"server_nonce": server_nonce})
+        assert self._identity is not None
+        signed_hello = self._identity.sign(
+            server_hello_bytes(
+                agreement_hash=self.agreement_hash,
+                job_digest=self.job.digest(),
+                flower_run_id=self.run_id,
+                server_nonce=server_nonce,
+            )
+        )
+        params = {
+            "server_nonce": server_nonce,
+            "flower_run_id": self.run_id,
+            "operator_signature": base64.b64encode(signed_hello).decode(),
+        }
+        request = self._request("query.hello", 1, params=params)
         replies = self.transport.round("query.hello", {n: request for n in nodes}, by_node=True)
         by_party: dict[str, StepReply] = {}
         for node, reply in replies.items():
@@ -340,6 +363,10 @@ class VerticalSession:
             party_nonces={p: str(r.public["nonce"]) for p, r in sorted(by_party.items())},
             job_digest=self.job.digest(),
             hellos={p: (dict(r.public), r.signature) for p, r in sorted(by_party.items())},
+        )
+        # the operator vouches for the session: every party checks it before its first step
+        self.info = replace(
+            self.info, operator_signature=self._identity.sign(self.info.signing_bytes())
         )
         self.transport.run_ref = self.info.run_key
         self.audit.record("hello", 1, "ok", sizes=dict(self.result.rows))

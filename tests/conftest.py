@@ -22,6 +22,7 @@ class Collaboration:
     data: dict[str, Path]
     keys: dict[str, Path]
     identities: dict[str, Any] = field(default_factory=dict)
+    operator_key: Path | None = None
 
     def files(self):
         from vfm_flower.runtime.local_job import PartyFiles
@@ -48,6 +49,7 @@ class Collaboration:
             offline=tuple(offline),
             grid_out=grid_out,
             party_agreements=party_agreements,
+            operator_key=self.operator_key,
         )
 
 
@@ -73,6 +75,8 @@ def make_collaboration(
         keys[party], _ = identities[party].save(folder)
         data[party] = folder / f"{party}.csv"
         frame.to_csv(data[party], index=False)
+    operator = PartyIdentity.generate("operator")
+    operator_key, _ = operator.save(root / "operator")
     agreement = init_agreement(
         purpose="test collaboration",
         label_owner=label_owner,
@@ -80,15 +84,16 @@ def make_collaboration(
         id_column=id_column,
         id_kind=id_kind,
         parties={p: i.public for p, i in identities.items()},
+        operator=operator.public,
         positive_class=positive_class,
         **terms,
     )
     signed = SignedAgreement(agreement, {})
-    for identity in identities.values():
+    for identity in (*identities.values(), operator):
         signed = signed.with_signature(identity)
     path = root / "agreement.toml"
     signed.save(path)
-    return Collaboration(root, path, data, keys, identities)
+    return Collaboration(root, path, data, keys, identities, operator_key)
 
 
 def synthetic_frames(

@@ -42,6 +42,9 @@ def ids() -> dict[str, PartyIdentity]:
     return {n: PartyIdentity.generate(n) for n in NAMES}
 
 
+OPERATOR = PartyIdentity.generate("ops")
+
+
 def draft(ids: dict[str, PartyIdentity], **kw) -> Agreement:
     args = dict(
         purpose="Caravan insurance propensity",
@@ -50,6 +53,7 @@ def draft(ids: dict[str, PartyIdentity], **kw) -> Agreement:
         id_column="email",
         id_kind="email",
         parties={n: i.public for n, i in ids.items()},
+        operator=OPERATOR.public,
         not_before=START,
         denied_features={"bank": ["AGE"]},
         allowed_features={"broker": ["MOSTYPE", "MAANTHUI"]},
@@ -60,7 +64,7 @@ def draft(ids: dict[str, PartyIdentity], **kw) -> Agreement:
 
 def sign_all(agreement: Agreement, ids: dict[str, PartyIdentity]) -> SignedAgreement:
     signed = SignedAgreement(agreement, {})
-    for ident in ids.values():
+    for ident in (*ids.values(), OPERATOR):
         signed = signed.with_signature(ident)
     return signed
 
@@ -97,7 +101,13 @@ def rule_of(excinfo: pytest.ExceptionInfo) -> str:
 
 def test_init_defaults(ids):
     a = init_agreement(
-        "p", "insurer", "Purchase", "email", "email", {n: i.public for n, i in ids.items()}
+        "p",
+        "insurer",
+        "Purchase",
+        "email",
+        "email",
+        {n: i.public for n, i in ids.items()},
+        operator=OPERATOR.public,
     )
     assert len(a.agreement_id) == 32 and int(a.agreement_id, 16) >= 0
     assert a.not_after - a.not_before == timedelta(days=365)
@@ -113,7 +123,13 @@ def test_init_defaults(ids):
     assert all(p.allowed_features is None and p.max_set_size == 10_000_000 for p in a.parties)
     assert a.party("bank").public_identity == ids["bank"].public
     other = init_agreement(
-        "p", "insurer", "Purchase", "email", "email", {n: i.public for n, i in ids.items()}
+        "p",
+        "insurer",
+        "Purchase",
+        "email",
+        "email",
+        {n: i.public for n, i in ids.items()},
+        operator=OPERATOR.public,
     )
     assert other.agreement_id != a.agreement_id
 
@@ -228,11 +244,11 @@ def test_save_load_roundtrip(tmp_path: Path, signed):
     assert loaded.agreement == signed.agreement
     assert dict(loaded.signatures) == dict(signed.signatures)
     loaded.verify(NOW)
-    assert loaded.signed_by() == ["bank", "broker", "insurer"]
+    assert loaded.signed_by() == ["bank", "broker", "insurer", "ops"]
     assert [p.name for p in tmp_path.iterdir()] == ["agreement.toml"]  # no temp file left
     data = tomllib.loads(path.read_text())
     assert data["parties"]["insurer"]["allowed-features"] == "*"
-    assert set(data["signatures"]) == set(NAMES)
+    assert set(data["signatures"]) == {*NAMES, "ops"}
 
 
 def test_reformatted_toml_keeps_signatures(tmp_path: Path, signed):
@@ -272,10 +288,10 @@ def test_tampered_terms_break_every_signature(tmp_path: Path, signed):
 
 def test_missing_signature_is_named(ids):
     signed = SignedAgreement(draft(ids), {}).with_signature(ids["insurer"])
-    assert signed.missing_signatures() == ["bank", "broker"]
+    assert signed.missing_signatures() == ["bank", "broker", "ops"]
     with pytest.raises(PolicyViolation) as e:
         signed.verify(NOW)
-    assert rule_of(e) == "signatures" and "missing signature of bank, broker" in str(e.value)
+    assert rule_of(e) == "signatures" and "missing signature of bank, broker, ops" in str(e.value)
 
 
 def test_wrong_key_signature_is_named(ids, signed):
@@ -298,8 +314,10 @@ def test_sign_with_another_partys_key_refused(ids):
     impostor = PartyIdentity.generate("bank")
     with pytest.raises(KeyFileError, match="key is not bank's"):
         unsigned.with_signature(impostor)
-    with pytest.raises(KeyFileError, match="not in the agreement"):
+    with pytest.raises(KeyFileError, match="does not sign this agreement"):
         unsigned.with_signature(PartyIdentity.generate("mallory"))
+    with pytest.raises(KeyFileError, match="key is not ops's"):
+        unsigned.with_signature(PartyIdentity.generate("ops"))  # another key as the operator
 
 
 def test_validity_window(signed):

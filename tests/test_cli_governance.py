@@ -12,12 +12,13 @@ from vfm_flower.cli import main
 from vfm_flower.keys import PartyIdentity
 
 NAMES = ("insurer", "bank", "broker")
+OPERATOR = "ops"
 
 
 @pytest.fixture
 def keys(tmp_path: Path) -> Path:
     out = tmp_path / "keys"
-    for name in NAMES:
+    for name in (*NAMES, OPERATOR):
         assert main(["keygen", "--party", name, "--out", str(out)]) == 0
     return out
 
@@ -32,6 +33,7 @@ def init_args(path: Path, keys: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
     for name in NAMES:
         args += ["--party", f"{name}={keys / (name + '.pub')}"]
+    args += ["--operator", f"{OPERATOR}={keys / (OPERATOR + '.pub')}"]
     return args + list(extra)
 
 
@@ -93,17 +95,18 @@ def test_init_refusals(tmp_path: Path, keys: Path, capsys):
 def test_sign_and_verify(agreement: Path, keys: Path, capsys):
     assert main(["agreement", "verify", str(agreement)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "missing signature of bank, broker, insurer" in err
+    assert err.count("\n") == 1 and "missing signature of bank, broker, insurer, ops" in err
     assert sign(agreement, keys, "insurer") == 0
-    assert "still missing: bank, broker" in capsys.readouterr().out
+    assert "still missing: bank, broker, ops" in capsys.readouterr().out
     assert sign(agreement, keys, "bank") == 0
-    assert main(["agreement", "verify", str(agreement)]) == 1
-    assert "missing signature of broker" in capsys.readouterr().err
     assert sign(agreement, keys, "broker") == 0
+    assert main(["agreement", "verify", str(agreement)]) == 1
+    assert "missing signature of ops" in capsys.readouterr().err  # the operator signs too
+    assert sign(agreement, keys, OPERATOR) == 0
     capsys.readouterr()
     assert main(["agreement", "verify", str(agreement)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("ok:") and "bank, broker, insurer" in out
+    assert out.startswith("ok:") and "bank, broker, insurer, ops" in out
     assert "[signatures]" in agreement.read_text()
     assert not list(agreement.parent.glob(".agreement.toml.*"))  # no temp file left
 
@@ -123,7 +126,7 @@ def test_sign_with_another_partys_key_refused(agreement: Path, keys: Path, tmp_p
 
 
 def test_verify_detects_tampering(agreement: Path, keys: Path, capsys):
-    for name in NAMES:
+    for name in (*NAMES, OPERATOR):
         assert sign(agreement, keys, name) == 0
     text = agreement.read_text()
     agreement.write_text(text.replace("min-intersection = 200", "min-intersection = 2"))
@@ -143,6 +146,7 @@ def _signed_in_the_past(path: Path, keys: Path) -> None:
     from vfm_flower.agreement import SignedAgreement, init_agreement
 
     identities = {n: PartyIdentity.load(keys / f"{n}.key", expected_party=n) for n in NAMES}
+    operator = PartyIdentity.load(keys / f"{OPERATOR}.key")
     agreement = init_agreement(
         purpose="Caravan insurance propensity",
         label_owner="insurer",
@@ -152,9 +156,10 @@ def _signed_in_the_past(path: Path, keys: Path) -> None:
         parties={n: i.public for n, i in identities.items()},
         not_before=datetime(2020, 1, 1, tzinfo=UTC),
         valid_days=30,
+        operator=operator.public,
     )
     signed = SignedAgreement(agreement, {})
-    for identity in identities.values():
+    for identity in (*identities.values(), operator):
         signed = signed.with_signature(identity)
     signed.save(path)
 
@@ -221,6 +226,7 @@ def test_show_explains_terms_labels_and_fingerprints(agreement: Path, keys: Path
     bank = PartyIdentity.load(keys / "bank.key").public.fingerprint
     assert len(bank) == 32 and format_fingerprint(bank) in out
     assert "confirm every key fingerprint with its owner out of band" in out
+    assert "Operator (runs the server; holds no data)\n  ops - NOT SIGNED" in out
 
 
 def test_sign_pins_keys_and_refuses_a_substituted_one(tmp_path: Path, keys: Path, capsys):

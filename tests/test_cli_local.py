@@ -30,6 +30,7 @@ def test_local_train_then_score(collab, tmp_path, capsys):
     work = tmp_path / "work"
     keys = collab.keys["lo"].parent
     key_args = [f"--key={p}={k}" for p, k in collab.keys.items()]
+    key_args.append(f"--key=operator={collab.operator_key}")
     code = main(
         [
             "local",
@@ -127,6 +128,7 @@ def test_local_train_then_score(collab, tmp_path, capsys):
 def test_local_train_bad_settings(collab, tmp_path, capsys, mutate, message):
     work = tmp_path / "work"
     key_args = [f"--key={p}={k}" for p, k in collab.keys.items()]
+    key_args.append(f"--key=operator={collab.operator_key}")
     args = mutate(_data_args(collab), collab)
     code = main(
         [
@@ -150,6 +152,7 @@ def test_local_train_bad_settings(collab, tmp_path, capsys, mutate, message):
 def test_unreadable_data_file_named(collab, tmp_path, capsys):
     collab.data["p1"].write_bytes(b"\x00\xff\xfe garbage \x00")
     key_args = [f"--key={p}={k}" for p, k in collab.keys.items()]
+    key_args.append(f"--key=operator={collab.operator_key}")
     code = main(
         [
             "local",
@@ -257,7 +260,7 @@ def test_score_uses_the_kind_it_was_trained_as_and_keys_beside_the_agreement(tmp
     collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
     keys = collab.agreement_path.parent / "keys"
     keys.mkdir()
-    for key in collab.keys.values():
+    for key in (*collab.keys.values(), collab.operator_key):
         shutil.move(str(key), keys / key.name)
     work = tmp_path / "work"
     common = ["--agreement", str(collab.agreement_path), *_data_args(collab), "--quiet"]

@@ -35,6 +35,7 @@ def run_app(app, collab, config=None, **options):
         collab.files(),
         collab.root / "work",
         {**defaults, **(config or {})},
+        operator_key=collab.operator_key,
         **options,
     )
 

@@ -100,6 +100,7 @@ def test_a_plain_handler_runs_governed_and_sealed(tmp_path):
         collab.root / "work",
         {},
         grid_out=grids,
+        operator_key=collab.operator_key,
     )
     assert result["public"]["regions"] == 3
     blob = b"".join(message for _, _, message in grids[0].transcript)
@@ -112,6 +113,12 @@ def test_a_publish_off_the_release_list_is_refused(tmp_path):
     collab = _collab(tmp_path)
     with pytest.raises(ProtocolAbort, match=r"lo.*\[release\].*region_names"):
         run_local_app(
-            server, client, collab.agreement_path, collab.files(), collab.root / "work", {}
+            server,
+            client,
+            collab.agreement_path,
+            collab.files(),
+            collab.root / "work",
+            {},
+            operator_key=collab.operator_key,
         )
     assert all(v.ok and v.sealed for _, v in verify_audit_tree(collab.root / "work"))

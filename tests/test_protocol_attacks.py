@@ -74,7 +74,11 @@ def test_forged_session_nonces_refused(collab, monkeypatch):
         original(self)
         nonces = dict(self.info.party_nonces)
         nonces["p2"] = "0" * 32
-        self.info = dataclasses.replace(self.info, party_nonces=nonces)
+        forged = dataclasses.replace(self.info, party_nonces=nonces)
+        # a dishonest operator: it signs the forged session with its own key
+        self.info = dataclasses.replace(
+            forged, operator_signature=self._identity.sign(forged.signing_bytes())
+        )
         self.transport.run_ref = self.info.run_key
 
     monkeypatch.setattr(VerticalSession, "hello", hello)

@@ -147,3 +147,46 @@ def test_audit_logs_sealed_and_intact_after_a_refusal(tmp_path):
     results = verify_audit_tree(collab.root / "work")
     assert len(results) == 4
     assert all(v.ok for _, v in results), [(p, v.reason) for p, v in results]
+
+
+def test_a_server_without_the_operators_key_refuses_to_run(tmp_path):
+    from vfm_flower.keys import PartyIdentity
+
+    collab = _collab(tmp_path)
+    impostor, _ = PartyIdentity.generate("operator").save(tmp_path / "impostor")
+    collab.operator_key = impostor
+    with pytest.raises(PolicyViolation, match=r"\[operator\].*not the operator key"):
+        collab.run(workdir=tmp_path / "w", job="train", **FAST)
+    assert not [d for d in audit_decisions(tmp_path / "w")]  # nobody was contacted
+
+
+def _impostor_server(monkeypatch):
+    """A server that runs with a key the agreement does not list (its own check skipped)."""
+    from vfm_flower.keys import PartyIdentity
+
+    impostor = PartyIdentity.generate("operator")
+    monkeypatch.setattr(strategy_session, "load_operator_identity", lambda a, w: impostor)
+
+
+def test_every_party_refuses_a_hello_the_operator_did_not_sign(tmp_path, monkeypatch):
+    _impostor_server(monkeypatch)
+    collab = _collab(tmp_path)
+    with pytest.raises(ProtocolAbort, match=r"\[operator\].*hello"):
+        collab.run(job="train", **FAST)
+    decisions = audit_decisions(collab.root / "work")
+    for party in ("lo", "p1", "p2"):
+        assert (party, "refused:operator") in decisions
+
+
+def test_every_party_refuses_a_session_the_operator_did_not_sign(tmp_path, monkeypatch):
+    original = VerticalSession.hello
+
+    def hello(self):
+        original(self)  # a relay that rewrites the session after the operator signed its hello
+        self.info = dataclasses.replace(self.info, operator_signature=bytes(64))
+
+    monkeypatch.setattr(VerticalSession, "hello", hello)
+    collab = _collab(tmp_path)
+    with pytest.raises(ProtocolAbort, match=r"\[operator\].*session"):
+        collab.run(job="train", **FAST)
+    assert ("lo", "refused:operator") in audit_decisions(collab.root / "work")

@@ -8,6 +8,7 @@ on its own, names the rule, audits the refusal, and the logs stay intact and sea
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 
 import pytest
@@ -18,6 +19,8 @@ from vfm_flower.agreement import JobTerms
 from vfm_flower.audit import verify_audit_tree
 from vfm_flower.errors import ConfigurationError, PolicyViolation, ProtocolAbort
 from vfm_flower.jobs_builtin import LOGISTIC
+from vfm_flower.keys import PartyIdentity
+from vfm_flower.session import server_hello_bytes
 from vfm_flower.strategies.session import VerticalSession
 from vfm_flower.strategies.transport import Transport
 
@@ -115,15 +118,24 @@ def test_a_different_l2_for_one_party_is_refused(tmp_path, malicious_server, mon
     collab = _collab(tmp_path)
     original = Transport.round
 
+    operator = PartyIdentity.load(collab.operator_key)
+
     def round_(self, kind, requests, *, by_node=False):
         if kind == "query.hello":
             requests = dict(requests)
             node = sorted(requests)[1]
             job = requests[node].job
-            requests[node] = dataclasses.replace(
-                requests[node],
-                job=dataclasses.replace(job, params={**job.params, "l2": 0.5}),
+            other = dataclasses.replace(job, params={**job.params, "l2": 0.5})
+            params = dict(requests[node].params)
+            # a dishonest operator signs each party's hello for the job it tells that party
+            hello = server_hello_bytes(
+                agreement_hash=requests[node].agreement_hash,
+                job_digest=other.digest(),
+                flower_run_id=params["flower_run_id"],
+                server_nonce=params["server_nonce"],
             )
+            params["operator_signature"] = base64.b64encode(operator.sign(hello)).decode()
+            requests[node] = dataclasses.replace(requests[node], job=other, params=params)
         return original(self, kind, requests, by_node=by_node)
 
     monkeypatch.setattr(Transport, "round", round_)

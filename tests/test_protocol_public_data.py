@@ -46,7 +46,13 @@ def test_caravan_demo_matches_sklearn(tmp_path):
     from vfm_flower.demo_data import prepare_demo_collaboration
 
     demo = prepare_demo_collaboration(tmp_path / "setup")
-    collab = Collaboration(tmp_path, demo.agreement_path, demo.party_data, demo.party_keys)
+    collab = Collaboration(
+        tmp_path,
+        demo.agreement_path,
+        demo.party_data,
+        demo.party_keys,
+        operator_key=demo.operator_key,
+    )
     grids = []
     # the demo's hold-out split (fixed seed): the test is deterministic
     result = collab.run(grid_out=grids, job="train", **{"max-iterations": 40, "holdout-seed": 2000})

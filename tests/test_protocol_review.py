@@ -69,7 +69,7 @@ def test_a_server_cannot_make_parties_seal_without_the_close(tmp_path, monkeypat
     collab = governed_collab(tmp_path, 41)
     collab.run(job="train", **FAST)
     reports = {r.writer: r for _, r in verify_audit_tree(collab.root / "work")}
-    assert reports["server"].sealed
+    assert reports["operator"].sealed  # the server's log, written with the operator's key
     assert not any(reports[p].sealed for p in ("lo", "p1", "p2"))  # no close: not sealed
 
 
@@ -219,6 +219,7 @@ def test_a_job_step_cannot_send_plaintext_or_unmasked_vectors(tmp_path):
                 collab.files(),
                 tmp_path / step,
                 {"step": step},
+                operator_key=collab.operator_key,
             )
 
 

@@ -84,8 +84,8 @@ from vfm_flower.keys import PartyIdentity, PublicIdentity, validate_party_name
 
 logger = logging.getLogger(__name__)
 
-FILE_FORMAT = "vfm-agreement/2"
-TERMS_VERSION = "vfm-agreement-terms/2"
+FILE_FORMAT = "vfm-agreement/3"
+TERMS_VERSION = "vfm-agreement-terms/3"
 
 ROLE_LABEL_OWNER = "label_owner"
 ROLE_PASSIVE = "passive"
@@ -317,6 +317,50 @@ class PartyTerms:
 
 
 @dataclass(frozen=True)
+class OperatorTerms:
+    """The server operator: a signer of the agreement, not a party (it holds no data).
+
+    Its signing key is the key of the server's audit log and of the server's hello: the
+    server refuses to run an agreement that does not list its key, and every party refuses a
+    server whose hello or audit head is not signed by it. Without this term whoever runs a
+    SuperLink could act as the server of any agreement.
+
+    Parameters
+    ----------
+    name : str
+        The operator's name (as in its key files); not a party's name.
+    signing_key, exchange_key : bytes
+        Its Ed25519 and X25519 public keys (32 bytes each), from ``vfm keygen``.
+    """
+
+    name: str
+    signing_key: bytes
+    exchange_key: bytes
+
+    def __post_init__(self) -> None:
+        try:
+            validate_party_name(self.name)
+        except ValueError as exc:
+            raise ConfigurationError(f"operator: {exc}") from exc
+        for attr, key in (("signing_key", "signing-key"), ("exchange_key", "exchange-key")):
+            raw = getattr(self, attr)
+            if not isinstance(raw, bytes) or len(raw) != 32:
+                raise ConfigurationError(f"operator.{key}: must be a 32-byte public key")
+
+    @property
+    def public_identity(self) -> PublicIdentity:
+        """The operator's public keys as listed in the agreement."""
+        return PublicIdentity(
+            party=self.name, signing_key=self.signing_key, exchange_key=self.exchange_key
+        )
+
+    @classmethod
+    def of(cls, identity: PublicIdentity) -> OperatorTerms:
+        """The term for the operator whose public key file is ``identity``."""
+        return cls(identity.party, identity.signing_key, identity.exchange_key)
+
+
+@dataclass(frozen=True)
 class ParamRange:
     """A numeric parameter bound: every value from ``min`` to ``max`` (inclusive).
 
@@ -534,6 +578,7 @@ class Agreement:
     label_column: str
     positive_class: str | None
     result_owner: str
+    operator: OperatorTerms
     jobs: tuple[JobTerms, ...] = ()
     min_intersection: int = DEFAULT_MIN_INTERSECTION
     min_cohort: int = DEFAULT_MIN_COHORT
@@ -569,6 +614,22 @@ class Agreement:
                         "each party needs its own key (vfm keygen)"
                     )
                 keys[key] = p.name
+        if not isinstance(self.operator, OperatorTerms):
+            raise ConfigurationError(
+                "operator: name the server operator and its public key (vfm agreement init "
+                "--operator NAME=NAME.pub)"
+            )
+        if self.operator.name in names:
+            raise ConfigurationError(
+                f"operator: '{self.operator.name}' is also a party: the operator needs its own "
+                "name and key"
+            )
+        for key in (self.operator.signing_key, self.operator.exchange_key):
+            if key in keys:
+                raise ConfigurationError(
+                    f"operator: it lists the same public key as party '{keys[key]}': the "
+                    "operator needs its own key (vfm keygen)"
+                )
         object.__setattr__(self, "parties", tuple(sorted(parties, key=lambda p: p.name)))
         owners = [p.name for p in parties if p.role == ROLE_LABEL_OWNER]
         if len(owners) != 1:
@@ -650,6 +711,11 @@ class Agreement:
             "min_paillier_bits": self.min_paillier_bits,
             "max_jobs": self.max_jobs,
             "parties": [p._canonical() for p in self.parties],
+            "operator": {
+                "name": self.operator.name,
+                "signing_key": _b64(self.operator.signing_key),
+                "exchange_key": _b64(self.operator.exchange_key),
+            },
         }
 
     def canonical_bytes(self) -> bytes:
@@ -672,6 +738,23 @@ class Agreement:
     def party_names(self) -> tuple[str, ...]:
         """All party names, sorted."""
         return tuple(p.name for p in self.parties)
+
+    @property
+    def signer_names(self) -> tuple[str, ...]:
+        """Everyone who signs: the parties and the operator, sorted."""
+        return tuple(sorted((*self.party_names, self.operator.name)))
+
+    def signer(self, name: str) -> PublicIdentity:
+        """The public keys of signer ``name`` (a party or the operator).
+
+        Raises
+        ------
+        PolicyViolation
+            Rule ``"parties"`` if ``name`` signs nothing in this agreement.
+        """
+        if name == self.operator.name:
+            return self.operator.public_identity
+        return self.party(name).public_identity
 
     @property
     def passive_parties(self) -> tuple[str, ...]:
@@ -772,6 +855,11 @@ class Agreement:
                 "max-jobs": self.max_jobs,
             },
             "parties": parties,
+            "operator": {
+                "name": self.operator.name,
+                "signing-key": _b64(self.operator.signing_key),
+                "exchange-key": _b64(self.operator.exchange_key),
+            },
         }
 
     @classmethod
@@ -795,10 +883,17 @@ class Agreement:
                 "jobs",
                 "limits",
                 "parties",
+                "operator",
                 "signatures",
             }
         )
         fmt = r.get("format")
+        if fmt in ("vfm-agreement/1", "vfm-agreement/2"):
+            raise ConfigurationError(
+                f"format: {fmt!r} predates {FILE_FORMAT!r}, which names the server operator as "
+                "a signer: draft the agreement again (vfm agreement init ... --operator "
+                "NAME=NAME.pub) and sign it"
+            )
         if fmt != FILE_FORMAT:
             raise ConfigurationError(
                 f"format: {fmt!r} is not {FILE_FORMAT!r} (not a vfm agreement, or a newer "
@@ -853,6 +948,13 @@ class Agreement:
                     max_set_size=pt.get("max-set-size", DEFAULT_MAX_SET_SIZE),
                 )
             )
+        op = r.table("operator")
+        op.known({"name", "signing-key", "exchange-key"})
+        operator = OperatorTerms(
+            name=op.get("name"),
+            signing_key=_unb64(op.get("signing-key"), op.where("signing-key"), 32),
+            exchange_key=_unb64(op.get("exchange-key"), op.where("exchange-key"), 32),
+        )
         owner = label.get("owner")
         return cls(
             agreement_id=r.get("agreement-id"),
@@ -864,6 +966,7 @@ class Agreement:
             label_column=label.get("column"),
             positive_class=label.get("positive-class", None),
             result_owner=label.get("result-owner", owner),
+            operator=operator,
             jobs=tuple(JobTerms.from_toml_dict(k, jobs.data[k]) for k in jobs.data),
             min_intersection=limits.get("min-intersection", DEFAULT_MIN_INTERSECTION),
             min_cohort=limits.get("min-cohort", DEFAULT_MIN_COHORT),
@@ -923,11 +1026,11 @@ class SignedAgreement:
 
     def __post_init__(self) -> None:
         sigs = dict(self.signatures)
-        names = set(self.agreement.party_names)
+        names = set(self.agreement.signer_names)
         for name, sig in sigs.items():
             if name not in names:
                 raise ConfigurationError(
-                    f"signatures.{name}: '{name}' is not a party of the agreement"
+                    f"signatures.{name}: '{name}' is neither a party nor the operator"
                 )
             if not isinstance(sig, bytes):
                 raise ConfigurationError(f"signatures.{name}: must be bytes")
@@ -1022,18 +1125,18 @@ class SignedAgreement:
             for that party ("key is not NAME's").
         """
         name = identity.party
-        if name not in self.agreement.party_names:
+        if name not in self.agreement.signer_names:
             raise KeyFileError(
-                f"party '{name}' is not in the agreement (parties: "
-                f"{', '.join(self.agreement.party_names)})"
+                f"'{name}' does not sign this agreement (signers: "
+                f"{', '.join(self.agreement.signer_names)})"
             )
-        terms = self.agreement.party(name)
+        listed = self.agreement.signer(name)
         pub = identity.public
-        if pub.signing_key != terms.signing_key or pub.exchange_key != terms.exchange_key:
+        if pub.signing_key != listed.signing_key or pub.exchange_key != listed.exchange_key:
             raise KeyFileError(
                 f"key is not {name}'s: its public key (fingerprint {pub.fingerprint}) differs "
                 f"from the one the agreement lists for '{name}' "
-                f"(fingerprint {terms.public_identity.fingerprint})"
+                f"(fingerprint {listed.fingerprint})"
             )
         sigs = dict(self.signatures)
         sigs[name] = identity.sign(self.agreement.canonical_bytes())
@@ -1047,7 +1150,7 @@ class SignedAgreement:
                 sig = self.signatures[name]
                 if len(sig) != _SIGNATURE_LEN:
                     raise SignatureError("wrong length")
-                self.agreement.party(name).public_identity.verify(sig, message)
+                self.agreement.signer(name).verify(sig, message)
                 good.append(name)
             except SignatureError:
                 bad.append(name)
@@ -1058,8 +1161,8 @@ class SignedAgreement:
         return self._valid_signers()[0]
 
     def missing_signatures(self) -> list[str]:
-        """Parties without a signature in the file, sorted."""
-        return [n for n in self.agreement.party_names if n not in self.signatures]
+        """Signers (parties and the operator) without a signature in the file, sorted."""
+        return [n for n in self.agreement.signer_names if n not in self.signatures]
 
     def invalid_signatures(self) -> list[str]:
         """Parties whose signature is present but does not verify, sorted."""
@@ -1167,6 +1270,7 @@ def init_agreement(
     positive_class: str | None = None,
     min_intersection: int = DEFAULT_MIN_INTERSECTION,
     *,
+    operator: PublicIdentity,
     min_cohort: int = DEFAULT_MIN_COHORT,
     min_paillier_bits: int = PAILLIER_FLOOR_BITS,
     max_iterations: int | None = None,
@@ -1201,6 +1305,9 @@ def init_agreement(
         Every party's public keys (from its ``NAME.pub``); the name must match the file's.
     positive_class : str or None
         Label value of the positive class; ``None`` means labels are 0/1.
+    operator : PublicIdentity
+        The server operator's public key file (``vfm keygen --party NAME``): it signs the
+        agreement too, and its key is the one the server runs with.
     valid_days : float
         Length of the validity window starting at ``not_before`` (default: now).
     jobs : sequence of JobKind or JobTerms, optional
@@ -1278,6 +1385,7 @@ def init_agreement(
         label_column=label_column,
         positive_class=positive_class,
         result_owner=result_owner or label_owner,
+        operator=OperatorTerms.of(operator),
         min_intersection=min_intersection,
         min_cohort=min_cohort,
         min_paillier_bits=min_paillier_bits,

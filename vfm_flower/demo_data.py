@@ -33,6 +33,7 @@ DEMO_LABEL_OWNER = "insurer"
 DEMO_LABEL_COLUMN = "Purchase"
 DEMO_POSITIVE_CLASS = "Yes"
 DEMO_ID_COLUMN = "email"
+DEMO_OPERATOR = "operator"
 _COLUMN_PREFIX = {"broker": "M", "bank": "P", "insurer": "A"}
 # Share of the real customers each company holds, and how many customers only it has.
 _COVERAGE = {"broker": 0.93, "bank": 0.90, "insurer": 0.96}
@@ -127,15 +128,19 @@ class DemoCollaboration:
     party_data: dict[str, Path]
     party_keys: dict[str, Path]
     joint_customers: int
+    operator_key: Path
 
 
 def prepare_demo_collaboration(root: str | os.PathLike[str], seed: int = 2000) -> DemoCollaboration:
     """Create keys, party data and a signed agreement under ``root``.
 
-    Layout: ``root/agreement.toml``, ``root/parties/NAME/{NAME.csv,NAME.key,NAME.pub}``.
+    Layout: ``root/agreement.toml``, ``root/parties/NAME/{NAME.csv,NAME.key,NAME.pub}``,
+    the operator's key pair in ``root/operator/`` and a copy of its key in ``root/server/``
+    (the server work dir of a simulation run with ``demo-dir``).
     """
     from vfm_flower.agreement import SignedAgreement, init_agreement
     from vfm_flower.keys import PartyIdentity
+    from vfm_flower.runtime.local_job import install_operator_key
 
     root = Path(root)
     identities = {p: PartyIdentity.generate(p) for p in DEMO_PARTIES}
@@ -151,6 +156,9 @@ def prepare_demo_collaboration(root: str | os.PathLike[str], seed: int = 2000) -
         os.replace(path, target)
         data[party] = target
     (root / "parties" / "_split").rmdir()
+    operator = PartyIdentity.generate(DEMO_OPERATOR)
+    operator_key, _ = operator.save(root / "operator")
+    install_operator_key(operator_key, root / "server")
     terms = init_agreement(
         purpose="Caravan insurance propensity: who is likely to buy a caravan policy",
         label_owner=DEMO_LABEL_OWNER,
@@ -160,9 +168,10 @@ def prepare_demo_collaboration(root: str | os.PathLike[str], seed: int = 2000) -
         parties={p: i.public for p, i in identities.items()},
         positive_class=DEMO_POSITIVE_CLASS,
         min_intersection=1000,
+        operator=operator.public,
     )
     signed = SignedAgreement(terms, {})
-    for identity in identities.values():
+    for identity in (*identities.values(), operator):
         signed = signed.with_signature(identity)
     agreement_path = root / "agreement.toml"
     signed.save(agreement_path)
@@ -172,4 +181,5 @@ def prepare_demo_collaboration(root: str | os.PathLike[str], seed: int = 2000) -
         party_data=data,
         party_keys=keys,
         joint_customers=split.joint_customers,
+        operator_key=operator_key,
     )

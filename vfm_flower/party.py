@@ -556,6 +556,9 @@ class PartyRuntime:
         if stored and stored != key:
             raise PolicyViolation("session", "the session changed within one run")
         if not stored:
+            policy.check_operator_signature(
+                self.agreement, session.operator_signature, session.signing_bytes(), "session"
+            )
             self._check_peer_hellos(session)
         self.state.set("run_key", key)
 

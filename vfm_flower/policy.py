@@ -42,7 +42,7 @@ from vfm_flower.agreement import (
     ParamRange,
     SignedAgreement,
 )
-from vfm_flower.errors import ConfigurationError, PolicyViolation
+from vfm_flower.errors import ConfigurationError, PolicyViolation, SignatureError
 from vfm_flower.jobs import ANY, Job, JobKind
 from vfm_flower.keys import PublicIdentity
 
@@ -377,3 +377,35 @@ def check_identity(agreement: Agreement, identity: PublicIdentity) -> None:
             f"the agreement lists other keys for '{identity.party}' than this party's key "
             f"(fingerprint {identity.fingerprint}): use the agreement you signed",
         )
+
+
+def check_operator_key(agreement: Agreement, identity: PublicIdentity) -> None:
+    """The server runs only with the operator key the agreement lists (rule ``"operator"``).
+
+    The server calls this with its own key before it sends anything: an agreement that names
+    another operator is not this server's to run.
+    """
+    op = agreement.operator
+    if (op.name, op.signing_key) != (identity.party, identity.signing_key):
+        raise PolicyViolation(
+            "operator",
+            f"this server's key ('{identity.party}', fingerprint {identity.fingerprint}) is not "
+            f"the operator key the agreement lists ('{op.name}', fingerprint "
+            f"{op.public_identity.fingerprint}): run the agreement with its operator's key",
+        )
+
+
+def check_operator_signature(
+    agreement: Agreement, signature: bytes, data: bytes, what: str
+) -> None:
+    """A party trusts a server message only if the agreement's operator signed it (rule
+    ``"operator"``): without it, whoever runs a SuperLink could act as the server."""
+    try:
+        agreement.operator.public_identity.verify(signature, data)
+    except SignatureError as exc:
+        raise PolicyViolation(
+            "operator",
+            f"the server's {what} is not signed by the operator the agreement lists "
+            f"('{agreement.operator.name}', fingerprint "
+            f"{agreement.operator.public_identity.fingerprint}): refusing this server",
+        ) from exc

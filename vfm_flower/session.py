@@ -35,6 +35,20 @@ class SessionInfo:
     job_digest: str = ""
     #: party -> (the public part of its hello reply, its Ed25519 signature over it)
     hellos: Mapping[str, tuple[Mapping[str, Any], bytes]] = field(default_factory=dict)
+    #: the operator's Ed25519 signature over :meth:`signing_bytes`
+    operator_signature: bytes = b""
+
+    def signing_bytes(self) -> bytes:
+        """What the operator signs: every input of the run key (the run is the operator's)."""
+        return canonical_json(
+            {
+                "domain": "vfm-flower/v1/session",
+                "flower_run_id": self.flower_run_id,
+                "server_nonce": self.server_nonce,
+                "party_nonces": dict(self.party_nonces),
+                "job": self.job_digest,
+            }
+        )
 
     @property
     def run_key(self) -> str:
@@ -61,6 +75,7 @@ class SessionInfo:
                     p: {"public": dict(pub), "signature": base64.b64encode(sig).decode()}
                     for p, (pub, sig) in sorted(self.hellos.items())
                 },
+                "operator_signature": base64.b64encode(self.operator_signature).decode(),
             }
         ).decode()
 
@@ -80,6 +95,9 @@ class SessionInfo:
                 party_nonces={str(k): str(v) for k, v in obj["party_nonces"].items()},
                 job_digest=str(obj.get("job_digest", "")),
                 hellos=hellos,
+                operator_signature=base64.b64decode(
+                    str(obj.get("operator_signature", "")), validate=True
+                ),
             )
         except (
             ValueError,
@@ -90,6 +108,21 @@ class SessionInfo:
             binascii.Error,
         ) as exc:
             raise ProtocolAbort("session", None, "malformed session information") from exc
+
+
+def server_hello_bytes(
+    *, agreement_hash: str, job_digest: str, flower_run_id: int, server_nonce: str
+) -> bytes:
+    """What the operator signs in its hello request: this agreement, this job, this run."""
+    return canonical_json(
+        {
+            "domain": "vfm-flower/v1/server-hello",
+            "agreement": agreement_hash,
+            "job": job_digest,
+            "flower_run_id": flower_run_id,
+            "server_nonce": server_nonce,
+        }
+    )
 
 
 def reply_signing_bytes(

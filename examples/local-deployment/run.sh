@@ -11,7 +11,8 @@
 #        VFM_AUTH=1 (TLS and SuperNode authentication: each SuperNode's key registered with
 #        `flwr supernode register`).
 #   Another job than the built-in training on the demo: VFM_SETUP (a prepared collaboration:
-#        agreement.toml and parties/NAME/NAME.csv + NAME.key, as `vfm demo --prepare-only`
+#        agreement.toml, parties/NAME/NAME.csv + NAME.key and the operator's operator/NAME.key,
+#        as `vfm demo --prepare-only`
 #        writes; default: the demo), VFM_APP (a Flower App directory; default: `vfm app init`),
 #        VFM_RUN_CONFIG (the run-config besides agreement-path and server-workdir),
 #        VFM_MIN_JOINT (least joint rows expected, default 1000).
@@ -72,6 +73,11 @@ for dir in "$SETUP"/parties/*/; do
   [ -f "$dir/$name.key" ] && PARTIES+=("$name")
 done
 [ "${#PARTIES[@]}" -ge 2 ] || { echo "[deploy] no parties under $SETUP/parties" >&2; exit 1; }
+# the operator signed the agreement too: the server runs with its key, from its own work dir
+mkdir -p "$WORK/server"
+OPERATOR_KEYS=("$SETUP"/operator/*.key)
+[ -f "${OPERATOR_KEYS[0]}" ] || { echo "[deploy] no operator key under $SETUP/operator" >&2; exit 1; }
+install -m 600 "${OPERATOR_KEYS[@]}" "$WORK/server/"
 
 if [ "$TLS" = "1" ]; then
   python "$ROOT/examples/local-deployment/make_certs.py" "$WORK/certs" "${PARTIES[@]}"

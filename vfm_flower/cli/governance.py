@@ -78,6 +78,12 @@ def cmd_agreement_init(args: argparse.Namespace) -> int:
         parties[name] = ident
     if len(parties) < 2:
         raise ConfigurationError("give at least two --party NAME=PUBKEYFILE")
+    [(op_name, op_file)] = name_value_pairs([args.operator], "--operator")
+    operator = PublicIdentity.load(op_file)
+    if operator.party != op_name:
+        raise ConfigurationError(
+            f"--operator {op_name}={op_file}: that public key file belongs to '{operator.party}'"
+        )
     if args.label_owner not in parties:
         raise ConfigurationError(
             f"--label-owner '{args.label_owner}' must be one of the --party names "
@@ -108,6 +114,7 @@ def cmd_agreement_init(args: argparse.Namespace) -> int:
         id_column=id_columns,
         id_kind=id_kinds,
         parties=parties,
+        operator=operator,
         positive_class=args.positive_class,
         min_intersection=args.min_intersection,
         min_cohort=args.min_cohort,
@@ -131,14 +138,14 @@ def cmd_agreement_init(args: argparse.Namespace) -> int:
     _out(f"wrote {out}: agreement {agreement.agreement_id}, terms hash {agreement.terms_hash()}")
     if warning:
         _err(warning)
-    _out("next: every party signs it:")
-    for name in agreement.party_names:
+    _out("next: every party and the operator sign it:")
+    for name in agreement.signer_names:
         _out(f"  vfm agreement sign {out} --party {name} --key {name}.key")
     return 0
 
 
 def _listed_fingerprints(agreement) -> dict[str, str]:
-    return {p.name: p.public_identity.fingerprint for p in agreement.parties}
+    return {name: agreement.signer(name).fingerprint for name in agreement.signer_names}
 
 
 def _print_fingerprints(agreement, pinned: dict[str, str] | None = None) -> None:
@@ -164,8 +171,8 @@ def cmd_agreement_sign(args: argparse.Namespace) -> int:
 
     signed = SignedAgreement.load(args.file)
     agreement = signed.agreement
-    agreement.party(args.party)  # unknown party: PolicyViolation "parties"
-    unknown = sorted(set(args.repin) - set(agreement.party_names))
+    agreement.signer(args.party)  # neither a party nor the operator: PolicyViolation "parties"
+    unknown = sorted(set(args.repin) - set(agreement.signer_names))
     if unknown:
         raise ConfigurationError(f"--repin names no party of the agreement: {', '.join(unknown)}")
     warning = check_signing_window(agreement)
@@ -270,21 +277,20 @@ def cmd_agreement_show(args: argparse.Namespace) -> int:
         for party, columns in (j.features or {}).items():
             _out(f"    {party} may use   {', '.join(columns) or 'none'}")
     _out("  (a job asking for more than a bound, or releasing what is not listed, is refused)")
+    def status(name: str) -> str:
+        if name in good:
+            return "signed"
+        return "SIGNATURE INVALID" if name in bad else "NOT SIGNED"
+
     _out("Parties")
     for p in a.parties:
-        if p.name in good:
-            status = "signed"
-        elif p.name in bad:
-            status = "SIGNATURE INVALID"
-        else:
-            status = "NOT SIGNED"
         extras = []
         if p.default_country_code:
             extras.append(f"default country code {p.default_country_code}")
         if p.case_sensitive is not None:
             extras.append("case sensitive" if p.case_sensitive else "case insensitive")
         features = "all" if p.allowed_features is None else ", ".join(p.allowed_features) or "none"
-        _out(f"  {p.name} ({p.role}) - {status}")
+        _out(f"  {p.name} ({p.role}) - {status(p.name)}")
         _out(f"    key fingerprint {format_fingerprint(p.public_identity.fingerprint)}")
         _out(
             f"    ids             {', '.join(p.id_columns)} as {p.id_kind}"
@@ -293,11 +299,16 @@ def cmd_agreement_show(args: argparse.Namespace) -> int:
         _out(f"    features        {features} (columns it may contribute)")
         _out(f"    denied          {', '.join(p.denied_features) or '-'} (never used)")
         _out(f"    max set size    {p.max_set_size} (most ids it aligns)")
+    op = a.operator
+    _out("Operator (runs the server; holds no data)")
+    _out(f"  {op.name} - {status(op.name)}")
+    _out(f"    key fingerprint {format_fingerprint(op.public_identity.fingerprint)}")
+    _out("    (the server runs only with this key; every party refuses a server without it)")
     _out("Before signing, confirm every key fingerprint with its owner out of band (a call or a")
     _out("meeting, not the channel this file came through); `vfm agreement sign` pins them.")
     try:
         signed.verify()
-        _out("Status: valid (every party signed, within the validity window)")
+        _out("Status: valid (every party and the operator signed, within the validity window)")
     except PolicyViolation as exc:
         _out(f"Status: NOT valid: {exc}")
     return 0
@@ -339,9 +350,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                     first_bad_line=1,
                     reason="the log records another agreement than --agreement",
                 )
-            elif res.writer in agreement.party_names and (
-                res.public_key != agreement.party(res.writer).signing_key
-            ):
+            elif res.writer not in agreement.signer_names:
+                res = replace(
+                    res,
+                    ok=False,
+                    first_bad_line=1,
+                    reason=f"the log's writer '{res.writer}' is neither a party nor the "
+                    "operator of --agreement",
+                )
+            elif res.public_key != agreement.signer(res.writer).signing_key:
                 res = replace(
                     res,
                     ok=False,
@@ -401,6 +418,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         metavar="NAME=PUBKEYFILE",
         help="a party and its NAME.pub file (repeat per party)",
+    )
+    p.add_argument(
+        "--operator",
+        required=True,
+        metavar="NAME=PUBKEYFILE",
+        help="the server operator and its NAME.pub: it signs too, and the server runs only "
+        "with this key",
     )
     p.add_argument(
         "--party-id-column",

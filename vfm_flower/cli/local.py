@@ -65,10 +65,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "outcome": "buy",
                 "holdout-seed": args.seed,
             },
+            operator_key=demo.operator_key,
         )
         console.print("[bold]score[/] scoring the shared customers with the trained slices")
         scored = run_local_job(
-            demo.agreement_path, files, staging, {"job": "score", "model": "logistic"}
+            demo.agreement_path,
+            files,
+            staging,
+            {"job": "score", "model": "logistic"},
+            operator_key=demo.operator_key,
         )
         result["public"]["scored_rows"] = scored["public"].get("scored_rows")
         # result.json stays the training job's result (result-score.json holds the scoring's)
@@ -108,8 +113,12 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, Path]:
     return out
 
 
-def _party_files(args: argparse.Namespace) -> tuple[Path, dict]:
-    """Check --agreement/--data/--key(s) against the agreement; one clear error per problem."""
+def _party_files(args: argparse.Namespace) -> tuple[Path, dict, Path | None]:
+    """Check --agreement/--data/--key(s) against the agreement; one clear error per problem.
+
+    Returns the agreement path, every party's files and the operator's key (found like a
+    party's; ``None`` when the server work dir holds it already).
+    """
     from vfm_flower.agreement import SignedAgreement
     from vfm_flower.runtime.local_job import PartyFiles
 
@@ -120,7 +129,8 @@ def _party_files(args: argparse.Namespace) -> tuple[Path, dict]:
     data = _pairs(args.data, "--data")
     keys = _pairs(args.key, "--key")
     parties = list(agreement.party_names)
-    unknown = sorted(set(data) - set(parties)) + sorted(set(keys) - set(parties))
+    operator = agreement.operator.name
+    unknown = sorted(set(data) - set(parties)) + sorted(set(keys) - {*parties, operator})
     if unknown:
         raise ConfigurationError(
             f"unknown party(ies) {', '.join(unknown)}: the agreement names {', '.join(parties)}"
@@ -148,7 +158,18 @@ def _party_files(args: argparse.Namespace) -> tuple[Path, dict]:
         if not data[party].is_file():
             raise ConfigurationError(f"--data {party}={data[party]}: no such file")
         files[party] = PartyFiles(data_path=data[party], key_path=key)
-    return agreement_path, files
+    installed = Path(args.workdir).expanduser() / "server" / f"{operator}.key"
+    candidates = (
+        [keys[operator]] if operator in keys else [d / f"{operator}.key" for d in keys_dirs]
+    )
+    operator_key = next((c for c in candidates if c.is_file()), None)
+    if operator_key is None and not installed.is_file():
+        looked = ", ".join(str(c) for c in [*candidates, installed])
+        raise ConfigurationError(
+            f"no private key for the operator '{operator}' (the agreement's server operator): "
+            f"looked for {looked} (use --keys DIR or --key {operator}=FILE)"
+        )
+    return agreement_path, files, operator_key
 
 
 def _trained_kind(workdir: Path, agreement_path: Path) -> str:
@@ -180,9 +201,11 @@ def cmd_local_train(args: argparse.Namespace) -> int:
     from vfm_flower.runtime.local_job import run_local_job
 
     console = attach_progress(args.quiet)
-    agreement_path, files = _party_files(args)
+    agreement_path, files, operator_key = _party_files(args)
     workdir = Path(args.workdir).expanduser().resolve()
-    result = run_local_job(agreement_path, files, workdir, _job_config(args, "train"))
+    result = run_local_job(
+        agreement_path, files, workdir, _job_config(args, "train"), operator_key=operator_key
+    )
     public = result["public"]
     metric = "r2" if args.model == "linear" else "auc"
     federated = public.get(metric, float("nan"))
@@ -202,7 +225,7 @@ def cmd_local_score(args: argparse.Namespace) -> int:
     from vfm_flower.runtime.local_job import run_local_job
 
     console = attach_progress(args.quiet)
-    agreement_path, files = _party_files(args)
+    agreement_path, files, operator_key = _party_files(args)
     workdir = Path(args.workdir).expanduser().resolve()
     out = Path(args.out).expanduser()
     if out.exists() and not args.force:
@@ -210,7 +233,9 @@ def cmd_local_score(args: argparse.Namespace) -> int:
     if args.model is None:
         args.model = _trained_kind(workdir, agreement_path)
         console.print(f"scoring with the trained {args.model} model in {workdir}")
-    result = run_local_job(agreement_path, files, workdir, _job_config(args, "score"))
+    result = run_local_job(
+        agreement_path, files, workdir, _job_config(args, "score"), operator_key=operator_key
+    )
     agreement = SignedAgreement.load(agreement_path).agreement
     scores = workdir / "parties" / agreement.result_owner / "scores.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -256,7 +281,7 @@ def cmd_local_run(args: argparse.Namespace) -> int:
 
     console = attach_progress(args.quiet)
     server_app, client_app, defaults = load_flower_app(Path(args.app).expanduser())
-    agreement_path, files = _party_files(args)
+    agreement_path, files, operator_key = _party_files(args)
     workdir = Path(args.workdir).expanduser().resolve()
     overrides = {}
     if args.run_config:
@@ -273,7 +298,13 @@ def cmd_local_run(args: argparse.Namespace) -> int:
             f"(it declares: {', '.join(sorted(defaults)) or 'nothing'})"
         )
     result = run_local_app(
-        server_app, client_app, agreement_path, files, workdir, {**defaults, **overrides}
+        server_app,
+        client_app,
+        agreement_path,
+        files,
+        workdir,
+        {**defaults, **overrides},
+        operator_key=operator_key,
     )
     console.print(
         f"{result.get('kind', 'job')} {result.get('job', '')}: {result.get('joint_rows')} "
@@ -299,7 +330,9 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         help="job kind (train: default logistic; score: the kind the slices were trained as)",
     )
     parser.add_argument("--keys", help="directory with NAME.key files (default: the agreement's)")
-    parser.add_argument("--key", action="append", metavar="NAME=FILE", help="one party's key")
+    parser.add_argument(
+        "--key", action="append", metavar="NAME=FILE", help="one party's (or the operator's) key"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -337,7 +370,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--workdir", required=True, help="work dir (server/ and parties/NAME/)")
     run.add_argument("--keys", help="directory with NAME.key files (default: the agreement's)")
-    run.add_argument("--key", action="append", metavar="NAME=FILE", help="one party's key")
+    run.add_argument(
+        "--key", action="append", metavar="NAME=FILE", help="one party's (or the operator's) key"
+    )
     run.add_argument(
         "--run-config", action="append", metavar="'K=V ...'", help="run-config overrides (TOML)"
     )

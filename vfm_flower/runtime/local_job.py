@@ -36,6 +36,25 @@ def party_node_config(
     }
 
 
+def install_operator_key(key_path: Path, server_workdir: Path) -> Path:
+    """Copy the operator's private key into the server work dir (mode 0600), as an operator
+    does once on its server machine; an identical copy is kept, another key is refused."""
+    from vfm_flower.keys import PartyIdentity
+
+    identity = PartyIdentity.load(key_path)
+    target = server_workdir / f"{identity.party}.key"
+    if target.exists():
+        if target.read_bytes() != key_path.read_bytes():
+            raise ConfigurationError(
+                f"{target} holds another key than {key_path}: the server work dir belongs to "
+                "another operator key (remove it or use another work dir)"
+            )
+        return target
+    (server_workdir / f"{identity.party}.pub").unlink(missing_ok=True)
+    identity.save(server_workdir)
+    return target
+
+
 def run_local_app(
     server_app: Any,
     client_app: Any,
@@ -47,6 +66,7 @@ def run_local_app(
     offline: tuple[str, ...] = (),
     grid_out: list[Any] | None = None,
     party_agreements: Mapping[str, Path] | None = None,
+    operator_key: Path | None = None,
 ) -> dict[str, Any]:
     """Run any vertical Flower app in-process; returns the server's ``result.json`` content.
 
@@ -55,6 +75,8 @@ def run_local_app(
     ``server-workdir`` are filled in). With ``grid_out`` (a list), the in-process grid is
     appended to it, recording the server's view of every message (tests inspect it).
     ``party_agreements`` gives some parties their own copy of the agreement file.
+    ``operator_key`` is the operator's ``NAME.key``: installed in the server work dir (where
+    the ServerApp looks for it) unless that dir already holds the operator's key.
     """
     from vfm_flower.runtime.inprocess import run_inprocess
 
@@ -71,6 +93,8 @@ def run_local_app(
     ):
         if not str(config.get(key, "")).strip():
             config[key] = value
+    if operator_key is not None:
+        install_operator_key(Path(operator_key), Path(config["server-workdir"]))
     unknown_offline = [p for p in offline if p not in parties]
     if unknown_offline:
         raise ConfigurationError(f"unknown party(ies) {unknown_offline}")

@@ -2,7 +2,8 @@
 
 Hello:
 
-The party verifies its own copy of the agreement (signatures, validity window), checks the
+The party verifies its own copy of the agreement (signatures, validity window), that the
+hello is signed by the operator the agreement names (for this agreement, job and run), checks the
 requested job against it, checks that its data file is readable and within the declared
 maximum set size, and answers with its agreement hash, a fresh nonce for the run key and its
 row count, all signed with its Ed25519 key.
@@ -24,7 +25,8 @@ from vfm_flower.context import PartyContext
 from vfm_flower.errors import PolicyViolation, ProtocolAbort
 from vfm_flower.keys import PublicIdentity
 from vfm_flower.party import StepRegistry, new_nonce
-from vfm_flower.policy import check_job_budget, check_set_size
+from vfm_flower.policy import check_job_budget, check_operator_signature, check_set_size
+from vfm_flower.session import server_hello_bytes
 
 #: The plugin's governance steps; they belong to every job kind.
 STEPS = StepRegistry()
@@ -42,6 +44,7 @@ def every_party_hello(ctx: PartyContext) -> None:
     if runtime.state.get("run_key"):
         raise PolicyViolation("session", "a second hello in a run that already started")
     runtime.signed.verify()
+    check_server_hello(ctx)
     # the release budget, counted from this party's own audit log (every hello it answered)
     check_job_budget(runtime.agreement, runtime.audit.count_events(phase=HELLO, decision="ok"))
     frame = ctx.table()
@@ -60,6 +63,30 @@ def every_party_hello(ctx: PartyContext) -> None:
             "job_digest": job_digest,
         }
     )
+
+
+def check_server_hello(ctx: PartyContext) -> None:
+    """Before anything else: the hello comes from the operator the agreement names, for this
+    agreement, this job and this Flower run (rule ``operator``; ``session`` for another run)."""
+    runtime, params = ctx.runtime, ctx.request.params
+    try:
+        run_id = params["flower_run_id"]
+        if isinstance(run_id, bool) or not isinstance(run_id, int):
+            raise TypeError("the run id is not an integer")
+        signature = base64.b64decode(str(params["operator_signature"]), validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise PolicyViolation(
+            "operator", "the server's hello carries no operator signature: refusing this server"
+        ) from exc
+    if runtime.flower_run_id is not None and run_id != runtime.flower_run_id:
+        raise PolicyViolation("session", "the server's hello is for another Flower run")
+    data = server_hello_bytes(
+        agreement_hash=runtime.agreement.terms_hash(),
+        job_digest=ctx.request.job.digest(),
+        flower_run_id=run_id,
+        server_nonce=str(params.get("server_nonce", "")),
+    )
+    check_operator_signature(runtime.agreement, signature, data, "hello")
 
 
 @STEPS.step("query.close", jobs=("*",), public=("audit_seq", "audit_head", "audit_head_sig"))
@@ -86,6 +113,12 @@ def every_party_close(ctx: PartyContext) -> None:
         raise ProtocolAbort(
             ctx.kind, ctx.party, "the close request carries no valid audit head"
         ) from exc
+    if server.signing_key != runtime.agreement.operator.signing_key:
+        raise PolicyViolation(
+            "operator",
+            "the server's audit log is not signed with the operator key the agreement lists: "
+            "refusing to attest it",
+        )
     runtime.audit.attest_peer_head("server", seq, head, signature, peer_public=server)
     runtime.audit.seal(round=request.step)
     seq, head = runtime.audit.head()
