@@ -1,5 +1,5 @@
 """Governance commands: ``vfm keygen``, ``vfm agreement init|sign|verify|show``,
-``vfm audit verify``.
+``vfm audit verify|export``.
 
 Exit codes: 0 success; 1 a check failed (``agreement verify``, ``audit verify``); 2 a usage or
 configuration error (raised as ``VfmError`` and reported by :func:`vfm_flower.cli.main`).
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -277,6 +276,7 @@ def cmd_agreement_show(args: argparse.Namespace) -> int:
         for party, columns in (j.features or {}).items():
             _out(f"    {party} may use   {', '.join(columns) or 'none'}")
     _out("  (a job asking for more than a bound, or releasing what is not listed, is refused)")
+
     def status(name: str) -> str:
         if name in good:
             return "signed"
@@ -319,19 +319,45 @@ def cmd_agreement_show(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+def _print_results(results) -> int:
+    failed = 0
+    for log_path, res in results:
+        if res.ok:
+            _out(f"ok {log_path}: {res.entries} entries by {res.writer}, sealed")
+        else:
+            failed += 1
+            where = f"line {res.first_bad_line}" if res.first_bad_line else "file"
+            _err(f"FAILED {log_path}: {where}: {res.reason}")
+    return failed
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Exit 0 only if every audit log under PATH is intact and sealed."""
+    """Exit 0 only if every audit log under PATH (a work dir, a log, or a bundle) is intact."""
     from vfm_flower.audit import verify_audit_tree
+    from vfm_flower.audit_bundle import (
+        check_logs_against_agreement,
+        is_audit_bundle,
+        verify_audit_bundle,
+    )
 
     path = Path(args.path)
     if not path.exists():
         _err(f"audit verify: {path} does not exist")
         return 1
+    if is_audit_bundle(path):
+        bundle = verify_audit_bundle(path)
+        failed = _print_results(bundle.logs)
+        for problem in bundle.problems:
+            _err(f"FAILED {path}: {problem}")
+        if not bundle.ok:
+            _err(f"bundle {path} failed verification")
+            return 1
+        _out(f"ok: bundle {path}: {len(bundle.logs)} logs, every signer's, cross-checked")
+        return 0
     results = verify_audit_tree(path)
     if not results:
         _err(f"audit verify: no audit log (*.jsonl) under {path}")
         return 1
-    agreement = None
     if args.agreement:
         from vfm_flower.agreement import SignedAgreement
 
@@ -340,41 +366,23 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         except VfmError as exc:
             _err(f"audit verify: {exc}")
             return 1
-    failed = 0
-    for log_path, res in results:
-        if res.ok and agreement is not None:
-            if res.agreement_hash != agreement.terms_hash():
-                res = replace(
-                    res,
-                    ok=False,
-                    first_bad_line=1,
-                    reason="the log records another agreement than --agreement",
-                )
-            elif res.writer not in agreement.signer_names:
-                res = replace(
-                    res,
-                    ok=False,
-                    first_bad_line=1,
-                    reason=f"the log's writer '{res.writer}' is neither a party nor the "
-                    "operator of --agreement",
-                )
-            elif res.public_key != agreement.signer(res.writer).signing_key:
-                res = replace(
-                    res,
-                    ok=False,
-                    first_bad_line=1,
-                    reason=f"the log is signed with another key than {res.writer}'s "
-                    "in the agreement",
-                )
-        if res.ok:
-            _out(f"ok {log_path}: {res.entries} entries by {res.writer}, sealed")
-        else:
-            failed += 1
-            where = f"line {res.first_bad_line}" if res.first_bad_line else "file"
-            _err(f"FAILED {log_path}: {where}: {res.reason}")
+        results = check_logs_against_agreement(results, agreement)
+    failed = _print_results(results)
     if failed:
         _err(f"{failed} of {len(results)} audit log(s) failed verification")
         return 1
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    """Write one bundle (agreement and every log of it under the sources) anyone can verify."""
+    from vfm_flower.audit_bundle import export_audit_bundle
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ConfigurationError(f"{out} exists already: refusing to overwrite (use --force)")
+    written = export_audit_bundle(args.agreement, args.sources, out)
+    _out(f"wrote {written}: verify it anywhere with `vfm audit verify {written}`")
     return 0
 
 
@@ -520,6 +528,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     aud_sub = aud.add_subparsers(dest="audit_command", metavar="ACTION")
     aud_sub.required = True
     p = aud_sub.add_parser("verify", help="exit 0 only if every audit log under PATH is intact")
-    p.add_argument("path", help="a work directory or one .jsonl log")
+    p.add_argument("path", help="a work directory, one .jsonl log, or a bundle (audit export)")
     p.add_argument("--agreement", help="also check writers' keys and agreement hash")
     p.set_defaults(func=cmd_audit_verify)
+    p = aud_sub.add_parser(
+        "export", help="one bundle: the agreement and every log of it under the sources"
+    )
+    p.add_argument("sources", nargs="+", help="work directories or .jsonl logs")
+    p.add_argument("--agreement", required=True, help="the signed agreement")
+    p.add_argument("--out", required=True, help="the bundle to write (.tar.gz)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=cmd_audit_export)

@@ -99,7 +99,7 @@ def every_party_close(ctx: PartyContext) -> None:
     params = request.params
     try:
         server = PublicIdentity(
-            party="server",
+            party=runtime.agreement.operator.name,
             signing_key=base64.b64decode(params["server_signing_key"], validate=True),
             exchange_key=base64.b64decode(params["server_exchange_key"], validate=True),
         )
@@ -119,7 +119,8 @@ def every_party_close(ctx: PartyContext) -> None:
             "the server's audit log is not signed with the operator key the agreement lists: "
             "refusing to attest it",
         )
-    runtime.audit.attest_peer_head("server", seq, head, signature, peer_public=server)
+    # attested under the operator's name: the server's log is written under that name
+    runtime.audit.attest_peer_head(server.party, seq, head, signature, peer_public=server)
     runtime.audit.seal(round=request.step)
     seq, head = runtime.audit.head()
     ctx.reply.public.update(

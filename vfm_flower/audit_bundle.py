@@ -1,0 +1,215 @@
+"""Audit bundles: one file with the agreement and every log of a collaboration, verifiable
+by anyone.
+
+A single company holds only its own audit log (and, inside it, the heads of the server's log
+it attested). Whether a log was deleted, or rewritten under a fresh key, shows only when the
+logs are read together, against the agreement: ``vfm audit export`` gathers them into one
+``.tar.gz`` bundle (``agreement.toml``, ``logs/NAME/FILE.jsonl``, ``manifest.json``), and
+``vfm audit verify BUNDLE`` checks
+
+* the agreement: every party and the operator signed these terms;
+* every log: its hash chain, signatures and seal (:func:`vfm_flower.audit.verify_audit_log`),
+  that it records this agreement, and that its writer is a signer whose key the agreement
+  lists (a log re-signed or rebuilt under another key fails here);
+* completeness: a log of every signer (a deleted log fails, naming the signer);
+* cross-signing: every head a log attests is an entry of the attested writer's log (a log
+  truncated or rolled back behind a head another company attested fails, naming the line).
+
+What it cannot see: every log rolled back together to an earlier seal, by someone holding
+all of them, looks like a collaboration that ran fewer jobs; each company's own copy of its
+log (and of the heads it attested) is the remedy.
+
+Who learns what: the bundle holds the logs, which hold no ids, values, labels or keys (see
+:mod:`vfm_flower.audit`), and the agreement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from vfm_flower.agreement import Agreement, SignedAgreement
+from vfm_flower.audit import AuditVerification, verify_audit_log, verify_audit_tree
+from vfm_flower.errors import ConfigurationError
+
+__all__ = ["BundleVerification", "export_audit_bundle", "verify_audit_bundle", "is_audit_bundle"]
+
+BUNDLE_FORMAT = "vfm-audit-bundle/1"
+#: Largest bundle member read (a log of a long collaboration stays far below).
+MAX_MEMBER_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BundleVerification:
+    """What verifying a bundle found: per log, and what the bundle as a whole lacks."""
+
+    logs: tuple[tuple[str, AuditVerification], ...]
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(res.ok for _, res in self.logs)
+
+
+def _fail(res: AuditVerification, reason: str) -> AuditVerification:
+    return replace(res, ok=False, first_bad_line=1, reason=reason)
+
+
+def check_logs_against_agreement(
+    results: Iterable[tuple[str, AuditVerification]], agreement: Agreement
+) -> list[tuple[str, AuditVerification]]:
+    """Each log records this agreement and is written by a signer, with the key it lists
+    (first bad line 1: the genesis names the writer, its key and the agreement)."""
+    out = []
+    for name, res in results:
+        # checked for every log whose genesis was read (also one already failing the
+        # cross-check: a foreign key is the more fundamental finding)
+        if res.writer is not None and res.public_key is not None:
+            if res.agreement_hash != agreement.terms_hash():
+                res = _fail(res, "the log records another agreement than the bundle's")
+            elif res.writer not in agreement.signer_names:
+                res = _fail(res, f"the log's writer '{res.writer}' does not sign the agreement")
+            elif res.public_key != agreement.signer(res.writer).signing_key:
+                res = _fail(
+                    res,
+                    f"the log is signed with another key than {res.writer}'s in the agreement "
+                    "(re-signed or rebuilt under a fresh key)",
+                )
+        out.append((name, res))
+    return out
+
+
+def export_audit_bundle(
+    agreement_path: str | os.PathLike[str],
+    sources: Iterable[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+) -> Path:
+    """Write the bundle of ``agreement_path`` and every audit log under ``sources`` (work dirs
+    or log files) to ``out`` (atomically). Only logs of this agreement are taken.
+
+    Raises
+    ------
+    ConfigurationError
+        No log of the agreement under ``sources``, or ``out`` cannot be written.
+    """
+    signed = SignedAgreement.load(agreement_path)
+    terms_hash = signed.terms_hash()
+    logs: dict[str, bytes] = {}
+    for source in sources:
+        root = Path(source)
+        files = [root] if root.is_file() else sorted(root.rglob("*.jsonl"))
+        for path in files:
+            res = verify_audit_log(path)
+            if res.agreement_hash != terms_hash or res.writer is None:
+                continue  # another agreement's log (or not a log): not part of this bundle
+            name = f"logs/{res.writer}/{path.name}"
+            if name in logs and logs[name] != path.read_bytes():
+                raise ConfigurationError(f"two different logs of {res.writer} named {path.name}")
+            logs[name] = path.read_bytes()
+    if not logs:
+        raise ConfigurationError(f"no audit log of agreement {terms_hash[:16]} under the sources")
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "agreement_hash": terms_hash,
+        "logs": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(logs.items())},
+    }
+    members = {
+        "manifest.json": json.dumps(manifest, indent=2, sort_keys=True).encode(),
+        "agreement.toml": Path(agreement_path).read_bytes(),
+        **logs,
+    }
+    out = Path(out)
+    directory = out.parent if str(out.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle, tarfile.open(fileobj=handle, mode="w:gz") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                tar.addfile(info, io.BytesIO(data))
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def is_audit_bundle(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a file that ``tarfile`` can open (a bundle, or refused as one)."""
+    path = Path(path)
+    return path.is_file() and tarfile.is_tarfile(path)
+
+
+def _read_members(path: Path) -> dict[str, bytes]:
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                if info.size > MAX_MEMBER_BYTES or ".." in Path(info.name).parts:
+                    raise ConfigurationError(f"bundle member {info.name!r} refused")
+                handle = tar.extractfile(info)
+                if handle is not None:
+                    members[info.name] = handle.read(MAX_MEMBER_BYTES + 1)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ConfigurationError(f"{path} is not a readable audit bundle: {exc}") from exc
+    return members
+
+
+def verify_audit_bundle(path: str | os.PathLike[str]) -> BundleVerification:
+    """Verify a bundle written by :func:`export_audit_bundle` (see the module docstring).
+
+    Raises
+    ------
+    ConfigurationError
+        The file is not a bundle (no manifest or agreement, another format).
+    """
+    path = Path(path)
+    members = _read_members(path)
+    try:
+        manifest = json.loads(members["manifest.json"])
+        text = members["agreement.toml"].decode("utf-8")
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"{path}: no manifest.json or agreement.toml inside") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise ConfigurationError(f"{path}: not a {BUNDLE_FORMAT} bundle")
+    signed = SignedAgreement.from_toml(text, source=f"{path}:agreement.toml")
+    agreement = signed.agreement
+    problems = []
+    unsigned = [n for n in agreement.signer_names if n not in signed.signed_by()]
+    if unsigned:
+        problems.append(f"the agreement lacks a valid signature of {', '.join(unsigned)}")
+    listed = dict(manifest.get("logs", {}))
+    logs = {n: d for n, d in members.items() if n.startswith("logs/") and n.endswith(".jsonl")}
+    for name in sorted(set(listed) | set(logs)):
+        if name not in logs:
+            problems.append(f"{name} is listed in the manifest but missing from the bundle")
+        elif hashlib.sha256(logs[name]).hexdigest() != listed.get(name):
+            problems.append(f"{name} differs from the manifest (changed after export)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in logs.items():
+            target = Path(tmp) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        results = (
+            [(str(p.relative_to(tmp)), res) for p, res in verify_audit_tree(Path(tmp) / "logs")]
+            if logs
+            else []
+        )
+    results = check_logs_against_agreement(results, agreement)
+    writers = {res.writer for _, res in results if res.writer is not None}
+    missing = [n for n in agreement.signer_names if n not in writers]
+    if missing:
+        problems.append(
+            f"no audit log of {', '.join(missing)}: a log of every party and of the operator "
+            "belongs in the bundle (deleted, or not exported)"
+        )
+    return BundleVerification(tuple(results), tuple(problems))
