@@ -105,6 +105,7 @@ def test_a_job_written_on_the_public_api_runs_in_the_deployment_engine(tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[deploy] audit logs intact" in proc.stdout
+    assert "[deploy] audit bundle verified" in proc.stdout
     result = json.loads((tmp_path / "deploy" / "server" / "result.json").read_text())
     released = {"segment_stats": ("cells", 3), "stump": ("splits", 1)}[example]
     assert result["public"][released[0]] == released[1]

@@ -175,4 +175,10 @@ joint = result.get("joint_rows") or 0
 assert joint >= int(sys.argv[2]), f"unexpected joint row count {joint}"
 print(f"[deploy] ok: {joint} aligned rows, {result['total_rounds']} rounds, result in {sys.argv[1]}")
 PY
-vfm audit verify "$WORK" >/dev/null && echo "[deploy] audit logs intact"
+vfm audit verify "$WORK" --agreement "$SETUP/agreement.toml" >/dev/null \
+  && echo "[deploy] audit logs intact"
+# one bundle of the whole collaboration, as an auditor would receive it
+vfm audit export "$WORK/server" "$WORK/parties" --agreement "$SETUP/agreement.toml" \
+  --out "$WORK/audit.tar.gz" --force >/dev/null
+vfm audit verify "$WORK/audit.tar.gz" >/dev/null \
+  && echo "[deploy] audit bundle verified: $WORK/audit.tar.gz"
