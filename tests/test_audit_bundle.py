@@ -40,10 +40,14 @@ def _log(work: Path, who: str) -> Path:
     return next(folder.glob("audit-*.jsonl"))
 
 
+def _terms(ran) -> str:
+    return SignedAgreement.load(ran[0].agreement_path).terms_hash()
+
+
 def _verify(ran, work: Path, tmp_path: Path):
     collab, _ = ran
     bundle = export_audit_bundle(collab.agreement_path, [work], tmp_path / "bundle.tar.gz")
-    return verify_audit_bundle(bundle)
+    return verify_audit_bundle(bundle, _terms(ran))
 
 
 def _reasons(result) -> str:
@@ -58,9 +62,13 @@ def test_an_intact_collaboration_verifies_through_the_cli(ran, tmp_path, capsys)
     assert main([*args, "--out", str(bundle)]) == 0
     assert main([*args, "--out", str(bundle)]) == 2  # no silent overwrite
     capsys.readouterr()
-    assert main(["audit", "verify", str(bundle)]) == 0
+    assert main(["audit", "verify", str(bundle)]) == 2  # against what? refused
+    assert "proves nothing by itself" in capsys.readouterr().err
+    assert main(["audit", "verify", str(bundle), "--agreement", str(collab.agreement_path)]) == 0
     out = capsys.readouterr().out
-    assert "ok: bundle" in out and "4 logs, every signer's" in out
+    assert "ok: bundle" in out and "4 logs, every signer's" in out and _terms(ran) in out
+    assert main(["audit", "verify", str(bundle), "--expect-hash", "0" * 64]) == 1
+    assert "not " + "0" * 64 in capsys.readouterr().err
 
 
 def test_a_deleted_log_is_named(ran, tmp_path):
@@ -127,5 +135,60 @@ def test_a_bundle_changed_after_export_is_refused(ran, tmp_path):
             import io
 
             dst.addfile(info, io.BytesIO(data))
-    result = verify_audit_bundle(out)
+    result = verify_audit_bundle(out, _terms(ran))
     assert not result.ok and "differs from the manifest" in _reasons(result)
+
+
+def _repack(bundle: Path, out: Path, extra: dict[str, bytes]) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(bundle) as src, tarfile.open(out, "w:gz") as dst:
+        for info in src:
+            dst.addfile(info, io.BytesIO(src.extractfile(info).read()))
+        for name, data in extra.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    return out
+
+
+def test_a_bundle_with_members_tar_would_extract_differently_is_refused(ran, tmp_path):
+    from vfm_flower.errors import ConfigurationError
+
+    collab, _ = ran
+    work = _work(ran, tmp_path)
+    bundle = export_audit_bundle(collab.agreement_path, [work], tmp_path / "b.tar.gz")
+    log = next(n for n in _names(bundle) if n.startswith("logs/p1/"))
+    for i, extra in enumerate(
+        ({"./" + log: b"{}"}, {log: b"{}"}, {"logs/x.jsonl": b""}, {"../evil.jsonl": b""})
+    ):
+        forged = _repack(bundle, tmp_path / f"f{i}.tar.gz", extra)
+        with pytest.raises(ConfigurationError, match="refused"):
+            verify_audit_bundle(forged, _terms(ran))
+
+
+def _names(bundle: Path) -> list[str]:
+    import tarfile
+
+    with tarfile.open(bundle) as tar:
+        return tar.getnames()
+
+
+def test_a_planted_log_with_a_path_for_a_writer_is_not_exported(ran, tmp_path, monkeypatch):
+    import dataclasses
+
+    import vfm_flower.audit_bundle as bundles
+    from vfm_flower.errors import ConfigurationError
+
+    collab, _ = ran
+    work = _work(ran, tmp_path)
+    genuine = bundles.verify_audit_log
+
+    def planted(path):  # a log whose (self-signed) genesis names a path as its writer
+        res = genuine(path)
+        return dataclasses.replace(res, writer="../../x") if "p1" in str(path) else res
+
+    monkeypatch.setattr(bundles, "verify_audit_log", planted)
+    with pytest.raises(ConfigurationError, match="planted"):
+        export_audit_bundle(collab.agreement_path, [work], tmp_path / "b.tar.gz")

@@ -370,3 +370,21 @@ def test_init_grants_an_opt_in_release_only_when_asked(tmp_path: Path, keys: Pat
     assert main(init_args(bad, keys, "--release", "labels")) == 2
     assert "no job kind offers labels" in capsys.readouterr().err
     assert not bad.exists()
+
+
+def test_pins_catch_a_renamed_party_and_refuse_a_foreign_pin_file(tmp_path: Path):
+    from vfm_flower.errors import ConfigurationError, PolicyViolation
+    from vfm_flower.pins import KeyPins
+
+    pins = KeyPins(tmp_path / "p.toml", {"bank": "a" * 32, "broker": "b" * 32})
+    with pytest.raises(PolicyViolation, match=r"\[key_pin\].*'Bank'.*differs only in case"):
+        pins.check({"Bank": "c" * 32, "broker": "b" * 32})
+    with pytest.raises(PolicyViolation, match=r"\[key_pin\].*pinned for 'bank'.*'bank-eu'"):
+        pins.check({"bank-eu": "a" * 32})
+    assert pins.check({"Bank": "c" * 32}, repin=["Bank"]) == ["Bank"]
+    assert pins.check({"bank": "a" * 32, "insurer": "d" * 32}) == ["insurer"]
+    pins.save()
+    assert KeyPins.load(pins.path).pins == pins.pins
+    pins.path.write_text('[other]\nbank = "x"\n')
+    with pytest.raises(ConfigurationError, match=r"exactly a \[pins\] table"):
+        KeyPins.load(pins.path)

@@ -190,3 +190,42 @@ def test_every_party_refuses_a_session_the_operator_did_not_sign(tmp_path, monke
     with pytest.raises(ProtocolAbort, match=r"\[operator\].*session"):
         collab.run(job="train", **FAST)
     assert ("lo", "refused:operator") in audit_decisions(collab.root / "work")
+
+
+def test_a_re_delivered_hello_is_refused_and_counts_once(tmp_path, monkeypatch):
+    from vfm_flower.strategies.transport import Transport
+
+    original = Transport.round
+
+    def round_(self, kind, requests, *, by_node=False):
+        out = original(self, kind, requests, by_node=by_node)
+        if kind == "query.hello":  # a relay delivers the same signed hello once more
+            original(self, kind, dict(list(requests.items())[:1]), by_node=by_node)
+        return out
+
+    monkeypatch.setattr(Transport, "round", round_)
+    collab = _collab(tmp_path)
+    with pytest.raises(ProtocolAbort, match=r"\[session\].*second hello"):
+        collab.run(job="train", **FAST)
+    decisions = audit_decisions(collab.root / "work")
+    assert sum(1 for w, d in decisions if d == "refused:session") == 1
+
+
+def test_parties_refuse_an_older_server_head_at_close(tmp_path, monkeypatch):
+    """A listed operator that re-presents the head it showed at the last close (to roll its
+    log back behind it later) is refused by every party."""
+    from vfm_flower.audit import verify_audit_log
+
+    collab = _collab(tmp_path)
+    collab.run(job="train", **FAST)
+    lo_log = next((collab.root / "work" / "parties" / "lo").glob("audit-*.jsonl"))
+    attested = verify_audit_log(lo_log).attested_heads["operator"][-1]
+    original = VerticalSession.close
+
+    def close(self):
+        self.audit.head = lambda: attested  # the head of the job before, signed again
+        original(self)
+
+    monkeypatch.setattr(VerticalSession, "close", close)
+    with pytest.raises(ProtocolAbort, match=r"\[operator\].*not after"):
+        collab.run(job="train", **FAST)

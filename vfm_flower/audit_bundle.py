@@ -29,8 +29,10 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,6 +46,10 @@ __all__ = ["BundleVerification", "export_audit_bundle", "verify_audit_bundle", "
 BUNDLE_FORMAT = "vfm-audit-bundle/1"
 #: Largest bundle member read (a log of a long collaboration stays far below).
 MAX_MEMBER_BYTES = 256 * 1024 * 1024
+#: Largest bundle, decompressed, and most members (a bundle beyond them is refused).
+MAX_BUNDLE_BYTES = 1024 * 1024 * 1024
+MAX_MEMBERS = 10_000
+_LOG_MEMBER = re.compile(r"^logs/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/([A-Za-z0-9_.-]+\.jsonl)$")
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,11 @@ def export_audit_bundle(
             if res.agreement_hash != terms_hash or res.writer is None:
                 continue  # another agreement's log (or not a log): not part of this bundle
             name = f"logs/{res.writer}/{path.name}"
+            if not _LOG_MEMBER.match(name):
+                raise ConfigurationError(
+                    f"{path}: its writer {res.writer!r} or its file name cannot be a party's "
+                    "(a planted log?): move it out of the sources"
+                )
             if name in logs and logs[name] != path.read_bytes():
                 raise ConfigurationError(f"two different logs of {res.writer} named {path.name}")
             logs[name] = path.read_bytes()
@@ -148,24 +159,37 @@ def is_audit_bundle(path: str | os.PathLike[str]) -> bool:
 
 
 def _read_members(path: Path) -> dict[str, bytes]:
+    """Every member, or a refusal: only regular files named exactly ``manifest.json``,
+    ``agreement.toml`` or ``logs/NAME/FILE.jsonl``, each once, within the size limits (what
+    is verified is then exactly what ``tar`` would extract)."""
     members: dict[str, bytes] = {}
+    total = 0
     try:
         with tarfile.open(path, mode="r:gz") as tar:
             for info in tar:
-                if not info.isfile():
-                    continue
-                if info.size > MAX_MEMBER_BYTES or ".." in Path(info.name).parts:
-                    raise ConfigurationError(f"bundle member {info.name!r} refused")
+                name = info.name
+                expected = name in ("manifest.json", "agreement.toml") or _LOG_MEMBER.match(name)
+                if not info.isfile() or not expected or name in members:
+                    raise ConfigurationError(
+                        f"{path}: bundle member {name!r} refused (only regular files "
+                        "manifest.json, agreement.toml and logs/NAME/FILE.jsonl, each once)"
+                    )
+                total += info.size
+                if info.size > MAX_MEMBER_BYTES or total > MAX_BUNDLE_BYTES:
+                    raise ConfigurationError(f"{path}: the bundle exceeds its size limits")
+                if len(members) >= MAX_MEMBERS:
+                    raise ConfigurationError(f"{path}: more than {MAX_MEMBERS} members")
                 handle = tar.extractfile(info)
-                if handle is not None:
-                    members[info.name] = handle.read(MAX_MEMBER_BYTES + 1)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+                members[name] = handle.read(MAX_MEMBER_BYTES + 1) if handle else b""
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ConfigurationError(f"{path} is not a readable audit bundle: {exc}") from exc
     return members
 
 
-def verify_audit_bundle(path: str | os.PathLike[str]) -> BundleVerification:
-    """Verify a bundle written by :func:`export_audit_bundle` (see the module docstring).
+def verify_audit_bundle(path: str | os.PathLike[str], expected_hash: str) -> BundleVerification:
+    """Verify a bundle written by :func:`export_audit_bundle` (see the module docstring)
+    against the terms hash of the verifier's own copy of the agreement: a bundle's own
+    agreement proves nothing by itself (anyone can draft and sign one under the same names).
 
     Raises
     ------
@@ -184,6 +208,12 @@ def verify_audit_bundle(path: str | os.PathLike[str]) -> BundleVerification:
     signed = SignedAgreement.from_toml(text, source=f"{path}:agreement.toml")
     agreement = signed.agreement
     problems = []
+    expected = expected_hash.strip().lower()
+    if agreement.terms_hash() != expected or manifest.get("agreement_hash") != expected:
+        problems.append(
+            f"the bundle is for agreement terms {agreement.terms_hash()}, not {expected}: "
+            "another agreement (or one drafted under the same names)"
+        )
     unsigned = [n for n in agreement.signer_names if n not in signed.signed_by()]
     if unsigned:
         problems.append(f"the agreement lacks a valid signature of {', '.join(unsigned)}")
@@ -195,10 +225,13 @@ def verify_audit_bundle(path: str | os.PathLike[str]) -> BundleVerification:
         elif hashlib.sha256(logs[name]).hexdigest() != listed.get(name):
             problems.append(f"{name} differs from the manifest (changed after export)")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, data in logs.items():
-            target = Path(tmp) / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+        try:
+            for name, data in logs.items():
+                target = Path(tmp) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        except OSError as exc:
+            raise ConfigurationError(f"{path}: cannot unpack its logs: {exc}") from exc
         results = (
             [(str(p.relative_to(tmp)), res) for p, res in verify_audit_tree(Path(tmp) / "logs")]
             if logs

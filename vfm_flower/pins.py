@@ -78,7 +78,12 @@ class KeyPins:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigurationError(f"key pins {path}: not readable ({exc})") from exc
-        pins = data.get("pins", {})
+        if set(data) != {"pins"}:
+            raise ConfigurationError(
+                f"key pins {path}: expected exactly a [pins] table (an edited or foreign file "
+                "would silently reset pinning)"
+            )
+        pins = data["pins"]
         if not isinstance(pins, dict) or not all(
             isinstance(v, str) and _FINGERPRINT.match(v) for v in pins.values()
         ):
@@ -107,7 +112,23 @@ class KeyPins:
             party, both fingerprints and the remedy).
         """
         accepted = set(repin)
+        by_fold = {name.casefold(): name for name in self._pins}
+        by_print = {fp: name for name, fp in self._pins.items()}
         for name in sorted(listed):
+            twin = by_fold.get(name.casefold())
+            if twin is not None and twin != name and name not in accepted:
+                raise PolicyViolation(
+                    "key_pin",
+                    f"the agreement lists '{name}', which differs only in case from the pinned "
+                    f"'{twin}': confirm with {twin} out of band, then sign with --repin {name}",
+                )
+            moved = by_print.get(listed[name])
+            if moved is not None and moved != name and name not in accepted:
+                raise PolicyViolation(
+                    "key_pin",
+                    f"the key pinned for '{moved}' is listed under another name, '{name}': "
+                    f"confirm out of band, then sign with --repin {name}",
+                )
             pinned = self._pins.get(name)
             if pinned is not None and pinned != listed[name] and name not in accepted:
                 raise PolicyViolation(

@@ -180,5 +180,5 @@ vfm audit verify "$WORK" --agreement "$SETUP/agreement.toml" >/dev/null \
 # one bundle of the whole collaboration, as an auditor would receive it
 vfm audit export "$WORK/server" "$WORK/parties" --agreement "$SETUP/agreement.toml" \
   --out "$WORK/audit.tar.gz" --force >/dev/null
-vfm audit verify "$WORK/audit.tar.gz" >/dev/null \
+vfm audit verify "$WORK/audit.tar.gz" --agreement "$SETUP/agreement.toml" >/dev/null \
   && echo "[deploy] audit bundle verified: $WORK/audit.tar.gz"

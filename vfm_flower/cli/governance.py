@@ -181,8 +181,8 @@ def cmd_agreement_sign(args: argparse.Namespace) -> int:
     _print_fingerprints(agreement, pins.pins)
     first = pins.check(listed, repin=args.repin)  # a changed pinned key: refused
     signed = signed.with_signature(identity)
-    pins.pinned(listed).save()
     signed.save(args.file)
+    pins.pinned(listed).save()  # after the signature: nothing is pinned that was not signed
     missing = signed.missing_signatures()
     _out(f"signed {args.file} as {args.party} (terms hash {signed.terms_hash()})")
     if first:
@@ -345,14 +345,28 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         _err(f"audit verify: {path} does not exist")
         return 1
     if is_audit_bundle(path):
-        bundle = verify_audit_bundle(path)
+        if args.agreement:
+            from vfm_flower.agreement import SignedAgreement
+
+            expected = SignedAgreement.load(args.agreement).terms_hash()
+        elif args.expect_hash:
+            expected = args.expect_hash
+        else:
+            raise ConfigurationError(
+                "audit verify BUNDLE: pass --agreement FILE (your signed copy) or --expect-hash "
+                "HASH: the agreement inside a bundle proves nothing by itself"
+            )
+        bundle = verify_audit_bundle(path, expected)
         failed = _print_results(bundle.logs)
         for problem in bundle.problems:
             _err(f"FAILED {path}: {problem}")
         if not bundle.ok:
             _err(f"bundle {path} failed verification")
             return 1
-        _out(f"ok: bundle {path}: {len(bundle.logs)} logs, every signer's, cross-checked")
+        _out(
+            f"ok: bundle {path}: {len(bundle.logs)} logs, every signer's, cross-checked; "
+            f"agreement terms hash {expected.strip().lower()}"
+        )
         return 0
     results = verify_audit_tree(path)
     if not results:
@@ -382,7 +396,13 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise ConfigurationError(f"{out} exists already: refusing to overwrite (use --force)")
     written = export_audit_bundle(args.agreement, args.sources, out)
-    _out(f"wrote {written}: verify it anywhere with `vfm audit verify {written}`")
+    from vfm_flower.agreement import SignedAgreement
+
+    terms = SignedAgreement.load(args.agreement).terms_hash()
+    _out(
+        f"wrote {written}: verify it anywhere with `vfm audit verify {written} "
+        f"--expect-hash {terms}`"
+    )
     return 0
 
 
@@ -529,7 +549,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     aud_sub.required = True
     p = aud_sub.add_parser("verify", help="exit 0 only if every audit log under PATH is intact")
     p.add_argument("path", help="a work directory, one .jsonl log, or a bundle (audit export)")
-    p.add_argument("--agreement", help="also check writers' keys and agreement hash")
+    p.add_argument(
+        "--agreement", help="your signed copy: writers' keys and the agreement hash are checked"
+    )
+    p.add_argument("--expect-hash", help="for a bundle: the agreement's terms hash instead")
     p.set_defaults(func=cmd_audit_verify)
     p = aud_sub.add_parser(
         "export", help="one bundle: the agreement and every log of it under the sources"

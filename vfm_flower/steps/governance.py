@@ -20,7 +20,7 @@ import base64
 import binascii
 import re
 
-from vfm_flower.audit import sign_head
+from vfm_flower.audit import sign_head, verify_audit_log
 from vfm_flower.context import PartyContext
 from vfm_flower.errors import PolicyViolation, ProtocolAbort
 from vfm_flower.keys import PublicIdentity
@@ -41,7 +41,8 @@ HELLO = "query.hello"
 def every_party_hello(ctx: PartyContext) -> None:
     """Check agreement, job and data; answer with hash, nonce and row count."""
     runtime, request = ctx.runtime, ctx.request
-    if runtime.state.get("run_key"):
+    if runtime.state.get("run_key") or runtime.state.get("hello_nonce"):
+        # one hello per run: a re-delivered hello would count against the job budget again
         raise PolicyViolation("session", "a second hello in a run that already started")
     runtime.signed.verify()
     check_server_hello(ctx)
@@ -78,7 +79,8 @@ def check_server_hello(ctx: PartyContext) -> None:
         raise PolicyViolation(
             "operator", "the server's hello carries no operator signature: refusing this server"
         ) from exc
-    if runtime.flower_run_id is not None and run_id != runtime.flower_run_id:
+    if runtime.flower_run_id is None or run_id != runtime.flower_run_id:
+        # an operator's hello of another run (replayed) names that run's id
         raise PolicyViolation("session", "the server's hello is for another Flower run")
     data = server_hello_bytes(
         agreement_hash=runtime.agreement.terms_hash(),
@@ -118,6 +120,15 @@ def every_party_close(ctx: PartyContext) -> None:
             "operator",
             "the server's audit log is not signed with the operator key the agreement lists: "
             "refusing to attest it",
+        )
+    # the server's log only grows: a head at or before one this party attested in an earlier
+    # job is an old head (the log would be rolled back behind it without anyone noticing)
+    earlier = verify_audit_log(runtime.audit.path).attested_heads.get(server.party, [])
+    if earlier and seq <= max(s for s, _ in earlier):
+        raise PolicyViolation(
+            "operator",
+            f"the server's audit head (entry {seq}) is not after the one this party attested "
+            f"in an earlier job (entry {max(s for s, _ in earlier)}): refusing to attest it",
         )
     # attested under the operator's name: the server's log is written under that name
     runtime.audit.attest_peer_head(server.party, seq, head, signature, peer_public=server)
