@@ -159,8 +159,11 @@ def _party_files(args: argparse.Namespace) -> tuple[Path, dict, Path | None]:
             raise ConfigurationError(f"--data {party}={data[party]}: no such file")
         files[party] = PartyFiles(data_path=data[party], key_path=key)
     installed = Path(args.workdir).expanduser() / "server" / f"{operator}.key"
+    # as for a party, or operator/ beside the agreement (the layout `vfm demo` prepares)
     candidates = (
-        [keys[operator]] if operator in keys else [d / f"{operator}.key" for d in keys_dirs]
+        [keys[operator]]
+        if operator in keys
+        else [d / f"{operator}.key" for d in [*keys_dirs, agreement_path.parent / "operator"]]
     )
     operator_key = next((c for c in candidates if c.is_file()), None)
     if operator_key is None and not installed.is_file():
