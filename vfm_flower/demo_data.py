@@ -139,8 +139,7 @@ def prepare_demo_collaboration(root: str | os.PathLike[str], seed: int = 2000) -
     (the server work dir of a simulation run with ``demo-dir``).
     """
     from vfm_flower.agreement import SignedAgreement, init_agreement
-    from vfm_flower.keys import PartyIdentity
-    from vfm_flower.runtime.local_job import install_operator_key
+    from vfm_flower.keys import PartyIdentity, install_private_key
 
     root = Path(root)
     identities = {p: PartyIdentity.generate(p) for p in DEMO_PARTIES}
@@ -158,7 +157,7 @@ def prepare_demo_collaboration(root: str | os.PathLike[str], seed: int = 2000) -
     (root / "parties" / "_split").rmdir()
     operator = PartyIdentity.generate(DEMO_OPERATOR)
     operator_key, _ = operator.save(root / "operator")
-    install_operator_key(operator_key, root / "server")
+    install_private_key(operator_key, root / "server")
     terms = init_agreement(
         purpose="Caravan insurance propensity: who is likely to buy a caravan policy",
         label_owner=DEMO_LABEL_OWNER,

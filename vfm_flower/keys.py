@@ -229,3 +229,24 @@ class PartyIdentity:
                 f"key file {path} belongs to party '{party}', not '{expected_party}'"
             )
         return cls(party, seed)
+
+
+def install_private_key(
+    key_path: str | os.PathLike[str], directory: str | os.PathLike[str]
+) -> Path:
+    """Copy a private key file into ``directory`` as ``NAME.key`` (mode 0600), as an operator
+    puts its key in the server work dir once; an identical copy is kept, another key there is
+    refused (``KeyFileError``)."""
+    key_path, directory = Path(key_path), Path(directory)
+    identity = PartyIdentity.load(key_path)
+    target = directory / f"{identity.party}.key"
+    if target.exists():
+        if target.read_bytes() != key_path.read_bytes():
+            raise KeyFileError(
+                f"{target} holds another key than {key_path}: that directory belongs to another "
+                "key (remove it or use another directory)"
+            )
+        return target
+    (directory / f"{identity.party}.pub").unlink(missing_ok=True)
+    identity.save(directory)
+    return target

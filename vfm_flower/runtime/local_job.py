@@ -36,25 +36,6 @@ def party_node_config(
     }
 
 
-def install_operator_key(key_path: Path, server_workdir: Path) -> Path:
-    """Copy the operator's private key into the server work dir (mode 0600), as an operator
-    does once on its server machine; an identical copy is kept, another key is refused."""
-    from vfm_flower.keys import PartyIdentity
-
-    identity = PartyIdentity.load(key_path)
-    target = server_workdir / f"{identity.party}.key"
-    if target.exists():
-        if target.read_bytes() != key_path.read_bytes():
-            raise ConfigurationError(
-                f"{target} holds another key than {key_path}: the server work dir belongs to "
-                "another operator key (remove it or use another work dir)"
-            )
-        return target
-    (server_workdir / f"{identity.party}.pub").unlink(missing_ok=True)
-    identity.save(server_workdir)
-    return target
-
-
 def run_local_app(
     server_app: Any,
     client_app: Any,
@@ -94,7 +75,9 @@ def run_local_app(
         if not str(config.get(key, "")).strip():
             config[key] = value
     if operator_key is not None:
-        install_operator_key(Path(operator_key), Path(config["server-workdir"]))
+        from vfm_flower.keys import install_private_key
+
+        install_private_key(Path(operator_key), Path(config["server-workdir"]))
     unknown_offline = [p for p in offline if p not in parties]
     if unknown_offline:
         raise ConfigurationError(f"unknown party(ies) {unknown_offline}")
