@@ -100,15 +100,18 @@ def rule_of(excinfo: pytest.ExceptionInfo) -> str:
 
 
 def test_init_defaults(ids):
-    a = init_agreement(
-        "p",
-        "insurer",
-        "Purchase",
-        "email",
-        "email",
-        {n: i.public for n, i in ids.items()},
-        operator=OPERATOR.public,
-    )
+    def defaults():
+        return init_agreement(
+            "p",
+            "insurer",
+            "Purchase",
+            "email",
+            "email",
+            {n: i.public for n, i in ids.items()},
+            operator=OPERATOR.public,
+        )
+
+    a = defaults()
     assert len(a.agreement_id) == 32 and int(a.agreement_id, 16) >= 0
     assert a.not_after - a.not_before == timedelta(days=365)
     assert abs(a.not_before - datetime.now(UTC)) < timedelta(minutes=1)
@@ -122,16 +125,7 @@ def test_init_defaults(ids):
     assert a.passive_parties == ("bank", "broker")
     assert all(p.allowed_features is None and p.max_set_size == 10_000_000 for p in a.parties)
     assert a.party("bank").public_identity == ids["bank"].public
-    other = init_agreement(
-        "p",
-        "insurer",
-        "Purchase",
-        "email",
-        "email",
-        {n: i.public for n, i in ids.items()},
-        operator=OPERATOR.public,
-    )
-    assert other.agreement_id != a.agreement_id
+    assert defaults().agreement_id != a.agreement_id
 
 
 def test_unknown_party_lookup(ids):

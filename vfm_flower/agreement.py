@@ -67,7 +67,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import tomllib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -80,6 +79,7 @@ from typing import Any
 import tomli_w
 
 from vfm_flower.errors import ConfigurationError, KeyFileError, PolicyViolation, SignatureError
+from vfm_flower.files import atomic_write
 from vfm_flower.keys import PartyIdentity, PublicIdentity, validate_party_name
 
 logger = logging.getLogger(__name__)
@@ -1092,26 +1092,14 @@ class SignedAgreement:
         return header + tomli_w.dumps(data)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the agreement file atomically (temporary file + ``os.replace``)."""
+        """Write the agreement file atomically (temporary file + ``os.replace``), keeping an
+        existing file's permission bits."""
         path = Path(path)
-        text = self.to_toml()
-        directory = path.parent if str(path.parent) else Path(".")
         try:
             mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
         except OSError as exc:
             raise ConfigurationError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, self.to_toml().encode("utf-8"), mode=mode)
 
     # ------------------------------------------------------------------ signing
 

@@ -449,6 +449,12 @@ def _entry_at(path: Path, seq: int) -> str | None:
     return None
 
 
+def audit_log_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The audit logs at ``path``: the file itself, or every ``*.jsonl`` under a directory."""
+    root = Path(path)
+    return [root] if root.is_file() else sorted(p for p in root.rglob("*.jsonl") if p.is_file())
+
+
 def verify_audit_tree(path: str | os.PathLike[str]) -> list[tuple[Path, AuditVerification]]:
     """Verify every ``*.jsonl`` audit log under a directory (or one log file) and cross-check.
 
@@ -462,8 +468,7 @@ def verify_audit_tree(path: str | os.PathLike[str]) -> list[tuple[Path, AuditVer
     list of (Path, AuditVerification)
         Sorted by path; empty if there is no log.
     """
-    root = Path(path)
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*.jsonl") if p.is_file())
+    files = audit_log_files(path)
     results = {p: verify_audit_log(p) for p in files}
     by_writer: dict[str, list[Path]] = {}
     for p, res in results.items():

@@ -38,8 +38,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vfm_flower.agreement import Agreement, SignedAgreement
-from vfm_flower.audit import AuditVerification, verify_audit_log, verify_audit_tree
+from vfm_flower.audit import (
+    AuditVerification,
+    audit_log_files,
+    verify_audit_log,
+    verify_audit_tree,
+)
 from vfm_flower.errors import ConfigurationError
+from vfm_flower.files import atomic_write
 
 __all__ = ["BundleVerification", "export_audit_bundle", "verify_audit_bundle", "is_audit_bundle"]
 
@@ -109,9 +115,7 @@ def export_audit_bundle(
     terms_hash = signed.terms_hash()
     logs: dict[str, bytes] = {}
     for source in sources:
-        root = Path(source)
-        files = [root] if root.is_file() else sorted(root.rglob("*.jsonl"))
-        for path in files:
+        for path in audit_log_files(source):
             res = verify_audit_log(path)
             if res.agreement_hash != terms_hash or res.writer is None:
                 continue  # another agreement's log (or not a log): not part of this bundle
@@ -121,9 +125,10 @@ def export_audit_bundle(
                     f"{path}: its writer {res.writer!r} or its file name cannot be a party's "
                     "(a planted log?): move it out of the sources"
                 )
-            if name in logs and logs[name] != path.read_bytes():
+            data = path.read_bytes()
+            if logs.get(name, data) != data:
                 raise ConfigurationError(f"two different logs of {res.writer} named {path.name}")
-            logs[name] = path.read_bytes()
+            logs[name] = data
     if not logs:
         raise ConfigurationError(f"no audit log of agreement {terms_hash[:16]} under the sources")
     manifest = {
@@ -136,20 +141,13 @@ def export_audit_bundle(
         "agreement.toml": Path(agreement_path).read_bytes(),
         **logs,
     }
-    out = Path(out)
-    directory = out.parent if str(out.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle, tarfile.open(fileobj=handle, mode="w:gz") as tar:
-            for name, data in members.items():
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(data), 0o644, 0
-                tar.addfile(info, io.BytesIO(data))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return atomic_write(out, archive.getvalue())
 
 
 def is_audit_bundle(path: str | os.PathLike[str]) -> bool:

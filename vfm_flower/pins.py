@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from vfm_flower.errors import ConfigurationError, PolicyViolation
+from vfm_flower.files import atomic_write
 
 __all__ = ["KeyPins", "format_fingerprint", "pin_path_for"]
 
@@ -148,23 +148,11 @@ class KeyPins:
         """Write the pin file atomically (mode 0600: it is the signer's own record)."""
         # names are validated party names (letters, digits, '_', '-', '.'): quoted keys
         body = "[pins]\n" + "".join(f'"{n}" = "{fp}"\n' for n, fp in sorted(self._pins.items()))
-        directory = self._path.parent
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self._path.name}.", dir=directory)
+            self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigurationError(f"cannot write {self._path}: {exc.strerror or exc}") from exc
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(_HEADER + body)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self._path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return self._path
+        return atomic_write(self._path, (_HEADER + body).encode("utf-8"), mode=0o600)
 
 
 def format_fingerprint(fingerprint: str) -> str:

@@ -115,7 +115,6 @@ STATISTICAL_BITS = 40
 #: |x|, |s|, |p| < 2**20 and |X s|, |X w| < 2**15 (checked on what the LO decrypts). The image
 #: of a direction is about a projection of the residuals plus the L2 pull (a few units at
 #: most); scores above 2**15 mean divergence. 15 bits make a slot 136 bits: 15 per ciphertext.
-
 WEIGHT_MAGNITUDE_BITS = 20
 IMAGE_MAGNITUDE_BITS = 15
 #: |features| < 2**16 after preparation (standardized columns are far below).

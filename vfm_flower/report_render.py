@@ -18,18 +18,16 @@ use only, so that importing the report content stays light.
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vfm_flower.files import atomic_write
 from vfm_flower.report import (
     PARTY_REPORT_HTML,
     PARTY_REPORT_JSON,
@@ -54,21 +52,6 @@ _PARTY_CHART_FEATURES = 20
 # --------------------------------------------------------------------------------------------
 # Writers
 # --------------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _json_bytes(report: Mapping[str, Any]) -> bytes:
@@ -152,8 +135,8 @@ def _write_pair(
     json_path = out_dir / json_name
     html_path = out_dir / html_name
     page = render(_plain(report))
-    _atomic_write(json_path, _json_bytes(report))
-    _atomic_write(html_path, page.encode("utf-8"))
+    atomic_write(json_path, _json_bytes(report))
+    atomic_write(html_path, page.encode("utf-8"))
     return json_path, html_path
 
 

@@ -38,30 +38,21 @@ class SessionInfo:
     #: the operator's Ed25519 signature over :meth:`signing_bytes`
     operator_signature: bytes = b""
 
+    def _key_inputs(self) -> dict[str, Any]:
+        return {
+            "flower_run_id": self.flower_run_id,
+            "server_nonce": self.server_nonce,
+            "party_nonces": dict(self.party_nonces),
+            "job": self.job_digest,
+        }
+
     def signing_bytes(self) -> bytes:
         """What the operator signs: every input of the run key (the run is the operator's)."""
-        return canonical_json(
-            {
-                "domain": "vfm-flower/v1/session",
-                "flower_run_id": self.flower_run_id,
-                "server_nonce": self.server_nonce,
-                "party_nonces": dict(self.party_nonces),
-                "job": self.job_digest,
-            }
-        )
+        return canonical_json({"domain": "vfm-flower/v1/session", **self._key_inputs()})
 
     @property
     def run_key(self) -> str:
-        digest = hashlib.sha256(
-            canonical_json(
-                {
-                    "flower_run_id": self.flower_run_id,
-                    "server_nonce": self.server_nonce,
-                    "party_nonces": dict(self.party_nonces),
-                    "job": self.job_digest,
-                }
-            )
-        )
+        digest = hashlib.sha256(canonical_json(self._key_inputs()))
         return digest.hexdigest()[:32]
 
     def to_json(self) -> str:

@@ -113,6 +113,12 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, Path]:
     return out
 
 
+def _key_candidates(name: str, given: dict[str, Path], dirs: list[Path]) -> list[Path]:
+    """Where ``name``'s private key may be: the ``--key`` given for it, else ``NAME.key`` in
+    each directory, in order."""
+    return [given[name]] if name in given else [d / f"{name}.key" for d in dirs]
+
+
 def _party_files(args: argparse.Namespace) -> tuple[Path, dict, Path | None]:
     """Check --agreement/--data/--key(s) against the agreement; one clear error per problem.
 
@@ -147,9 +153,9 @@ def _party_files(args: argparse.Namespace) -> tuple[Path, dict, Path | None]:
     )
     files = {}
     for party in parties:
-        candidates = [keys[party]] if party in keys else [d / f"{party}.key" for d in keys_dirs]
-        key = next((c for c in candidates if c.is_file()), candidates[0])
-        if not key.is_file():
+        candidates = _key_candidates(party, keys, keys_dirs)
+        key = next((c for c in candidates if c.is_file()), None)
+        if key is None:
             looked = ", ".join(str(c) for c in candidates)
             raise ConfigurationError(
                 f"no private key for party '{party}': looked for {looked} "
@@ -160,11 +166,7 @@ def _party_files(args: argparse.Namespace) -> tuple[Path, dict, Path | None]:
         files[party] = PartyFiles(data_path=data[party], key_path=key)
     installed = Path(args.workdir).expanduser() / "server" / f"{operator}.key"
     # as for a party, or operator/ beside the agreement (the layout `vfm demo` prepares)
-    candidates = (
-        [keys[operator]]
-        if operator in keys
-        else [d / f"{operator}.key" for d in [*keys_dirs, agreement_path.parent / "operator"]]
-    )
+    candidates = _key_candidates(operator, keys, [*keys_dirs, agreement_path.parent / "operator"])
     operator_key = next((c for c in candidates if c.is_file()), None)
     if operator_key is None and not installed.is_file():
         looked = ", ".join(str(c) for c in [*candidates, installed])

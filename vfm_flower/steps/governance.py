@@ -124,11 +124,12 @@ def every_party_close(ctx: PartyContext) -> None:
     # the server's log only grows: a head at or before one this party attested in an earlier
     # job is an old head (the log would be rolled back behind it without anyone noticing)
     earlier = verify_audit_log(runtime.audit.path).attested_heads.get(server.party, [])
-    if earlier and seq <= max(s for s, _ in earlier):
+    last = max((s for s, _ in earlier), default=None)
+    if last is not None and seq <= last:
         raise PolicyViolation(
             "operator",
             f"the server's audit head (entry {seq}) is not after the one this party attested "
-            f"in an earlier job (entry {max(s for s, _ in earlier)}): refusing to attest it",
+            f"in an earlier job (entry {last}): refusing to attest it",
         )
     # attested under the operator's name: the server's log is written under that name
     runtime.audit.attest_peer_head(server.party, seq, head, signature, peer_public=server)

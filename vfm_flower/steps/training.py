@@ -397,8 +397,7 @@ def label_owner_iteration(ctx: PartyContext) -> None:
         pg.iteration_image_bits(),
         public.n.bit_length(),
     )
-    if "pg.features" not in ctx.state:  # else recorded by train.precompute
-        record_passive_shapes(ctx, layout)
+    record_passive_shapes(ctx, layout)  # at the first of this and train.precompute
     messages = {p: receive_forward(ctx, p, TOPIC_FORWARD) for p in ctx.passive_parties}
     features = {p: passive_features(ctx, p) for p in ctx.passive_parties}
     opened = pg.open_forward(private, messages, layout, features, masks)
@@ -448,8 +447,7 @@ def precompute_randomness(ctx: PartyContext) -> None:
     public = public_key(ctx)
     if ctx.is_label_owner:
         layout = ctx.label_owner_layout()
-        if "pg.features" not in ctx.state:
-            record_passive_shapes(ctx, layout)
+        record_passive_shapes(ctx, layout)
         features = {p: passive_features(ctx, p) for p in ctx.passive_parties}
         count = pg.label_owner_obfuscators(layout, features)
         encryptor = djn.DJNEncryptor(public, private=private_key(ctx))
@@ -468,7 +466,10 @@ def precompute_randomness(ctx: PartyContext) -> None:
 
 def record_passive_shapes(ctx: PartyContext, layout) -> None:
     """LO: each passive party's row and feature counts (sealed to it at ``train.prepare``);
-    the rows must be the ids it aligned."""
+    the rows must be the ids it aligned. Once: the first step after ``train.prepare`` gets
+    the envelopes, later calls find the counts recorded."""
+    if "pg.features" in ctx.state:
+        return
     counts = {}
     for peer in ctx.passive_parties:
         blob = ctx.receive(peer, TOPIC_SHAPE, round=0)
