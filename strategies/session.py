@@ -46,7 +46,14 @@ import numpy as np
 from flwr.serverapp import Grid
 
 from vfm_flower.agreement import Agreement, SignedAgreement
-from vfm_flower.audit import AuditLog, sign_head
+from vfm_flower.audit import AuditLog
+from vfm_flower.audit_heads import (
+    CloseCertificate,
+    SignedHead,
+    append_certificate,
+    certificates_path,
+    last_certified_job,
+)
 from vfm_flower.errors import ConfigurationError, ProtocolAbort, VfmError
 from vfm_flower.jobs import Job, JobKind
 from vfm_flower.keys import PartyIdentity
@@ -54,6 +61,7 @@ from vfm_flower.masking import sum_masked
 from vfm_flower.party import StepReply, StepRequest, audit_log_path
 from vfm_flower.policy import (
     check_job,
+    check_job_counter,
     check_operator_key,
     check_party_presence,
     check_same_agreement,
@@ -219,6 +227,7 @@ class VerticalSession:
         for path in self.result_files:
             path.unlink(missing_ok=True)
         self._identity = load_operator_identity(self.agreement, self.workdir)
+        self.transport.signer = self._identity
         self._audit = AuditLog.open(
             audit_log_path(self.workdir, self.agreement_hash), self._identity, self.agreement_hash
         )
@@ -306,17 +315,28 @@ class VerticalSession:
         nodes = self.wait_for_nodes()
         server_nonce = secrets.token_hex(16)
         assert self._identity is not None
+        # the job's number: one above the last in the operator's own log, which must not be
+        # behind the close certificates the operator holds
+        job_counter = self.audit.job_counter + 1
+        check_job_counter(
+            job_counter,
+            self.audit.job_counter,
+            last_certified_job(certificates_path(self.audit.path), self.agreement_hash),
+        )
+        self.audit.begin_job(job_counter, round=1)
         signed_hello = self._identity.sign(
             server_hello_bytes(
                 agreement_hash=self.agreement_hash,
                 job_digest=self.job.digest(),
                 flower_run_id=self.run_id,
                 server_nonce=server_nonce,
+                job_counter=job_counter,
             )
         )
         params = {
             "server_nonce": server_nonce,
             "flower_run_id": self.run_id,
+            "job_counter": job_counter,
             "operator_signature": base64.b64encode(signed_hello).decode(),
         }
         request = self._request("query.hello", 1, params=params)
@@ -363,6 +383,7 @@ class VerticalSession:
             party_nonces={p: str(r.public["nonce"]) for p, r in sorted(by_party.items())},
             job_digest=self.job.digest(),
             hellos={p: (dict(r.public), r.signature) for p, r in sorted(by_party.items())},
+            job_counter=job_counter,
         )
         # the operator vouches for the session: every party checks it before its first step
         self.info = replace(
@@ -492,36 +513,48 @@ class VerticalSession:
 
     # --- the end ------------------------------------------------------------------------------
     def close(self) -> None:
-        """Last round of every job: cross-sign audit heads with every party, seal all logs."""
+        """Last two rounds of every job: cross-sign audit heads with every party, send every
+        party the close certificate (every log's head, countersigned), seal all logs."""
         assert self._identity is not None
         self.transport.phase = "close"
         self.result.phases.setdefault("close", PhaseStats())
-        seq, head = self.audit.head()
-        public = self._identity.public
-        params = {
-            "server_seq": seq,
-            "server_head": head,
-            "server_head_sig": base64.b64encode(sign_head(self._identity, seq, head)).decode(),
-            "server_signing_key": base64.b64encode(public.signing_key).decode(),
-            "server_exchange_key": base64.b64encode(public.exchange_key).decode(),
-        }
-        replies = self.send("query.close", to=list(self.transport.node_of), params=params)
-        heads = {}
+        own = self.audit.signed_head()
+        parties = list(self.transport.node_of)
+        replies = self.send("query.close", to=parties, params={"server_head": own.to_json()})
+        heads = {own.writer: own}
         for party, reply in replies.items():
-            try:
-                pseq, phead = int(reply.public["audit_seq"]), str(reply.public["audit_head"])
-                signature = base64.b64decode(reply.public["audit_head_sig"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ProtocolAbort("close", party, "close reply carries no audit head") from exc
+            heads[party] = head = self._party_head(party, reply)
             self.audit.attest_peer_head(
-                party,
-                pseq,
-                phead,
-                signature,
-                peer_public=self.agreement.party(party).public_identity,
+                head, peer_public=self.agreement.party(party).public_identity
             )
-            heads[party] = (pseq, phead)
-        self.audit.seal(heads)
+        certificate = CloseCertificate(
+            self.agreement_hash, self.audit.job_counter, heads
+        ).signed_by(self._identity)
+        replies = self.send(
+            "query.seal", to=parties, params={"certificate": json.dumps(certificate.to_json())}
+        )
+        sealed = {party: self._party_head(party, reply) for party, reply in replies.items()}
+        append_certificate(certificates_path(self.audit.path), own.writer, certificate)
+        self.audit.seal(sealed, certificate=certificate)
+
+    def _party_head(self, party: str, reply: StepReply) -> SignedHead:
+        """The audit head a close reply carries, signed by ``party`` for this job."""
+        try:
+            head = SignedHead.from_json(
+                {
+                    "seq": reply.public["audit_seq"],
+                    "head": reply.public["audit_head"],
+                    "sig": reply.public["audit_head_sig"],
+                },
+                writer=party,
+                agreement_hash=self.agreement_hash,
+                job_counter=self.audit.job_counter,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolAbort("close", party, "close reply carries no audit head") from exc
+        if not head.verifies(self.agreement.party(party).public_identity):
+            raise ProtocolAbort("close", party, "its audit head is not signed by its key")
+        return head
 
 
 @contextmanager

@@ -24,9 +24,10 @@ from flwr.serverapp import Grid
 from vfm_flower.agreement import Agreement
 from vfm_flower.envelope import peek_header
 from vfm_flower.errors import EnvelopeError, ProtocolAbort, SignatureError
+from vfm_flower.keys import PartyIdentity
 from vfm_flower.party import StepReply, StepRequest
 from vfm_flower.runtime import wire
-from vfm_flower.session import reply_signing_bytes
+from vfm_flower.session import reply_signing_bytes, request_signing_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ class Transport:
         self.result = JobResult()
         self.run_ref = "hello"
         self._mailbox: dict[str, Mailbox] = {}
+        #: the operator's identity: it signs every request after hello
+        self.signer: PartyIdentity | None = None
+        self.sequence = 0
 
     # --- one round ---------------------------------------------------------------------------
     def round(
@@ -145,9 +149,24 @@ class Transport:
         Replies are verified; the envelopes they carry go to the mailbox for the recipients'
         next messages.
         """
+        if self.signer is None:
+            raise ProtocolAbort(kind, None, "the operator's key is not loaded: nothing is sent")
+        self.sequence += 1
         for party, request in requests.items():
             pending = self._mailbox.pop(party, {})
             request.inbox = {**pending, **request.inbox}
+            request.sequence = self.sequence
+            request.operator_signature = self.signer.sign(
+                request_signing_bytes(
+                    run_ref=self.run_ref,
+                    kind=request.kind,
+                    step=request.step,
+                    sequence=self.sequence,
+                    party=party,
+                    params=request.params,
+                    sums=request.sums,
+                )
+            )
         replies = self.round(kind, {self.node_of[p]: r for p, r in requests.items()})
         out: dict[str, StepReply] = {}
         for party, request in requests.items():

@@ -15,11 +15,10 @@ from vfm_flower.audit import (
     AuditLog,
     entry_hash,
     payload_hash,
-    sign_head,
     verify_audit_log,
-    verify_audit_tree,
-    verify_head_signature,
 )
+from vfm_flower.audit_heads import SignedHead
+from vfm_flower.audit_verify import verify_audit_tree
 from vfm_flower.errors import PolicyViolation, SignatureError
 from vfm_flower.keys import PartyIdentity
 
@@ -54,6 +53,10 @@ def write_run(path: Path, signer: PartyIdentity, *, seal: bool = True) -> AuditL
     return log
 
 
+def signed(signer: PartyIdentity, seq: int, head: str, job: int = 0, terms: str = AGREEMENT):
+    return SignedHead.sign(signer, agreement_hash=terms, job_counter=job, seq=seq, head=head)
+
+
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines(keepends=True)
 
@@ -65,7 +68,7 @@ def rewrite(path: Path, new_lines: list[str]) -> None:
 # ---------------------------------------------------------------------------- intact logs
 
 
-def test_intact_log_with_resume_across_reopen(tmp_path: Path, bank):
+def test_intact_log_with_resume_across_reopen(tmp_path: Path, bank, server):
     path = tmp_path / "bank" / "audit.jsonl"
     log = AuditLog.open(path, bank, AGREEMENT)
     first = log.record("hello", 1, "ok", sizes={"rows": 10})
@@ -75,7 +78,7 @@ def test_intact_log_with_resume_across_reopen(tmp_path: Path, bank):
     assert again.head() == (1, first)
     again.record("align", 2, "ok")
     third = AuditLog.open(path, bank, AGREEMENT)
-    seal = third.seal(peer_heads={"server": (3, "b" * 64)})
+    seal = third.seal(peer_heads={"server": signed(server, 3, "b" * 64)})
     assert third.sealed
     res = verify_audit_log(path, expected_key=bank.public.signing_key)
     assert res.ok, res.reason
@@ -99,8 +102,8 @@ def test_entry_format_has_no_payloads(tmp_path: Path, bank):
     write_run(path, bank)
     entry = json.loads(lines(path)[2])
     assert set(entry) == {
-        "seq", "ts", "kind", "actor", "phase", "round", "decision", "sizes", "bytes_in",
-        "bytes_out", "payload_hashes", "detail", "prev", "hash", "sig",
+        "seq", "ts", "kind", "actor", "job_counter", "phase", "round", "decision", "sizes",
+        "bytes_in", "bytes_out", "payload_hashes", "detail", "prev", "hash", "sig",
     }  # fmt: skip
     assert entry["payload_hashes"] == [payload_hash(b"blinded ids")]
     assert entry["hash"] == entry_hash(entry)
@@ -134,22 +137,71 @@ def test_record_refuses_data_shaped_arguments(tmp_path: Path, bank):
     assert last["decision"] == "refused:min_intersection" and last["hash"] == h
 
 
-def test_head_signatures(bank, server):
-    sig = sign_head(bank, 3, "c" * 64)
-    verify_head_signature(bank.public, 3, "c" * 64, sig)
-    verify_head_signature(bank.public.signing_key, 3, "c" * 64, sig)
+def test_head_signatures_are_bound_to_agreement_job_and_writer(bank, server):
+    from dataclasses import replace
+
+    head = signed(bank, 3, "c" * 64, job=2)
+    head.verify(bank.public)
+    assert head.verifies(bank.public.signing_key)
+    assert not head.verifies(server.public)
+    for changed in (
+        replace(head, seq=4),
+        replace(head, job_counter=1),  # a head of another job
+        replace(head, agreement_hash="b" * 64),  # of another agreement
+        replace(head, writer="bank2"),  # presented as another writer's
+        replace(head, head="d" * 64),
+    ):
+        assert not changed.verifies(bank.public)
     with pytest.raises(SignatureError):
-        verify_head_signature(bank.public, 4, "c" * 64, sig)
-    with pytest.raises(SignatureError):
-        verify_head_signature(server.public, 3, "c" * 64, sig)
+        replace(head, seq=4).verify(bank.public)
 
 
-def test_attest_checks_peer_signature_when_key_given(tmp_path: Path, bank, server):
+def test_attest_checks_peer_signature_agreement_and_job(tmp_path: Path, bank, server):
+    from dataclasses import replace
+
     log = AuditLog.open(tmp_path / "server.jsonl", server, AGREEMENT)
+    good = signed(bank, 1, "d" * 64)
     with pytest.raises(SignatureError):
-        log.attest_peer_head("bank", 1, "d" * 64, b"\0" * 64, peer_public=bank.public)
-    good = sign_head(bank, 1, "d" * 64)
-    log.attest_peer_head("bank", 1, "d" * 64, good, peer_public=bank.public)
+        log.attest_peer_head(replace(good, signature=b"\0" * 64), peer_public=bank.public)
+    with pytest.raises(ValueError, match="another agreement or job"):
+        log.attest_peer_head(signed(bank, 1, "d" * 64, job=3), peer_public=bank.public)
+    log.attest_peer_head(good, peer_public=bank.public)
+
+
+def test_the_job_counter_never_goes_back(tmp_path: Path, bank):
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog.open(path, bank, AGREEMENT)
+    assert log.job_counter == 0
+    log.begin_job(3)
+    log.record("hello", 1, "ok")
+    log.seal()
+    assert AuditLog.open(path, bank, AGREEMENT).job_counter == 3  # resumed from the log
+    for earlier in (3, 2):
+        with pytest.raises(AuditIntegrityError, match="not above"):
+            log.begin_job(earlier)
+    log.begin_job(5)  # a gap is allowed (a job this writer was not reached in)
+    log.seal()
+    res = verify_audit_log(path)
+    assert res.ok and res.job_counter == 5
+    # an entry moved back to an earlier job (re-signed by the writer): the counter went back
+    ls = lines(path)
+    entry = json.loads(ls[-1])
+    entry["job_counter"] = 2
+    entry["hash"] = entry_hash(entry)
+    entry["sig"] = base64.b64encode(
+        bank.sign(_ENTRY_DOMAIN + bytes.fromhex(entry["hash"]))
+    ).decode()
+    rewrite(path, ls[:-1] + [json.dumps(entry) + "\n"])
+    res = verify_audit_log(path)
+    assert not res.ok and res.first_bad_line == len(ls) and "went back from 5 to 2" in res.reason
+
+
+def test_a_log_of_the_older_format_is_named(tmp_path: Path, bank):
+    path = tmp_path / "audit.jsonl"
+    write_run(path, bank)
+    rewrite(path, [lines(path)[0].replace("vfm-audit/2", "vfm-audit/1")])
+    res = verify_audit_log(path)
+    assert res.first_bad_line == 1 and "an older vfm-flower wrote it" in res.reason
 
 
 # ---------------------------------------------------------------------------- tampering
@@ -270,7 +322,7 @@ def test_truncated_log_whose_head_was_attested(tmp_path: Path, bank, server):
     log.seal()
     seq, head = log.head()
     server_log = AuditLog.open(work / "server.jsonl", server, AGREEMENT)
-    server_log.attest_peer_head("bank", seq, head, sign_head(bank, seq, head))
+    server_log.attest_peer_head(signed(bank, seq, head), peer_public=bank.public)
     server_log.seal()
     assert all(r.ok for _, r in verify_audit_tree(work))
 
@@ -280,7 +332,8 @@ def test_truncated_log_whose_head_was_attested(tmp_path: Path, bank, server):
     assert results[work / "server.jsonl"].ok
     bad = results[bank_path]
     assert not bad.ok
-    assert bad.reason == "truncated or rewritten: head attested by server not found"
+    assert bad.reason.startswith("rolled back or truncated: the log ends at entry")
+    assert f"server.jsonl line {len(lines(work / 'server.jsonl')) - 1} holds" in bad.reason
     assert bad.first_bad_line == keep + 1
 
 
@@ -289,12 +342,12 @@ def test_attested_head_in_seal_and_unsealed_truncation(tmp_path: Path, bank, ser
     bank_log = write_run(work / "bank.jsonl", bank, seal=False)
     seq, head = bank_log.head()
     server_log = AuditLog.open(work / "server.jsonl", server, AGREEMENT)
-    server_log.seal(peer_heads={"bank": (seq, head)})
+    server_log.seal(peer_heads={"bank": signed(bank, seq, head)})
     bank_log.seal()
     assert all(r.ok for _, r in verify_audit_tree(work))
     rewrite(work / "bank.jsonl", lines(work / "bank.jsonl")[:2])
     bad = dict(verify_audit_tree(work))[work / "bank.jsonl"]
-    assert bad.reason == "truncated or rewritten: head attested by server not found"
+    assert bad.reason.startswith("rolled back or truncated") and bad.first_bad_line == 3
 
 
 def test_tree_reports_other_problems_per_file(tmp_path: Path, bank, server):

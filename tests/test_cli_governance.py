@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vfm_flower.audit import AuditLog, sign_head
+from vfm_flower.audit import AuditLog
 from vfm_flower.cli import main
 from vfm_flower.keys import PartyIdentity
 
@@ -273,7 +273,7 @@ def _work_dir(tmp_path: Path) -> tuple[Path, Path]:
     bank_log.seal()
     seq, head = bank_log.head()
     server_log = AuditLog.open(work / "server" / "audit.jsonl", server, "a" * 64)
-    server_log.attest_peer_head("bank", seq, head, sign_head(bank, seq, head))
+    server_log.attest_peer_head(bank_log.signed_head(), peer_public=bank.public)
     server_log.seal()
     return work, work / "bank" / "audit.jsonl"
 
@@ -288,7 +288,7 @@ def test_audit_verify(tmp_path: Path, capsys):
     bank_log.write_text("".join(lines[:-1]))  # drop the seal
     assert main(["audit", "verify", str(work)]) == 1
     err = capsys.readouterr().err
-    assert f"FAILED {bank_log}: line 3: truncated or rewritten: head attested by server" in err
+    assert f"FAILED {bank_log}: line 3: rolled back or truncated: the log ends at entry 1" in err
     assert main(["audit", "verify", str(bank_log)]) == 1
     assert "line 3: truncated: no closing entry" in capsys.readouterr().err
     bank_log.write_text(lines[0] + lines[1].replace('"rows":10', '"rows":11') + lines[2])

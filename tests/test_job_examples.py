@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import make_collaboration
 from vfm_flower.agreement import JobTerms
-from vfm_flower.audit import verify_audit_tree
+from vfm_flower.audit_verify import verify_audit_tree
 from vfm_flower.errors import PolicyViolation, ProtocolAbort
 from vfm_flower.runtime.local_job import load_flower_app, run_local_app
 

@@ -18,7 +18,7 @@ from flwr.serverapp import ServerApp
 
 from tests.conftest import make_collaboration
 from vfm_flower import JobKind, JobTerms, ParamSpec, Topic, vertical_session
-from vfm_flower.audit import verify_audit_tree
+from vfm_flower.audit_verify import verify_audit_tree
 from vfm_flower.clients.mod import raw_array, vertical_mod
 from vfm_flower.errors import ProtocolAbort
 from vfm_flower.runtime.local_job import run_local_app

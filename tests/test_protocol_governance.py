@@ -9,7 +9,7 @@ import pytest
 import vfm_flower.strategies.session as strategy_session
 from tests.conftest import audit_decisions, governed_collab, make_collaboration, synthetic_frames
 from vfm_flower.agreement import SignedAgreement
-from vfm_flower.audit import verify_audit_tree
+from vfm_flower.audit_verify import verify_audit_tree
 from vfm_flower.errors import PolicyViolation, ProtocolAbort
 from vfm_flower.strategies.session import VerticalSession
 
@@ -190,6 +190,54 @@ def test_every_party_refuses_a_session_the_operator_did_not_sign(tmp_path, monke
     with pytest.raises(ProtocolAbort, match=r"\[operator\].*session"):
         collab.run(job="train", **FAST)
     assert ("lo", "refused:operator") in audit_decisions(collab.root / "work")
+
+
+def test_a_request_changed_by_a_relay_is_refused(tmp_path, monkeypatch):
+    """Every request after hello is signed by the operator: a relay between the operator and
+    the parties (or the SuperLink itself) cannot change a step's parameters."""
+    import json
+
+    from flwr.app import ConfigRecord
+
+    from vfm_flower.runtime import wire
+
+    original = wire.encode_request
+
+    def encode(request):
+        content = original(request)
+        if request.kind == "query.close":  # e.g. a relay presenting another audit head
+            cfg = dict(content["vfm"])
+            params = json.loads(str(cfg["params"]))
+            params["server_head"]["seq"] += 1
+            cfg["params"] = json.dumps(params)
+            content["vfm"] = ConfigRecord(cfg)
+        return content
+
+    monkeypatch.setattr(wire, "encode_request", encode)
+    collab = _collab(tmp_path)
+    with pytest.raises(ProtocolAbort, match=r"\[operator\].*'query.close' request is not signed"):
+        collab.run(job="train", **FAST)
+    assert ("lo", "refused:operator") in audit_decisions(collab.root / "work")
+
+
+def test_a_request_replayed_by_a_relay_is_refused(tmp_path, monkeypatch):
+    from vfm_flower.strategies.transport import Transport
+
+    original = Transport.round
+    replayed = []
+
+    def round_(self, kind, requests, *, by_node=False):
+        out = original(self, kind, requests, by_node=by_node)
+        if kind == "query.align" and not replayed:  # the same signed messages, again
+            replayed.append(kind)
+            original(self, kind, requests, by_node=by_node)
+        return out
+
+    monkeypatch.setattr(Transport, "round", round_)
+    collab = _collab(tmp_path)
+    with pytest.raises(ProtocolAbort, match=r"\[session\].*replayed or reordered"):
+        collab.run(job="train", **FAST)
+    assert replayed
 
 
 def test_a_re_delivered_hello_is_refused_and_counts_once(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import pytest
 import vfm_flower.strategies.session as strategy_session
 from tests.conftest import audit_decisions, governed_collab
 from vfm_flower.agreement import JobTerms
-from vfm_flower.audit import verify_audit_tree
+from vfm_flower.audit_verify import verify_audit_tree
 from vfm_flower.errors import ConfigurationError, PolicyViolation, ProtocolAbort
 from vfm_flower.jobs_builtin import LOGISTIC
 from vfm_flower.keys import PartyIdentity
@@ -133,6 +133,7 @@ def test_a_different_l2_for_one_party_is_refused(tmp_path, malicious_server, mon
                 job_digest=other.digest(),
                 flower_run_id=params["flower_run_id"],
                 server_nonce=params["server_nonce"],
+                job_counter=params["job_counter"],
             )
             params["operator_signature"] = base64.b64encode(operator.sign(hello)).decode()
             requests[node] = dataclasses.replace(requests[node], job=other, params=params)

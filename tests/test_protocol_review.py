@@ -18,7 +18,7 @@ import vfm_flower.runtime.wire as wire
 import vfm_flower.strategies.session as strategy_session
 from tests.conftest import audit_decisions, governed_collab
 from vfm_flower.agreement import JobTerms
-from vfm_flower.audit import verify_audit_tree
+from vfm_flower.audit_verify import verify_audit_tree
 from vfm_flower.errors import ConfigurationError, ProtocolAbort
 from vfm_flower.jobs import JobKind
 from vfm_flower.jobs_builtin import LOGISTIC
@@ -118,7 +118,8 @@ def test_close_numbers_out_of_range_are_refused_by_name(tmp_path, monkeypatch, s
 
     def send(self, kind, to=None, **kwargs):
         if kind == "query.close":
-            kwargs["params"] = {**kwargs["params"], "server_seq": seq}
+            head = {**kwargs["params"]["server_head"], "seq": seq}
+            kwargs["params"] = {**kwargs["params"], "server_head": head}
         return original(self, kind, to, **kwargs)
 
     monkeypatch.setattr(VerticalSession, "send", send)

@@ -1,21 +1,10 @@
 """Tamper-evident audit trail: an append-only, hash-chained, signed JSON-lines log.
 
-One log per writer (a party, or the server with its own key). Each line is one JSON object::
-
-    {"seq": 3, "ts": "2025-05-01T12:00:00.123456Z", "kind": "event", "actor": "bank",
-     "phase": "align", "round": 2, "decision": "ok", "sizes": {"ids": 5000},
-     "bytes_in": 1234, "bytes_out": 4321, "payload_hashes": ["<sha256 hex>"],
-     "detail": "", "prev": "<hash of entry 2>", "hash": "<sha256 hex>", "sig": "<base64>"}
-
-- ``hash`` is SHA-256 over the canonical JSON (sorted keys, compact, ASCII) of the entry
-  without ``hash`` and ``sig``; ``prev`` is the previous entry's hash (a fixed genesis value for
-  the first entry); ``sig`` is the writer's Ed25519 signature over the hash (domain-separated).
-- The first entry (``kind = "genesis"``) names the writer, its Ed25519 public key and the
-  agreement hash; every later entry must be signed by that key.
-- ``kind = "attest"`` records another log's head ``(seq, hash)`` signed by that log's writer
-  (cross-signing): the other log must contain that exact entry, or it was truncated or
-  rewritten. ``kind = "seal"`` closes a run; a log whose last entry is not a seal is reported
-  as possibly truncated.
+One log per writer (a party, or the server under the operator's key) and agreement. The
+format of an entry, and verifying one log, are :mod:`vfm_flower.audit_chain`; the heads and
+close certificates one log holds of the others, :mod:`vfm_flower.audit_heads`; verifying
+logs together, :mod:`vfm_flower.audit_verify`. This module writes: :class:`AuditLog` creates
+or resumes a log, appends events, attestations and seals, and never rewrites a line.
 
 What the log never contains: ids, feature values, labels, scores or keys (only the writer's
 *public* key). Payloads appear as SHA-256 hashes and byte counts; ``detail`` is short free
@@ -24,25 +13,37 @@ text that callers must keep free of data.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import re
-import struct
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from vfm_flower.errors import PolicyViolation, SignatureError, VfmError
+from vfm_flower.audit_chain import (  # noqa: F401 - the format's names, re-exported
+    _ENTRY_DOMAIN,
+    _HEX64,
+    GENESIS_PREV,
+    LOG_FORMAT,
+    MAX_DETAIL,
+    TRUNCATED,
+    Attestation,
+    AuditVerification,
+    _b64,
+    _Bad,
+    _Chain,
+    _split_lines,
+    _unb64,
+    _verify_bytes,
+    _verify_entry_sig,
+    entry_hash,
+    payload_hash,
+    verify_audit_log,
+)
+from vfm_flower.audit_heads import CloseCertificate, SignedHead
+from vfm_flower.errors import PolicyViolation, VfmError
 from vfm_flower.keys import PublicIdentity
 
 try:  # POSIX advisory locks: several Flower processes of one party may append in turn.
@@ -51,38 +52,6 @@ except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
-
-LOG_FORMAT = "vfm-audit/1"
-GENESIS_PREV = "0" * 64
-MAX_DETAIL = 200
-TRUNCATED = "truncated: no closing entry"
-
-_ENTRY_DOMAIN = b"vfm-flower/v1/audit-entry\x00"
-_HEAD_DOMAIN = b"vfm-flower/v1/audit-head\x00"
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_BASE_FIELDS = {
-    "seq": int,
-    "ts": str,
-    "kind": str,
-    "actor": str,
-    "phase": str,
-    "round": int,
-    "decision": str,
-    "sizes": dict,
-    "bytes_in": int,
-    "bytes_out": int,
-    "payload_hashes": list,
-    "detail": str,
-    "prev": str,
-    "hash": str,
-    "sig": str,
-}
-_KIND_FIELDS: dict[str, dict[str, type]] = {
-    "genesis": {"format": str, "writer": str, "public_key": str, "agreement_hash": str},
-    "event": {},
-    "attest": {"peer": str, "peer_seq": int, "peer_head": str, "peer_sig": str},
-    "seal": {"peer_heads": dict},
-}
 
 
 class AuditIntegrityError(VfmError):
@@ -101,413 +70,8 @@ class AuditSigner(Protocol):
     def sign(self, data: bytes) -> bytes: ...
 
 
-# ----------------------------------------------------------------------------------------------
-# hashing and signatures
-# ----------------------------------------------------------------------------------------------
-
-
-def payload_hash(data: bytes) -> str:
-    """SHA-256 hex digest of a payload (what the log records instead of the payload)."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
-
-
-def _canonical(entry: Mapping[str, Any]) -> bytes:
-    body = {k: v for k, v in entry.items() if k not in ("hash", "sig")}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
-        "ascii"
-    )
-
-
-def entry_hash(entry: Mapping[str, Any]) -> str:
-    """SHA-256 hex of an entry's canonical form (without ``hash`` and ``sig``)."""
-    return hashlib.sha256(_canonical(entry)).hexdigest()
-
-
-def _head_message(seq: int, head_hash: str) -> bytes:
-    if not _HEX64.match(head_hash):
-        raise ValueError("a head hash must be 64 lowercase hex digits")
-    return _HEAD_DOMAIN + struct.pack(">Q", seq) + bytes.fromhex(head_hash)
-
-
-def sign_head(signer: AuditSigner, seq: int, head_hash: str) -> bytes:
-    """Sign a log head ``(seq, hash)`` so that another log can attest it.
-
-    Parameters
-    ----------
-    signer : AuditSigner
-        The writer of the log whose head this is.
-    seq, head_hash : int, str
-        The head, as returned by :meth:`AuditLog.head`.
-    """
-    return signer.sign(_head_message(seq, head_hash))
-
-
-def verify_head_signature(
-    public: PublicIdentity | bytes, seq: int, head_hash: str, sig: bytes
-) -> None:
-    """Verify a head signature from :func:`sign_head`; raise ``SignatureError`` if invalid."""
-    key = public.signing_key if isinstance(public, PublicIdentity) else public
-    try:
-        Ed25519PublicKey.from_public_bytes(key).verify(sig, _head_message(seq, head_hash))
-    except (InvalidSignature, ValueError) as exc:
-        raise SignatureError(f"head signature for seq {seq} does not verify") from exc
-
-
-def _verify_entry_sig(public_key: bytes, digest_hex: str, sig: bytes) -> bool:
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            sig, _ENTRY_DOMAIN + bytes.fromhex(digest_hex)
-        )
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
 def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-# ----------------------------------------------------------------------------------------------
-# verification
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Attestation:
-    """One log's record of another writer's head."""
-
-    peer: str
-    seq: int
-    head: str
-    signature: bytes | None
-    line: int
-
-
-@dataclass(frozen=True)
-class AuditVerification:
-    """Result of verifying one audit log.
-
-    Attributes
-    ----------
-    ok : bool
-        True only if every entry verifies and the log ends with a seal.
-    entries : int
-        Number of entries that verified (before the first bad line).
-    first_bad_line : int or None
-        1-based line number of the first problem (``entries + 1`` for a missing seal).
-    reason : str
-        ``"ok"`` or what is wrong.
-    sealed : bool
-        Whether the last verified entry is a seal.
-    head : tuple of (int, str) or None
-        ``(seq, hash)`` of the last verified entry.
-    attested_heads : dict
-        Peer name -> list of ``(seq, hash)`` heads this log attests.
-    """
-
-    ok: bool
-    entries: int
-    first_bad_line: int | None
-    reason: str
-    sealed: bool
-    head: tuple[int, str] | None
-    attested_heads: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
-    writer: str | None = None
-    public_key: bytes | None = None
-    agreement_hash: str | None = None
-    attestations: tuple[Attestation, ...] = ()
-
-
-class _Bad(Exception):
-    def __init__(self, line: int, reason: str) -> None:
-        super().__init__(reason)
-        self.line = line
-        self.reason = reason
-
-
-class _Chain:
-    """Incremental verifier: feed lines one by one; keeps the head."""
-
-    def __init__(self, expected_key: bytes | None = None) -> None:
-        self.expected_key = expected_key
-        self.writer: str | None = None
-        self.public_key: bytes | None = None
-        self.agreement_hash: str | None = None
-        self.entries = 0
-        self.head_hash = GENESIS_PREV
-        self.last_kind: str | None = None
-        self.attestations: list[Attestation] = []
-
-    @property
-    def head(self) -> tuple[int, str] | None:
-        return (self.entries - 1, self.head_hash) if self.entries else None
-
-    def feed(self, line_no: int, raw: bytes) -> dict[str, Any]:
-        try:
-            entry = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise _Bad(line_no, "not a JSON object (edited or corrupted)") from exc
-        if not isinstance(entry, dict):
-            raise _Bad(line_no, "not a JSON object (edited or corrupted)")
-        kind = entry.get("kind")
-        if kind not in _KIND_FIELDS:
-            raise _Bad(line_no, f"unknown entry kind {kind!r} (edited or corrupted)")
-        expected_fields = {**_BASE_FIELDS, **_KIND_FIELDS[kind]}
-        if set(entry) != set(expected_fields):
-            extra = sorted(set(entry) - set(expected_fields))
-            missing = sorted(set(expected_fields) - set(entry))
-            raise _Bad(
-                line_no,
-                "fields changed (edited): "
-                + ", ".join(
-                    ([f"unexpected {', '.join(extra)}"] if extra else [])
-                    + ([f"missing {', '.join(missing)}"] if missing else [])
-                ),
-            )
-        for name, typ in expected_fields.items():
-            value = entry[name]
-            if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-                raise _Bad(line_no, f"field {name} has the wrong type (edited)")
-        if entry_hash(entry) != entry["hash"]:
-            raise _Bad(line_no, "hash mismatch: the entry was edited")
-        if kind == "genesis":
-            if self.entries:
-                raise _Bad(line_no, "a second genesis entry (logs concatenated or inserted)")
-            if entry["format"] != LOG_FORMAT:
-                raise _Bad(line_no, f"unknown log format {entry['format']!r}")
-            try:
-                key = _unb64(entry["public_key"])
-            except (binascii.Error, ValueError) as exc:
-                raise _Bad(line_no, "genesis public key is not base64") from exc
-            if len(key) != 32:
-                raise _Bad(line_no, "genesis public key is not a 32-byte Ed25519 key")
-            if self.expected_key is not None and key != self.expected_key:
-                raise _Bad(line_no, "the log was written with another key than the expected one")
-            public_key = key
-        elif not self.entries:
-            raise _Bad(line_no, "the first entry is not a genesis entry (truncated at the start)")
-        else:
-            assert self.public_key is not None
-            public_key = self.public_key
-        try:
-            sig = _unb64(entry["sig"])
-        except (binascii.Error, ValueError) as exc:
-            raise _Bad(line_no, "signature is not base64 (edited)") from exc
-        if not _verify_entry_sig(public_key, entry["hash"], sig):
-            raise _Bad(line_no, "bad signature: the entry was not written by the log's writer")
-        if entry["seq"] != self.entries:
-            raise _Bad(
-                line_no,
-                f"sequence number {entry['seq']}, expected {self.entries}: an entry was "
-                "deleted, inserted or reordered",
-            )
-        if entry["prev"] != self.head_hash:
-            raise _Bad(
-                line_no,
-                "prev does not link to the previous entry: an entry was deleted, inserted or "
-                "reordered",
-            )
-        if kind == "genesis":
-            self.writer = entry["writer"]
-            self.public_key = public_key
-            self.agreement_hash = entry["agreement_hash"]
-        if entry["actor"] != self.writer:
-            raise _Bad(line_no, f"actor {entry['actor']!r} is not the log's writer")
-        if kind == "attest":
-            if not _HEX64.match(entry["peer_head"]):
-                raise _Bad(line_no, "attested head is not a sha256 hex digest")
-            try:
-                peer_sig = _unb64(entry["peer_sig"])
-            except (binascii.Error, ValueError) as exc:
-                raise _Bad(line_no, "attestation signature is not base64") from exc
-            self.attestations.append(
-                Attestation(entry["peer"], entry["peer_seq"], entry["peer_head"], peer_sig, line_no)
-            )
-        elif kind == "seal":
-            for peer, head in sorted(entry["peer_heads"].items()):
-                if (
-                    not isinstance(head, list)
-                    or len(head) != 2
-                    or not isinstance(head[0], int)
-                    or not isinstance(head[1], str)
-                    or not _HEX64.match(head[1])
-                ):
-                    raise _Bad(line_no, f"malformed peer head for {peer!r} in the seal")
-                self.attestations.append(Attestation(peer, head[0], head[1], None, line_no))
-        self.head_hash = entry["hash"]
-        self.entries += 1
-        self.last_kind = kind
-        return entry
-
-    def result(self, ok: bool, bad_line: int | None, reason: str) -> AuditVerification:
-        attested: dict[str, list[tuple[int, str]]] = {}
-        for att in self.attestations:
-            attested.setdefault(att.peer, []).append((att.seq, att.head))
-        return AuditVerification(
-            ok=ok,
-            entries=self.entries,
-            first_bad_line=bad_line,
-            reason=reason,
-            sealed=self.last_kind == "seal",
-            head=self.head,
-            attested_heads=attested,
-            writer=self.writer,
-            public_key=self.public_key,
-            agreement_hash=self.agreement_hash,
-            attestations=tuple(self.attestations),
-        )
-
-
-def _split_lines(data: bytes, start_line: int = 1) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(line number, line)``; a last line without newline raises ``_Bad``."""
-    if not data:
-        return
-    lines = data.split(b"\n")
-    tail = lines.pop()  # b"" when the data ends with a newline
-    for offset, line in enumerate(lines):
-        if not line.strip():
-            raise _Bad(start_line + offset, "blank line (an entry was deleted or corrupted)")
-        yield start_line + offset, line
-    if tail:
-        raise _Bad(
-            start_line + len(lines),
-            "incomplete last line (interrupted write or truncation inside an entry)",
-        )
-
-
-def _verify_bytes(data: bytes, expected_key: bytes | None) -> tuple[_Chain, _Bad | None]:
-    chain = _Chain(expected_key)
-    try:
-        for line_no, raw in _split_lines(data):
-            chain.feed(line_no, raw)
-    except _Bad as bad:
-        return chain, bad
-    return chain, None
-
-
-def verify_audit_log(
-    path: str | os.PathLike[str], expected_key: bytes | None = None
-) -> AuditVerification:
-    """Verify one audit log end to end.
-
-    Detects edited entries (hash mismatch or bad signature), deleted / inserted / reordered
-    entries (sequence numbers and the ``prev`` chain), a log written with another key than
-    ``expected_key``, and truncation (no closing seal).
-
-    Parameters
-    ----------
-    path : path-like
-        The ``.jsonl`` log.
-    expected_key : bytes or None
-        The writer's Ed25519 public key, if known from elsewhere (e.g. the agreement).
-
-    Returns
-    -------
-    AuditVerification
-        ``ok`` is true only for an intact, sealed log; ``first_bad_line`` and ``reason`` say
-        where and what otherwise.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return AuditVerification(
-            ok=False,
-            entries=0,
-            first_bad_line=None,
-            reason=f"cannot read: {exc.strerror or exc}",
-            sealed=False,
-            head=None,
-        )
-    chain, bad = _verify_bytes(data, expected_key)
-    if bad is not None:
-        return chain.result(False, bad.line, bad.reason)
-    if chain.entries == 0:
-        return chain.result(False, 1, "empty log: no genesis entry")
-    if chain.last_kind != "seal":
-        return chain.result(False, chain.entries + 1, TRUNCATED)
-    return chain.result(True, None, "ok")
-
-
-def _entry_at(path: Path, seq: int) -> str | None:
-    """Hash of entry ``seq`` of a log (unverified read), or None."""
-    try:
-        with path.open("rb") as handle:
-            for index, line in enumerate(handle):
-                if index == seq:
-                    return json.loads(line.decode("utf-8")).get("hash")
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
-        return None
-    return None
-
-
-def audit_log_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The audit logs at ``path``: the file itself, or every ``*.jsonl`` under a directory."""
-    root = Path(path)
-    return [root] if root.is_file() else sorted(p for p in root.rglob("*.jsonl") if p.is_file())
-
-
-def verify_audit_tree(path: str | os.PathLike[str]) -> list[tuple[Path, AuditVerification]]:
-    """Verify every ``*.jsonl`` audit log under a directory (or one log file) and cross-check.
-
-    When a log attests another writer's head ``(seq, hash)``, a log of that writer in the tree
-    must contain exactly that entry; otherwise each of that writer's logs is reported as
-    ``"truncated or rewritten: head attested by X not found"``. Attestations of writers whose
-    logs are elsewhere are not checked here.
-
-    Returns
-    -------
-    list of (Path, AuditVerification)
-        Sorted by path; empty if there is no log.
-    """
-    files = audit_log_files(path)
-    results = {p: verify_audit_log(p) for p in files}
-    by_writer: dict[str, list[Path]] = {}
-    for p, res in results.items():
-        if res.writer is not None:
-            by_writer.setdefault(res.writer, []).append(p)
-    for _path, res in list(results.items()):
-        for att in res.attestations:
-            candidates = by_writer.get(att.peer, [])
-            if not candidates or att.peer == res.writer:
-                continue
-            if att.signature is not None:
-                signed_by = []
-                for c in candidates:
-                    key = results[c].public_key
-                    with contextlib.suppress(SignatureError, ValueError):
-                        if key is not None:
-                            verify_head_signature(key, att.seq, att.head, att.signature)
-                            signed_by.append(c)
-                candidates = signed_by or candidates
-            if any(_entry_at(c, att.seq) == att.head for c in candidates):
-                continue
-            for c in candidates:
-                cres = results[c]
-                if not cres.ok and cres.reason != TRUNCATED:
-                    continue  # a more fundamental problem is already reported for this log
-                results[c] = AuditVerification(
-                    ok=False,
-                    entries=cres.entries,
-                    first_bad_line=min(att.seq + 1, cres.entries + 1),
-                    reason=f"truncated or rewritten: head attested by {res.writer} not found",
-                    sealed=cres.sealed,
-                    head=cres.head,
-                    attested_heads=cres.attested_heads,
-                    writer=cres.writer,
-                    public_key=cres.public_key,
-                    agreement_hash=cres.agreement_hash,
-                    attestations=cres.attestations,
-                )
-    return [(p, results[p]) for p in files]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -616,6 +180,53 @@ class AuditLog:
         assert head is not None
         return head
 
+    @property
+    def agreement_hash(self) -> str:
+        """The agreement this log records."""
+        return self._agreement_hash
+
+    @property
+    def job_counter(self) -> int:
+        """The job counter of the last entry (0 before the first job)."""
+        return self._chain.job_counter
+
+    def signed_head(self) -> SignedHead:
+        """The current head, signed by this log's writer for its agreement and job."""
+        seq, head = self.head()
+        return SignedHead.sign(
+            self._signer,
+            agreement_hash=self._agreement_hash,
+            job_counter=self.job_counter,
+            seq=seq,
+            head=head,
+        )
+
+    def begin_job(self, job_counter: int, *, round: int = 0, detail: str = "") -> str:
+        """Start job ``job_counter`` (above every earlier one): later entries carry it.
+
+        Raises
+        ------
+        AuditIntegrityError
+            If the counter is not above the log's (a counter never goes back).
+        """
+        if isinstance(job_counter, bool) or not isinstance(job_counter, int):
+            raise ValueError("a job counter must be an integer")
+        with _locked(self._path) as handle:
+            self._sync(handle)
+            if job_counter <= self._chain.job_counter:
+                raise AuditIntegrityError(
+                    f"job counter {job_counter} is not above this log's ({self._chain.job_counter})"
+                )
+            return self._append(
+                handle,
+                "event",
+                phase="job",
+                round=round,
+                decision="begin",
+                detail=str(detail)[:MAX_DETAIL],
+                job_counter=job_counter,
+            )
+
     def _sync(self, handle: IO[bytes]) -> None:
         """Verify what other processes appended since we last looked (lock held)."""
         handle.seek(0, os.SEEK_END)
@@ -654,6 +265,7 @@ class AuditLog:
         payload_hashes: Iterable[str] = (),
         detail: str = "",
         extra: Mapping[str, Any] | None = None,
+        job_counter: int | None = None,
     ) -> str:
         self._sync(handle)
         entry: dict[str, Any] = {
@@ -661,6 +273,7 @@ class AuditLog:
             "ts": _utc_now(),
             "kind": kind,
             "actor": self._signer.party,
+            "job_counter": self._chain.job_counter if job_counter is None else job_counter,
             "phase": str(phase),
             "round": int(round),
             "decision": str(decision),
@@ -774,25 +387,27 @@ class AuditLog:
 
     def attest_peer_head(
         self,
-        peer: str,
-        seq: int,
-        head_hash: str,
-        signature: bytes,
+        head: SignedHead,
         *,
-        peer_public: PublicIdentity | bytes | None = None,
+        peer_public: PublicIdentity | bytes,
         phase: str = "attest",
         round: int = 0,
     ) -> str:
-        """Record another writer's log head, signed by that writer (cross-signing).
+        """Record another writer's log head, signed by that writer for this agreement and this
+        log's current job (cross-signing).
 
-        With ``peer_public`` the signature is verified first (``SignatureError`` if invalid).
+        Raises
+        ------
+        SignatureError
+            If ``peer_public`` did not sign ``head``.
+        ValueError
+            If the head is for another agreement or job.
         """
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise ValueError("seq must be a non-negative integer")
-        if not isinstance(head_hash, str) or not _HEX64.match(head_hash):
-            raise ValueError("head_hash must be a sha256 hex digest")
-        if peer_public is not None:
-            verify_head_signature(peer_public, seq, head_hash, signature)
+        if (head.agreement_hash, head.job_counter) != (self._agreement_hash, self.job_counter):
+            raise ValueError(
+                f"the head of {head.writer} is for another agreement or job than this log's"
+            )
+        head.verify(peer_public)
         with _locked(self._path) as handle:
             return self._append(
                 handle,
@@ -801,26 +416,37 @@ class AuditLog:
                 round=round,
                 decision="ok",
                 extra={
-                    "peer": str(peer),
-                    "peer_seq": seq,
-                    "peer_head": head_hash,
-                    "peer_sig": _b64(signature),
+                    "peer": head.writer,
+                    "peer_seq": head.seq,
+                    "peer_head": head.head,
+                    "peer_sig": _b64(head.signature),
                 },
             )
 
     def seal(
         self,
-        peer_heads: Mapping[str, tuple[int, str]] | None = None,
+        peer_heads: Mapping[str, SignedHead] | None = None,
         *,
+        certificate: CloseCertificate | None = None,
         round: int = 0,
         detail: str = "",
     ) -> str:
-        """Append the closing entry of a run (optionally with the heads of peers' logs)."""
-        heads: dict[str, list[Any]] = {}
-        for peer, (seq, head_hash) in sorted((peer_heads or {}).items()):
-            if not _HEX64.match(head_hash) or isinstance(seq, bool) or not isinstance(seq, int):
-                raise ValueError(f"peer head of {peer!r} must be (int seq, sha256 hex)")
-            heads[str(peer)] = [seq, head_hash]
+        """Append the closing entry of a job: optionally the heads of peers' logs (signed, for
+        this agreement and job) and the job's close certificate."""
+        heads: dict[str, Any] = {}
+        for peer, head in sorted((peer_heads or {}).items()):
+            if (head.writer, head.agreement_hash, head.job_counter) != (
+                peer,
+                self._agreement_hash,
+                self.job_counter,
+            ):
+                raise ValueError(f"the head of {peer} is not {peer}'s for this agreement and job")
+            heads[str(peer)] = head.to_json()
+        if certificate is not None and (certificate.agreement_hash, certificate.job_counter) != (
+            self._agreement_hash,
+            self.job_counter,
+        ):
+            raise ValueError("the close certificate is for another agreement or job")
         with _locked(self._path) as handle:
             return self._append(
                 handle,
@@ -829,5 +455,8 @@ class AuditLog:
                 round=round,
                 decision="sealed",
                 detail=str(detail)[:MAX_DETAIL],
-                extra={"peer_heads": heads},
+                extra={
+                    "peer_heads": heads,
+                    "certificate": certificate.to_json() if certificate is not None else {},
+                },
             )

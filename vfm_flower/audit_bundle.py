@@ -1,19 +1,20 @@
-"""Audit bundles: one file with the agreement and every log of a collaboration, verifiable
-by anyone.
+"""Audit bundles: one file with the agreement, every log and every close certificate of a
+collaboration, verifiable by anyone.
 
-A single company holds only its own audit log (and, inside it, the heads of the server's log
-it attested). Whether a log was deleted, or rewritten under a fresh key, shows only when the
-logs are read together, against the agreement: ``vfm audit export`` gathers them into one
-``.tar.gz`` bundle (``agreement.toml``, ``logs/NAME/FILE.jsonl``, ``manifest.json``), and
-``vfm audit verify BUNDLE`` checks
+A single company verifies its own log against the certificates it holds
+(:mod:`vfm_flower.audit_verify`); an auditor who wants the whole collaboration gets one file:
+``vfm audit export`` gathers the logs and certificates files into a ``.tar.gz`` bundle
+(``agreement.toml``, ``logs/NAME/FILE.jsonl``, ``logs/NAME/FILE.certificates``,
+``manifest.json``), and ``vfm audit verify BUNDLE`` checks
 
 * the agreement: every party and the operator signed these terms;
 * every log: its hash chain, signatures and seal (:func:`vfm_flower.audit.verify_audit_log`),
   that it records this agreement, and that its writer is a signer whose key the agreement
   lists (a log re-signed or rebuilt under another key fails here);
 * completeness: a log of every signer (a deleted log fails, naming the signer);
-* cross-signing: every head a log attests is an entry of the attested writer's log (a log
-  truncated or rolled back behind a head another company attested fails, naming the line).
+* cross-signing: every head held of a log (attested by another log, or in a close
+  certificate) is an entry of that log, signed by the key the agreement lists (a log truncated,
+  rolled back or rewritten behind a head another company holds fails, naming the entry).
 
 What it cannot see: every log rolled back together to an earlier seal, by someone holding
 all of them, looks like a collaboration that ran fewer jobs; each company's own copy of its
@@ -34,16 +35,13 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from vfm_flower.agreement import Agreement, SignedAgreement
-from vfm_flower.audit import (
-    AuditVerification,
-    audit_log_files,
-    verify_audit_log,
-    verify_audit_tree,
-)
+from vfm_flower.agreement import SignedAgreement
+from vfm_flower.audit import AuditVerification, verify_audit_log
+from vfm_flower.audit_heads import certificates_path, read_certificates
+from vfm_flower.audit_verify import audit_log_files, verify_audit_records
 from vfm_flower.errors import ConfigurationError
 from vfm_flower.files import atomic_write
 
@@ -55,7 +53,9 @@ MAX_MEMBER_BYTES = 256 * 1024 * 1024
 #: Largest bundle, decompressed, and most members (a bundle beyond them is refused).
 MAX_BUNDLE_BYTES = 1024 * 1024 * 1024
 MAX_MEMBERS = 10_000
-_LOG_MEMBER = re.compile(r"^logs/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/([A-Za-z0-9_.-]+\.jsonl)$")
+_LOG_MEMBER = re.compile(
+    r"^logs/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/([A-Za-z0-9_.-]+\.(jsonl|certificates))$"
+)
 
 
 @dataclass(frozen=True)
@@ -68,34 +68,6 @@ class BundleVerification:
     @property
     def ok(self) -> bool:
         return not self.problems and all(res.ok for _, res in self.logs)
-
-
-def _fail(res: AuditVerification, reason: str) -> AuditVerification:
-    return replace(res, ok=False, first_bad_line=1, reason=reason)
-
-
-def check_logs_against_agreement(
-    results: Iterable[tuple[str, AuditVerification]], agreement: Agreement
-) -> list[tuple[str, AuditVerification]]:
-    """Each log records this agreement and is written by a signer, with the key it lists
-    (first bad line 1: the genesis names the writer, its key and the agreement)."""
-    out = []
-    for name, res in results:
-        # checked for every log whose genesis was read (also one already failing the
-        # cross-check: a foreign key is the more fundamental finding)
-        if res.writer is not None and res.public_key is not None:
-            if res.agreement_hash != agreement.terms_hash():
-                res = _fail(res, "the log records another agreement than the bundle's")
-            elif res.writer not in agreement.signer_names:
-                res = _fail(res, f"the log's writer '{res.writer}' does not sign the agreement")
-            elif res.public_key != agreement.signer(res.writer).signing_key:
-                res = _fail(
-                    res,
-                    f"the log is signed with another key than {res.writer}'s in the agreement "
-                    "(re-signed or rebuilt under a fresh key)",
-                )
-        out.append((name, res))
-    return out
 
 
 def export_audit_bundle(
@@ -129,6 +101,11 @@ def export_audit_bundle(
             if logs.get(name, data) != data:
                 raise ConfigurationError(f"two different logs of {res.writer} named {path.name}")
             logs[name] = data
+            # the writer's certificates file, beside its log: the heads of every log it holds
+            certs = certificates_path(path)
+            held = [c for c in read_certificates(certs)] if certs.is_file() else []
+            if any(c.certificate and c.certificate.agreement_hash == terms_hash for c in held):
+                logs[f"logs/{res.writer}/{certs.name}"] = certs.read_bytes()
     if not logs:
         raise ConfigurationError(f"no audit log of agreement {terms_hash[:16]} under the sources")
     manifest = {
@@ -216,7 +193,7 @@ def verify_audit_bundle(path: str | os.PathLike[str], expected_hash: str) -> Bun
     if unsigned:
         problems.append(f"the agreement lacks a valid signature of {', '.join(unsigned)}")
     listed = dict(manifest.get("logs", {}))
-    logs = {n: d for n, d in members.items() if n.startswith("logs/") and n.endswith(".jsonl")}
+    logs = {n: d for n, d in members.items() if n.startswith("logs/")}
     for name in sorted(set(listed) | set(logs)):
         if name not in logs:
             problems.append(f"{name} is listed in the manifest but missing from the bundle")
@@ -230,17 +207,12 @@ def verify_audit_bundle(path: str | os.PathLike[str], expected_hash: str) -> Bun
                 target.write_bytes(data)
         except OSError as exc:
             raise ConfigurationError(f"{path}: cannot unpack its logs: {exc}") from exc
-        results = (
-            [(str(p.relative_to(tmp)), res) for p, res in verify_audit_tree(Path(tmp) / "logs")]
-            if logs
-            else []
+        root = Path(tmp) / "logs"
+        names = {root / n.removeprefix("logs/"): n for n in logs}
+        report = verify_audit_records(
+            [root] if logs else [], agreement, every_signer=True, names=names
         )
-    results = check_logs_against_agreement(results, agreement)
-    writers = {res.writer for _, res in results if res.writer is not None}
-    missing = [n for n in agreement.signer_names if n not in writers]
-    if missing:
-        problems.append(
-            f"no audit log of {', '.join(missing)}: a log of every party and of the operator "
-            "belongs in the bundle (deleted, or not exported)"
-        )
-    return BundleVerification(tuple(results), tuple(problems))
+    problems.extend(report.problems)
+    if not logs:
+        problems.append("the bundle holds no audit log")
+    return BundleVerification(report.logs, tuple(problems))

@@ -43,7 +43,7 @@ from vfm_flower.errors import (
 )
 from vfm_flower.jobs import ANY, Job, JobRegistry
 from vfm_flower.keys import PartyIdentity, validate_party_name
-from vfm_flower.session import SessionInfo, reply_signing_bytes
+from vfm_flower.session import SessionInfo, reply_signing_bytes, request_signing_bytes
 from vfm_flower.state import PartyState
 from vfm_flower.tables import read_party_table
 
@@ -132,6 +132,10 @@ class StepRequest:
     params: dict[str, Any] = field(default_factory=dict)
     inbox: dict[tuple[str, str], bytes] = field(default_factory=dict)
     sums: dict[str, np.ndarray] = field(default_factory=dict)
+    #: the request's place among the requests of its run (increasing), and the operator's
+    #: signature over it (:func:`vfm_flower.session.request_signing_bytes`)
+    sequence: int = 0
+    operator_signature: bytes = b""
 
 
 @dataclass
@@ -464,7 +468,8 @@ class PartyRuntime:
                 public=reply.public,
             )
         )
-        if request.kind == "query.close":  # the log is sealed: the reply is signed, not logged
+        if request.kind in ("query.close", "query.seal"):
+            # the reply carries this log's head (then the seal): signed, not logged
             return reply
         bytes_in = sum(len(b) for b in request.inbox.values()) + sum(
             a.nbytes for a in request.sums.values()
@@ -559,8 +564,40 @@ class PartyRuntime:
             policy.check_operator_signature(
                 self.agreement, session.operator_signature, session.signing_bytes(), "session"
             )
+            if session.job_counter != self.audit.job_counter:
+                raise PolicyViolation(
+                    "session", "the session names another job counter than its hello"
+                )
             self._check_peer_hellos(session)
+        self._check_operator_request(request, key)
         self.state.set("run_key", key)
+
+    def _check_operator_request(self, request: StepRequest, run_key: str) -> None:
+        """Every request after hello is the operator's, for this party, in order: signed
+        (rule ``operator``) and later than every earlier one of the run (``session``), so
+        whoever relays messages cannot drive, reorder or repeat steps itself."""
+        policy.check_operator_signature(
+            self.agreement,
+            request.operator_signature,
+            request_signing_bytes(
+                run_ref=run_key,
+                kind=request.kind,
+                step=request.step,
+                sequence=request.sequence,
+                party=self.party,
+                params=request.params,
+                sums=request.sums,
+            ),
+            f"'{request.kind}' request",
+        )
+        last = int(self.state.get("request_sequence") or 0)
+        if request.sequence <= last:
+            raise PolicyViolation(
+                "session",
+                f"request {request.sequence} of this run arrived after request {last} "
+                "(replayed or reordered)",
+            )
+        self.state.set("request_sequence", str(request.sequence))
 
     def _check_peer_hellos(self, session: SessionInfo) -> None:
         """Every party's signed hello names this agreement and this job (once per run)."""

@@ -395,6 +395,30 @@ def check_operator_key(agreement: Agreement, identity: PublicIdentity) -> None:
         )
 
 
+def check_job_counter(job_counter: int, own_counter: int, certified_counter: int) -> None:
+    """The job counter never goes back (rule ``"audit"``).
+
+    A party checks the counter of the operator's hello against its own log (a counter at or
+    below the last job this party took part in means the operator's log was rolled back or
+    replaced), and its own log against its close certificates (a log behind the jobs it holds
+    certificates of was rolled back or replaced). The server checks its own log likewise
+    before it starts a job.
+    """
+    if own_counter < certified_counter:
+        raise PolicyViolation(
+            "audit",
+            f"this audit log is at job {own_counter}, but its close certificates reach job "
+            f"{certified_counter}: the log was rolled back or replaced; restore it from a copy "
+            "(keep this one as evidence) before running another job",
+        )
+    if job_counter <= own_counter:
+        raise PolicyViolation(
+            "audit",
+            f"the operator numbers this job {job_counter}, but this party already took part in "
+            f"job {own_counter}: the operator's audit log was rolled back or replaced; refusing",
+        )
+
+
 def check_operator_signature(
     agreement: Agreement, signature: bytes, data: bytes, what: str
 ) -> None:

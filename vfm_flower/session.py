@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from vfm_flower.errors import ProtocolAbort
 
 
@@ -37,6 +39,8 @@ class SessionInfo:
     hellos: Mapping[str, tuple[Mapping[str, Any], bytes]] = field(default_factory=dict)
     #: the operator's Ed25519 signature over :meth:`signing_bytes`
     operator_signature: bytes = b""
+    #: the collaboration's job counter (every audit log records it; it never goes back)
+    job_counter: int = 0
 
     def _key_inputs(self) -> dict[str, Any]:
         return {
@@ -44,6 +48,7 @@ class SessionInfo:
             "server_nonce": self.server_nonce,
             "party_nonces": dict(self.party_nonces),
             "job": self.job_digest,
+            "job_counter": self.job_counter,
         }
 
     def signing_bytes(self) -> bytes:
@@ -67,6 +72,7 @@ class SessionInfo:
                     for p, (pub, sig) in sorted(self.hellos.items())
                 },
                 "operator_signature": base64.b64encode(self.operator_signature).decode(),
+                "job_counter": self.job_counter,
             }
         ).decode()
 
@@ -89,6 +95,7 @@ class SessionInfo:
                 operator_signature=base64.b64decode(
                     str(obj.get("operator_signature", "")), validate=True
                 ),
+                job_counter=int(obj["job_counter"]),
             )
         except (
             ValueError,
@@ -102,16 +109,55 @@ class SessionInfo:
 
 
 def server_hello_bytes(
-    *, agreement_hash: str, job_digest: str, flower_run_id: int, server_nonce: str
+    *,
+    agreement_hash: str,
+    job_digest: str,
+    flower_run_id: int,
+    server_nonce: str,
+    job_counter: int,
 ) -> bytes:
-    """What the operator signs in its hello request: this agreement, this job, this run."""
+    """What the operator signs in its hello request: this agreement, this job (and its number
+    in the collaboration's job counter), this run."""
     return canonical_json(
         {
             "domain": "vfm-flower/v1/server-hello",
             "agreement": agreement_hash,
             "job": job_digest,
+            "job_counter": job_counter,
             "flower_run_id": flower_run_id,
             "server_nonce": server_nonce,
+        }
+    )
+
+
+def request_signing_bytes(
+    *,
+    run_ref: str,
+    kind: str,
+    step: int,
+    sequence: int,
+    party: str,
+    params: Mapping[str, Any],
+    sums: Mapping[str, np.ndarray],
+) -> bytes:
+    """What the operator signs in every request after hello: this run, this step, this
+    request's place in the run (``sequence``), its recipient, its parameters and the sums it
+    carries (a digest). The envelopes it relays are authenticated by their senders instead."""
+    digest = hashlib.sha256()
+    for name in sorted(sums):
+        array = np.ascontiguousarray(sums[name])
+        digest.update(canonical_json([name, str(array.dtype), list(array.shape)]))
+        digest.update(array.tobytes())
+    return canonical_json(
+        {
+            "domain": "vfm-flower/v1/request",
+            "run": run_ref,
+            "kind": kind,
+            "step": step,
+            "sequence": sequence,
+            "party": party,
+            "params": dict(params),
+            "sums": digest.hexdigest(),
         }
     )
 

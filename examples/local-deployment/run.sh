@@ -177,6 +177,11 @@ print(f"[deploy] ok: {joint} aligned rows, {result['total_rounds']} rounds, resu
 PY
 vfm audit verify "$WORK" --agreement "$SETUP/agreement.toml" >/dev/null \
   && echo "[deploy] audit logs intact"
+# each company alone: its own log against the close certificates it holds
+for company in "$WORK/server" "$WORK"/parties/*/; do
+  vfm audit verify "$company" --agreement "$SETUP/agreement.toml" >/dev/null
+done
+echo "[deploy] each company's own audit log verified against its close certificates"
 # one bundle of the whole collaboration, as an auditor would receive it
 vfm audit export "$WORK/server" "$WORK/parties" --agreement "$SETUP/agreement.toml" \
   --out "$WORK/audit.tar.gz" --force >/dev/null

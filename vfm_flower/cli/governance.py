@@ -319,32 +319,46 @@ def cmd_agreement_show(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _print_results(results) -> int:
+def _print_report(report) -> int:
+    """Print each log's verdict, then the findings and notes; return the failures."""
     failed = 0
-    for log_path, res in results:
+    vouched = report.vouched or {}
+    for name, res in report.logs:
         if res.ok:
-            _out(f"ok {log_path}: {res.entries} entries by {res.writer}, sealed")
+            held = vouched.get(name, 0)
+            _out(
+                f"ok {name}: {res.entries} entries by {res.writer}, sealed at job "
+                f"{res.job_counter}"
+                + (f"; matches the {held} head(s) of it held elsewhere" if held else "")
+            )
         else:
             failed += 1
             where = f"line {res.first_bad_line}" if res.first_bad_line else "file"
-            _err(f"FAILED {log_path}: {where}: {res.reason}")
+            _err(f"FAILED {name}: {where}: {res.reason}")
+    for problem in report.problems:
+        failed += 1
+        _err(f"FAILED {problem}")
+    for note in report.notes:
+        _out(f"note: {note}")
     return failed
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Exit 0 only if every audit log under PATH (a work dir, a log, or a bundle) is intact."""
-    from vfm_flower.audit import verify_audit_tree
-    from vfm_flower.audit_bundle import (
-        check_logs_against_agreement,
-        is_audit_bundle,
-        verify_audit_bundle,
-    )
+    """Exit 0 only if every audit log under the paths (work dirs, logs, or one bundle) is
+    intact and agrees with every head held of it."""
+    from vfm_flower.audit_bundle import is_audit_bundle, verify_audit_bundle
+    from vfm_flower.audit_verify import verify_audit_records
 
-    path = Path(args.path)
-    if not path.exists():
-        _err(f"audit verify: {path} does not exist")
-        return 1
-    if is_audit_bundle(path):
+    paths = [Path(p) for p in args.paths]
+    for path in paths:
+        if not path.exists():
+            _err(f"audit verify: {path} does not exist")
+            return 1
+    bundles = [p for p in paths if is_audit_bundle(p)]
+    if bundles:
+        if len(paths) > 1:
+            raise ConfigurationError("audit verify: a bundle is verified on its own")
+        path = bundles[0]
         if args.agreement:
             from vfm_flower.agreement import SignedAgreement
 
@@ -357,9 +371,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                 "HASH: the agreement inside a bundle proves nothing by itself"
             )
         bundle = verify_audit_bundle(path, expected)
-        failed = _print_results(bundle.logs)
-        for problem in bundle.problems:
-            _err(f"FAILED {path}: {problem}")
+        from vfm_flower.audit_verify import AuditTreeVerification
+
+        _print_report(AuditTreeVerification(bundle.logs, bundle.problems))
         if not bundle.ok:
             _err(f"bundle {path} failed verification")
             return 1
@@ -368,10 +382,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             f"agreement terms hash {expected.strip().lower()}"
         )
         return 0
-    results = verify_audit_tree(path)
-    if not results:
-        _err(f"audit verify: no audit log (*.jsonl) under {path}")
-        return 1
+    agreement = None
     if args.agreement:
         from vfm_flower.agreement import SignedAgreement
 
@@ -380,11 +391,24 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         except VfmError as exc:
             _err(f"audit verify: {exc}")
             return 1
-        results = check_logs_against_agreement(results, agreement)
-    failed = _print_results(results)
-    if failed:
-        _err(f"{failed} of {len(results)} audit log(s) failed verification")
+    report = verify_audit_records(paths, agreement)
+    if not report.logs and not report.problems:
+        _err(f"audit verify: no audit log (*.jsonl) under {', '.join(map(str, paths))}")
         return 1
+    failed = _print_report(report)
+    if agreement is None:
+        _out(
+            "note: without --agreement only chains and cross-signatures were checked (keys, "
+            "close certificates and deleted logs need your copy of the agreement)"
+        )
+    if failed:
+        _err(f"{failed} finding(s): the audit trail does not verify")
+        return 1
+    _out(
+        f"ok: {len(report.logs)} log(s)"
+        + (f", {report.certificates} close certificate(s)" if report.certificates else "")
+        + " verified"
+    )
     return 0
 
 
@@ -547,8 +571,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     aud = subparsers.add_parser("audit", help="verify audit trails")
     aud_sub = aud.add_subparsers(dest="audit_command", metavar="ACTION")
     aud_sub.required = True
-    p = aud_sub.add_parser("verify", help="exit 0 only if every audit log under PATH is intact")
-    p.add_argument("path", help="a work directory, one .jsonl log, or a bundle (audit export)")
+    p = aud_sub.add_parser(
+        "verify",
+        help="exit 0 only if every audit log under the paths is intact and agrees "
+        "with every head held of it",
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="work directories, .jsonl logs or .certificates files (together), or one bundle",
+    )
     p.add_argument(
         "--agreement", help="your signed copy: writers' keys and the agreement hash are checked"
     )
@@ -557,7 +590,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = aud_sub.add_parser(
         "export", help="one bundle: the agreement and every log of it under the sources"
     )
-    p.add_argument("sources", nargs="+", help="work directories or .jsonl logs")
+    p.add_argument(
+        "sources", nargs="+", help="work directories or .jsonl logs (certificates beside them)"
+    )
     p.add_argument("--agreement", required=True, help="the signed agreement")
     p.add_argument("--out", required=True, help="the bundle to write (.tar.gz)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")

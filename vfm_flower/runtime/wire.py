@@ -2,7 +2,8 @@
 
 Request content (server -> party)::
 
-    "vfm":   ConfigRecord  step, session (JSON), job (JSON), agreement_hash, params (JSON)
+    "vfm":   ConfigRecord  step, session (JSON), job (JSON), agreement_hash, params (JSON),
+                           sequence, operator_signature (bytes)
     "inbox": ArrayRecord   "<sender>|<topic>" -> raw bytes (an envelope the server relays)
     "sums":  ArrayRecord   name -> uint64 array (masked sums computed by the server)
 
@@ -84,6 +85,8 @@ def encode_request(request: StepRequest) -> RecordDict:
                     "job": request.job.to_json(),
                     "agreement_hash": request.agreement_hash,
                     "params": json.dumps(request.params, sort_keys=True),
+                    "sequence": int(request.sequence),
+                    "operator_signature": bytes(request.operator_signature),
                 }
             ),
             "inbox": _pack_mailbox(request.inbox),
@@ -108,6 +111,8 @@ def decode_request(kind: str, content: RecordDict) -> StepRequest:
             params=params,
             inbox=_unpack_mailbox(content.get("inbox")),  # type: ignore[arg-type]
             sums=_unpack_arrays(content.get("sums")),  # type: ignore[arg-type]
+            sequence=int(cfg["sequence"]),
+            operator_signature=bytes(cfg["operator_signature"]),  # type: ignore[arg-type]
         )
     except (KeyError, ValueError, TypeError, RecursionError, ConfigurationError) as exc:
         reason = str(exc)[:200] if not isinstance(exc, RecursionError) else "nested too deep"

@@ -8,24 +8,50 @@ requested job against it, checks that its data file is readable and within the d
 maximum set size, and answers with its agreement hash, a fresh nonce for the run key and its
 row count, all signed with its Ed25519 key.
 
-Close: the server sends the head of its audit log, signed with its audit key; the party
-records it (cross-signing), seals its own log and answers with its sealed head, signed, which
-the server records in turn. Truncating or rewriting either log afterwards is then detectable
-by ``vfm audit verify`` over the work dirs.
+The hello also carries the job's number in the collaboration's job counter, signed with the
+rest: the party refuses a number at or below the last job in its own log (the operator's log
+went back), and refuses to run at all while its own log is behind the close certificates it
+holds (its log went back); otherwise every later entry of its log carries the number.
+
+Close, two rounds:
+
+1. ``query.close``: the server sends the head of its audit log, signed by the operator for
+   this agreement and job; the party checks it is after the last operator head it attested,
+   records it (cross-signing) and answers with its own head, signed.
+2. ``query.seal``: the server sends the close certificate, every log's head countersigned by
+   the operator; the party checks it (every signer's head, every signature, its own head
+   unchanged), keeps it in its certificates file and in its seal, and answers with its sealed
+   head, signed, which the server's seal records in turn.
+
+Each company then holds every other log's head of this job, and the operator's countersigned
+head of its own log outside it: rolling back, deleting or re-signing any log afterwards is
+detected by ``vfm audit verify`` over one company's work dir
+(:mod:`vfm_flower.audit_verify`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import re
+import json
 
-from vfm_flower.audit import sign_head, verify_audit_log
+from vfm_flower.audit import verify_audit_log
+from vfm_flower.audit_heads import (
+    CloseCertificate,
+    SignedHead,
+    append_certificate,
+    certificates_path,
+    last_certified_job,
+)
 from vfm_flower.context import PartyContext
 from vfm_flower.errors import PolicyViolation, ProtocolAbort
-from vfm_flower.keys import PublicIdentity
 from vfm_flower.party import StepRegistry, new_nonce
-from vfm_flower.policy import check_job_budget, check_operator_signature, check_set_size
+from vfm_flower.policy import (
+    check_job_budget,
+    check_job_counter,
+    check_operator_signature,
+    check_set_size,
+)
 from vfm_flower.session import server_hello_bytes
 
 #: The plugin's governance steps; they belong to every job kind.
@@ -45,7 +71,14 @@ def every_party_hello(ctx: PartyContext) -> None:
         # one hello per run: a re-delivered hello would count against the job budget again
         raise PolicyViolation("session", "a second hello in a run that already started")
     runtime.signed.verify()
-    check_server_hello(ctx)
+    job_counter = check_server_hello(ctx)
+    audit = runtime.audit
+    check_job_counter(
+        job_counter,
+        audit.job_counter,
+        last_certified_job(certificates_path(audit.path), audit.agreement_hash),
+    )
+    audit.begin_job(job_counter, round=ctx.request.step)
     # the release budget, counted from this party's own audit log (every hello it answered)
     check_job_budget(runtime.agreement, runtime.audit.count_events(phase=HELLO, decision="ok"))
     frame = ctx.table()
@@ -66,14 +99,16 @@ def every_party_hello(ctx: PartyContext) -> None:
     )
 
 
-def check_server_hello(ctx: PartyContext) -> None:
+def check_server_hello(ctx: PartyContext) -> int:
     """Before anything else: the hello comes from the operator the agreement names, for this
-    agreement, this job and this Flower run (rule ``operator``; ``session`` for another run)."""
+    agreement, this job and this Flower run (rule ``operator``; ``session`` for another run).
+    Returns the job counter the operator gave the job."""
     runtime, params = ctx.runtime, ctx.request.params
     try:
-        run_id = params["flower_run_id"]
-        if isinstance(run_id, bool) or not isinstance(run_id, int):
-            raise TypeError("the run id is not an integer")
+        run_id, job_counter = params["flower_run_id"], params["job_counter"]
+        for value in (run_id, job_counter):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise TypeError("the run id or job counter is not a non-negative integer")
         signature = base64.b64decode(str(params["operator_signature"]), validate=True)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise PolicyViolation(
@@ -87,58 +122,84 @@ def check_server_hello(ctx: PartyContext) -> None:
         job_digest=ctx.request.job.digest(),
         flower_run_id=run_id,
         server_nonce=str(params.get("server_nonce", "")),
+        job_counter=job_counter,
     )
     check_operator_signature(runtime.agreement, signature, data, "hello")
+    return job_counter
+
+
+def _signed_head_reply(ctx: PartyContext) -> None:
+    head = ctx.runtime.audit.signed_head()
+    ctx.reply.public.update(
+        {
+            "audit_seq": head.seq,
+            "audit_head": head.head,
+            "audit_head_sig": base64.b64encode(head.signature).decode(),
+        }
+    )
 
 
 @STEPS.step("query.close", jobs=("*",), public=("audit_seq", "audit_head", "audit_head_sig"))
 def every_party_close(ctx: PartyContext) -> None:
-    """Write results sealed to this party, attest the server's head, seal this party's log."""
+    """Write results sealed to this party, attest the operator's head, answer with own head."""
     from vfm_flower.steps.delivery import receive_results
 
     runtime, request = ctx.runtime, ctx.request
     receive_results(ctx)
-    params = request.params
+    audit, operator = runtime.audit, runtime.agreement.operator
     try:
-        server = PublicIdentity(
-            party=runtime.agreement.operator.name,
-            signing_key=base64.b64decode(params["server_signing_key"], validate=True),
-            exchange_key=base64.b64decode(params["server_exchange_key"], validate=True),
+        head = SignedHead.from_json(
+            request.params["server_head"],
+            writer=operator.name,
+            agreement_hash=audit.agreement_hash,
+            job_counter=audit.job_counter,
         )
-        seq, head = params["server_seq"], str(params["server_head"])
-        signature = base64.b64decode(params["server_head_sig"], validate=True)
-        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**63:
-            raise ValueError("sequence number out of range")
-        if not re.fullmatch(r"[0-9a-f]{64}", head):
-            raise ValueError("head is not a SHA-256 hex digest")
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolAbort(
             ctx.kind, ctx.party, "the close request carries no valid audit head"
         ) from exc
-    if server.signing_key != runtime.agreement.operator.signing_key:
+    if not head.verifies(operator.signing_key):
         raise PolicyViolation(
             "operator",
-            "the server's audit log is not signed with the operator key the agreement lists: "
-            "refusing to attest it",
+            "the server's audit head is not signed, for this agreement and job, with the "
+            "operator key the agreement lists: refusing to attest it",
         )
     # the server's log only grows: a head at or before one this party attested in an earlier
     # job is an old head (the log would be rolled back behind it without anyone noticing)
-    earlier = verify_audit_log(runtime.audit.path).attested_heads.get(server.party, [])
+    earlier = verify_audit_log(audit.path).attested_heads.get(operator.name, [])
     last = max((s for s, _ in earlier), default=None)
-    if last is not None and seq <= last:
+    if last is not None and head.seq <= last:
         raise PolicyViolation(
             "operator",
-            f"the server's audit head (entry {seq}) is not after the one this party attested "
-            f"in an earlier job (entry {last}): refusing to attest it",
+            f"the server's audit head (entry {head.seq}) is not after the one this party "
+            f"attested in an earlier job (entry {last}): refusing to attest it",
         )
-    # attested under the operator's name: the server's log is written under that name
-    runtime.audit.attest_peer_head(server.party, seq, head, signature, peer_public=server)
-    runtime.audit.seal(round=request.step)
-    seq, head = runtime.audit.head()
-    ctx.reply.public.update(
-        {
-            "audit_seq": seq,
-            "audit_head": head,
-            "audit_head_sig": base64.b64encode(sign_head(runtime.identity, seq, head)).decode(),
-        }
-    )
+    audit.attest_peer_head(head, peer_public=operator.signing_key, round=request.step)
+    _signed_head_reply(ctx)
+
+
+@STEPS.step("query.seal", jobs=("*",), public=("audit_seq", "audit_head", "audit_head_sig"))
+def every_party_seal(ctx: PartyContext) -> None:
+    """Check the close certificate (every log's head, countersigned by the operator), keep it
+    beside the log and in the seal, answer with the sealed head."""
+    runtime, request = ctx.runtime, ctx.request
+    audit, agreement = runtime.audit, runtime.agreement
+    try:
+        certificate = CloseCertificate.from_json(json.loads(str(request.params["certificate"])))
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise ProtocolAbort(ctx.kind, ctx.party, "the seal request carries no certificate") from exc
+    keys = {name: agreement.signer(name).signing_key for name in agreement.signer_names}
+    findings = certificate.problems(keys, agreement.operator.name)
+    if (certificate.agreement_hash, certificate.job_counter) != (
+        audit.agreement_hash,
+        audit.job_counter,
+    ):
+        findings.append("it is for another agreement or job")
+    own = certificate.heads.get(runtime.party)
+    if own is None or (own.seq, own.head) != audit.head():
+        findings.append("it does not name this party's head as this party sent it")
+    if findings:
+        raise PolicyViolation("audit", f"the close certificate is refused: {'; '.join(findings)}")
+    append_certificate(certificates_path(audit.path), runtime.party, certificate)
+    audit.seal(certificate=certificate, round=request.step)
+    _signed_head_reply(ctx)
