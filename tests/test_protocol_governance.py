@@ -277,3 +277,36 @@ def test_parties_refuse_an_older_server_head_at_close(tmp_path, monkeypatch):
     monkeypatch.setattr(VerticalSession, "close", close)
     with pytest.raises(ProtocolAbort, match=r"\[operator\].*not after"):
         collab.run(job="train", **FAST)
+
+
+def test_a_party_node_with_a_substituted_key_is_refused_by_the_operator_and_the_others(
+    tmp_path, monkeypatch
+):
+    """Someone answers for p1 under a key the agreement does not list for p1 (the key pins
+    catch the swap at sign time; this is the run)."""
+    from vfm_flower.keys import PartyIdentity
+    from vfm_flower.strategies.transport import Transport
+
+    impostor, sign = PartyIdentity.generate("p1"), PartyIdentity.sign
+
+    def sign_as_impostor(self, data):  # p1's replies, signed under the impostor's key
+        return sign(
+            impostor if self.party == "p1" and data.startswith(b'{"party":') else self, data
+        )
+
+    monkeypatch.setattr(PartyIdentity, "sign", sign_as_impostor)
+    collab = _collab(tmp_path)
+    with pytest.raises(ProtocolAbort, match=r"p1.*reply signature does not verify"):
+        collab.run(workdir=tmp_path / "w1", job="train", **FAST)
+    # an operator that skipped the check: every other party refuses the session itself
+    original = Transport.verify_reply
+
+    def verify_reply(self, kind, step, reply, *, run_ref):
+        if kind != "query.hello":
+            original(self, kind, step, reply, run_ref=run_ref)
+
+    monkeypatch.setattr(Transport, "verify_reply", verify_reply)
+    with pytest.raises(ProtocolAbort, match=r"\[session\].*hello of 'p1' in the session is not"):
+        collab.run(workdir=tmp_path / "w2", job="train", **FAST)
+    decisions = audit_decisions(tmp_path / "w2")
+    assert ("lo", "refused:session") in decisions and ("p2", "refused:session") in decisions
