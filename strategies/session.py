@@ -158,6 +158,7 @@ class VerticalSession:
         self.info: SessionInfo | None = None
         self._identity: PartyIdentity | None = None
         self._audit: AuditLog | None = None
+        self._certificate: CloseCertificate | None = None
 
     # --- who --------------------------------------------------------------------------------
     @property
@@ -249,7 +250,11 @@ class VerticalSession:
             self._abort(exc)
             return
         self.audit.record("job", 0, "done", sizes={"rounds": self.result.total_rounds})
-        self.close()
+        try:
+            self.close()
+        except BaseException as close_exc:
+            self._seal_alone(close_exc)
+            raise
         self.write_result()
 
     def _abort(self, exc: BaseException) -> None:
@@ -266,7 +271,26 @@ class VerticalSession:
                 logger.warning(
                     "could not close the parties' audit logs after the abort: %s", close_exc
                 )
-        self.audit.seal()
+                self._seal_without_parties("the close after the abort failed")
+                return
+        self._seal_without_parties("aborted before the session")
+
+    def _seal_without_parties(self, why: str) -> None:
+        """Seal the operator's log when the close could not complete (with the job's close
+        certificate if the operator issued one: it holds it in its certificates file). The
+        reason goes into the seal: nothing may come between the certified head and the seal
+        but the operator's attestations."""
+        if not self.audit.sealed:
+            self.audit.seal(
+                certificate=self._certificate, detail=f"closed without the parties: {why}"
+            )
+
+    def _seal_alone(self, exc: BaseException) -> None:
+        """The close itself failed: seal the operator's log without the parties (the
+        verifiers then see a job that did not close normally)."""
+        rule = getattr(exc, "rule", None)
+        logger.error("the close failed: %s", exc)
+        self._seal_without_parties(f"refused:{rule}" if rule else f"abort: {exc}"[:150])
 
     # --- phases -------------------------------------------------------------------------------
     @contextmanager
@@ -530,11 +554,13 @@ class VerticalSession:
         certificate = CloseCertificate(
             self.agreement_hash, self.audit.job_counter, heads
         ).signed_by(self._identity)
+        # kept before any party gets it: no party holds a certificate the operator lacks
+        append_certificate(certificates_path(self.audit.path), own.writer, certificate)
+        self._certificate = certificate
         replies = self.send(
             "query.seal", to=parties, params={"certificate": json.dumps(certificate.to_json())}
         )
         sealed = {party: self._party_head(party, reply) for party, reply in replies.items()}
-        append_certificate(certificates_path(self.audit.path), own.writer, certificate)
         self.audit.seal(sealed, certificate=certificate)
 
     def _party_head(self, party: str, reply: StepReply) -> SignedHead:

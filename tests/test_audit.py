@@ -385,3 +385,39 @@ def test_append_refuses_log_changed_underneath(tmp_path: Path, bank):
     rewrite(path, lines(path)[:-1])
     with pytest.raises(AuditIntegrityError, match="shrank"):
         log.record("x", 1, "ok")
+
+
+def test_crafted_entries_are_findings_not_crashes(tmp_path: Path, bank):
+    """Huge numbers, a bad agreement hash or deep nesting, re-signed by the writer: each is a
+    named bad line, never an exception."""
+    path = tmp_path / "audit.jsonl"
+    write_run(path, bank, seal=False)
+    good = lines(path)
+
+    def resigned(entry):
+        entry["hash"] = entry_hash(entry)
+        sig = bank.sign(_ENTRY_DOMAIN + bytes.fromhex(entry["hash"]))
+        entry["sig"] = base64.b64encode(sig).decode()
+        return json.dumps(entry) + "\n"
+
+    last = json.loads(good[-1])
+    attest = {
+        **{k: v for k, v in last.items() if k not in ("hash", "sig")},
+        "seq": last["seq"] + 1, "prev": last["hash"], "kind": "attest", "peer": "server",
+        "peer_seq": 2**64, "peer_head": "b" * 64, "peer_sig": base64.b64encode(bytes(64)).decode(),
+    }  # fmt: skip
+    rewrite(path, good + [resigned(attest)])
+    res = verify_audit_log(path)
+    assert res.first_bad_line == len(good) + 1 and "malformed attested head" in res.reason
+    for field, value in (("job_counter", 2**63), ("seq", 2**64)):
+        entry = {**{k: v for k, v in last.items() if k not in ("hash", "sig")}, field: value}
+        rewrite(path, good[:-1] + [resigned(entry)])
+        res = verify_audit_log(path)
+        assert res.first_bad_line == len(good) and ("range" in res.reason or field == "seq")
+    rewrite(path, good + ["[" * 200_000 + "]" * 200_000 + "\n"])
+    assert verify_audit_log(path).first_bad_line == len(good) + 1
+    genesis = json.loads(good[0])
+    genesis["agreement_hash"] = "not hex"
+    rewrite(path, [resigned(genesis)])
+    assert "agreement hash" in verify_audit_log(path).reason
+    assert verify_audit_tree(path)  # and the tree verification reports, not raises

@@ -87,6 +87,7 @@ def test_every_company_verifies_its_own_work_dir(ran, work):
     for who in ("operator", "lo", "p1", "p2"):
         report, findings = _check(ran, _dir(work, who))
         assert report.ok, (who, findings)
+        assert not report.unvouched, who  # every entry is vouched for by a certificate
         assert report.certificates == 2  # one close certificate per job
         assert [r.job_counter for _, r in report.logs] == [2]
         assert sum((report.vouched or {}).values()) >= 2  # its own log matches both
@@ -139,6 +140,50 @@ def test_own_log_rewritten_and_re_signed_with_its_own_key(ran, work):
     last_job1 = max(e["seq"] for e in entries if e["job_counter"] == 1)
     assert last_job1 <= first <= target  # from job 1's seal (its certificate names the entry
     # before it), at or before the edit
+
+
+def test_entries_added_after_the_last_close_are_vouched_by_nobody(ran, work, capsys):
+    """An insider appends a job that never happened (an event and a seal), re-signed with the
+    company's own key: no certificate vouches for it; `--strict` fails on it."""
+    collab, _ = ran
+    log = _log(work, "p1")
+    lines = _lines(log)
+    last = json.loads(lines[-1])
+    extra = [
+        {**last, "seq": last["seq"] + 1, "job_counter": 3, "kind": "event", "phase": "query.hello"},
+        {**last, "seq": last["seq"] + 2, "job_counter": 3, "certificate": {}},
+    ]
+    extra[0].pop("peer_heads"), extra[0].pop("certificate"), extra[0].update(decision="ok")
+    log.write_text("".join(lines) + "".join(json.dumps(e) + "\n" for e in extra))
+    _resign(log, collab.identities["p1"], lambda entry: None)
+    report, findings = _check(ran, _dir(work, "p1"))
+    assert report.ok  # every held head matches: only the new tail is unvouched
+    assert report.unvouched == {str(log): (len(lines), len(lines) + 1)}
+    agreement = ["--agreement", str(collab.agreement_path)]
+    assert main(["audit", "verify", str(_dir(work, "p1")), *agreement]) == 0
+    assert f"warning {log}: entries {len(lines)} to {len(lines) + 1} are vouched" in (
+        capsys.readouterr().err
+    )
+    assert main(["audit", "verify", str(_dir(work, "p1")), *agreement, "--strict"]) == 1
+
+
+def test_the_last_seal_rewritten_is_caught(ran, work):
+    collab, _ = ran
+    log = _log(work, "p2")
+    last_seq = len(_lines(log)) - 1
+
+    def edit(entry):
+        if entry["seq"] == last_seq:  # the seal of job 2, without its certificate
+            entry["certificate"], entry["detail"] = {}, "refused before the session started"
+
+    _resign(log, collab.identities["p2"], edit)
+    report, findings = _check(ran, _dir(work, "p2"))
+    ((_, res),) = report.logs
+    assert not res.ok and f"entry {last_seq} is not the seal" in res.reason
+    assert res.first_bad_line == last_seq + 1
+    # and an honest collaboration has nothing unvouched
+    report, _ = _check(ran, ran[0].root / "work")
+    assert report.ok and not report.unvouched
 
 
 def test_a_substituted_server_key_is_caught_by_each_party(ran, work):

@@ -310,3 +310,32 @@ def test_a_party_node_with_a_substituted_key_is_refused_by_the_operator_and_the_
         collab.run(workdir=tmp_path / "w2", job="train", **FAST)
     decisions = audit_decisions(tmp_path / "w2")
     assert ("lo", "refused:session") in decisions and ("p2", "refused:session") in decisions
+
+
+def test_every_party_refuses_a_certificate_with_another_operator_head(tmp_path, monkeypatch):
+    """An operator that shows the parties one head at close and certifies another (a forked
+    log) is refused by every party before it seals."""
+    import dataclasses as dc
+
+    from vfm_flower.audit_heads import CloseCertificate, SignedHead
+
+    signed_by = CloseCertificate.signed_by
+
+    def forked(self, operator):
+        own = self.heads[operator.party]
+        other = SignedHead.sign(
+            operator,
+            agreement_hash=own.agreement_hash,
+            job_counter=own.job_counter,
+            seq=own.seq,
+            head="f" * 64,
+        )
+        return signed_by(dc.replace(self, heads={**self.heads, operator.party: other}), operator)
+
+    monkeypatch.setattr(CloseCertificate, "signed_by", forked)
+    collab = _collab(tmp_path)
+    with pytest.raises(ProtocolAbort, match=r"\[audit\].*operator's head this party attested"):
+        collab.run(job="train", **FAST)
+    decisions = audit_decisions(collab.root / "work")
+    for party in ("lo", "p1", "p2"):
+        assert (party, "refused:audit") in decisions

@@ -34,8 +34,8 @@ import re
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vfm_flower.agreement import SignedAgreement
@@ -64,6 +64,8 @@ class BundleVerification:
 
     logs: tuple[tuple[str, AuditVerification], ...]
     problems: tuple[str, ...]
+    #: log name -> (first, last) entries no held record vouches for (see audit_verify)
+    unvouched: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -215,4 +217,4 @@ def verify_audit_bundle(path: str | os.PathLike[str], expected_hash: str) -> Bun
     problems.extend(report.problems)
     if not logs:
         problems.append("the bundle holds no audit log")
-    return BundleVerification(report.logs, tuple(problems))
+    return BundleVerification(report.logs, tuple(problems), dict(report.unvouched or {}))

@@ -54,6 +54,8 @@ MAX_DETAIL = 200
 TRUNCATED = "truncated: no closing entry"
 
 _ENTRY_DOMAIN = b"vfm-flower/v1/audit-entry\x00"
+#: Longest entry read (a seal with the close certificate of a large collaboration stays below).
+MAX_ENTRY_BYTES = 1024 * 1024
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _BASE_FIELDS = {
     "seq": int,
@@ -172,8 +174,8 @@ class AuditVerification:
         Every head of another log this log holds (with its signature).
     job_counter : int
         The job counter of the last verified entry.
-    entry_hashes : tuple of str
-        The hash of every verified entry, by ``seq``.
+    entry_hashes, entry_kinds : tuple of str
+        The hash and the kind of every verified entry, by ``seq``.
     certificates : tuple of (int, CloseCertificate)
         The close certificates the seals carry, with their line numbers.
     """
@@ -191,6 +193,7 @@ class AuditVerification:
     attestations: tuple[Attestation, ...] = ()
     job_counter: int = 0
     entry_hashes: tuple[str, ...] = ()
+    entry_kinds: tuple[str, ...] = ()
     certificates: tuple[tuple[int, CloseCertificate], ...] = ()
 
 
@@ -215,6 +218,7 @@ class _Chain:
         self.attestations: list[Attestation] = []
         self.job_counter = 0
         self.hashes: list[str] = []
+        self.kinds: list[str] = []
         self.certificates: list[tuple[int, CloseCertificate]] = []
 
     @property
@@ -222,9 +226,11 @@ class _Chain:
         return (self.entries - 1, self.head_hash) if self.entries else None
 
     def feed(self, line_no: int, raw: bytes) -> dict[str, Any]:
+        if len(raw) > MAX_ENTRY_BYTES:
+            raise _Bad(line_no, "an entry longer than any the writer writes (edited or corrupted)")
         try:
             entry = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise _Bad(line_no, "not a JSON object (edited or corrupted)") from exc
         if not isinstance(entry, dict):
             raise _Bad(line_no, "not a JSON object (edited or corrupted)")
@@ -268,6 +274,8 @@ class _Chain:
                 raise _Bad(line_no, "genesis public key is not a 32-byte Ed25519 key")
             if self.expected_key is not None and key != self.expected_key:
                 raise _Bad(line_no, "the log was written with another key than the expected one")
+            if not _HEX64.match(entry["agreement_hash"]):
+                raise _Bad(line_no, "the genesis agreement hash is not a sha256 hex digest")
             public_key = key
         elif not self.entries:
             raise _Bad(line_no, "the first entry is not a genesis entry (truncated at the start)")
@@ -299,6 +307,8 @@ class _Chain:
         if entry["actor"] != self.writer:
             raise _Bad(line_no, f"actor {entry['actor']!r} is not the log's writer")
         job = entry["job_counter"]
+        if not 0 <= job < 2**63 or not 0 <= entry["seq"] < 2**63:
+            raise _Bad(line_no, "a job counter or sequence number out of range (edited)")
         if kind == "genesis" and job != 0:
             raise _Bad(line_no, "the genesis entry is not at job counter 0 (edited)")
         if job < self.job_counter:
@@ -313,18 +323,26 @@ class _Chain:
             self._read_seal(line_no, entry)
         self.head_hash = entry["hash"]
         self.hashes.append(entry["hash"])
+        self.kinds.append(kind)
         self.entries += 1
         self.last_kind = kind
         self.job_counter = job
         return entry
 
     def _read_attest(self, line_no: int, entry: Mapping[str, Any]) -> None:
-        if not _HEX64.match(entry["peer_head"]) or entry["peer_seq"] < 0:
-            raise _Bad(line_no, "attested head is not a sequence number and sha256 hex digest")
+        assert self.agreement_hash is not None
         try:
             peer_sig = _unb64(entry["peer_sig"])
+            SignedHead(  # every field of the attested head in range
+                entry["peer"],
+                self.agreement_hash,
+                entry["job_counter"],
+                entry["peer_seq"],
+                entry["peer_head"],
+                peer_sig,
+            )
         except (binascii.Error, ValueError) as exc:
-            raise _Bad(line_no, "attestation signature is not base64") from exc
+            raise _Bad(line_no, f"malformed attested head ({exc})") from exc
         self.attestations.append(
             Attestation(
                 entry["peer"],
@@ -384,6 +402,7 @@ class _Chain:
             attestations=tuple(self.attestations),
             job_counter=self.job_counter,
             entry_hashes=tuple(self.hashes),
+            entry_kinds=tuple(self.kinds),
             certificates=tuple(self.certificates),
         )
 

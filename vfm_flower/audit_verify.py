@@ -47,7 +47,12 @@ from pathlib import Path
 
 from vfm_flower.agreement import Agreement
 from vfm_flower.audit import TRUNCATED, AuditVerification, verify_audit_log
-from vfm_flower.audit_heads import SignedHead, certificate_files, read_certificates
+from vfm_flower.audit_heads import (
+    CloseCertificate,
+    SignedHead,
+    certificate_files,
+    read_certificates,
+)
 
 __all__ = [
     "AuditTreeVerification",
@@ -65,6 +70,9 @@ class HeldHead:
 
     signed: SignedHead
     source: str
+    #: the close certificate it comes from, when that is the writer's own (in its
+    #: certificates file): it also vouches for the seal that closed the job
+    certificate: CloseCertificate | None = None
 
     @property
     def writer(self) -> str:
@@ -87,6 +95,10 @@ class AuditTreeVerification:
         Log name -> how many held heads match it.
     certificates : int
         Close certificates read and verified.
+    unvouched : dict
+        Log name -> ``(first, last)`` entries that no held record vouches for (with an
+        agreement): a job that did not close normally, or entries added or rewritten after
+        the last close; its writer alone stands for them.
     """
 
     logs: tuple[tuple[str, AuditVerification], ...]
@@ -94,6 +106,7 @@ class AuditTreeVerification:
     notes: tuple[str, ...] = ()
     vouched: Mapping[str, int] | None = None
     certificates: int = 0
+    unvouched: Mapping[str, tuple[int, int]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -135,40 +148,57 @@ def check_logs_against_agreement(
     return out
 
 
-def _compare(res: AuditVerification, held: list[HeldHead]) -> tuple[AuditVerification, int]:
-    """``res`` against every head held of it: (verdict, how many held heads match)."""
-    hashes = res.entry_hashes
-    matched = -1
+def _compare(res: AuditVerification, held: list[HeldHead]) -> tuple[AuditVerification, int, int]:
+    """``res`` against every head held of it: (verdict, how many held heads match, the last
+    entry they vouch for, -1 if none).
+
+    A head in the writer's own close certificate also vouches for the seal that closed that
+    job: the next seal after it (past the operator's attestations) must carry that very
+    certificate, so a rewritten or emptied seal is found too.
+    """
+    hashes, kinds = res.entry_hashes, res.entry_kinds
+    sealed_with = {line - 1: cert for line, cert in res.certificates}  # seq -> certificate
+    matched = vouched = -1
     count = 0
     for item in sorted(held, key=lambda h: (h.signed.seq, h.source)):
         head = item.signed
         if head.seq >= len(hashes):
             last = len(hashes) - 1
-            return (
-                _fail(
-                    res,
-                    len(hashes) + 1,
-                    f"rolled back or truncated: the log ends at entry {last} (job "
-                    f"{res.job_counter}), but {item.source} holds its entry {head.seq} of job "
-                    f"{head.job_counter}: entries {last + 1} to {head.seq} are missing",
-                ),
-                count,
+            reason = (
+                f"rolled back or truncated: the log ends at entry {last} (job "
+                f"{res.job_counter}), but {item.source} holds its entry {head.seq} of job "
+                f"{head.job_counter}: entries {last + 1} to {head.seq} are missing"
             )
+            return _fail(res, len(hashes) + 1, reason), count, vouched
         if hashes[head.seq] != head.head:
             first = matched + 1
-            return (
-                _fail(
-                    res,
-                    first + 1,
-                    f"rewritten and re-signed: entry {head.seq} differs from the head "
-                    f"{item.source} holds (job {head.job_counter}); entry {first} is the first "
-                    "that no held head vouches for",
-                ),
-                count,
+            reason = (
+                f"rewritten and re-signed: entry {head.seq} differs from the head "
+                f"{item.source} holds (job {head.job_counter}); entry {first} is the first "
+                "that no held head vouches for"
             )
+            return _fail(res, first + 1, reason), count, vouched
         matched = max(matched, head.seq)
+        vouched = max(vouched, head.seq)
         count += 1
-    return res, count
+        if item.certificate is not None:
+            seal = head.seq + 1
+            while seal < len(kinds) and kinds[seal] == "attest":
+                seal += 1  # the operator attests every party's head before it seals
+            if seal < len(kinds):
+                cert = sealed_with.get(seal)
+                if (
+                    kinds[seal] != "seal"
+                    or cert is None
+                    or cert.to_json() != (item.certificate.to_json())
+                ):
+                    reason = (
+                        f"rewritten and re-signed: entry {seal} is not the seal that carries "
+                        f"the close certificate of job {head.job_counter} ({item.source})"
+                    )
+                    return _fail(res, seal + 1, reason), count, vouched
+                vouched = max(vouched, seal)
+    return res, count, vouched
 
 
 def verify_audit_records(
@@ -281,7 +311,11 @@ def verify_audit_records(
                 held.append(
                     (
                         cert.agreement_hash,
-                        HeldHead(head, f"{where} (close certificate of job {cert.job_counter})"),
+                        HeldHead(
+                            head,
+                            f"{where} (close certificate of job {cert.job_counter})",
+                            cert if item.holder == head.writer else None,
+                        ),
                     )
                 )
 
@@ -338,6 +372,7 @@ def verify_audit_records(
             + ": deleted, or not exported"
         )
     vouched: dict[str, int] = {}
+    through: dict[Path, int] = {}
     for (writer, terms_hash), heads in sorted(evidence.items()):
         logs = by_writer.get((writer, terms_hash), [])
         if not logs:
@@ -352,13 +387,21 @@ def verify_audit_records(
             res = results[f]
             if not res.ok and res.reason != TRUNCATED:
                 continue  # a more fundamental problem is already reported for this log
-            results[f], vouched[label[f]] = _compare(res, heads)
+            results[f], vouched[label[f]], through[f] = _compare(res, heads)
+    # entries no held record vouches for: a job that did not close, or entries added since
+    unvouched: dict[str, tuple[int, int]] = {}
+    for f in files if agreement is not None else []:
+        res = results[f]
+        last = through.get(f, -1)
+        if res.ok and last < res.entries - 1:
+            unvouched[label[f]] = (last + 1, res.entries - 1)
     return AuditTreeVerification(
         logs=tuple((label[f], results[f]) for f in files),
         problems=tuple(problems),
         notes=tuple(notes),
         vouched=vouched,
         certificates=n_certificates,
+        unvouched=unvouched,
     )
 
 

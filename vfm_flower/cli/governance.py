@@ -319,8 +319,9 @@ def cmd_agreement_show(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _print_report(report) -> int:
-    """Print each log's verdict, then the findings and notes; return the failures."""
+def _print_report(report, strict: bool = False) -> int:
+    """Print each log's verdict, then the findings, warnings and notes; return the failures
+    (with ``strict``, entries no held record vouches for are failures too)."""
     failed = 0
     vouched = report.vouched or {}
     for name, res in report.logs:
@@ -338,6 +339,13 @@ def _print_report(report) -> int:
     for problem in report.problems:
         failed += 1
         _err(f"FAILED {problem}")
+    for name, (first, last) in sorted((report.unvouched or {}).items()):
+        failed += int(strict)
+        _err(
+            f"{'FAILED' if strict else 'warning'} {name}: entries {first} to {last} are "
+            "vouched for by no close certificate or other log held here (a job that did not "
+            "close normally, or entries added since the last close)"
+        )
     for note in report.notes:
         _out(f"note: {note}")
     return failed
@@ -373,8 +381,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         bundle = verify_audit_bundle(path, expected)
         from vfm_flower.audit_verify import AuditTreeVerification
 
-        _print_report(AuditTreeVerification(bundle.logs, bundle.problems))
-        if not bundle.ok:
+        failed = _print_report(
+            AuditTreeVerification(bundle.logs, bundle.problems, unvouched=bundle.unvouched),
+            strict=args.strict,
+        )
+        if failed:
             _err(f"bundle {path} failed verification")
             return 1
         _out(
@@ -395,7 +406,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if not report.logs and not report.problems:
         _err(f"audit verify: no audit log (*.jsonl) under {', '.join(map(str, paths))}")
         return 1
-    failed = _print_report(report)
+    failed = _print_report(report, strict=args.strict)
     if agreement is None:
         _out(
             "note: without --agreement only chains and cross-signatures were checked (keys, "
@@ -586,6 +597,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--agreement", help="your signed copy: writers' keys and the agreement hash are checked"
     )
     p.add_argument("--expect-hash", help="for a bundle: the agreement's terms hash instead")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail on entries no close certificate or other log vouches for (a job that "
+        "did not close normally)",
+    )
     p.set_defaults(func=cmd_audit_verify)
     p = aud_sub.add_parser(
         "export", help="one bundle: the agreement and every log of it under the sources"

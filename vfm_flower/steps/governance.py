@@ -175,6 +175,7 @@ def every_party_close(ctx: PartyContext) -> None:
             f"attested in an earlier job (entry {last}): refusing to attest it",
         )
     audit.attest_peer_head(head, peer_public=operator.signing_key, round=request.step)
+    runtime.state.set("close.operator_head", f"{audit.job_counter}:{head.seq}:{head.head}")
     _signed_head_reply(ctx)
 
 
@@ -198,6 +199,12 @@ def every_party_seal(ctx: PartyContext) -> None:
     own = certificate.heads.get(runtime.party)
     if own is None or (own.seq, own.head) != audit.head():
         findings.append("it does not name this party's head as this party sent it")
+    # the operator's head, as this party attested it in this job's close round (no fork: every
+    # party gets the same operator head)
+    server = certificate.heads.get(agreement.operator.name)
+    attested = runtime.state.get("close.operator_head")
+    if server is None or attested != f"{audit.job_counter}:{server.seq}:{server.head}":
+        findings.append("it does not name the operator's head this party attested at close")
     if findings:
         raise PolicyViolation("audit", f"the close certificate is refused: {'; '.join(findings)}")
     append_certificate(certificates_path(audit.path), runtime.party, certificate)
