@@ -23,6 +23,8 @@ RUN_CONFIG_KEYS = {
     "server-workdir": "where the server writes its audit log and result.json",
     "job": "the operation: train, evaluate or score",
     "model": "the job kind: logistic or linear",
+    "data-set": "the data set every party uses, by the name its node-config gives it "
+    "(data-sets or data-dir); empty: each party's data-path",
     "round-timeout": "seconds to wait for the replies of one round",
     "party-wait-timeout": "seconds to wait for every party to come online",
     "demo-dir": "simulation only: a directory made by `vfm demo --prepare-only`",
@@ -38,6 +40,7 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "server-workdir": "",
     "job": "train",
     "model": "logistic",
+    "data-set": "",
     "round-timeout": DEFAULT_ROUND_TIMEOUT,
     "party-wait-timeout": DEFAULT_PARTY_WAIT_TIMEOUT,
     "demo-dir": "",

@@ -286,3 +286,33 @@ def test_score_uses_the_kind_it_was_trained_as_and_keys_beside_the_agreement(tmp
     )
     scores = pd.read_csv(out)
     assert scores["score"].min() < 0 or scores["score"].max() > 1  # linear, not probabilities
+
+
+def test_retraining_needs_force_and_seed_and_holdout_are_options(collab, tmp_path, capsys):
+    work = tmp_path / "work"
+    keys = [f"--key={p}={k}" for p, k in collab.keys.items()]
+    keys.append(f"--key=operator={collab.operator_key}")
+
+    def args(workdir):
+        return [
+            "local", "train", "--agreement", str(collab.agreement_path), *_data_args(collab),
+            "--workdir", str(workdir), "--iterations", "2", "--quiet", *keys,
+        ]  # fmt: skip
+
+    train = args(work)
+    assert main([*train, "--seed", "7", "--holdout-fraction", "0.2"]) == 0
+    result = json.loads((work / "server" / "result-train.json").read_text())
+    holdout = result["public"]["holdout_rows"]
+    assert holdout == round(0.2 * result["joint_rows"]) or abs(holdout - 0.2 * 150) <= 1
+    slice_json = work / "parties" / "lo" / "model" / "slice.json"
+    before = slice_json.read_bytes()
+    capsys.readouterr()
+    assert main(train) == 2  # the trained model is not replaced silently
+    err = capsys.readouterr().err
+    assert "already holds a logistic model" in err and "--force" in err
+    assert slice_json.read_bytes() == before  # nothing touched
+    assert main([*train, "--force"]) == 0
+    (tmp_path / "file").write_text("x")
+    capsys.readouterr()
+    assert main(args(tmp_path / "file")) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err

@@ -49,6 +49,13 @@ def _run_script(workdir: Path, **extra: str) -> subprocess.CompletedProcess:
     )
 
 
+def result_rows(tmp_path: Path) -> int:
+    """The joint rows of the training job (the score job's data set is a part of them)."""
+    return json.loads((tmp_path / "deploy" / "server" / "result-train.json").read_text())[
+        "joint_rows"
+    ]
+
+
 def _free_port_block(count: int) -> int:
     """A first port with ``count`` free ports from it (SuperNodes take consecutive ports)."""
     for _ in range(50):
@@ -119,10 +126,16 @@ def test_a_job_written_on_the_public_api_runs_in_the_deployment_engine(tmp_path,
 def test_local_deployment_script(tmp_path):
     before = _flower_processes()
     # TLS (throw-away CA) and registered SuperNode keys, as in production
-    proc = _run_script(tmp_path / "deploy", VFM_ITERATIONS="2", VFM_AUTH="1")
+    # then a score job on a second data set, on the same running SuperNodes
+    proc = _run_script(
+        tmp_path / "deploy", VFM_ITERATIONS="2", VFM_AUTH="1", VFM_SCORE_SET="campaign"
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[deploy] ok:" in proc.stdout
-    result = json.loads((tmp_path / "deploy" / "server" / "result.json").read_text())
+    assert "of data set 'campaign' without a restart" in proc.stdout
+    scored = json.loads((tmp_path / "deploy" / "server" / "result-score.json").read_text())
+    assert 0 < scored["public"]["scored_rows"] < result_rows(tmp_path)
+    result = json.loads((tmp_path / "deploy" / "server" / "result-train.json").read_text())
     assert result["joint_rows"] > 4000
     assert result["public"]["rounds_per_iteration"] == 2
     assert result["public"]["auc"] > 0.6

@@ -38,6 +38,8 @@ from vfm_flower.errors import ConfigurationError
 RELEASE_AUDIENCES = ("server", "result-owner", "party")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+#: A data set's name: what a party's node-config declares (``data-sets``, ``data-dir``).
+DATA_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PARAM = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 
 ANY = "*"
@@ -218,10 +220,12 @@ class JobKind:
 
     def bind_config(self, config: Mapping[str, Any], operation: str | None = None) -> Job:
         """Bind from a Flower run-config: every parameter of the kind it sets (an empty
-        string counts as unset), the operation from ``operation`` or its ``job`` key."""
+        string counts as unset), the operation from ``operation`` or its ``job`` key, the
+        data set from its ``data-set`` key (empty: each party's ``data-path``)."""
         params = {p.name: config[p.name] for p in self.params if config.get(p.name, "") != ""}
         op = operation or str(config.get("job", "") or self.operations[0])
-        return self.bind(op, params)
+        data_set = str(config.get("data-set", "") or "").strip() or None
+        return self.bind(op, params, data_set=data_set)
 
     def bind(
         self,
@@ -230,6 +234,7 @@ class JobKind:
         *,
         features: Mapping[str, Iterable[str]] | None = None,
         min_intersection: int | None = None,
+        data_set: str | None = None,
     ) -> Job:
         """One job of this kind: the operation and a value for every parameter.
 
@@ -257,6 +262,7 @@ class JobKind:
             params=values,
             features=features,
             min_intersection=min_intersection,
+            data_set=data_set,
         )
 
 
@@ -275,6 +281,10 @@ class Job:
         the party itself against the agreement).
     min_intersection : int or None
         A stricter minimum intersection for this job (never a lower one).
+    data_set : str or None
+        The data set every party uses, by name (each party maps the name to its own file in
+        its node-config: ``data-sets`` or ``data-dir``); ``None``: each party's ``data-path``.
+        Scoring new customers is then one more job on the running SuperNodes.
     """
 
     kind: str
@@ -282,6 +292,7 @@ class Job:
     params: Mapping[str, Any] = field(default_factory=dict)
     features: Mapping[str, tuple[str, ...]] | None = None
     min_intersection: int | None = None
+    data_set: str | None = None
 
     def __post_init__(self) -> None:
         for name, value in (("kind", self.kind), ("operation", self.operation)):
@@ -301,6 +312,13 @@ class Job:
             isinstance(self.min_intersection, bool) or not isinstance(self.min_intersection, int)
         ):
             raise ConfigurationError("job: min_intersection must be an integer or null")
+        if self.data_set is not None and (
+            not isinstance(self.data_set, str) or not DATA_SET_NAME.match(self.data_set)
+        ):
+            raise ConfigurationError(
+                f"job: data set {self.data_set!r} is not a valid name (1-64 letters, digits, "
+                "'_', '-' or '.')"
+            )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -325,6 +343,7 @@ class Job:
                 else {k: list(v) for k, v in sorted(self.features.items())}
             ),
             "min_intersection": self.min_intersection,
+            "data_set": self.data_set,
         }
 
     def to_json(self) -> str:
@@ -338,7 +357,7 @@ class Job:
     def from_dict(cls, data: Any) -> Job:
         if not isinstance(data, Mapping):
             raise ConfigurationError("job: must be a JSON object")
-        fields = {"kind", "operation", "params", "features", "min_intersection"}
+        fields = {"kind", "operation", "params", "features", "min_intersection", "data_set"}
         unknown = sorted(set(data) - fields)
         if unknown:
             raise ConfigurationError(f"job: unknown field(s) {', '.join(unknown)}")
@@ -364,6 +383,7 @@ class Job:
             params=params,
             features=features,
             min_intersection=data.get("min_intersection"),
+            data_set=data.get("data_set"),
         )
 
     @classmethod

@@ -15,6 +15,7 @@ and every later message must carry the same job.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -61,6 +62,34 @@ NODE_CONFIG_KEYS = {
     "work-dir": "directory for this party's model slice, audit log and outputs",
 }
 
+#: Optional node-config keys: more data sets, which a job names (run-config ``data-set``).
+NODE_CONFIG_OPTIONAL_KEYS = {
+    "data-sets": "named data sets, 'NAME=CSV,NAME=CSV' (e.g. 'q3=/data/q3.csv')",
+    "data-dir": "a directory whose files NAME.csv are data sets (new files need no restart)",
+}
+
+
+def _parse_data_sets(text: str, party: str) -> dict[str, Path]:
+    """``"NAME=PATH,NAME=PATH"`` -> name -> path (names checked, each once)."""
+    from vfm_flower.jobs import DATA_SET_NAME
+
+    out: dict[str, Path] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, sep, path = (s.strip() for s in item.partition("="))
+        if not sep or not path or not DATA_SET_NAME.match(name):
+            raise ConfigurationError(
+                f"node-config 'data-sets' of party '{party}': {item!r} is not NAME=CSV "
+                "(names: 1-64 letters, digits, '_', '-' or '.')"
+            )
+        if name in out:
+            raise ConfigurationError(
+                f"node-config 'data-sets' of party '{party}' names '{name}' twice"
+            )
+        out[name] = Path(path).expanduser()
+    return out
+
 
 @dataclass(frozen=True)
 class PartySettings:
@@ -73,6 +102,32 @@ class PartySettings:
     work_dir: Path
     #: the whole node-config, for an app's data loader that reads keys of its own
     node_config: Mapping[str, Any] = field(default_factory=dict)
+    #: named data sets (``data-sets``) and a directory of them (``data-dir``)
+    data_sets: Mapping[str, Path] = field(default_factory=dict)
+    data_dir: Path | None = None
+
+    def data_path_for(self, data_set: str | None) -> Path:
+        """The file of the data set a job names (``None``: ``data-path``).
+
+        Raises
+        ------
+        ConfigurationError
+            This party has no such data set (the message names the party and what it has).
+        """
+        if data_set is None:
+            return self.data_path
+        if data_set in self.data_sets:
+            return self.data_sets[data_set]
+        if self.data_dir is not None and (self.data_dir / f"{data_set}.csv").is_file():
+            return self.data_dir / f"{data_set}.csv"
+        known = sorted(self.data_sets)
+        if self.data_dir is not None:
+            known += sorted(p.stem for p in self.data_dir.glob("*.csv") if p.stem not in known)
+        raise ConfigurationError(
+            f"party '{self.party}' has no data set '{data_set}' (it has: "
+            f"{', '.join(known) or 'none besides its data-path'}): add it to its node-config's "
+            "data-sets, or put NAME.csv in its data-dir"
+        )
 
     @classmethod
     def from_node_config(
@@ -103,10 +158,23 @@ class PartySettings:
             agreement_path=Path(str(node_config["agreement-path"])).expanduser(),
             work_dir=Path(str(node_config["work-dir"])).expanduser(),
             node_config=MappingProxyType(dict(node_config)),
+            data_sets=MappingProxyType(
+                _parse_data_sets(str(node_config.get("data-sets", "") or ""), party)
+            ),
+            data_dir=(
+                Path(str(node_config["data-dir"])).expanduser()
+                if str(node_config.get("data-dir", "") or "").strip()
+                else None
+            ),
         )
+        if settings.data_dir is not None and not settings.data_dir.is_dir():
+            raise ConfigurationError(
+                f"node-config 'data-dir' of party '{party}': {settings.data_dir} is not a directory"
+            )
         files = [("key-path", settings.key_path), ("agreement-path", settings.agreement_path)]
         if data_file:
             files.insert(0, ("data-path", settings.data_path))
+            files += [(f"data-sets {n}", p) for n, p in settings.data_sets.items()]
         for name, path in files:
             if not path.is_file():
                 raise ConfigurationError(
@@ -406,13 +474,14 @@ class PartyRuntime:
         self.state.set_tokens("mask_labels", labels | {label})
 
     def read_table(self) -> pd.DataFrame:
-        """This party's rows: the app's data loader, else the CSV file at ``data-path``."""
+        """This party's rows: the app's data loader, else the CSV file of the data set the
+        job names (``data-path`` when it names none)."""
         id_columns = tuple(self.terms.id_columns)
+        data_set = self.request.job.data_set if self.request is not None else None
+        path = self.settings.data_path_for(data_set)
         if self.data_loader is None:
-            return read_party_table(
-                self.settings.data_path, party=self.party, id_columns=id_columns
-            )
-        frame = self.data_loader(self.settings)
+            return read_party_table(path, party=self.party, id_columns=id_columns)
+        frame = self.data_loader(dataclasses.replace(self.settings, data_path=path))
         if not hasattr(frame, "columns") or not hasattr(frame, "iloc"):
             raise ConfigurationError(
                 f"party '{self.party}': the data loader must return a pandas DataFrame"

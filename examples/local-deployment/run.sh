@@ -16,6 +16,9 @@
 #        writes; default: the demo), VFM_APP (a Flower App directory; default: `vfm app init`),
 #        VFM_RUN_CONFIG (the run-config besides agreement-path and server-workdir),
 #        VFM_MIN_JOINT (least joint rows expected, default 1000).
+#   VFM_SCORE_SET=NAME: after the training job, each party puts a file NAME.csv into its
+#        data-dir (node-config; the label owner a part of its customers) and a score job on
+#        data set NAME runs on the same SuperNodes, without restarting any.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -138,6 +141,9 @@ for party in "${PARTIES[@]}"; do
   base="$SETUP/parties/$party"
   node_config="party=\"$party\" data-path=\"$base/$party.csv\" key-path=\"$base/$party.key\""
   node_config+=" agreement-path=\"$SETUP/agreement.toml\" work-dir=\"$WORK/parties/$party\""
+  # more data sets: any NAME.csv put here later is data set NAME (run-config data-set)
+  mkdir -p "$WORK/data/$party"
+  node_config+=" data-dir=\"$WORK/data/$party\""
   echo "[deploy] starting flower-supernode for $party"
   node_auth=()
   [ "$AUTH" = "1" ] && node_auth=(--auth-supernode-private-key "$WORK/certs/nodes/$party")
@@ -155,19 +161,24 @@ else
   vfm app init "$WORK/app" --force >/dev/null
   APP="$WORK/app"
 fi
-RUN_CONFIG="agreement-path=\"$SETUP/agreement.toml\" server-workdir=\"$WORK/server\" "
-RUN_CONFIG+="${VFM_RUN_CONFIG:-job=\"train\" model=\"logistic\" max-iterations=$ITERATIONS}"
+run_job() {  # run_job LOG RESULT JOB-CONFIG: one `flwr run`; its result file must appear
+  local log="$1" result="$2" config
+  config="agreement-path=\"$SETUP/agreement.toml\" server-workdir=\"$WORK/server\" $3"
+  rm -f "$result"
+  set +e
+  timeout "$JOB_TIMEOUT" flwr run "$APP" local-deploy --stream --run-config "$config" \
+    >"$log" 2>&1
+  local code=$?
+  set -e
+  if [ "$code" -ne 0 ] || [ ! -f "$result" ]; then
+    echo "[deploy] the job failed (flwr run exit $code); last lines of its log:" >&2
+    tail -30 "$log" >&2
+    exit 1
+  fi
+}
 echo "[deploy] running the vertical job with flwr run ($APP)"
-set +e
-timeout "$JOB_TIMEOUT" flwr run "$APP" local-deploy --stream --run-config "$RUN_CONFIG" \
-  >"$WORK/logs/flwr-run.log" 2>&1
-run_code=$?
-set -e
-if [ "$run_code" -ne 0 ] || [ ! -f "$WORK/server/result.json" ]; then
-  echo "[deploy] the job failed (flwr run exit $run_code); last lines of its log:" >&2
-  tail -30 "$WORK/logs/flwr-run.log" >&2
-  exit 1
-fi
+run_job "$WORK/logs/flwr-run.log" "$WORK/server/result.json" \
+  "${VFM_RUN_CONFIG:-job=\"train\" model=\"logistic\" max-iterations=$ITERATIONS}"
 python - "$WORK/server/result.json" "${VFM_MIN_JOINT:-1000}" <<'PY'
 import json, sys
 result = json.load(open(sys.argv[1]))
@@ -187,3 +198,33 @@ vfm audit export "$WORK/server" "$WORK/parties" --agreement "$SETUP/agreement.to
   --out "$WORK/audit.tar.gz" --force >/dev/null
 vfm audit verify "$WORK/audit.tar.gz" --agreement "$SETUP/agreement.toml" >/dev/null \
   && echo "[deploy] audit bundle verified: $WORK/audit.tar.gz"
+
+if [ -n "${VFM_SCORE_SET:-}" ]; then
+  # new customers arrive as a new file in each party's data-dir; the SuperNodes keep running
+  python - "$SETUP" "$WORK/data" "$VFM_SCORE_SET" <<'PY'
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from vfm_flower.agreement import SignedAgreement
+
+setup, data, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+agreement = SignedAgreement.load(setup / "agreement.toml").agreement
+for party in agreement.party_names:
+    frame = pd.read_csv(setup / "parties" / party / f"{party}.csv", dtype=str, keep_default_na=False)
+    if party == agreement.label_owner:  # the label owner's campaign list: part of its customers
+        frame = frame.iloc[: max(1, int(len(frame) * 0.6))]
+    frame.to_csv(data / party / f"{name}.csv", index=False)
+PY
+  echo "[deploy] scoring data set '$VFM_SCORE_SET' on the running SuperNodes"
+  run_job "$WORK/logs/flwr-score.log" "$WORK/server/result-score.json" \
+    "job=\"score\" model=\"logistic\" data-set=\"$VFM_SCORE_SET\""
+  python - "$WORK/server/result-score.json" "$VFM_SCORE_SET" <<'PY'
+import json, sys
+result = json.load(open(sys.argv[1]))
+scored = result["public"].get("scored_rows") or 0
+assert scored > 0, "no customer scored"
+print(f"[deploy] scored {scored} customers of data set '{sys.argv[2]}' without a restart")
+PY
+fi

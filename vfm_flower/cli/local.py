@@ -196,9 +196,33 @@ def _job_config(args: argparse.Namespace, job: str) -> dict:
     config = {"job": job, "model": args.model or "logistic"}
     if getattr(args, "iterations", None):
         config["max-iterations"] = args.iterations
-    if getattr(args, "l2", None) is not None:
-        config["l2"] = args.l2
+    for option, key in (
+        ("l2", "l2"),
+        ("seed", "holdout-seed"),
+        ("holdout_fraction", "holdout-fraction"),
+    ):
+        if getattr(args, option, None) is not None:
+            config[key] = getattr(args, option)
     return config
+
+
+def _refuse_overwriting_a_model(workdir: Path, agreement_path: Path, force: bool) -> None:
+    """Retraining replaces the parties' model slices: only with ``--force``, and saying where
+    the old ones are (nothing is touched before this check)."""
+    from vfm_flower.agreement import SignedAgreement
+
+    lo = SignedAgreement.load(agreement_path).agreement.label_owner
+    meta = workdir / "parties" / lo / "model" / "slice.json"
+    if meta.is_file() and not force:
+        try:
+            trained = json.loads(meta.read_text(encoding="utf-8"))
+            what = f"a {trained.get('model', 'trained')} model"
+        except (OSError, ValueError):
+            what = "a trained model"
+        raise ConfigurationError(
+            f"{workdir} already holds {what}, under {workdir / 'parties'}/NAME/model: pass "
+            "--force to replace it, or choose another --workdir"
+        )
 
 
 def cmd_local_train(args: argparse.Namespace) -> int:
@@ -208,6 +232,9 @@ def cmd_local_train(args: argparse.Namespace) -> int:
     console = attach_progress(args.quiet)
     agreement_path, files, operator_key = _party_files(args)
     workdir = Path(args.workdir).expanduser().resolve()
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigurationError(f"--workdir {workdir} is a file, not a directory")
+    _refuse_overwriting_a_model(workdir, agreement_path, args.force)
     result = run_local_job(
         agreement_path, files, workdir, _job_config(args, "train"), operator_key=operator_key
     )
@@ -352,6 +379,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_job_options(train)
     train.add_argument("--iterations", type=int, help="training iterations at most")
     train.add_argument("--l2", type=float, help="L2 penalty (default 1e-3)")
+    train.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the hold-out split (default 0: fixed per agreement, the same customers "
+        "held out in every job; another seed is another split)",
+    )
+    train.add_argument(
+        "--holdout-fraction", type=float, help="share of aligned rows held out (default 0.3)"
+    )
+    train.add_argument(
+        "--force", action="store_true", help="replace a model already trained in --workdir"
+    )
     train.set_defaults(func=cmd_local_train)
     score = local_sub.add_parser("score", help="align new ids and score them with trained slices")
     _add_job_options(score)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,26 @@ class PartyFiles:
 
     data_path: Path
     key_path: Path
+    #: more data sets by name, and a directory of them (node-config data-sets, data-dir)
+    data_sets: Mapping[str, Path] = field(default_factory=dict)
+    data_dir: Path | None = None
 
 
 def party_node_config(
     party: str, files: PartyFiles, agreement_path: Path, workdir: Path
 ) -> dict[str, str]:
-    return {
+    config = {
         "party": party,
         "data-path": str(files.data_path.resolve()),
         "key-path": str(files.key_path.resolve()),
         "agreement-path": str(agreement_path.resolve()),
         "work-dir": str((workdir / "parties" / party).resolve()),
     }
+    if files.data_sets:
+        config["data-sets"] = ",".join(f"{n}={p.resolve()}" for n, p in files.data_sets.items())
+    if files.data_dir is not None:
+        config["data-dir"] = str(files.data_dir.resolve())
+    return config
 
 
 def run_local_app(
