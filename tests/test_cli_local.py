@@ -316,3 +316,19 @@ def test_retraining_needs_force_and_seed_and_holdout_are_options(collab, tmp_pat
     capsys.readouterr()
     assert main(args(tmp_path / "file")) == 2
     assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def test_a_bad_segment_spec_is_refused_before_any_party_is_contacted(collab, tmp_path, capsys):
+    work = tmp_path / "work"
+    keys = [f"--key={p}={k}" for p, k in collab.keys.items()]
+    keys.append(f"--key=operator={collab.operator_key}")
+    code = main(
+        [
+            "local", "score", "--agreement", str(collab.agreement_path), *_data_args(collab),
+            "--workdir", str(work), "--out", str(tmp_path / "s.csv"), "--quiet",
+            "--segments", "top10,bogus", *keys,
+        ]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "segment 'bogus'" in err and "\n" not in err
+    assert not work.exists() and not (tmp_path / "s.csv").exists()

@@ -116,3 +116,16 @@ def test_the_data_set_is_part_of_the_job():
     assert type(job).from_json(job.to_json()) == job
     with pytest.raises(ConfigurationError, match="not a valid name"):
         LOGISTIC.bind("score", data_set="../etc")
+
+
+def test_a_missing_label_column_is_refused_at_hello_before_alignment(tmp_path):
+    from vfm_flower.agreement import SignedAgreement
+
+    collab = governed_collab(tmp_path, 84)
+    label = SignedAgreement.load(collab.agreement_path).agreement.label_column
+    frame = pd.read_csv(collab.data["lo"], dtype=str, keep_default_na=False)
+    frame.drop(columns=[label]).to_csv(collab.data["lo"], index=False)
+    with pytest.raises(ProtocolAbort, match=rf"'hello'.*'lo'.*label column '{label}' is missing"):
+        collab.run(job="train", **FAST)
+    # scoring needs no label: the same data scores (after a training on labelled data)
+    assert LOGISTIC.label_operations == ("evaluate", "train")

@@ -158,6 +158,9 @@ class JobKind:
         in the common order (``PartyContext.aligned_rows``); simpler to program, and a passive
         party then learns which of its customers the others hold: say so in the kind's
         documentation.
+    label_operations : tuple of str
+        The operations that need the label owner's label column: the label owner checks it
+        at hello, before alignment (a missing column is then no late surprise).
     """
 
     name: str
@@ -168,6 +171,7 @@ class JobKind:
     description: str = ""
     membership: str = "hidden"
     opt_in_releases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    label_operations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -178,6 +182,11 @@ class JobKind:
         if not ops or not all(_NAME.match(o) for o in ops):
             raise ConfigurationError(f"job kind '{self.name}': name at least one operation")
         object.__setattr__(self, "operations", ops)
+        if not set(self.label_operations) <= set(ops):
+            raise ConfigurationError(
+                f"job kind '{self.name}': label operations must be among its operations"
+            )
+        object.__setattr__(self, "label_operations", tuple(sorted(set(self.label_operations))))
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"job kind '{self.name}': a parameter is declared twice")

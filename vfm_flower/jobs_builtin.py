@@ -113,6 +113,7 @@ def _regression(name: str, description: str) -> JobKind:
         opt_in_releases={"party": ("model-weights",)},
         uses_paillier=True,
         description=description,
+        label_operations=("evaluate", "train"),
     )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from vfm_flower.errors import ConfigurationError
 from vfm_flower.report import _check_min_cohort_value, _vector
 
-__all__ = ["assign_segments", "segment_summaries"]
+__all__ = ["assign_segments", "parse_segments", "segment_summaries"]
 
 _TOKEN = re.compile(r"^(?:top(\d+(?:\.\d+)?)|(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)|rest)$")
 
@@ -32,7 +32,9 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
-def _parse_segments(spec: str) -> list[tuple[str, float, float]]:
+def parse_segments(spec: str) -> list[tuple[str, float, float]]:
+    """The bands of a segment spec (``deciles`` or ``top10,10-30,rest``): ``(name, from %,
+    to %)``; a spec that is not understood is a ``ConfigurationError`` saying why."""
     text = str(spec).strip().lower()
     if text == "deciles":
         return [(f"decile {k}", 10.0 * (k - 1), 10.0 * k) for k in range(1, 11)]
@@ -102,7 +104,7 @@ def assign_segments(
     ValueError
         Non-finite scores.
     """
-    bands = _parse_segments(segments)
+    bands = parse_segments(segments)
     s = _vector("scores", scores)
     n = s.size
     order = np.argsort(-s, kind="stable")

@@ -262,6 +262,10 @@ def cmd_local_score(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not args.force:
         raise ConfigurationError(f"{out} exists: choose another --out or pass --force")
+    if args.segments:
+        from vfm_flower.segments import parse_segments
+
+        parse_segments(args.segments)  # a bad spec is refused before any party is contacted
     if args.model is None:
         args.model = _trained_kind(workdir, agreement_path)
         console.print(f"scoring with the trained {args.model} model in {workdir}")

@@ -44,7 +44,7 @@ from vfm_flower.audit_heads import (
     last_certified_job,
 )
 from vfm_flower.context import PartyContext
-from vfm_flower.errors import PolicyViolation, ProtocolAbort
+from vfm_flower.errors import DataError, PolicyViolation, ProtocolAbort
 from vfm_flower.party import StepRegistry, new_nonce
 from vfm_flower.policy import (
     check_job_budget,
@@ -83,6 +83,14 @@ def every_party_hello(ctx: PartyContext) -> None:
     check_job_budget(runtime.agreement, runtime.audit.count_events(phase=HELLO, decision="ok"))
     frame = ctx.table()
     check_set_size(len(frame), runtime.terms.max_set_size, runtime.party)
+    kind = runtime.jobs.get(request.job.kind)
+    label = runtime.agreement.label_column
+    if ctx.is_label_owner and request.job.operation in kind.label_operations:
+        if label not in frame.columns:  # before alignment: nobody waits for a late failure
+            raise DataError(
+                f"party '{runtime.party}': label column '{label}' is missing from its data "
+                f"(a {request.job.operation} job needs it)"
+            )
     nonce = new_nonce()
     runtime.state.set("hello_nonce", nonce)
     # the job this party agrees to run: every later message must carry the same one
