@@ -255,7 +255,9 @@ class PartyContext:
         self.check_columns(columns)
         return columns
 
-    def prepared_features(self, columns: list[str] | None = None) -> tuple[np.ndarray, Any]:
+    def prepared_features(
+        self, columns: list[str] | None = None, *, junk_threshold: float = 0.05
+    ) -> tuple[np.ndarray, Any]:
         """This party's columns on its :meth:`rows`, prepared for a model: ``(X, plan)``.
 
         Numeric columns standardized, categorical ones one-hot encoded, missing values
@@ -263,6 +265,8 @@ class PartyContext:
         agreement's minimum cohort for every one-hot slot and binary value; ``plan`` holds
         the statistics (``plan.feature_names``, ``plan.to_json()``) to prepare new rows the
         same way. ``columns`` default to :meth:`feature_columns` and are checked.
+        ``junk_threshold``: the share of a numeric column's values that may fail to parse
+        (treated as missing, with a warning); a column with more is refused, named.
         """
         from vfm_flower.preparation import apply_preparation, fit_preparation
 
@@ -273,7 +277,13 @@ class PartyContext:
         aligned = self.table().iloc[self.rows()].reset_index(drop=True)
         # feature cohorts: no one-hot slot or binary value singles out fewer customers than
         # the agreement's minimum cohort (its gradient would be a label sum over them)
-        plan = fit_preparation(aligned, list(columns), party=self.party, min_cohort=self.min_cohort)
+        plan = fit_preparation(
+            aligned,
+            list(columns),
+            party=self.party,
+            min_cohort=self.min_cohort,
+            junk_threshold=junk_threshold,
+        )
         return apply_preparation(plan, aligned).matrix, plan
 
     def labels(self) -> pd.Series:

@@ -19,6 +19,9 @@ code accepts, and the bound a new agreement allows. Why these values:
   earlier job held out (a random split per job would expose about 0.3^k of them after k).
 - ``early-stopping`` 0 = off (agreement: 0..20): iterations without hold-out improvement.
 - ``outcome`` "respond": the verb in the report's plain language (only wording).
+- ``junk-threshold`` 0.05 (agreement: 0..0.2): the share of a numeric column's values that
+  may fail to parse and be treated as missing (a warning says how many); above it the column
+  is refused, naming it. More than a fifth of junk is a column to clean, not to impute.
 """
 
 from __future__ import annotations
@@ -68,6 +71,14 @@ REGRESSION_PARAMS: tuple[ParamSpec, ...] = (
         "stop after this many iterations without hold-out improvement (0: off)",
     ),
     ParamSpec("outcome", str, "respond", None, "*", "verb for the positive label in the report"),
+    ParamSpec(
+        "junk-threshold",
+        float,
+        0.05,
+        (0.0, 0.5),
+        {"min": 0.0, "max": 0.2},
+        "share of a numeric column's values that may be junk (treated as missing)",
+    ),
 )
 
 #: What a regression job may release to the server (public facts in signed replies).
@@ -141,6 +152,7 @@ class RegressionParams:
     holdout_seed: int
     early_stopping: int
     outcome: str
+    junk_threshold: float
 
     @classmethod
     def from_job(cls, job: Job) -> RegressionParams:

@@ -65,6 +65,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: A numeric column with more than this share of missing values is imputed with a warning.
+HEAVY_IMPUTATION = 0.2
+
 MISSING_LEVEL = "<missing>"
 OTHER_LEVEL = "<other>"
 _PLAN_VERSION = 1
@@ -389,7 +392,8 @@ def fit_preparation(
                 if n_junk and n_junk > junk_threshold * n_present:
                     raise DataError(
                         f"party '{party}': column '{name}' has {n_junk} non-finite values "
-                        f"({n_junk / n_present:.1%}, limit {junk_threshold:.1%})"
+                        f"({n_junk / n_present:.1%}, limit {junk_threshold:.1%}: the job "
+                        "parameter junk-threshold)"
                     )
                 if n_junk:
                     logger.warning(
@@ -399,6 +403,17 @@ def fit_preparation(
                         name,
                         n_junk,
                         100.0 * n_junk / n_present,
+                    )
+                imputed = int((~np.isfinite(values)).sum())
+                if imputed > HEAVY_IMPUTATION * len(values):
+                    logger.warning(
+                        "party '%s': column '%s': %d of %d values (%.0f%%) are missing and "
+                        "imputed with the median: check the column, or leave it out",
+                        party,
+                        name,
+                        imputed,
+                        len(values),
+                        100.0 * imputed / len(values),
                     )
                 plan = _fit_numeric(values, name)
                 if plan is not None and cohort and _isolates_few(values, cohort):
@@ -417,8 +432,9 @@ def fit_preparation(
                     raise DataError(
                         f"party '{party}': column '{name}' looks numeric but "
                         f"{n_junk / n_present:.1%} of its {n_present} values are not numbers "
-                        f"(limit {junk_threshold:.1%}); clean the column, raise junk_threshold, "
-                        f"or drop it"
+                        f"(limit {junk_threshold:.1%}); clean the column, raise the job "
+                        "parameter junk-threshold (within the agreement's bound), or leave the "
+                        "column out"
                     )
                 plan = _fit_categorical(series, missing, name, party, max_levels, min_level_count)
         if isinstance(plan, CategoricalColumn) and cohort:

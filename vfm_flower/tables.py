@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from vfm_flower.errors import DataError
+
+#: Longest id value read (e-mail addresses stay under 254 characters; a longer value is a
+#: mistake, such as a whole record in the id column, and would only cost hashing time).
+MAX_ID_LENGTH = 256
 
 
 def read_party_table(
@@ -18,7 +23,8 @@ def read_party_table(
     Raises
     ------
     DataError
-        Unreadable or empty file, or a required column absent (named).
+        Unreadable or empty file, a required column absent (named), or an id longer than
+        :data:`MAX_ID_LENGTH` characters (its line named, never its value).
     """
     try:
         frame = pd.read_csv(
@@ -41,4 +47,14 @@ def read_party_table(
             f"party '{party}': {path} lacks column(s) {', '.join(map(repr, absent))} "
             f"(it has {len(frame.columns)} columns)"
         )
+    for column in id_columns:
+        lengths = frame[column].fillna("").astype(str).str.len().to_numpy()
+        long_rows = np.flatnonzero(lengths > MAX_ID_LENGTH)
+        if long_rows.size:
+            shown = ", ".join(str(r + 2) for r in long_rows[:5])  # file lines (header is 1)
+            raise DataError(
+                f"party '{party}': {long_rows.size} value(s) of id column '{column}' are longer "
+                f"than {MAX_ID_LENGTH} characters (the longest: {int(lengths.max())}; lines "
+                f"{shown}{', ...' if long_rows.size > 5 else ''}): not identifiers, check the file"
+            )
     return frame

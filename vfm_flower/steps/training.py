@@ -226,7 +226,7 @@ def receive_backward(ctx: PartyContext, topic: Topic, round: int) -> pg.Backward
 def every_party_prepare(ctx: PartyContext) -> None:
     """Prepare own columns; LO: labels, split, key, the first encrypted residuals."""
     rows = ctx.rows()
-    X, plan = ctx.prepared_features()
+    X, plan = ctx.prepared_features(junk_threshold=params_of(ctx).junk_threshold)
     spec = model_spec(ctx)
     ctx.state.set("prep_plan", plan.to_json())
     facts: dict[str, int] = {"rows": int(len(rows)), "features": int(X.shape[1])}
