@@ -152,3 +152,30 @@ def test_local_deployment_script(tmp_path):
     ):
         assert line in stream, stream[-2000:]
     assert _flower_processes() - before == set()
+
+
+@pytest.mark.deployment
+@needs_flower
+def test_a_partner_dropping_mid_job_is_named(tmp_path):
+    """A SuperNode killed during training: the operator's output and the server's audit log
+    name the party (not Flower's node id), and no Flower process is left behind."""
+    before = _flower_processes()
+    proc = _run_script(
+        tmp_path / "deploy",
+        VFM_DROP_PARTY="bank",
+        VFM_RUN_CONFIG='job="train" model="logistic" max-iterations=3 round-timeout=120',
+    )
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "stopping bank's SuperNode mid-job" in proc.stdout
+    stream = (tmp_path / "deploy" / "logs" / "flwr-run.log").read_text()
+    assert "[vfm] error: job aborted in phase train" in stream, stream[-2000:]
+    assert "party 'bank'" in stream.split("[vfm] error:", 1)[1], stream[-2000:]
+    server_log = next((tmp_path / "deploy" / "server").glob("audit-*.jsonl"))
+    aborts = [
+        json.loads(line)
+        for line in server_log.read_text().splitlines()
+        if json.loads(line).get("decision") == "abort"
+    ]
+    assert aborts and "bank" in aborts[0]["detail"], aborts
+    assert not (tmp_path / "deploy" / "server" / "result.json").exists()
+    assert _flower_processes() - before == set()

@@ -16,6 +16,8 @@
 #        writes; default: the demo), VFM_APP (a Flower App directory; default: `vfm app init`),
 #        VFM_RUN_CONFIG (the run-config besides agreement-path and server-workdir),
 #        VFM_MIN_JOINT (least joint rows expected, default 1000).
+#   VFM_DROP_PARTY=NAME: stop NAME's SuperNode once the first training iteration started (a
+#        partner that drops mid-job): the job must fail, naming NAME.
 #   VFM_SCORE_SET=NAME: after the training job, each party puts a file NAME.csv into its
 #        data-dir (node-config; the label owner a part of its customers) and a score job on
 #        data set NAME runs on the same SuperNodes, without restarting any.
@@ -150,6 +152,7 @@ for party in "${PARTIES[@]}"; do
   start_group "$WORK/logs/supernode-$party.log" flower-supernode "${NODE_SECURITY[@]}" \
     "${node_auth[@]}" \
     --superlink "127.0.0.1:$PORT" --port "$((NODE_PORT + i))" --node-config "$node_config"
+  [ "$party" = "${VFM_DROP_PARTY:-}" ] && DROP_PGID="${PGIDS[-1]}"
   i=$((i + 1))
 done
 
@@ -176,6 +179,17 @@ run_job() {  # run_job LOG RESULT JOB-CONFIG: one `flwr run`; its result file mu
     exit 1
   fi
 }
+if [ -n "${VFM_DROP_PARTY:-}" ]; then
+  [ -n "${DROP_PGID:-}" ] || { echo "[deploy] no party ${VFM_DROP_PARTY} to drop" >&2; exit 2; }
+  (  # a partner whose machine goes away mid-job
+    for _ in $(seq 1 1800); do
+      grep -q "\[vfm\] iteration 1/" "$WORK/logs/flwr-run.log" 2>/dev/null && break
+      sleep 0.5
+    done
+    echo "[deploy] stopping ${VFM_DROP_PARTY}'s SuperNode mid-job"
+    kill -KILL -- "-$DROP_PGID" 2>/dev/null || true
+  ) &
+fi
 echo "[deploy] running the vertical job with flwr run ($APP)"
 run_job "$WORK/logs/flwr-run.log" "$WORK/server/result.json" \
   "${VFM_RUN_CONFIG:-job=\"train\" model=\"logistic\" max-iterations=$ITERATIONS}"
