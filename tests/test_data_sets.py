@@ -97,7 +97,7 @@ def test_node_config_data_sets_are_checked_at_start(tmp_path):
     assert settings.data_path_for("q3") == tmp_path / "q3.csv"
     assert settings.data_path_for(None) == tmp_path / "bank.csv"
     assert settings.data_path_for("bank") == tmp_path / "bank.csv"  # NAME.csv in data-dir
-    with pytest.raises(ConfigurationError, match=r"no data set 'q4' \(it has: q3, bank\)"):
+    with pytest.raises(ConfigurationError, match=r"no data set 'q4' \(its own log lists"):
         settings.data_path_for("q4")
     bad = [
         ("data-sets", "q3", "is not NAME=CSV"),
@@ -129,3 +129,57 @@ def test_a_missing_label_column_is_refused_at_hello_before_alignment(tmp_path):
         collab.run(job="train", **FAST)
     # scoring needs no label: the same data scores (after a training on labelled data)
     assert LOGISTIC.label_operations == ("evaluate", "train")
+
+
+def test_the_refusal_sent_to_the_server_names_no_other_data_set(tmp_path, caplog):
+    """The names of a party's other files stay in its own log, not in the reason the server
+    (and its audit log) receives."""
+    collab = governed_collab(tmp_path, 85)
+    campaign = _campaign(collab, tmp_path, 80)
+    secret = campaign["p1"].parent / "secret-merger-targets.csv"
+    secret.write_text(campaign["p1"].read_text())
+    dirs = {p: f.parent for p, f in campaign.items()}
+    with caplog.at_level("WARNING", logger="vfm_flower.party"):
+        with pytest.raises(ProtocolAbort) as info:
+            _run(collab, _files(collab, data_dir=dirs), job="train", **{"data-set": "q4"})
+    assert "has no data set 'q4'" in str(info.value)
+    assert "secret-merger-targets" not in str(info.value)
+    server_log = next((collab.root / "work" / "server").glob("audit-*.jsonl"))
+    assert "secret-merger-targets" not in server_log.read_text()
+    assert "secret-merger-targets" in caplog.text  # the party's own log says what it has
+
+
+def test_a_data_file_changed_during_a_job_is_refused(tmp_path, monkeypatch):
+    from vfm_flower.strategies.session import VerticalSession
+
+    collab = governed_collab(tmp_path, 86)
+    original = VerticalSession.align
+
+    def align(self):  # the passive party's file is replaced between hello and alignment
+        path = collab.data["p1"]
+        path.write_text(path.read_text() + "\n")
+        return original(self)
+
+    monkeypatch.setattr(VerticalSession, "align", align)
+    with pytest.raises(ProtocolAbort, match=r"'p1'.*data file \(data-path\) changed during"):
+        collab.run(job="train", **FAST)
+
+
+def test_a_data_set_name_cannot_leave_the_data_dir(tmp_path):
+    for name in ("bank.csv", "bank.key", "a.toml"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "sets").mkdir()
+    settings = PartySettings.from_node_config(
+        {
+            "party": "bank",
+            "data-path": str(tmp_path / "bank.csv"),
+            "key-path": str(tmp_path / "bank.key"),
+            "agreement-path": str(tmp_path / "a.toml"),
+            "work-dir": str(tmp_path / "w"),
+            "data-dir": str(tmp_path / "sets"),
+        }
+    )
+    (tmp_path / "sets" / "link.csv").symlink_to(tmp_path / "bank.csv")
+    for name in ("../bank", "/etc/passwd", "link"):
+        with pytest.raises(ConfigurationError):
+            settings.data_path_for(name)

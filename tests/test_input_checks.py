@@ -67,7 +67,7 @@ def test_the_junk_threshold_is_a_named_job_parameter(tmp_path):
 def test_heavy_imputation_is_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="vfm_flower.preparation"):
         fit_preparation(_dirty(0.0, share_missing=0.3), ["spend"], party="bank")
-    assert "30%) are missing and imputed with the median" in caplog.text
+    assert "30%) are missing or not numbers, imputed with the median" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="vfm_flower.preparation"):
         fit_preparation(_dirty(0.0, share_missing=0.1), ["spend"], party="bank")

@@ -339,3 +339,21 @@ def test_every_party_refuses_a_certificate_with_another_operator_head(tmp_path, 
     decisions = audit_decisions(collab.root / "work")
     for party in ("lo", "p1", "p2"):
         assert (party, "refused:audit") in decisions
+
+
+def test_a_parameter_added_after_signing_runs_only_at_its_default():
+    """An agreement signed before a kind gained a parameter (no bound for it) still runs the
+    kind's jobs, with that parameter at its default only."""
+    from vfm_flower.agreement import JobTerms
+    from vfm_flower.jobs_builtin import LOGISTIC
+    from vfm_flower.policy import check_param_bound
+
+    terms = JobTerms.default_for(LOGISTIC)
+    older = dataclasses.replace(
+        terms, params={k: v for k, v in terms.params.items() if k != "junk-threshold"}
+    )
+    check_param_bound(older, "junk-threshold", 0.05, default=0.05)  # what the signers ran
+    with pytest.raises(PolicyViolation, match=r"\[params\].*no bound for parameter"):
+        check_param_bound(older, "junk-threshold", 0.1, default=0.05)
+    with pytest.raises(PolicyViolation, match=r"\[params\]"):
+        check_param_bound(older, "junk-threshold", 0.05)  # a kind the party does not know

@@ -46,7 +46,7 @@ from vfm_flower.jobs import ANY, Job, JobRegistry
 from vfm_flower.keys import PartyIdentity, validate_party_name
 from vfm_flower.session import SessionInfo, reply_signing_bytes, request_signing_bytes
 from vfm_flower.state import PartyState
-from vfm_flower.tables import read_party_table
+from vfm_flower.tables import check_id_lengths, read_party_table
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -80,7 +80,7 @@ def _parse_data_sets(text: str, party: str) -> dict[str, Path]:
         name, sep, path = (s.strip() for s in item.partition("="))
         if not sep or not path or not DATA_SET_NAME.match(name):
             raise ConfigurationError(
-                f"node-config 'data-sets' of party '{party}': {item!r} is not NAME=CSV "
+                f"node-config 'data-sets' of party '{party}': an entry is not NAME=CSV "
                 "(names: 1-64 letters, digits, '_', '-' or '.')"
             )
         if name in out:
@@ -114,19 +114,31 @@ class PartySettings:
         ConfigurationError
             This party has no such data set (the message names the party and what it has).
         """
+        from vfm_flower.jobs import DATA_SET_NAME
+
         if data_set is None:
             return self.data_path
+        if not DATA_SET_NAME.match(data_set):
+            raise ConfigurationError(f"party '{self.party}': {data_set!r} is not a data set name")
         if data_set in self.data_sets:
             return self.data_sets[data_set]
-        if self.data_dir is not None and (self.data_dir / f"{data_set}.csv").is_file():
-            return self.data_dir / f"{data_set}.csv"
+        if self.data_dir is not None:
+            candidate = (self.data_dir / f"{data_set}.csv").resolve()
+            if candidate.parent == self.data_dir.resolve() and candidate.is_file():
+                return candidate
         known = sorted(self.data_sets)
         if self.data_dir is not None:
             known += sorted(p.stem for p in self.data_dir.glob("*.csv") if p.stem not in known)
+        # the names stay in this party's own log: the refusal travels to the server
+        logger.warning(
+            "party '%s': no data set '%s'; this node has: %s",
+            self.party,
+            data_set,
+            ", ".join(known) or "none besides its data-path",
+        )
         raise ConfigurationError(
-            f"party '{self.party}' has no data set '{data_set}' (it has: "
-            f"{', '.join(known) or 'none besides its data-path'}): add it to its node-config's "
-            "data-sets, or put NAME.csv in its data-dir"
+            f"party '{self.party}' has no data set '{data_set}' (its own log lists the ones it "
+            "has): add it to its node-config's data-sets, or put NAME.csv in its data-dir"
         )
 
     @classmethod
@@ -480,6 +492,7 @@ class PartyRuntime:
         data_set = self.request.job.data_set if self.request is not None else None
         path = self.settings.data_path_for(data_set)
         if self.data_loader is None:
+            self._check_data_unchanged(path, data_set)
             return read_party_table(path, party=self.party, id_columns=id_columns)
         frame = self.data_loader(dataclasses.replace(self.settings, data_path=path))
         if not hasattr(frame, "columns") or not hasattr(frame, "iloc"):
@@ -496,7 +509,27 @@ class PartyRuntime:
         frame = frame.copy()
         for column in id_columns:
             frame[column] = frame[column].astype("string").astype(object)
+        check_id_lengths(frame, id_columns, self.party)
         return frame
+
+    def _check_data_unchanged(self, path: Path, data_set: str | None) -> None:
+        """The file a job reads is the same at every message of the run (each message reads
+        it again; a file replaced or still being copied would give other rows): its SHA-256
+        is kept at the first read and compared at every later one."""
+        try:
+            with path.open("rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError:
+            return  # read_party_table names the problem
+        kept = self.state.get("data.sha256")
+        if kept is None:
+            self.state.set("data.sha256", digest)
+        elif kept != digest:
+            raise DataError(
+                f"party '{self.party}': its data file ({data_set or 'data-path'}) changed during "
+                "the job: refusing to go on with other rows (put new files in place with mv, "
+                "never by copying over a file in use)"
+            )
 
     # --- the one entry point ----------------------------------------------------------------
     def handle(self, request: StepRequest) -> StepReply:

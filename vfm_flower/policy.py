@@ -109,8 +109,9 @@ def check_job(
                     f"job '{job.kind}': parameter '{spec.name}' = {value!r} is not a "
                     f"{spec.type.__name__}",
                 )
+    defaults = {p.name: p.default for p in kind.params} if kind is not None else {}
     for name, value in sorted(job.params.items()):
-        check_param_bound(terms, name, value)
+        check_param_bound(terms, name, value, default=defaults.get(name, _NO_DEFAULT))
     if job.features is not None:
         for party, columns in sorted(job.features.items()):
             check_features(agreement, party, columns, kind=job.kind)
@@ -144,8 +145,20 @@ def _same(a: Any, b: Any) -> bool:
     return isinstance(a, bool) == isinstance(b, bool) and a == b
 
 
-def check_param_bound(terms: JobTerms, name: str, value: Any) -> None:
-    """Refuse a parameter value outside the agreement's bound (rule ``"params"``)."""
+_NO_DEFAULT = object()
+
+
+def check_param_bound(
+    terms: JobTerms, name: str, value: Any, *, default: Any = _NO_DEFAULT
+) -> None:
+    """Refuse a parameter value outside the agreement's bound (rule ``"params"``).
+
+    A parameter the agreement does not bound is refused, except at the kind's ``default``: a
+    parameter added to a kind after the agreement was signed then behaves exactly as the code
+    the signers reviewed did (``junk-threshold`` in agreements older than it).
+    """
+    if name not in terms.params and default is not _NO_DEFAULT and value == default:
+        return
     if name not in terms.params:
         raise PolicyViolation(
             "params",

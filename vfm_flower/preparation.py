@@ -407,8 +407,8 @@ def fit_preparation(
                 imputed = int((~np.isfinite(values)).sum())
                 if imputed > HEAVY_IMPUTATION * len(values):
                     logger.warning(
-                        "party '%s': column '%s': %d of %d values (%.0f%%) are missing and "
-                        "imputed with the median: check the column, or leave it out",
+                        "party '%s': column '%s': %d of %d values (%.0f%%) are missing or not "
+                        "numbers, imputed with the median: check the column, or leave it out",
                         party,
                         name,
                         imputed,

@@ -47,6 +47,13 @@ def read_party_table(
             f"party '{party}': {path} lacks column(s) {', '.join(map(repr, absent))} "
             f"(it has {len(frame.columns)} columns)"
         )
+    check_id_lengths(frame, id_columns, party)
+    return frame
+
+
+def check_id_lengths(frame: pd.DataFrame, id_columns: Sequence[str], party: str) -> None:
+    """Refuse an id longer than :data:`MAX_ID_LENGTH` characters, naming its file lines (never
+    its value)."""
     for column in id_columns:
         lengths = frame[column].fillna("").astype(str).str.len().to_numpy()
         long_rows = np.flatnonzero(lengths > MAX_ID_LENGTH)
@@ -57,4 +64,3 @@ def read_party_table(
                 f"than {MAX_ID_LENGTH} characters (the longest: {int(lengths.max())}; lines "
                 f"{shown}{', ...' if long_rows.size > 5 else ''}): not identifiers, check the file"
             )
-    return frame

@@ -212,8 +212,10 @@ def _refuse_overwriting_a_model(workdir: Path, agreement_path: Path, force: bool
     from vfm_flower.agreement import SignedAgreement
 
     lo = SignedAgreement.load(agreement_path).agreement.label_owner
+    slices = sorted((workdir / "parties").glob("*/model/slice.json"))
     meta = workdir / "parties" / lo / "model" / "slice.json"
-    if meta.is_file() and not force:
+    meta = meta if meta.is_file() else (slices[0] if slices else meta)
+    if slices and not force:
         try:
             trained = json.loads(meta.read_text(encoding="utf-8"))
             what = f"a {trained.get('model', 'trained')} model"
