@@ -47,13 +47,7 @@ from flwr.serverapp import Grid
 
 from vfm_flower.agreement import Agreement, SignedAgreement
 from vfm_flower.audit import AuditLog
-from vfm_flower.audit_heads import (
-    CloseCertificate,
-    SignedHead,
-    append_certificate,
-    certificates_path,
-    last_certified_job,
-)
+from vfm_flower.audit_heads import CloseCertificate, SignedHead
 from vfm_flower.errors import ConfigurationError, ProtocolAbort, VfmError
 from vfm_flower.jobs import Job, JobKind
 from vfm_flower.keys import PartyIdentity
@@ -345,7 +339,7 @@ class VerticalSession:
         check_job_counter(
             job_counter,
             self.audit.job_counter,
-            last_certified_job(certificates_path(self.audit.path), self.agreement_hash),
+            self.audit.last_certified_job(),
         )
         self.audit.begin_job(job_counter, round=1)
         signed_hello = self._identity.sign(
@@ -555,7 +549,7 @@ class VerticalSession:
             self.agreement_hash, self.audit.job_counter, heads
         ).signed_by(self._identity)
         # kept before any party gets it: no party holds a certificate the operator lacks
-        append_certificate(certificates_path(self.audit.path), own.writer, certificate)
+        self.audit.keep_certificate(certificate)
         self._certificate = certificate
         replies = self.send(
             "query.seal", to=parties, params={"certificate": json.dumps(certificate.to_json())}

@@ -42,7 +42,13 @@ from vfm_flower.audit_chain import (  # noqa: F401 - the format's names, re-expo
     payload_hash,
     verify_audit_log,
 )
-from vfm_flower.audit_heads import CloseCertificate, SignedHead
+from vfm_flower.audit_heads import (
+    CloseCertificate,
+    SignedHead,
+    append_certificate,
+    certificates_path,
+    last_certified_job,
+)
 from vfm_flower.errors import PolicyViolation, VfmError
 from vfm_flower.keys import PublicIdentity
 
@@ -189,6 +195,19 @@ class AuditLog:
     def job_counter(self) -> int:
         """The job counter of the last entry (0 before the first job)."""
         return self._chain.job_counter
+
+    @property
+    def certificates_path(self) -> Path:
+        """The writer's certificates file, beside the log (``audit-HASH.certificates``)."""
+        return certificates_path(self._path)
+
+    def last_certified_job(self) -> int:
+        """The highest job counter of this agreement's close certificates the writer keeps."""
+        return last_certified_job(self.certificates_path, self._agreement_hash)
+
+    def keep_certificate(self, certificate: CloseCertificate) -> None:
+        """Append a job's close certificate to the writer's certificates file."""
+        append_certificate(self.certificates_path, self.writer, certificate)
 
     def signed_head(self) -> SignedHead:
         """The current head, signed by this log's writer for its agreement and job."""

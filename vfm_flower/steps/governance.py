@@ -36,13 +36,7 @@ import binascii
 import json
 
 from vfm_flower.audit import verify_audit_log
-from vfm_flower.audit_heads import (
-    CloseCertificate,
-    SignedHead,
-    append_certificate,
-    certificates_path,
-    last_certified_job,
-)
+from vfm_flower.audit_heads import CloseCertificate, SignedHead
 from vfm_flower.context import PartyContext
 from vfm_flower.errors import DataError, PolicyViolation, ProtocolAbort
 from vfm_flower.party import StepRegistry, new_nonce
@@ -76,7 +70,7 @@ def every_party_hello(ctx: PartyContext) -> None:
     check_job_counter(
         job_counter,
         audit.job_counter,
-        last_certified_job(certificates_path(audit.path), audit.agreement_hash),
+        audit.last_certified_job(),
     )
     audit.begin_job(job_counter, round=ctx.request.step)
     # the release budget, counted from this party's own audit log (every hello it answered)
@@ -215,6 +209,6 @@ def every_party_seal(ctx: PartyContext) -> None:
         findings.append("it does not name the operator's head this party attested at close")
     if findings:
         raise PolicyViolation("audit", f"the close certificate is refused: {'; '.join(findings)}")
-    append_certificate(certificates_path(audit.path), runtime.party, certificate)
+    audit.keep_certificate(certificate)
     audit.seal(certificate=certificate, round=request.step)
     _signed_head_reply(ctx)
