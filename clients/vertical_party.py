@@ -14,6 +14,7 @@ A partner's private settings come from its SuperNode's node-config (see
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 _VALUES = "vfm.values"
 _ARRAYS = "vfm.arrays"
+_MARK = "_vfm_partner_handler"
 
 
 def demo_node_config(demo_dir: Path, party: str) -> dict[str, str]:
@@ -86,6 +88,21 @@ def save_state(context: Context, state: PartyState) -> None:
     context.state[_ARRAYS] = ArrayRecord({k: Array(v) for k, v in state.arrays.items()})
 
 
+def show_partner_lines() -> None:
+    """Print the partner's job lines (:mod:`vfm_flower.job_summary`) on standard error when
+    nobody configured logging in this process: a SuperNode's ClientApp process, whose output
+    the SuperNode shows. A CLI or a test that configured logging keeps its own handlers."""
+    partner = logging.getLogger("vfm_flower.partner")
+    if logging.getLogger().handlers or any(getattr(h, _MARK, False) for h in partner.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[vfm] %(message)s"))
+    handler.setLevel(logging.INFO)
+    setattr(handler, _MARK, True)
+    partner.addHandler(handler)
+    partner.setLevel(logging.INFO)
+
+
 def _error_code(exc: VfmError) -> int:
     if isinstance(exc, PolicyViolation):
         return wire.ERROR_CODE_POLICY
@@ -118,6 +135,7 @@ class VerticalParty:
         self.data_loader = data_loader
 
     def __call__(self, message: Message, context: Context) -> Message:
+        show_partner_lines()
         kind = message.metadata.message_type
         party = str(context.node_config.get("party", "")) or None
         try:

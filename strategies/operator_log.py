@@ -2,8 +2,10 @@
 
 In the Deployment Engine Flower forwards the ServerApp process's standard output to the
 operator's ``flwr run --stream`` (it mirrors ``sys.stdout``); Python log records of
-vfm-flower go nowhere unless a handler prints them. The built-in ServerApp attaches this
-handler there (not in-process, where the CLI draws its own progress).
+vfm-flower go nowhere unless a handler prints them. Every ``VerticalSession`` (the built-in
+ServerApp's and one in a team's own ServerApp) attaches this handler there when it starts on a
+real Grid (not in-process, where the CLI draws its own progress). ``vfm app run`` reads the
+outcome lines (``[vfm] job done``, ``[vfm] error:``) for its exit code.
 """
 
 from __future__ import annotations

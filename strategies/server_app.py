@@ -11,7 +11,6 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from vfm_flower.agreement import SignedAgreement
-from vfm_flower.strategies.operator_log import stream_to_operator
 from vfm_flower.strategies.regression import build_strategy
 from vfm_flower.strategies.settings import ServerSettings
 
@@ -20,10 +19,6 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from vfm_flower.runtime.inprocess import InProcessGrid
-
-    if not isinstance(grid, InProcessGrid):  # Flower streams this process's output
-        stream_to_operator()
     settings = ServerSettings.from_run_config(context.run_config)
     strategy = build_strategy(SignedAgreement.load(settings.agreement_path), settings)
     strategy.start(grid, context.run_id)

@@ -33,6 +33,7 @@ import base64
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -63,6 +64,7 @@ from vfm_flower.policy import (
     check_set_size,
 )
 from vfm_flower.session import SessionInfo, server_hello_bytes
+from vfm_flower.strategies.operator_log import stream_to_operator
 from vfm_flower.strategies.transport import JobResult, PhaseStats, Transport
 
 logger = logging.getLogger(__name__)
@@ -217,6 +219,10 @@ class VerticalSession:
         )
 
     def __enter__(self) -> VerticalSession:
+        from vfm_flower.runtime.inprocess import InProcessGrid
+
+        if not isinstance(self.grid, InProcessGrid):  # Flower streams this process's output
+            stream_to_operator()
         self.workdir.mkdir(parents=True, exist_ok=True)
         # a failed job must not leave an earlier job's result looking like its own
         for path in self.result_files:
@@ -259,7 +265,7 @@ class VerticalSession:
         if self.info is not None and self.transport.node_of:
             self.transport.round_timeout = min(self.transport.round_timeout, 30.0)
             try:
-                self.close()
+                self.close(outcome=abort_outcome(self.transport.phase, exc))
                 return
             except VfmError as close_exc:
                 logger.warning(
@@ -530,15 +536,24 @@ class VerticalSession:
         self.result.public.update(facts)
 
     # --- the end ------------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, outcome: str = "done") -> None:
         """Last two rounds of every job: cross-sign audit heads with every party, send every
-        party the close certificate (every log's head, countersigned), seal all logs."""
+        party the close certificate (every log's head, countersigned), seal all logs.
+
+        The close request also tells every party the job's ``outcome`` and the scalar facts
+        the parties released to the server (:func:`released_figures`), for the one line each
+        partner's own log gets (:mod:`vfm_flower.job_summary`)."""
         assert self._identity is not None
         self.transport.phase = "close"
         self.result.phases.setdefault("close", PhaseStats())
         own = self.audit.signed_head()
         parties = list(self.transport.node_of)
-        replies = self.send("query.close", to=parties, params={"server_head": own.to_json()})
+        params = {
+            "server_head": own.to_json(),
+            "outcome": outcome,
+            "released": released_figures(self.result.public),
+        }
+        replies = self.send("query.close", to=parties, params=params)
         heads = {own.writer: own}
         for party, reply in replies.items():
             heads[party] = head = self._party_head(party, reply)
@@ -575,6 +590,33 @@ class VerticalSession:
         if not head.verifies(self.agreement.party(party).public_identity):
             raise ProtocolAbort("close", party, "its audit head is not signed by its key")
         return head
+
+
+def released_figures(public: Mapping[str, Any]) -> dict[str, int | float | str]:
+    """The scalar facts the parties released to the server (what ``result.json`` calls
+    public), as the close relays them to every party: numbers and short texts only."""
+    return {
+        str(k): v
+        for k, v in sorted(public.items())
+        if k != "step"
+        and (isinstance(v, int | float) and not isinstance(v, bool) or isinstance(v, str))
+    }
+
+
+def abort_outcome(phase: str, exc: BaseException) -> str:
+    """The outcome of an aborted job as every party's log gets it: the phase, the rule and
+    the party named, not the free text of another party's refusal."""
+    rule = getattr(exc, "rule", None)
+    if rule is None:  # a party's refusal relayed as an error reply: "[rule] ..."
+        named = re.match(r"\[([a-z_]+)\]", str(getattr(exc, "reason", "")))
+        rule = named.group(1) if named else None
+    party = getattr(exc, "party", None)
+    text = f"aborted in phase {phase}"
+    if rule:
+        text += f", rule [{rule}]"
+    if party:
+        text += f", by party '{party}'"
+    return text
 
 
 @contextmanager

@@ -33,7 +33,12 @@ def _flower_processes() -> set[int]:
     pids = set()
     for line in out.splitlines():
         pid, _, args = line.strip().partition(" ")
-        if any(name in args for name in ("flower-superlink", "flower-supernode", "flwr-")):
+        program = Path(args.split(" ", 1)[0]).name
+        words = {Path(w).name for w in args.split()[:3]}  # "python .../flower-superlink ..."
+        if any(
+            w in ("flower-superlink", "flower-supernode") or w.startswith("flwr-")
+            for w in {program, *words}
+        ):
             pids.add(int(pid))
     return pids
 

@@ -17,6 +17,7 @@ from vfm_flower.report import (
     build_party_report,
     build_shared_report,
     headline,
+    rank_groups,
     segment_summaries,
     write_party_report,
     write_report,
@@ -247,7 +248,7 @@ def test_write_report_is_atomic_and_round_trips(tmp_path: Path):
         assert f'<figure id="{fig}">' in page
     assert page.count('src="data:image/png;base64,') == 5
     assert "<script" not in page and "http://" not in page and "https://" not in page
-    assert "Confusion matrix" in page and "Contribution of each party" in page
+    assert "Confusion matrix" in page and "What the partners add" in page
     write_report(r, inp, out)  # overwrite in place
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]
     with pytest.raises(ValueError, match="party"):
@@ -287,35 +288,44 @@ def test_whole_holdout_below_min_cohort_is_refused():
     assert err.value.rule == "min_cohort"
 
 
-def test_small_deciles_are_withheld_and_listed(tmp_path: Path):
-    inp = logistic_inputs(n=150, min_cohort=20, seed=2)  # deciles of 15 rows
+def test_a_small_holdout_falls_back_to_coarser_groups(tmp_path: Path):
+    inp = logistic_inputs(n=150, min_cohort=20, seed=2)  # deciles of 15 rows: quintiles of 30
     r = build_shared_report(inp)
-    assert r["gain_lift"] == [] and r["top_decile_lift"] is None
-    listed = {s["item"] for s in r["suppressed"] if s["aggregate"] == "gain_lift"}
-    assert listed == {f"decile {k}" for k in range(1, 11)}
-    assert all(
-        "fewer than 20 rows" in s["reason"]
-        for s in r["suppressed"]
-        if s["aggregate"] == "gain_lift"
-    )
-    assert "as often as average" not in r["summary"]
-    assert "withheld" in headline(r)[1]
-    # Everything else released covers >= min_cohort rows.
-    assert all(b["count"] >= 20 for b in r["calibration"])
-    assert len(r["roc_curve"]) == 150 // 20 + 1
+    assert r["rank_groups"] == 5 and r["top_decile_lift"] is None
+    gl = r["gain_lift"]
+    assert [d["decile"] for d in gl] == [1, 2, 3, 4, 5] and all(d["rows"] == 30 for d in gl)
+    assert r["top_group_lift"] == pytest.approx(gl[0]["lift"])
+    own = r["gain_lift_label_owner_only"]
+    assert [d["rows"] for d in own] == [30] * 5
+    reasons = [s["reason"] for s in r["suppressed"] if s["aggregate"] == "gain_lift"]
+    assert reasons == [
+        "a decile would cover fewer than 20 rows: the tables use 5 groups of 20% instead"
+    ]
+    assert "top 20% by score" in r["summary"] and "Top 20% by score" in headline(r)[1]
+    # Everything released covers >= min_cohort rows, on one grid
+    assert all(b["count"] >= 20 for b in r["calibration"]) and len(r["calibration"]) == 5
+    assert {0, 30, 60, 90, 120, 150} <= set(_grid(r))
     _, html_path = write_report(r, inp, tmp_path)
     page = html_path.read_text()
-    assert '<figure id="fig-gain">' in page and "Withheld figures" in page
+    assert '<figure id="fig-gain">' in page and "Quintile" in page
 
 
-def test_one_small_decile_withholds_all_deciles():
-    # 195 rows: decile sizes alternate 20/19 with min cohort 20.
+def test_groups_are_withheld_when_even_halves_are_small(tmp_path: Path):
+    r = build_shared_report(logistic_inputs(n=30, min_cohort=20, seed=2))
+    assert r["rank_groups"] == 0 and r["gain_lift"] == [] and r["top_group_lift"] is None
+    assert any(s["item"] == "all groups" for s in r["suppressed"])
+    assert "as often as average" not in r["summary"]
+    assert "withheld" in headline(r)[1]
+    assert all(b["count"] >= 20 for b in r["calibration"])
+
+
+def test_the_coarsest_grouping_covers_the_minimum_cohort():
+    # 195 rows: decile sizes alternate 20/19 with min cohort 20: quintiles of 39
     r = build_shared_report(logistic_inputs(n=195, min_cohort=20, seed=3))
-    assert r["gain_lift"] == []
-    reasons = {s["item"]: s["reason"] for s in r["suppressed"] if s["aggregate"] == "gain_lift"}
-    assert len(reasons) == 10
-    assert any("fewer than 20" in v for v in reasons.values())
-    assert any("subtraction" in v for v in reasons.values())
+    assert r["rank_groups"] == 5
+    assert all(d["rows"] >= 20 for d in r["gain_lift"])
+    assert rank_groups(195, 20) == 5 and rank_groups(200, 20) == 10
+    assert rank_groups(79, 20) == 2 and rank_groups(39, 20) == 0
 
 
 def test_small_confusion_cell_withholds_matrix_precision_and_recall():

@@ -125,9 +125,19 @@ def _check_dom(dom_text: str, expected: set[str]) -> _Dom:
     return dom
 
 
-def _inputs() -> EvaluationInputs:
+HEADER = {
+    "purpose": "Caravan propensity",
+    "agreement_id": "caravan-2026",
+    "agreement_hash": "0123456789abcdef",
+    "date": "2026-12-01 21:00 UTC",
+    "parties": {"insurer": "label owner", "bank": "partner", "broker": "partner"},
+    "operator": "ops",
+    "job": {"kind": "logistic", "operation": "train", "data_set": None, "params": {"l2": 0.001}},
+}
+
+
+def _inputs(n: int = 1400) -> EvaluationInputs:
     rng = np.random.default_rng(0)
-    n = 1400
     x = rng.normal(size=(n, 3))
     z = -2.5 + 1.2 * x[:, 0] + 0.9 * x[:, 1] + 0.7 * x[:, 2]
     y = (rng.random(n) < 1.0 / (1.0 + np.exp(-z))).astype(float)
@@ -149,6 +159,7 @@ def _inputs() -> EvaluationInputs:
         min_cohort=20,
         own_feature_weights=SECRET_FEATURES,
         outcome="buy",
+        header=HEADER,
     )
 
 
@@ -179,12 +190,28 @@ def test_shared_report_renders_in_chromium(tmp_path: Path, tmp_path_factory):
     _check_dom(dump.stdout, SHARED_FIGURES)
     for text in (
         "Confusion matrix",
-        "Contribution of each party",
+        "What the partners add",
+        "Gain from the partners' data (bank, broker)",
+        "not retrained",
         "as often as average",
         "ranks buyers better",
+        "Caravan propensity",
+        "caravan-2026",
+        "l2=0.001",
     ):
         assert text in dump.stdout
     assert "A_secret_income_band" not in dump.stdout
+
+
+def test_a_small_holdout_renders_coarser_groups_in_chromium(tmp_path: Path):
+    inputs = _inputs(n=120)  # deciles of 12 rows under a minimum cohort of 20: quintiles of 24
+    report = build_shared_report(inputs)
+    assert report["rank_groups"] == 5
+    _, html_path = write_report(report, inputs, tmp_path / "out")
+    dump = _chromium(html_path.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert dump.returncode == 0, dump.stderr[-2000:]
+    _check_dom(dump.stdout, SHARED_FIGURES)
+    assert "Gain and lift by quintile" in dump.stdout and "top 20% by score" in dump.stdout
 
 
 def test_party_report_renders_in_chromium(tmp_path: Path):
@@ -196,3 +223,17 @@ def test_party_report_renders_in_chromium(tmp_path: Path):
     assert not _console_problems(dump.stderr), _console_problems(dump.stderr)
     _check_dom(dump.stdout, {"fig-weights"})
     assert "P_product_11" in dump.stdout and "insurer" not in dump.stdout
+
+
+def test_a_passive_partys_report_shows_the_released_outcome_in_chromium(tmp_path: Path):
+    from vfm_flower.report import build_encrypted_party_report, with_job_outcome
+
+    report = build_encrypted_party_report(
+        "bank", "logistic", ["P_a", "P_b"], min_cohort=20, rows=5200, header=HEADER
+    )
+    report = with_job_outcome(report, "done", {"auc": 0.7412, "top_decile_lift": 3.3})
+    _, html_path = write_party_report(report, tmp_path / "out")
+    dump = _chromium(html_path.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert dump.returncode == 0, dump.stderr[-2000:]
+    for text in ("Outcome of the job", "0.741", "top_decile_lift", "Caravan propensity"):
+        assert text in dump.stdout

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vfm_flower import policy
+from vfm_flower import job_summary, policy
 from vfm_flower.agreement import JobTerms, SignedAgreement
 from vfm_flower.audit import AuditLog
 from vfm_flower.context import PartyContext
@@ -548,11 +549,11 @@ class PartyRuntime:
             self._check_outgoing(context, reply)
         except PolicyViolation as exc:
             self.audit.record(request.kind, request.step, f"refused:{exc.rule}", detail=str(exc))
-            self._seal_if_no_session(request)
+            self._seal_if_no_session(request, exc)
             raise
         except VfmError as exc:
             self.audit.record(request.kind, request.step, "abort", detail=type(exc).__name__)
-            self._seal_if_no_session(request)
+            self._seal_if_no_session(request, exc)
             raise
         except Exception as exc:  # an unexpected failure still ends as a clean, named abort
             self.audit.record(request.kind, request.step, "abort", detail=type(exc).__name__)
@@ -579,6 +580,7 @@ class PartyRuntime:
         bytes_out = sum(len(b) for b in reply.outbox.values()) + sum(
             a.nbytes for a in reply.masked.values()
         )
+        self._count_for_summary(request, reply, bytes_in, bytes_out)
         self.audit.record(
             request.kind,
             request.step,
@@ -606,14 +608,50 @@ class PartyRuntime:
         if (lo, TOPIC_SLOTS) in context.request.inbox and "hm.slot_of_row" not in self.state:
             context.passive_layout()
 
-    def _seal_if_no_session(self, request: StepRequest) -> None:
-        """A refused hello ends this party's part of the run: no close round will seal it.
+    def _seal_if_no_session(self, request: StepRequest, exc: VfmError) -> None:
+        """A refused hello ends this party's part of the run: no close round will seal it
+        (and no close will bring the job's outcome: the partner's log says it here).
 
         Only before this party's own hello succeeded: later, a request without a session is
         a server trying to make the parties seal without the cross-signed close.
         """
         if request.session is None and not self.state.get("hello_nonce") and not self.audit.sealed:
             self.audit.seal(round=request.step, detail="refused before the session started")
+            self.record_job_summary(f"refused by this party at {request.kind}: {exc}")
+
+    # --- the partner's own log ----------------------------------------------------------------
+    def _count_for_summary(
+        self, request: StepRequest, reply: StepReply, bytes_in: int, bytes_out: int
+    ) -> None:
+        """What this job released and received so far, for :meth:`record_job_summary`."""
+        if request.kind == "query.hello":
+            self.state.set("summary.started", time.time())
+        released = self.state.tokens("summary.released") | job_summary.released_facts(reply.public)
+        self.state.set_tokens("summary.released", released)
+        for key, n in (("summary.sent", bytes_out), ("summary.received", bytes_in)):
+            self.state.set(key, int(self.state.get(key, 0)) + int(n))
+
+    def record_job_summary(
+        self, outcome: str, received: Mapping[str, Any] | None = None
+    ) -> job_summary.JobSummary:
+        """Append this job's one line to the partner's log (:mod:`vfm_flower.job_summary`)."""
+        job = self.request.job if self.request is not None else None
+        started = float(self.state.get("summary.started", time.time()))
+        summary = job_summary.JobSummary(
+            party=self.party,
+            job=f"{job.kind} {job.operation}" if job is not None else "unknown job",
+            job_counter=self.audit.job_counter,
+            outcome=outcome,
+            data_set=job.data_set if job is not None else None,
+            released=tuple(sorted(self.state.tokens("summary.released"))),
+            sent_bytes=int(self.state.get("summary.sent", 0)),
+            received_bytes=int(self.state.get("summary.received", 0)),
+            received=dict(received or {}),
+            outputs=job_summary.outputs_since(self.work_dir, started),
+            work_dir=str(self.work_dir),
+        )
+        job_summary.record_job_summary(self.work_dir, summary)
+        return summary
 
     def _check_request(self, request: StepRequest, spec: StepSpec) -> None:
         """The party's own enforcement, before it touches data, at every phase."""

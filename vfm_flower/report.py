@@ -53,6 +53,7 @@ message): the writers and the segment functions are loaded on first use.
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -65,16 +66,26 @@ from vfm_flower import metrics
 from vfm_flower.errors import PolicyViolation
 
 if TYPE_CHECKING:
+    from vfm_flower.agreement import Agreement
+    from vfm_flower.jobs import Job
+    from vfm_flower.report_party import (
+        build_encrypted_party_report,
+        build_party_report,
+        with_job_outcome,
+    )
     from vfm_flower.report_render import write_party_report, write_released_report, write_report
     from vfm_flower.segments import assign_segments, segment_summaries
 
 __all__ = [
     "EvaluationInputs",
+    "report_header",
+    "rank_groups",
     "build_shared_report",
     "write_report",
     "write_released_report",
     "build_party_report",
     "build_encrypted_party_report",
+    "with_job_outcome",
     "write_party_report",
     "assign_segments",
     "segment_summaries",
@@ -91,10 +102,10 @@ PARTY_REPORT_JSON = "party_report.json"
 PARTY_REPORT_HTML = "party_report.html"
 
 _SHARED_SCHEMA = "vfm-flower/shared-report/1"
-_PARTY_SCHEMA = "vfm-flower/party-report/1"
 _DECILES = 10
+#: The groupings tried, finest first: deciles, quintiles, quartiles, halves.
+_RANK_GROUPS = (10, 5, 4, 2)
 _MAX_ROC_STEPS = 100
-_TOP_FEATURES = 10
 _CONFUSION_CELLS = ("tn", "fp", "fn", "tp")
 
 
@@ -146,6 +157,8 @@ class EvaluationInputs:
     outcome : str
         Verb naming the positive outcome in the plain-language texts (``"buy"`` gives
         "buy 3.4x as often as average" and "ranks buyers"); default ``"respond"``.
+    header : Mapping, optional
+        The job's header (:func:`report_header`): purpose, agreement, date, parties, job.
     """
 
     model: str
@@ -163,6 +176,7 @@ class EvaluationInputs:
     own_feature_weights: Mapping[str, float]
     threshold: float | None = None
     outcome: str = "respond"
+    header: Mapping[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,9 +295,26 @@ def _cumulative_at(
     return out
 
 
-def _decile_bounds(n: int) -> np.ndarray:
-    """Decile boundaries in ranks, as :func:`vfm_flower.metrics.gain_lift_by_decile`."""
-    return np.rint(np.arange(_DECILES + 1) * n / _DECILES).astype(np.int64)
+def _decile_bounds(n: int, groups: int = _DECILES) -> np.ndarray:
+    """Group boundaries in ranks (deciles by default), as
+    :func:`vfm_flower.metrics.gain_lift_by_decile` cuts them."""
+    return np.rint(np.arange(groups + 1) * n / groups).astype(np.int64)
+
+
+def rank_groups(n: int, min_cohort: int) -> int:
+    """How many equal-count groups of the score ranking the gain, lift and decile tables use:
+    deciles when every decile covers at least ``min_cohort`` rows, else the finest of
+    quintiles, quartiles and halves that does (a small hold-out still gets its curves, on
+    coarser groups), else 0 (the tables are withheld)."""
+    for groups in _RANK_GROUPS:
+        if n >= groups and int(np.diff(_decile_bounds(n, groups)).min()) >= min_cohort:
+            return groups
+    return 0
+
+
+def _group_share(groups: int) -> str:
+    """``"10%"`` for deciles, ``"20%"`` for quintiles..."""
+    return f"{100 / groups:.0f}%"
 
 
 def _subdivide(bounds: Sequence[int], n: int, min_cohort: int, max_steps: int) -> np.ndarray:
@@ -318,6 +349,36 @@ def _pct(x: float) -> str:
 # --------------------------------------------------------------------------------------------
 # Shared report
 # --------------------------------------------------------------------------------------------
+
+
+def report_header(
+    agreement: Agreement, job: Job, *, when: datetime.datetime | None = None
+) -> dict[str, Any]:
+    """The header every report of a job carries: what every signer already knows.
+
+    ``purpose``, ``agreement_id``, ``agreement_hash`` (the first 16 hex digits of the terms
+    hash, as audit logs name it), ``date`` (UTC, ISO), ``parties`` (name -> ``"label owner"``
+    or ``"partner"``), ``operator``, ``job`` (``kind``, ``operation``, ``data_set``,
+    ``params``: every parameter value of the job).
+    """
+    when = when or datetime.datetime.now(datetime.UTC)
+    return {
+        "purpose": agreement.purpose,
+        "agreement_id": agreement.agreement_id,
+        "agreement_hash": agreement.terms_hash()[:16],
+        "date": when.strftime("%Y-%m-%d %H:%M UTC"),
+        "parties": {
+            p.name: "label owner" if p.name == agreement.label_owner else "partner"
+            for p in agreement.parties
+        },
+        "operator": agreement.operator.name,
+        "job": {
+            "kind": job.kind,
+            "operation": job.operation,
+            "data_set": job.data_set,
+            "params": {str(k): v for k, v in sorted(job.params.items())},
+        },
+    }
 
 
 def build_shared_report(inputs: EvaluationInputs) -> dict[str, Any]:
@@ -383,6 +444,7 @@ def build_shared_report(inputs: EvaluationInputs) -> dict[str, Any]:
         "schema": _SHARED_SCHEMA,
         "model": inputs.model,
         "party": str(inputs.party),
+        "header": dict(inputs.header or {}),
         "min_cohort": min_cohort,
         "aligned_rows": _count("aligned_rows", inputs.aligned_rows),
         "rows_per_party": rows_per_party,
@@ -400,6 +462,21 @@ def build_shared_report(inputs: EvaluationInputs) -> dict[str, Any]:
     report = _plain({**common, **body})
     _assert_no_feature_detail(report, inputs.own_feature_weights)
     return report
+
+
+def _gain_over_own_data(
+    inputs: EvaluationInputs, metric: str, federated: float, own: float
+) -> dict[str, Any]:
+    """What the partners add: the federated model against a model trained on the result
+    owner's own columns alone (same rows, same split), the honest contribution figure."""
+    partners = sorted(str(p) for p in inputs.rows_per_party if str(p) != str(inputs.party))
+    return {
+        "metric": metric,
+        "federated": federated,
+        "label_owner_only": own,
+        "gain": federated - own,
+        "partners": partners,
+    }
 
 
 def _logistic_body(
@@ -436,43 +513,47 @@ def _logistic_body(
     # cut on one grid of rank boundaries, at least min_cohort rows apart, so that no two
     # tables can be differenced into a group below the minimum cohort.
 
-    # Gain and lift by decile: cumulative figures, so all deciles go if one is small.
+    # Gain and lift by decile (by coarser groups when a decile would be small): cumulative
+    # figures, so the whole table goes if one group is small. The label owner's own-data
+    # model gets the same table on its own ranking (its curve beside the federated one).
     gain_lift: list[dict[str, Any]] = []
+    gain_lift_own: list[dict[str, Any]] = []
     top_lift: float | None = None
+    top_group_lift: float | None = None
     bounds: set[int] = {0, n}
-    if n < _DECILES:
+    groups = rank_groups(n, min_cohort)
+    if groups == 0:
         suppressed.append(
-            {"aggregate": "gain_lift", "item": "all deciles", "reason": "fewer than 10 rows"}
+            {
+                "aggregate": "gain_lift",
+                "item": "all groups",
+                "reason": f"even halves of the hold-out would cover fewer than {min_cohort} rows",
+            }
+        )
+        suppressed.append(
+            {
+                "aggregate": "top_decile_lift",
+                "item": "top_decile_lift",
+                "reason": "computed from a withheld decile",
+            }
         )
     else:
-        table = metrics.gain_lift_by_decile(y, z, bins=_DECILES)
-        small = {int(d["decile"]) for d in table if d["rows"] < min_cohort}
-        if small:
-            for d in table:
-                k = int(d["decile"])
+        gain_lift = [dict(d) for d in metrics.gain_lift_by_decile(y, z, bins=groups)]
+        gain_lift_own = [dict(d) for d in metrics.gain_lift_by_decile(y, own, bins=groups)]
+        top_group_lift = float(gain_lift[0]["lift"])
+        bounds.update(int(b) for b in _decile_bounds(n, groups))
+        if groups == _DECILES:
+            top_lift = top_group_lift
+        else:
+            for item in ("deciles", "top_decile_lift"):
                 suppressed.append(
                     {
-                        "aggregate": "gain_lift",
-                        "item": f"decile {k}",
-                        "reason": small_reason
-                        if k in small
-                        else (
-                            "withheld with the small decile(s): cumulative figures would "
-                            "reveal them by subtraction"
-                        ),
+                        "aggregate": "gain_lift" if item == "deciles" else item,
+                        "item": item,
+                        "reason": f"a decile would cover fewer than {min_cohort} rows: the "
+                        f"tables use {groups} groups of {_group_share(groups)} instead",
                     }
                 )
-            suppressed.append(
-                {
-                    "aggregate": "top_decile_lift",
-                    "item": "top_decile_lift",
-                    "reason": "computed from a withheld decile",
-                }
-            )
-        else:
-            gain_lift = [dict(d) for d in table]
-            top_lift = metrics.top_decile_lift(y, z)
-            bounds.update(int(b) for b in _decile_bounds(n))
 
     # Confusion matrix: a 2x2 table is recoverable from one cell and its margins, so one
     # small cell withholds the matrix, precision and recall.
@@ -518,7 +599,7 @@ def _logistic_body(
 
     # Calibration: equal-count bins (positives are rare) on the same grid: the deciles
     # when they are released, else the ROC steps. Bin 0 holds the lowest predictions.
-    cal_bounds = _decile_bounds(n) if gain_lift else grid
+    cal_bounds = _decile_bounds(n, groups) if gain_lift else grid
     cal_pos, cal_p = _cumulative_at(z, [y, p], cal_bounds)
     rows_per_bin = np.diff(cal_bounds)
     calibration = [
@@ -536,6 +617,7 @@ def _logistic_body(
     for label, s in without.items():
         auc_wo = metrics.roc_auc(y, s)
         contribution[label] = {"auc_without": auc_wo, "auc_drop": auc - auc_wo}
+    gain_over_own = _gain_over_own_data(inputs, "auc", auc, auc_own)
 
     body: dict[str, Any] = {
         "auc": auc,
@@ -550,8 +632,12 @@ def _logistic_body(
         "confusion": confusion,
         "calibration": calibration,
         "gain_lift": gain_lift,
+        "gain_lift_label_owner_only": gain_lift_own,
+        "rank_groups": groups,
         "top_decile_lift": top_lift,
+        "top_group_lift": top_group_lift,
         "roc_curve": roc,
+        "gain_over_own_data": gain_over_own,
         "contribution": contribution,
     }
     body["summary"] = _logistic_summary(body, inputs)
@@ -559,38 +645,44 @@ def _logistic_body(
     return body
 
 
+def _partners_phrase(gain: Mapping[str, Any]) -> str:
+    partners = list(gain.get("partners", []))
+    if not partners:
+        return "the partners'"
+    names = partners[0] if len(partners) == 1 else ", ".join(partners[:-1]) + " and " + partners[-1]
+    return f"the partners' ({names})"
+
+
 def _logistic_summary(body: Mapping[str, Any], inputs: EvaluationInputs) -> str:
     verb = inputs.outcome.strip() or "respond"
     noun = _agent_noun(verb)
     owner = _possessive(str(inputs.party))
     parts: list[str] = []
-    lift = body["top_decile_lift"]
+    lift, groups = body["top_group_lift"], body["rank_groups"]
     if lift is not None:
-        parts.append(f"Customers in the top 10% by score {verb} {lift:.1f}x as often as average.")
+        parts.append(
+            f"Customers in the top {_group_share(groups)} by score {verb} {lift:.1f}x as often "
+            "as average."
+        )
         gain = body["gain_lift"]
-        if len(gain) >= 3:
+        k = {10: 3, 5: 2, 4: 2}.get(groups)
+        if k is not None and len(gain) >= k:
             parts.append(
-                f"Targeting the top 30% reaches {_pct(gain[2]['cumulative_gain'])} of all {noun}."
+                f"Targeting the top {100 * k // groups}% reaches "
+                f"{_pct(gain[k - 1]['cumulative_gain'])} of all {noun}."
             )
     auc, auc_own = body["auc"], body["auc_label_owner_only"]
-    if auc > auc_own:
-        parts.append(
-            f"The federated model ranks {noun} better than {owner} own data alone: "
-            f"AUC {auc:.3f} vs {auc_own:.3f}."
+    better = "ranks" if auc > auc_own else "does not rank"
+    parts.append(
+        f"The federated model {better} {noun} better than {owner} own data alone: "
+        f"AUC {auc:.3f} vs {auc_own:.3f}"
+        + (
+            f", a gain of {auc - auc_own:.3f} from {_partners_phrase(body['gain_over_own_data'])} "
+            "data."
+            if auc > auc_own
+            else "."
         )
-    else:
-        parts.append(
-            f"The federated model does not rank {noun} better than {owner} own data alone: "
-            f"AUC {auc:.3f} vs {auc_own:.3f}."
-        )
-    contribution = body["contribution"]
-    if contribution:
-        label, best = max(contribution.items(), key=lambda kv: kv[1]["auc_drop"])
-        if best["auc_drop"] > 0:
-            parts.append(
-                f"Leaving out {_possessive(label)} data costs the most: AUC drops by "
-                f"{best['auc_drop']:.3f}."
-            )
+    )
     return " ".join(parts)
 
 
@@ -609,39 +701,45 @@ def _linear_body(
     rmse = float(np.sqrt(np.mean((y - z) ** 2)))
     rmse_own = float(np.sqrt(np.mean((y - own) ** 2)))
 
+    # Mean predicted vs mean actual per decile of prediction (coarser groups when a decile
+    # would be small; withheld when even halves would be).
     deciles: list[dict[str, Any]] = []
     top_mean: float | None = None
-    if n < _DECILES:
+    top_group_mean: float | None = None
+    groups = rank_groups(n, min_cohort)
+    if groups == 0:
         suppressed.append(
-            {"aggregate": "deciles", "item": "all deciles", "reason": "fewer than 10 rows"}
+            {
+                "aggregate": "deciles",
+                "item": "all groups",
+                "reason": f"even halves of the hold-out would cover fewer than {min_cohort} rows",
+            }
         )
     else:
-        bounds = _decile_bounds(n)
+        bounds = _decile_bounds(n, groups)
         rows = np.diff(bounds)
         sum_pred, sum_actual = (np.diff(c) for c in _cumulative_at(z, [z, y], bounds))
-        small = {k for k in range(_DECILES) if rows[k] < min_cohort}
-        if small:
-            for k in range(_DECILES):
-                suppressed.append(
-                    {
-                        "aggregate": "deciles",
-                        "item": f"decile {k + 1}",
-                        "reason": f"fewer than {min_cohort} rows (minimum cohort)"
-                        if k in small
-                        else "withheld with the small decile(s): the totals would reveal them",
-                    }
-                )
+        for k in range(groups):
+            deciles.append(
+                {
+                    "decile": k + 1,
+                    "rows": int(rows[k]),
+                    "mean_predicted": float(sum_pred[k] / rows[k]),
+                    "mean_actual": float(sum_actual[k] / rows[k]),
+                }
+            )
+        top_group_mean = deciles[0]["mean_actual"]
+        if groups == _DECILES:
+            top_mean = top_group_mean
         else:
-            for k in range(_DECILES):
-                deciles.append(
-                    {
-                        "decile": k + 1,
-                        "rows": int(rows[k]),
-                        "mean_predicted": float(sum_pred[k] / rows[k]),
-                        "mean_actual": float(sum_actual[k] / rows[k]),
-                    }
-                )
-            top_mean = deciles[0]["mean_actual"]
+            suppressed.append(
+                {
+                    "aggregate": "deciles",
+                    "item": "deciles",
+                    "reason": f"a decile would cover fewer than {min_cohort} rows: the table "
+                    f"uses {groups} groups of {_group_share(groups)} instead",
+                }
+            )
 
     contribution = {}
     for label, s in without.items():
@@ -655,7 +753,10 @@ def _linear_body(
         "rmse_label_owner_only": rmse_own,
         "holdout_mean": float(y.mean()),
         "deciles": deciles,
+        "rank_groups": groups,
         "top_decile_mean": top_mean,
+        "top_group_mean": top_group_mean,
+        "gain_over_own_data": _gain_over_own_data(inputs, "r2", r2, r2_own),
         "contribution": contribution,
     }
     body["summary"] = _linear_summary(body, inputs)
@@ -666,9 +767,12 @@ def _linear_body(
 def _linear_summary(body: Mapping[str, Any], inputs: EvaluationInputs) -> str:
     owner = _possessive(str(inputs.party))
     parts: list[str] = []
-    top, mean = body["top_decile_mean"], body["holdout_mean"]
+    top, mean, groups = body["top_group_mean"], body["holdout_mean"], body["rank_groups"]
     if top is not None:
-        text = f"Customers in the top 10% by prediction average {top:,.4g}, vs {mean:,.4g} overall"
+        text = (
+            f"Customers in the top {_group_share(groups)} by prediction average {top:,.4g}, "
+            f"vs {mean:,.4g} overall"
+        )
         if mean > 0 and top > 0:
             text += f" ({top / mean:.1f}x)"
         parts.append(text + ".")
@@ -676,16 +780,14 @@ def _linear_summary(body: Mapping[str, Any], inputs: EvaluationInputs) -> str:
     better = "explains more" if r2 > r2_own else "does not explain more"
     parts.append(
         f"The federated model {better} of the variation than {owner} own data alone: "
-        f"R\u00b2 {r2:.3f} vs {r2_own:.3f}."
+        f"R\u00b2 {r2:.3f} vs {r2_own:.3f}"
+        + (
+            f", a gain of {r2 - r2_own:.3f} from {_partners_phrase(body['gain_over_own_data'])} "
+            "data."
+            if r2 > r2_own
+            else "."
+        )
     )
-    contribution = body["contribution"]
-    if contribution:
-        label, best = max(contribution.items(), key=lambda kv: kv[1]["r2_drop"])
-        if best["r2_drop"] > 0:
-            parts.append(
-                f"Leaving out {_possessive(label)} data costs the most: R\u00b2 drops by "
-                f"{best['r2_drop']:.3f}."
-            )
     return " ".join(parts)
 
 
@@ -734,14 +836,15 @@ def headline(report: Mapping[str, Any]) -> list[str]:
             f"AUC {report['auc']:.3f} with the federated model vs "
             f"{report['auc_label_owner_only']:.3f} with {owner} own data alone."
         )
-        lift = report.get("top_decile_lift")
-        if lift is None:
+        lift = report.get("top_group_lift", report.get("top_decile_lift"))
+        groups = int(report.get("rank_groups", _DECILES) or 0)
+        if lift is None or groups == 0:
             second = (
-                "Top-decile lift withheld: a decile would cover fewer than "
+                "Lift withheld: even halves of the hold-out would cover fewer than "
                 f"{report['min_cohort']} rows."
             )
         else:
-            second = f"Top 10% by score: {lift:.1f}x the average response rate."
+            second = f"Top {_group_share(groups)} by score: {lift:.1f}x the average response rate."
         return [first, second, rows]
     first = (
         f"R\u00b2 {report['r2']:.3f} with the federated model vs "
@@ -752,143 +855,15 @@ def headline(report: Mapping[str, Any]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Party report
-# --------------------------------------------------------------------------------------------
-
-
-def build_party_report(
-    party: str,
-    model: str,
-    feature_weights: Mapping[str, float],
-    *,
-    min_cohort: int,
-    aligned_rows: int,
-) -> dict[str, Any]:
-    """A party's own report: its feature names and weights, nothing about other parties.
-
-    Parameters
-    ----------
-    party : str
-        The party the report is for.
-    model : str
-        ``"logistic"`` or ``"linear"``.
-    feature_weights : Mapping[str, float]
-        The party's own prepared columns -> weights (columns are standardized numeric or
-        one-hot, so weights are comparable across features).
-    min_cohort : int
-        The agreement's minimum cohort: the weights are learned from the aligned rows, which
-        must be at least that many.
-    aligned_rows : int
-        Rows the model was trained on.
-
-    Returns
-    -------
-    dict
-        ``schema``, ``party``, ``model``, ``aligned_rows``, ``min_cohort``, ``features``
-        (every feature, by decreasing ``|weight|``: ``rank``, ``feature``, ``weight``,
-        ``abs_weight``, ``relative_importance`` = ``|weight| / sum |weight|``),
-        ``top_features`` (the names of the first ten) and ``note``.
-
-    Raises
-    ------
-    PolicyViolation
-        Rule ``"min_cohort"``: fewer aligned rows than ``min_cohort``.
-    ValueError
-        No features, a non-finite weight, or an unknown model.
-    """
-    if model not in ("logistic", "linear"):
-        raise ValueError(f"model must be 'logistic' or 'linear', got {model!r}")
-    min_cohort = _check_min_cohort_value(min_cohort)
-    aligned = _count("aligned_rows", aligned_rows)
-    if aligned < min_cohort:
-        raise PolicyViolation(
-            "min_cohort",
-            f"feature weights learned from {aligned} aligned rows, below the minimum cohort "
-            f"of {min_cohort}",
-        )
-    if not feature_weights:
-        raise ValueError(f"party '{party}' has no feature weights to report")
-    items = [(str(k), float(v)) for k, v in feature_weights.items()]
-    if not all(math.isfinite(w) for _, w in items):
-        raise ValueError(f"party '{party}' has a non-finite feature weight")
-    # Deterministic order: |weight| descending, then name.
-    items.sort(key=lambda kv: (-abs(kv[1]), kv[0]))
-    total = sum(abs(w) for _, w in items)
-    features = [
-        {
-            "rank": i + 1,
-            "feature": name,
-            "weight": w,
-            "abs_weight": abs(w),
-            "relative_importance": abs(w) / total if total > 0 else 0.0,
-        }
-        for i, (name, w) in enumerate(items)
-    ]
-    scale = "log-odds" if model == "logistic" else "target units"
-    return {
-        "schema": _PARTY_SCHEMA,
-        "party": str(party),
-        "model": model,
-        "aligned_rows": aligned,
-        "min_cohort": min_cohort,
-        "features": features,
-        "top_features": [f["feature"] for f in features[:_TOP_FEATURES]],
-        "note": (
-            f"Weights of {_possessive(str(party))} own columns in the federated model, in "
-            f"{scale} per standard deviation (numeric columns) or for being in a category "
-            "(one-hot columns). Only this party receives this report."
-        ),
-    }
-
-
-def build_encrypted_party_report(
-    party: str, model: str, feature_names: list[str], *, min_cohort: int, rows: int
-) -> dict[str, Any]:
-    """A passive party's own report when its weights stay encrypted (the default).
-
-    It lists the party's prepared columns and says where the weights are: under the label
-    owner's key, used only through encrypted images; the agreement may release them to the
-    party once, at the end of training (``release.party`` names ``model-weights``).
-    """
-    if model not in ("logistic", "linear"):
-        raise ValueError(f"model must be 'logistic' or 'linear', got {model!r}")
-    if not feature_names:
-        raise ValueError(f"party '{party}' has no features to report")
-    features = [
-        {
-            "rank": i + 1,
-            "feature": str(name),
-            "weight": None,
-            "abs_weight": None,
-            "relative_importance": None,
-        }
-        for i, name in enumerate(feature_names)
-    ]
-    return {
-        "schema": _PARTY_SCHEMA,
-        "party": str(party),
-        "model": model,
-        "aligned_rows": _count("rows", rows),
-        "min_cohort": _check_min_cohort_value(min_cohort),
-        "weights_encrypted": True,
-        "features": features,
-        "top_features": [f["feature"] for f in features[:_TOP_FEATURES]],
-        "note": (
-            f"{_possessive(str(party))} weights stay encrypted under the label owner's key: "
-            "they are used only through encrypted images, and no party (this one included) "
-            "sees them. The agreement may release them to this party once, at the end of "
-            "training. Rows counts all of this party's customers: it does not learn which are "
-            "joint."
-        ),
-    }
-
-
-# --------------------------------------------------------------------------------------------
 # Re-exports loaded on first use
 # --------------------------------------------------------------------------------------------
 
 _LAZY_MODULES = (
     ("vfm_flower.report_render", ("write_report", "write_released_report", "write_party_report")),
+    (
+        "vfm_flower.report_party",
+        ("build_party_report", "build_encrypted_party_report", "with_job_outcome"),
+    ),
     ("vfm_flower.segments", ("assign_segments", "segment_summaries")),
 )
 

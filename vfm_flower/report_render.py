@@ -17,15 +17,11 @@ use only, so that importing the report content stays light.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from vfm_flower.files import atomic_write
 from vfm_flower.report import (
@@ -39,15 +35,22 @@ from vfm_flower.report import (
     check_report_matches,
     headline,
 )
+from vfm_flower.report_charts import (
+    PARTY_CHART_FEATURES,
+    calibration_chart,
+    deciles_chart,
+    gain_chart,
+    group_name,
+    lift_chart,
+    roc_chart,
+    training_chart,
+    weights_chart,
+)
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+    pass
 
-__all__ = ["write_party_report", "write_released_report", "write_report"]
-
-_PARTY_CHART_FEATURES = 20
-
+__all__ = ["add_job_outcome", "write_party_report", "write_released_report", "write_report"]
 
 # --------------------------------------------------------------------------------------------
 # Writers
@@ -123,6 +126,26 @@ def write_party_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, 
     )
 
 
+def add_job_outcome(
+    out_dir: Path, outcome: str, released: Mapping[str, Any], *, written_since: float
+) -> Path | None:
+    """Add the job's outcome and released figures to the party report in ``out_dir`` (both
+    files, atomically), if one was written at or after ``written_since`` (a ``time.time()``:
+    the job's start). Returns the JSON path, or ``None`` when there is no report of the job.
+    """
+    from vfm_flower.report_party import with_job_outcome
+
+    path = Path(out_dir) / PARTY_REPORT_JSON
+    try:
+        if not path.is_file() or path.stat().st_mtime < written_since:
+            return None
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    json_path, _ = write_party_report(with_job_outcome(report, outcome, released), Path(out_dir))
+    return json_path
+
+
 def _write_pair(
     report: Mapping[str, Any],
     render: Callable[[Mapping[str, Any]], str],
@@ -138,231 +161,6 @@ def _write_pair(
     atomic_write(json_path, _json_bytes(report))
     atomic_write(html_path, page.encode("utf-8"))
     return json_path, html_path
-
-
-# --------------------------------------------------------------------------------------------
-# Charts (PNG data URIs)
-# --------------------------------------------------------------------------------------------
-
-_BLUE = "#1f5fa8"
-_ORANGE = "#e07b1a"
-_GREY = "#8a8f98"
-_RED = "#c0392b"
-_GREEN = "#2e8b57"
-
-
-def _new_figure(width: float = 6.4, height: float = 4.0) -> Figure:
-    """A new constrained-layout Figure (not registered with pyplot)."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def _data_uri(fig: Figure) -> str:
-    """``fig`` as a PNG data URI (without matplotlib's ``Software`` tag)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None}, facecolor="white")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _finish(
-    fig: Figure,
-    ax: Axes,
-    title: str,
-    xlabel: str,
-    ylabel: str | None = None,
-    *,
-    grid: str = "both",
-    legend: str | None = None,
-) -> str:
-    """Title, label, grid (and legend at ``legend``) ``ax``; ``fig`` as a PNG data URI."""
-    ax.set_xlabel(xlabel)
-    if ylabel is not None:
-        ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(axis=grid, alpha=0.3)
-    if legend is not None:
-        ax.legend(loc=legend)
-    return _data_uri(fig)
-
-
-def _withheld_chart(title: str, message: str) -> str:
-    """An empty chart titled ``title`` that shows ``message`` instead of figures."""
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    ax.set_title(title)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, color=_GREY, fontsize=12)
-    return _data_uri(fig)
-
-
-def _gain_chart(gain_lift: Sequence[Mapping[str, Any]], min_cohort: int) -> str:
-    """Cumulative gain by decile (``gain_lift`` of the shared report) vs random targeting."""
-    if not gain_lift:
-        return _withheld_chart("Cumulative gain", f"Withheld: deciles below {min_cohort} rows")
-    x = [0.0] + [10.0 * d["decile"] for d in gain_lift]
-    y = [0.0] + [100.0 * d["cumulative_gain"] for d in gain_lift]
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    ax.plot(x, y, marker="o", color=_BLUE, label="Federated model")
-    ax.plot([0, 100], [0, 100], linestyle="--", color=_GREY, label="Random targeting")
-    ax.fill_between(x, y, x, color=_BLUE, alpha=0.08)
-    ax.set_xlim(0, 100)
-    ax.set_ylim(0, 102)
-    return _finish(
-        fig,
-        ax,
-        "Cumulative gain",
-        "Customers targeted, best scores first (%)",
-        "Share of all positives reached (%)",
-        legend="lower right",
-    )
-
-
-def _lift_chart(gain_lift: Sequence[Mapping[str, Any]], min_cohort: int) -> str:
-    """Lift of each decile (bars) and cumulative lift (line), from ``gain_lift``."""
-    if not gain_lift:
-        return _withheld_chart("Lift by decile", f"Withheld: deciles below {min_cohort} rows")
-    deciles = [int(d["decile"]) for d in gain_lift]
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    ax.bar(deciles, [d["lift"] for d in gain_lift], color=_BLUE, label="Lift of the decile")
-    ax.plot(
-        deciles,
-        [d["cumulative_lift"] for d in gain_lift],
-        marker="o",
-        color=_ORANGE,
-        label="Cumulative lift",
-    )
-    ax.axhline(1.0, linestyle="--", color=_GREY, label="Average (lift 1)")
-    ax.set_xticks(deciles)
-    return _finish(
-        fig,
-        ax,
-        "Lift by decile",
-        "Decile of score (1 = best 10%)",
-        "Response rate / average rate",
-        grid="y",
-        legend="upper right",
-    )
-
-
-def _calibration_chart(calibration: Sequence[Mapping[str, Any]], min_cohort: int) -> str:
-    """Mean predicted probability vs observed rate per calibration bin."""
-    points = [b for b in calibration if b.get("mean_predicted") is not None]
-    if not points:
-        return _withheld_chart("Calibration", f"Withheld: bins below {min_cohort} rows")
-    xs = [b["mean_predicted"] for b in points]
-    ys = [b["observed_rate"] for b in points]
-    top = max(max(xs), max(ys)) * 1.1 or 1.0
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    ax.plot([0, top], [0, top], linestyle="--", color=_GREY, label="Perfectly calibrated")
-    ax.plot(xs, ys, marker="o", color=_BLUE, label="Federated model (equal-count bins)")
-    ax.set_xlim(0, top)
-    ax.set_ylim(0, top)
-    return _finish(
-        fig, ax, "Calibration", "Mean predicted probability", "Observed rate", legend="upper left"
-    )
-
-
-def _training_chart(curve: Mapping[str, Sequence[float | None]]) -> str:
-    """Training objective and hold-out loss per iteration (``None`` points are gaps)."""
-    objective = [v for v in curve.get("objective", [])]
-    holdout = [v for v in curve.get("holdout_loss", [])]
-    if not any(v is not None for v in objective + holdout):
-        return _withheld_chart("Training curve", "No training curve was recorded")
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    if objective:
-        ax.plot(
-            range(len(objective)),
-            [np.nan if v is None else v for v in objective],
-            marker=".",
-            color=_BLUE,
-            label="Training objective",
-        )
-    if holdout:
-        ax.plot(
-            range(len(holdout)),
-            [np.nan if v is None else v for v in holdout],
-            marker=".",
-            color=_ORANGE,
-            label="Hold-out loss",
-        )
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _finish(fig, ax, "Training curve", "Iteration", "Loss", legend="upper right")
-
-
-def _roc_chart(roc: Sequence[Mapping[str, float]], auc: float) -> str:
-    """The ROC curve of the shared report (on its rank grid), labelled with ``auc``."""
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    ax.plot(
-        [p["fpr"] for p in roc],
-        [p["tpr"] for p in roc],
-        color=_BLUE,
-        label=f"Federated model (AUC {auc:.3f})",
-    )
-    ax.plot([0, 1], [0, 1], linestyle="--", color=_GREY, label="Random (AUC 0.5)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    return _finish(
-        fig, ax, "ROC curve", "False positive rate", "True positive rate", legend="lower right"
-    )
-
-
-def _deciles_chart(deciles: Sequence[Mapping[str, Any]], min_cohort: int) -> str:
-    """Linear model: mean predicted vs mean actual value per decile of prediction."""
-    if not deciles:
-        return _withheld_chart(
-            "Predicted vs actual by decile", f"Withheld: deciles below {min_cohort} rows"
-        )
-    k = np.array([d["decile"] for d in deciles], dtype=float)
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    ax.bar(
-        k - 0.2,
-        [d["mean_predicted"] for d in deciles],
-        width=0.4,
-        color=_BLUE,
-        label="Mean predicted",
-    )
-    ax.bar(
-        k + 0.2, [d["mean_actual"] for d in deciles], width=0.4, color=_ORANGE, label="Mean actual"
-    )
-    ax.set_xticks(k)
-    return _finish(
-        fig,
-        ax,
-        "Predicted vs actual by decile",
-        "Decile of prediction (1 = highest 10%)",
-        "Mean value",
-        grid="y",
-        legend="upper right",
-    )
-
-
-def _weights_chart(features: Sequence[Mapping[str, Any]], party: str) -> str:
-    """A party's largest weights (at most :data:`_PARTY_CHART_FEATURES`), sign by colour."""
-    shown = list(features[:_PARTY_CHART_FEATURES])[::-1]
-    height = max(2.5, 0.32 * len(shown) + 1.2)
-    fig = _new_figure(7.0, height)
-    ax = fig.add_subplot()
-    weights = [f["weight"] for f in shown]
-    ax.barh(range(len(shown)), weights, color=[_GREEN if w >= 0 else _RED for w in weights])
-    ax.set_yticks(range(len(shown)), [str(f["feature"]) for f in shown])
-    ax.axvline(0.0, color=_GREY, linewidth=1)
-    return _finish(
-        fig,
-        ax,
-        f"Top {len(shown)} features of {party} by |weight|",
-        "Weight (green raises the score, red lowers it)",
-        grid="x",
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,10 +268,13 @@ def _render_shared_html(report: Mapping[str, Any]) -> str:
     logistic = report["model"] == "logistic"
     party = str(report["party"])
     mc = int(report["min_cohort"])
+    groups = int(report.get("rank_groups", 10) or 10)
+    name, share = group_name(groups), f"{100 / groups:.0f}%"
     parts = [
         f"<h1>Federated {_e(report['model'])} model: marketing report</h1>",
         f'<p class="sub">Result owner: {_e(party)}. Evaluated on '
         f"{_f(report['holdout_rows'])} hold-out rows that were not used for training.</p>",
+        _header_block(report.get("header", {})),
         _cards(report),
         f'<p class="summary" id="summary">{_e(report.get("summary", ""))}</p>',
         "<h2>Charts</h2>",
@@ -481,25 +282,29 @@ def _render_shared_html(report: Mapping[str, Any]) -> str:
     ]
     if logistic:
         gl = report.get("gain_lift", [])
+        own_gl = report.get("gain_lift_label_owner_only", [])
         auc = float(report["auc"])
         parts += [
             _figure(
                 "fig-gain",
-                _gain_chart(gl, mc),
+                gain_chart(gl, mc, own_gl, party),
                 "Cumulative gain chart: share of all positives reached against the share of "
-                "customers targeted, best scores first, compared with random targeting.",
-                "Cumulative gain: how many of all positives the best-scored customers contain.",
+                f"customers targeted, best scores first, for the federated model and for "
+                f"{party}'s own data alone, compared with random targeting.",
+                "Cumulative gain: how many of all positives the best-scored customers contain "
+                f"(orange: a model on {party}'s own columns alone, same rows).",
             ),
             _figure(
                 "fig-lift",
-                _lift_chart(gl, mc),
-                "Lift by decile: bars give each decile's response rate divided by the "
-                "average rate; the line gives the cumulative lift.",
-                "Lift by decile (1 = the best-scored 10%).",
+                lift_chart(gl, mc, own_gl, party),
+                f"Lift by {name}: bars give each {name}'s response rate divided by the "
+                "average rate; the lines give the cumulative lift of the federated model and "
+                f"of {party}'s own data alone.",
+                f"Lift by {name} (1 = the best-scored {share}).",
             ),
             _figure(
                 "fig-calibration",
-                _calibration_chart(report.get("calibration", []), mc),
+                calibration_chart(report.get("calibration", []), mc),
                 "Calibration plot: mean predicted probability against the observed rate in "
                 "equal-count bins, with the diagonal of perfect calibration.",
                 "Calibration: points on the diagonal mean the predicted probabilities are "
@@ -507,7 +312,7 @@ def _render_shared_html(report: Mapping[str, Any]) -> str:
             ),
             _figure(
                 "fig-roc",
-                _roc_chart(report.get("roc_curve", []), auc),
+                roc_chart(report.get("roc_curve", []), auc),
                 f"ROC curve of the federated model, AUC {auc:.3f}, against the diagonal of "
                 "random ranking.",
                 f"ROC curve (each step covers at least {mc} rows).",
@@ -517,7 +322,7 @@ def _render_shared_html(report: Mapping[str, Any]) -> str:
         parts.append(
             _figure(
                 "fig-deciles",
-                _deciles_chart(report.get("deciles", []), mc),
+                deciles_chart(report.get("deciles", []), mc),
                 "Bar chart of mean predicted and mean actual value per decile of prediction.",
                 "Predicted vs actual by decile (1 = highest predictions).",
             )
@@ -525,7 +330,7 @@ def _render_shared_html(report: Mapping[str, Any]) -> str:
     parts.append(
         _figure(
             "fig-training",
-            _training_chart(report.get("training_curve", {})),
+            training_chart(report.get("training_curve", {})),
             "Training curve: training objective and hold-out loss per iteration.",
             "Training curve: the hold-out loss shows whether the model generalises.",
         )
@@ -571,11 +376,11 @@ def _render_shared_html(report: Mapping[str, Any]) -> str:
             )
         gl = report.get("gain_lift", [])
         if gl:
-            parts.append("<h2>Gain and lift by decile</h2>")
+            parts.append(f"<h2>Gain and lift by {_e(name)}</h2>")
             parts.append(
                 _table(
                     [
-                        "Decile",
+                        name.capitalize(),
                         "Rows",
                         "Response rate",
                         "Lift",
@@ -598,10 +403,10 @@ def _render_shared_html(report: Mapping[str, Any]) -> str:
     else:
         dec = report.get("deciles", [])
         if dec:
-            parts.append("<h2>Predicted vs actual by decile</h2>")
+            parts.append(f"<h2>Predicted vs actual by {_e(name)}</h2>")
             parts.append(
                 _table(
-                    ["Decile", "Rows", "Mean predicted", "Mean actual"],
+                    [name.capitalize(), "Rows", "Mean predicted", "Mean actual"],
                     [
                         [
                             d["decile"],
@@ -623,25 +428,8 @@ def _render_shared_html(report: Mapping[str, Any]) -> str:
     ]
     parts.append(_table(["Party / set", "Rows"], row_table))
 
-    parts.append('<h2 id="contribution">Contribution of each party</h2>')
-    contribution = report.get("contribution", {})
-    if contribution:
-        metric, key_wo, key_drop = (
-            ("AUC", "auc_without", "auc_drop") if logistic else ("R\u00b2", "r2_without", "r2_drop")
-        )
-        ordered = sorted(contribution.items(), key=lambda kv: -float(kv[1][key_drop]))
-        parts.append(
-            _table(
-                ["Left out", f"{metric} without it", f"{metric} drop"],
-                [[label, _f(v[key_wo]), _f(v[key_drop])] for label, v in ordered],
-            )
-        )
-        parts.append(
-            f'<p class="muted">{metric} of the federated model when that part of the model '
-            "is left out; a larger drop means a larger contribution.</p>"
-        )
-    else:
-        parts.append('<p class="muted">No contribution figures were computed.</p>')
+    parts.append('<h2 id="contribution">What the partners add</h2>')
+    parts.append(_contribution_block(report, party, logistic))
 
     suppressed = report.get("suppressed", [])
     parts.append('<h2 id="suppressed">Withheld figures</h2>')
@@ -666,6 +454,98 @@ def _render_shared_html(report: Mapping[str, Any]) -> str:
     return _page(f"Marketing report ({party})", "".join(parts))
 
 
+def _header_block(header: Mapping[str, Any]) -> str:
+    """Purpose, agreement, date, parties and job parameters (the report's ``header``)."""
+    if not header:
+        return ""
+    job = header.get("job", {})
+    parties = ", ".join(f"{p} ({role})" for p, role in header.get("parties", {}).items())
+    rows = [
+        ["Purpose", header.get("purpose", "")],
+        [
+            "Agreement",
+            f"{header.get('agreement_id', '')} (terms {header.get('agreement_hash', '')})",
+        ],
+        ["Date", header.get("date", "")],
+        ["Parties", parties],
+        ["Operator", header.get("operator", "")],
+        [
+            "Job",
+            f"{job.get('kind', '')} {job.get('operation', '')}"
+            + (f", data set '{job['data_set']}'" if job.get("data_set") else ""),
+        ],
+    ]
+    params = ", ".join(f"{k}={v}" for k, v in job.get("params", {}).items())
+    if params:
+        rows.append(["Parameters", params])
+    body = "".join(
+        f'<tr><th class="l">{_e(k)}</th><td class="l">{_e(v)}</td></tr>' for k, v in rows
+    )
+    return f'<section id="job-header"><table><tbody>{body}</tbody></table></section>'
+
+
+def _contribution_block(report: Mapping[str, Any], party: str, logistic: bool) -> str:
+    """The partners' contribution as the gain over the label owner's own data (retrained on
+    its own columns, same rows), then the parts of the trained model left out."""
+    metric = "AUC" if logistic else "R\u00b2"
+    out: list[str] = []
+    gain = report.get("gain_over_own_data")
+    if gain:
+        partners = ", ".join(gain.get("partners", [])) or "the partners"
+        out.append(
+            _table(
+                ["Model", metric],
+                [
+                    ["Federated model (all parties)", _f(gain["federated"])],
+                    [
+                        f"{party}'s own data alone (trained on its own columns)",
+                        _f(gain["label_owner_only"]),
+                    ],
+                    [f"Gain from the partners' data ({partners})", f"{float(gain['gain']):+.3f}"],
+                ],
+            )
+        )
+        out.append(
+            f'<p class="muted">The gain is what the partners\' columns add over the best model '
+            f"{_e(party)} can train on its own columns, on the same customers and hold-out "
+            "rows. It is the figure to compare partners by.</p>"
+        )
+    contribution = report.get("contribution", {})
+    if contribution:
+        key_wo, key_drop = ("auc_without", "auc_drop") if logistic else ("r2_without", "r2_drop")
+        ordered = sorted(contribution.items(), key=lambda kv: -float(kv[1][key_drop]))
+        out.append("<h3>Parts of the trained model left out (not retrained)</h3>")
+        out.append(
+            _table(
+                ["Part left out", f"{metric} without it", f"{metric} drop"],
+                [[label, _f(v[key_wo]), _f(v[key_drop])] for label, v in ordered],
+            )
+        )
+        out.append(
+            f'<p class="muted">{metric} of the federated model with that part of its score '
+            "removed and nothing retrained: the other parts were trained to work alongside it, "
+            "so the drop overstates what that part adds on its own. Use the gain above.</p>"
+        )
+    if not out:
+        out.append('<p class="muted">No contribution figures were computed.</p>')
+    return "".join(out)
+
+
+def _outcome_block(outcome: Mapping[str, Any]) -> str:
+    """A party page's job outcome: how the job ended and the figures it released."""
+    if not outcome:
+        return ""
+    released = outcome.get("released", {})
+    rows = [[k, _f(v) if isinstance(v, float) else v] for k, v in released.items()]
+    table = _table(["Released figure", "Value"], rows) if rows else ""
+    return (
+        '<h2 id="outcome">Outcome of the job</h2>'
+        f'<p class="summary">{_e(outcome.get("outcome", ""))}</p>{table}'
+        '<p class="muted">The figures the parties released to the server under the agreement, '
+        "as the operator relayed them to every party at the close of the job.</p>"
+    )
+
+
 def _render_party_html(report: Mapping[str, Any]) -> str:
     """The ``party_report.html`` page of a party report
     (:func:`vfm_flower.report.build_party_report`)."""
@@ -680,6 +560,8 @@ def _render_party_html(report: Mapping[str, Any]) -> str:
                     f'<p class="sub">Federated {_e(report["model"])} model; '
                     f"{_f(report['aligned_rows'])} rows of {_e(party)}. "
                     f"{_e(report.get('note', ''))}</p>",
+                    _header_block(report.get("header", {})),
+                    _outcome_block(report.get("job_outcome", {})),
                     "<h2>Features</h2>",
                     _table(
                         ["Rank", "Feature"],
@@ -694,11 +576,13 @@ def _render_party_html(report: Mapping[str, Any]) -> str:
         f"<h1>{_e(party)}: own feature weights</h1>",
         f'<p class="sub">Federated {_e(report["model"])} model trained on '
         f"{_f(report['aligned_rows'])} aligned rows. {_e(report.get('note', ''))}</p>",
+        _header_block(report.get("header", {})),
+        _outcome_block(report.get("job_outcome", {})),
         '<div class="grid" style="grid-template-columns:1fr">',
         _figure(
             "fig-weights",
-            _weights_chart(features, party),
-            f"Horizontal bar chart of the {min(len(features), _PARTY_CHART_FEATURES)} "
+            weights_chart(features, party),
+            f"Horizontal bar chart of the {min(len(features), PARTY_CHART_FEATURES)} "
             f"features of {party} with the largest absolute weights.",
             "Top features by absolute weight.",
         ),

@@ -1,15 +1,24 @@
-"""``vfm app init DIR``: write the Flower App that runs the built-in vertical jobs.
+"""``vfm app init DIR`` and ``vfm app run DIR CONNECTION``: the Flower App of the built-in jobs.
 
-The app is one ``pyproject.toml`` whose components point at the installed package
-(``vfm_flower.strategies.server_app:app`` and ``vfm_flower.clients.client_app:app``). It holds
-no code, so ``flwr run DIR`` never ships a second copy of vfm-flower that could shadow the
-installed one on the SuperLink or a SuperNode.
+``init`` writes the app: one ``pyproject.toml`` whose components point at the installed
+package (``vfm_flower.strategies.server_app:app`` and ``vfm_flower.clients.client_app:app``).
+It holds no code, so ``flwr run DIR`` never ships a second copy of vfm-flower that could
+shadow the installed one on the SuperLink or a SuperNode.
+
+``run`` is the operator's ``flwr run DIR CONNECTION --stream``, with an exit code: Flower's
+``flwr run`` exits 0 whether or not the ServerApp succeeded, so the wrapper passes the stream
+through and exits 0 only when the built-in ServerApp printed its ``[vfm] job done`` line
+(:mod:`vfm_flower.strategies.operator_log`), 1 when it printed ``[vfm] error:`` or ended
+without either (the reason repeated on stderr), so a script or a scheduler sees the outcome.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +97,57 @@ def cmd_app_init(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The built-in ServerApp's outcome lines in the operator's stream.
+JOB_DONE_MARK = "[vfm] job done"
+JOB_ERROR_MARK = "[vfm] error:"
+
+
+def job_outcome(lines: list[str]) -> tuple[bool, str]:
+    """``(succeeded, line)`` from the operator's stream: the job-done line, else the first
+    error line, else a sentence saying neither came."""
+    for line in lines:
+        if JOB_DONE_MARK in line:
+            return True, line[line.index(JOB_DONE_MARK) :].strip()
+    for line in lines:
+        if JOB_ERROR_MARK in line:
+            return False, line[line.index(JOB_ERROR_MARK) + len("[vfm] ") :].strip()
+    return False, "error: the run ended without the ServerApp's job-done line (see the log above)"
+
+
+def cmd_app_run(args: argparse.Namespace) -> int:
+    directory = Path(args.directory).expanduser()
+    if not (directory / "pyproject.toml").is_file():
+        raise ConfigurationError(
+            f"{directory} holds no Flower App (no pyproject.toml): write it with "
+            f"`vfm app init {args.directory}`"
+        )
+    flwr = shutil.which("flwr")
+    if flwr is None:
+        raise ConfigurationError("the flwr command is not on PATH: pip install 'flwr==1.42.*'")
+    command = [flwr, "run", str(directory)]
+    if args.connection:
+        command.append(args.connection)
+    command.append("--stream")
+    if args.run_config:
+        command += ["--run-config", args.run_config]
+    lines: list[str] = []
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
+    succeeded, outcome = job_outcome(lines)
+    if succeeded:
+        return 0
+    if proc.returncode not in (0, None):
+        outcome += f" (flwr run exited {proc.returncode})"
+    print(outcome, file=sys.stderr)  # noqa: T201
+    return 1
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     app = subparsers.add_parser("app", help="the Flower App that runs the built-in jobs")
     app_sub = app.add_subparsers(dest="app_command", metavar="COMMAND")
@@ -96,3 +156,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("directory", help="directory of the Flower App (created if missing)")
     init.add_argument("--force", action="store_true", help="overwrite an existing pyproject.toml")
     init.set_defaults(func=cmd_app_init)
+    run = app_sub.add_parser(
+        "run",
+        help="flwr run DIR CONNECTION --stream, exiting non-zero when the job failed",
+        description=(
+            "Run a job of the Flower App in DIR on a SuperLink (Flower's `flwr run --stream`), "
+            "showing its stream. Exit 0 when the job succeeded, 1 when it failed (the reason "
+            "on stderr), 2 for a usage error."
+        ),
+    )
+    run.add_argument("directory", help="the Flower App (from `vfm app init DIR`)")
+    run.add_argument(
+        "connection", nargs="?", help="a [superlink.NAME] connection of $FLWR_HOME/config.toml"
+    )
+    run.add_argument("--run-config", default="", help="'KEY=VALUE ...', as for flwr run")
+    run.set_defaults(func=cmd_app_run)

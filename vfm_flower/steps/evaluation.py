@@ -169,6 +169,7 @@ def passive_finish(ctx: PartyContext) -> None:
             list(plan.feature_names),
             min_cohort=ctx.min_cohort,
             rows=int(X_int.shape[0]),
+            header=reporting.report_header(ctx.agreement, ctx.job),
         ),
         ctx.work_dir,
     )
@@ -263,6 +264,7 @@ def label_owner_evaluate(ctx: PartyContext) -> None:
                 weights,
                 min_cohort=ctx.min_cohort,
                 aligned_rows=int(X.shape[0]),
+                header=reporting.report_header(ctx.agreement, ctx.job),
             ),
             ctx.work_dir,
         )
@@ -326,6 +328,7 @@ def _evaluate(
         min_cohort=ctx.min_cohort,
         own_feature_weights=dict(zip(plan.feature_names, (float(w) for w in optimizer.weights))),
         outcome=params.outcome,
+        header=reporting.report_header(ctx.agreement, ctx.job),
     )
     report = reporting.build_shared_report(inputs)
     reporting.check_report_matches(report, inputs)
@@ -385,6 +388,7 @@ def passive_release(ctx: PartyContext) -> None:
             dict(zip(model_slice.feature_names, (float(w) for w in weights))),
             min_cohort=ctx.min_cohort,
             aligned_rows=int(ctx.state.array("X").shape[0]),
+            header=reporting.report_header(ctx.agreement, ctx.job),
         ),
         ctx.work_dir,
     )

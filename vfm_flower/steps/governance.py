@@ -39,6 +39,7 @@ from vfm_flower.audit import verify_audit_log
 from vfm_flower.audit_heads import CloseCertificate, SignedHead
 from vfm_flower.context import PartyContext
 from vfm_flower.errors import DataError, PolicyViolation, ProtocolAbort
+from vfm_flower.job_summary import decode_released
 from vfm_flower.party import StepRegistry, new_nonce
 from vfm_flower.policy import (
     check_job_budget,
@@ -178,6 +179,9 @@ def every_party_close(ctx: PartyContext) -> None:
         )
     audit.attest_peer_head(head, peer_public=operator.signing_key, round=request.step)
     runtime.state.set("close.operator_head", f"{audit.job_counter}:{head.seq}:{head.head}")
+    # for the partner's log line at the seal (the request is operator-signed)
+    runtime.state.set("close.outcome", str(request.params.get("outcome", "done"))[:300])
+    runtime.state.set("close.released", json.dumps(decode_released(request.params.get("released"))))
     _signed_head_reply(ctx)
 
 
@@ -212,3 +216,15 @@ def every_party_seal(ctx: PartyContext) -> None:
     audit.keep_certificate(certificate)
     audit.seal(certificate=certificate, round=request.step)
     _signed_head_reply(ctx)
+    outcome = str(runtime.state.get("close.outcome", "done"))
+    released = json.loads(str(runtime.state.get("close.released", "{}")))
+    # the party's own report of this job shows the outcome (a passive party's only figures)
+    from vfm_flower.report_render import add_job_outcome
+
+    add_job_outcome(
+        runtime.work_dir,
+        outcome,
+        released,
+        written_since=float(runtime.state.get("summary.started", 0.0)),
+    )
+    runtime.record_job_summary(outcome, received=released)
