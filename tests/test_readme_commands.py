@@ -439,15 +439,16 @@ def test_the_readme_deployment_commands_run_as_written(tmp_path: Path) -> None:
         score = outputs[STEPS[7]]
         assert "[vfm] job done (logistic score)" in score, score[-3000:]
         assert (server / "result-score.json").is_file()
-        for index, party in enumerate(parties):
+        node_output = "".join(
+            (run.logs / f"supernode-{i}.log").read_text() for i in range(len(parties))
+        )
+        for party in parties:
             # each partner's own log ends each job with its line, in its work dir and in
             # the SuperNode's output
             lines = (tmp_path / "data" / party / "work" / "vfm-party.log").read_text()
             assert f"party '{party}' job 1 (logistic train): done" in lines, lines
             assert "(logistic score, data set 'campaign'): done" in lines, lines
-            assert f"[vfm] party '{party}' job 1 (logistic train): done" in run.log(
-                f"supernode-{index}"
-            )
+            assert f"[vfm] party '{party}' job 1 (logistic train): done" in node_output
         if network.isolated:  # the SuperNodes could reach the SuperLink over their veth only
             for index in range(len(parties)):
                 assert run.reachable(index, network.superlink_address(index))
