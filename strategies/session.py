@@ -50,6 +50,7 @@ from vfm_flower.agreement import Agreement, SignedAgreement
 from vfm_flower.audit import AuditLog
 from vfm_flower.audit_heads import CloseCertificate, SignedHead
 from vfm_flower.errors import ConfigurationError, ProtocolAbort, VfmError
+from vfm_flower.job_summary import RELAYED_FIGURES
 from vfm_flower.jobs import Job, JobKind
 from vfm_flower.keys import PartyIdentity
 from vfm_flower.masking import sum_masked
@@ -265,7 +266,7 @@ class VerticalSession:
         if self.info is not None and self.transport.node_of:
             self.transport.round_timeout = min(self.transport.round_timeout, 30.0)
             try:
-                self.close(outcome=abort_outcome(self.transport.phase, exc))
+                self.close(outcome=abort_outcome(self.transport.phase, exc, self.parties))
                 return
             except VfmError as close_exc:
                 logger.warning(
@@ -593,24 +594,28 @@ class VerticalSession:
 
 
 def released_figures(public: Mapping[str, Any]) -> dict[str, int | float | str]:
-    """The scalar facts the parties released to the server (what ``result.json`` calls
-    public), as the close relays them to every party: numbers and short texts only."""
+    """The headline figures the parties released to the server that the close relays to
+    every party (:data:`vfm_flower.job_summary.RELAYED_FIGURES` only: the job's outcome
+    metrics and row counts every party may see; never the label owner's own-data figures
+    or anything else a kind releases to the server)."""
     return {
-        str(k): v
+        k: v
         for k, v in sorted(public.items())
-        if k != "step"
-        and (isinstance(v, int | float) and not isinstance(v, bool) or isinstance(v, str))
+        if k in RELAYED_FIGURES and isinstance(v, int | float) and not isinstance(v, bool)
     }
 
 
-def abort_outcome(phase: str, exc: BaseException) -> str:
+def abort_outcome(phase: str, exc: BaseException, parties: Iterable[str] = ()) -> str:
     """The outcome of an aborted job as every party's log gets it: the phase, the rule and
-    the party named, not the free text of another party's refusal."""
+    the party named (only a party of the agreement), not the free text of another party's
+    refusal."""
     rule = getattr(exc, "rule", None)
     if rule is None:  # a party's refusal relayed as an error reply: "[rule] ..."
         named = re.match(r"\[([a-z_]+)\]", str(getattr(exc, "reason", "")))
         rule = named.group(1) if named else None
     party = getattr(exc, "party", None)
+    if party not in set(parties):
+        party = None
     text = f"aborted in phase {phase}"
     if rule:
         text += f", rule [{rule}]"

@@ -106,3 +106,19 @@ def test_the_line_names_everything_once():
         "scored_rows 812, auc 0.741; outputs in /w: f0, f1, f2, f3, f4, f5, f6, f7 and 2 more"
     )
     assert decode_released("not an object") == {}
+
+
+def test_only_headline_figures_are_relayed_and_texts_stay_on_one_line():
+    from vfm_flower.errors import ProtocolAbort as Abort
+    from vfm_flower.strategies.session import abort_outcome, released_figures
+
+    public = {"auc": 0.74, "auc_label_owner_only": 0.72, "custom_sum": 1234.5, "headline": ["x"]}
+    assert released_figures(public) == {"auc": 0.74}
+    assert decode_released({"auc": 0.7, "auc_label_owner_only": 0.7}) == {"auc": 0.7}
+    # a party named by an error reply counts only if it is a party of the agreement
+    blamed = Abort("train", "mallory\nparty 'bank' job 9: done", "[session] x")
+    assert abort_outcome("train", blamed, ("bank", "lo")) == (
+        "aborted in phase train, rule [session]"
+    )
+    line = JobSummary(party="bank", job="k op", job_counter=1, outcome="done\n\x1b[2Jfake").line()
+    assert "\n" not in line and "\x1b" not in line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -574,3 +575,17 @@ def test_report_module_has_no_print_and_no_pyplot():
     source = (Path(__file__).parents[1] / "vfm_flower" / "report.py").read_text()
     assert not re.search(r"^\s*print\(", source, re.M)
     assert "matplotlib.pyplot" not in source and "import pyplot" not in source
+
+
+def test_the_own_data_table_holds_whole_rows_when_its_scores_tie():
+    # a label owner with few distinct own scores: 3 rows above a large tie group
+    rng = np.random.default_rng(4)
+    n = 400
+    own = np.r_[np.full(3, 2.0), np.zeros(n - 3)]
+    y = (rng.random(n) < 0.3).astype(float)
+    y[:3] = [1, 1, 0]
+    inp = logistic_inputs(n=n, min_cohort=40, seed=4)
+    inp = dataclasses.replace(inp, y_holdout=y, score_own_only=own)
+    table = build_shared_report(inp)["gain_lift_label_owner_only"]
+    assert all(float(d["positives"]).is_integer() for d in table)
+    assert sum(d["positives"] for d in table) == y.sum()

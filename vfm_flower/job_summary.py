@@ -21,6 +21,7 @@ from the operator's signed close request; the rest is this party's own state.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,6 +46,15 @@ PLUMBING_FACTS = frozenset(
         "audit_head_sig",
     }
 )
+
+#: The figures the operator relays to every party at close (and every party keeps): the
+#: job's headline outcome and row counts, the same for every party; the label owner's
+#: own-data figures and anything else a kind releases to the server stay with the server.
+RELAYED_FIGURES = frozenset(
+    {"auc", "r2", "rmse", "log_loss", "top_decile_lift", "joint_rows", "scored_rows"}
+)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 #: At most this many output files are named in the line (the rest are counted).
 _MAX_OUTPUTS = 8
@@ -112,7 +122,8 @@ class JobSummary:
             parts.append(f"outputs in {self.work_dir}: {listed}")
         else:
             parts.append("outputs: none")
-        return f"party '{self.party}' " + "; ".join(parts)
+        # one line, whatever the texts hold (an outcome comes from the operator)
+        return _CONTROL.sub(" ", f"party '{self.party}' " + "; ".join(parts))
 
 
 def released_facts(public: Iterable[str]) -> set[str]:
@@ -158,13 +169,15 @@ def record_job_summary(work_dir: Path, summary: JobSummary) -> Path:
 
 
 def decode_released(value: Any) -> dict[str, int | float | str]:
-    """The released figures of a close request (an object of numbers and short texts), or
+    """The released figures of a close request (only :data:`RELAYED_FIGURES`), or
     ``{}`` when absent or malformed: the line is informational, the audit log is the record.
     At most 50 figures; texts cut at 200 characters."""
     if not isinstance(value, Mapping):
         return {}
     out: dict[str, int | float | str] = {}
     for key, item in list(value.items())[:50]:
+        if key not in RELAYED_FIGURES:
+            continue
         if isinstance(item, bool) or not isinstance(item, int | float | str):
             continue
         out[str(key)[:64]] = item[:200] if isinstance(item, str) else item

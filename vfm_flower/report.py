@@ -44,7 +44,12 @@ Every released aggregate covers at least ``min_cohort`` rows (the agreement's te
   differenced into a smaller group (a threshold that would cut the ranking closer than that
   to a decile boundary withholds the confusion matrix), and the ROC curve cannot be read back
   into row-level labels. Calibration bins are therefore rank groups (the deciles, or the ROC
-  steps when the deciles are withheld), not probability-percentile bins.
+  steps when the deciles are withheld), not probability-percentile bins;
+- coarser groups: when a decile would cover fewer than ``min_cohort`` rows, the rank tables
+  use quintiles, quartiles or halves (:func:`rank_groups`), withheld only when even halves
+  would be small;
+- the label owner's own-data gain table is cut on its own ranking, with ties broken at
+  random, so each of its groups (at least ``min_cohort`` rows) holds whole rows.
 
 The pages are drawn from the JSON content only (nothing in a page is not in its JSON).
 Importing this module does not import matplotlib (a client starts a fresh process per
@@ -56,6 +61,7 @@ from __future__ import annotations
 import datetime
 import importlib
 import math
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -301,6 +307,18 @@ def _decile_bounds(n: int, groups: int = _DECILES) -> np.ndarray:
     return np.rint(np.arange(groups + 1) * n / groups).astype(np.int64)
 
 
+def _untied(score: np.ndarray) -> np.ndarray:
+    """The ranking of ``score`` with ties broken in a random order (OS entropy): a table cut
+    on it holds whole rows and whole counts in each group. The label owner's own-data model
+    often has few distinct scores; split proportionally, a tie group straddling a cut would
+    let a reader solve for a smaller distinct group before it."""
+    rng = np.random.default_rng(secrets.randbits(128))
+    order = np.lexsort((rng.random(score.size), -score))
+    ranked = np.empty(score.size, dtype=np.float64)
+    ranked[order] = -np.arange(score.size, dtype=np.float64)
+    return ranked
+
+
 def rank_groups(n: int, min_cohort: int) -> int:
     """How many equal-count groups of the score ranking the gain, lift and decile tables use:
     deciles when every decile covers at least ``min_cohort`` rows, else the finest of
@@ -539,7 +557,7 @@ def _logistic_body(
         )
     else:
         gain_lift = [dict(d) for d in metrics.gain_lift_by_decile(y, z, bins=groups)]
-        gain_lift_own = [dict(d) for d in metrics.gain_lift_by_decile(y, own, bins=groups)]
+        gain_lift_own = [dict(d) for d in metrics.gain_lift_by_decile(y, _untied(own), bins=groups)]
         top_group_lift = float(gain_lift[0]["lift"])
         bounds.update(int(b) for b in _decile_bounds(n, groups))
         if groups == _DECILES:

@@ -131,14 +131,29 @@ def cmd_app_run(args: argparse.Namespace) -> int:
     if args.run_config:
         command += ["--run-config", args.run_config]
     lines: list[str] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the stream line by line, not in blocks
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        env=env,
     ) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            lines.append(line)
+        try:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                lines.append(line)
+        except KeyboardInterrupt:
+            proc.terminate()
+            print(  # noqa: T201
+                "interrupted: the run goes on on the SuperLink (`flwr ls`, `flwr stop RUN_ID`)",
+                file=sys.stderr,
+            )
+            return 130
     succeeded, outcome = job_outcome(lines)
     if succeeded:
         return 0

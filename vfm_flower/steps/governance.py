@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 
 from vfm_flower.audit import verify_audit_log
 from vfm_flower.audit_heads import CloseCertificate, SignedHead
@@ -48,6 +49,8 @@ from vfm_flower.policy import (
     check_set_size,
 )
 from vfm_flower.session import server_hello_bytes
+
+logger = logging.getLogger(__name__)
 
 #: The plugin's governance steps; they belong to every job kind.
 STEPS = StepRegistry()
@@ -218,13 +221,13 @@ def every_party_seal(ctx: PartyContext) -> None:
     _signed_head_reply(ctx)
     outcome = str(runtime.state.get("close.outcome", "done"))
     released = json.loads(str(runtime.state.get("close.released", "{}")))
-    # the party's own report of this job shows the outcome (a passive party's only figures)
-    from vfm_flower.report_render import add_job_outcome
+    # informational, after the seal: nothing here may fail the job
+    try:
+        # the party's own report of this job shows the outcome (a passive party's only figures)
+        from vfm_flower.report_render import add_job_outcome
 
-    add_job_outcome(
-        runtime.work_dir,
-        outcome,
-        released,
-        written_since=float(runtime.state.get("summary.started", 0.0)),
-    )
-    runtime.record_job_summary(outcome, received=released)
+        started = float(runtime.state.get("summary.started", 0.0))
+        add_job_outcome(runtime.work_dir, outcome, released, written_since=started)
+        runtime.record_job_summary(outcome, received=released)
+    except Exception as exc:  # noqa: BLE001 - the log is sealed; the job succeeded
+        logger.warning("party '%s': could not write the job's outcome: %s", runtime.party, exc)
