@@ -253,8 +253,11 @@ def test_score_uses_the_kind_it_was_trained_as_and_keys_beside_the_agreement(tmp
 
     rng = np.random.default_rng(3)
     ids = [f"u{i}@example.com" for i in range(200)]
+    x = rng.normal(size=200)
+    # a target far outside [0, 1], so a linear model's scores cannot pass for probabilities
+    # (an unrelated N(0, 1) target let every score fall in (0, 1) on some hold-out splits)
     frames = {
-        "lo": pd.DataFrame({"email": ids, "x": rng.normal(size=200), "y": rng.normal(size=200)}),
+        "lo": pd.DataFrame({"email": ids, "x": x, "y": 5 + 3 * x + rng.normal(size=200)}),
         "p1": pd.DataFrame({"email": ids, "z": rng.normal(size=200)}),
     }
     collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
