@@ -128,13 +128,20 @@ class VerticalLinearRegression(VerticalRegression):
     model_kind = "linear"
 
 
-STRATEGIES = {
-    "logistic": VerticalLogisticRegression,
-    "linear": VerticalLinearRegression,
-}
+def _strategies() -> dict[str, type[VerticalStrategy]]:
+    from vfm_flower.strategies.overlap import VerticalOverlap
+
+    return {
+        "logistic": VerticalLogisticRegression,
+        "linear": VerticalLinearRegression,
+        "overlap": VerticalOverlap,
+    }
 
 
-def build_strategy(agreement: SignedAgreement, settings: ServerSettings) -> VerticalRegression:
+STRATEGIES = _strategies()
+
+
+def build_strategy(agreement: SignedAgreement, settings: ServerSettings) -> VerticalStrategy:
     try:
         cls = STRATEGIES[settings.job.kind]
     except KeyError as exc:

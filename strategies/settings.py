@@ -21,8 +21,9 @@ from vfm_flower.jobs_builtin import builtin_registry
 RUN_CONFIG_KEYS = {
     "agreement-path": "the operator's copy of the signed agreement (TOML)",
     "server-workdir": "where the server writes its audit log and result.json",
-    "job": "the operation: train, evaluate or score",
-    "model": "the job kind: logistic or linear",
+    "job": "the operation (train, evaluate or score for the models; empty: the kind's own, "
+    "train for the models, run for overlap)",
+    "model": "the job kind: logistic, linear or overlap",
     "data-set": "the data set every party uses, by the name its node-config gives it "
     "(data-sets or data-dir); empty: each party's data-path",
     "round-timeout": "seconds to wait for the replies of one round",
@@ -38,7 +39,7 @@ DEFAULT_PARTY_WAIT_TIMEOUT = 120.0
 RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "agreement-path": "",
     "server-workdir": "",
-    "job": "train",
+    "job": "",
     "model": "logistic",
     "data-set": "",
     "round-timeout": DEFAULT_ROUND_TIMEOUT,
@@ -54,7 +55,8 @@ def _get(config: Mapping[str, Any], key: str, default: Any) -> Any:
 
 def job_from_config(config: Mapping[str, Any], kind: JobKind) -> Job:
     """Bind ``kind`` to the operation and parameters named in ``config`` (run-config keys)."""
-    return kind.bind_config(config, str(_get(config, "job", "train")))
+    operation = str(_get(config, "job", "")).strip()
+    return kind.bind_config(config, operation or None)
 
 
 @dataclass(frozen=True)

@@ -1303,8 +1303,9 @@ def init_agreement(
         default terms (:meth:`JobTerms.default_for`), a :class:`JobTerms` is used as given.
         Default: the built-in kinds named by ``allowed_models`` (default: all of them).
     allowed_models, allowed_operations, max_iterations : optional
-        Shorthands for the built-in kinds: which of them, which operations, and the upper
-        bound of their ``max-iterations`` parameter.
+        Shorthands for the built-in kinds: which of them, which operations (a kind that
+        offers none of them is left out), and the upper bound of their ``max-iterations``
+        parameter.
     release_opt_in : sequence of str
         Opt-in releases to grant, for the kinds given as ``JobKind`` or by name (e.g.
         ``("model-weights",)``: each passive party gets its final weights in plain). Default:
@@ -1401,6 +1402,14 @@ def _job_terms(
                 f"jobs.models: unknown {', '.join(unknown)} (known: {', '.join(registry.names())})"
             )
         jobs = [registry.get(n) for n in names]
+    if operations is not None:
+        offered_ops = {o for item in jobs if isinstance(item, JobKind) for o in item.operations}
+        unknown = sorted(set(operations) - offered_ops)
+        if unknown:
+            raise ConfigurationError(
+                f"jobs.operations: unknown {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(offered_ops))})"
+            )
     for item in jobs:
         if isinstance(item, JobTerms):
             out.append(item)
@@ -1410,12 +1419,8 @@ def _job_terms(
         ops = None
         if operations is not None:
             ops = [o for o in operations if o in item.operations]
-            unknown = sorted(set(operations) - set(item.operations))
-            if unknown:
-                raise ConfigurationError(
-                    f"jobs.operations: unknown {', '.join(unknown)} for '{item.name}' "
-                    f"(known: {', '.join(item.operations)})"
-                )
+            if not ops:  # a kind offering none of the named operations is not agreed
+                continue
         params = {}
         if max_iterations is not None and any(p.name == "max-iterations" for p in item.params):
             _positive_int(max_iterations, "jobs.max-iterations")

@@ -10,6 +10,7 @@ list, signs the reply and writes the audit entry. The step only does the job's o
 - the job: ``job`` (``ctx.job["l2"]``), ``operation``, ``kind``, ``round``, ``state``
   (per-run, kept between messages), ``min_cohort``;
 - data: ``table()`` (this party's rows, from its CSV or the app's data loader),
+  ``normalized_ids()`` (its ids as the agreement normalizes them, for a set protocol),
   ``aligned_rows()`` / ``aligned_table()`` (the joint customers in the common order; alignment
   completes here on a passive party), ``feature_columns()`` (checked against the agreement),
   ``labels()`` (label owner);
@@ -187,6 +188,14 @@ class PartyContext:
         if self._table is None:
             self._table = self.runtime.read_table()
         return self._table
+
+    def normalized_ids(self) -> list[str]:
+        """This party's customer ids, normalized as the agreement says, in row order:
+        checked non-empty, unique and within its maximum set size. The input of a job's own
+        set protocol (the overlap job's); never log, publish or send them unblinded."""
+        from vfm_flower.steps.alignment import load_normalized_ids
+
+        return load_normalized_ids(self.runtime)
 
     def aligned_rows(self) -> np.ndarray:
         """Row indices of the joint customers in this party's table, in the common order."""

@@ -161,6 +161,8 @@ class JobKind:
     label_operations : tuple of str
         The operations that need the label owner's label column: the label owner checks it
         at hello, before alignment (a missing column is then no late surprise).
+    default_operation : str, optional
+        The operation a run-config that names none runs (default: the first, sorted).
     """
 
     name: str
@@ -172,6 +174,7 @@ class JobKind:
     membership: str = "hidden"
     opt_in_releases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     label_operations: tuple[str, ...] = ()
+    default_operation: str | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -182,6 +185,13 @@ class JobKind:
         if not ops or not all(_NAME.match(o) for o in ops):
             raise ConfigurationError(f"job kind '{self.name}': name at least one operation")
         object.__setattr__(self, "operations", ops)
+        if self.default_operation is None:
+            object.__setattr__(self, "default_operation", ops[0])
+        elif self.default_operation not in ops:
+            raise ConfigurationError(
+                f"job kind '{self.name}': default operation '{self.default_operation}' is not "
+                "one of its operations"
+            )
         if not set(self.label_operations) <= set(ops):
             raise ConfigurationError(
                 f"job kind '{self.name}': label operations must be among its operations"
@@ -229,10 +239,11 @@ class JobKind:
 
     def bind_config(self, config: Mapping[str, Any], operation: str | None = None) -> Job:
         """Bind from a Flower run-config: every parameter of the kind it sets (an empty
-        string counts as unset), the operation from ``operation`` or its ``job`` key, the
-        data set from its ``data-set`` key (empty: each party's ``data-path``)."""
+        string counts as unset), the operation from ``operation`` or its ``job`` key (empty:
+        the kind's ``default_operation``), the data set from its ``data-set`` key (empty:
+        each party's ``data-path``)."""
         params = {p.name: config[p.name] for p in self.params if config.get(p.name, "") != ""}
-        op = operation or str(config.get("job", "") or self.operations[0])
+        op = operation or str(config.get("job", "") or self.default_operation)
         data_set = str(config.get("data-set", "") or "").strip() or None
         return self.bind(op, params, data_set=data_set)
 

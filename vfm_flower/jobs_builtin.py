@@ -1,4 +1,4 @@
-"""The job kinds vfm-flower ships: vertical logistic and linear regression.
+"""The job kinds vfm-flower ships: vertical logistic and linear regression, overlap analysis.
 
 Every parameter that changes what is computed or released is declared here, once, with its
 default (the one source of defaults for run-config, the CLI and the steps), the hard range the
@@ -22,6 +22,15 @@ code accepts, and the bound a new agreement allows. Why these values:
 - ``junk-threshold`` 0.05 (agreement: 0..0.2): the share of a numeric column's values that
   may fail to parse and be treated as missing (a warning says how many); above it the column
   is refused, naming it. More than a fifth of junk is a column to clean, not to impute.
+
+Overlap (``overlap``, operation ``run``):
+
+- ``segment-party`` / ``segment-column`` "" = none (agreement: any; the holder checks the
+  column against its allowed features): overlap per value of one party's own column.
+- ``max-segments`` 10 (agreement: 2..20): the most values that column may have. Every value
+  costs one more blinding of the holder's whole set (padded partitions hide the column's
+  distribution), on the holder and on the label owner (or, for the label owner's column, on
+  every passive party); twenty values is twenty times a plain overlap.
 """
 
 from __future__ import annotations
@@ -125,14 +134,48 @@ def _regression(name: str, description: str) -> JobKind:
         uses_paillier=True,
         description=description,
         label_operations=("evaluate", "train"),
+        default_operation="train",
     )
 
 
 LOGISTIC = _regression("logistic", "vertical logistic regression (exact sigmoid, encrypted)")
 LINEAR = _regression("linear", "vertical linear (ridge) regression (encrypted)")
 
+OVERLAP_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        "segment-party",
+        str,
+        "",
+        None,
+        "*",
+        "the party whose column splits the overlap into segments (empty: no segments)",
+    ),
+    ParamSpec("segment-column", str, "", None, "*", "that party's categorical column (its own)"),
+    ParamSpec(
+        "max-segments",
+        int,
+        10,
+        (2, 50),
+        {"min": 2, "max": 20},
+        "the most distinct values the segment column may have",
+    ),
+)
+
+OVERLAP_KIND = JobKind(
+    name="overlap",
+    operations=("run",),
+    params=OVERLAP_PARAMS,
+    releases={
+        # the overlap with each party and across all parties (gated), the verdict, the
+        # number of released segment cells (never a segment value)
+        "server": ("joint_rows", "overlap", "overlap_verdict", "segment_cells"),
+        "result-owner": ("overlap-report",),
+    },
+    description="overlap analysis: shared customers per party and overall (counts only)",
+)
+
 #: The built-in kinds, in the order ``vfm agreement init`` lists them.
-BUILTIN_JOB_KINDS: tuple[JobKind, ...] = (LOGISTIC, LINEAR)
+BUILTIN_JOB_KINDS: tuple[JobKind, ...] = (LOGISTIC, LINEAR, OVERLAP_KIND)
 
 
 def builtin_registry() -> JobRegistry:
@@ -157,3 +200,23 @@ class RegressionParams:
     @classmethod
     def from_job(cls, job: Job) -> RegressionParams:
         return cls(**{p.key: job[p.name] for p in REGRESSION_PARAMS})
+
+
+@dataclass(frozen=True)
+class OverlapParams:
+    """The parameters of an overlap job, typed."""
+
+    segment_party: str
+    segment_column: str
+    max_segments: int
+
+    @classmethod
+    def from_job(cls, job: Job) -> OverlapParams:
+        params = cls(**{p.key: job[p.name] for p in OVERLAP_PARAMS})
+        if bool(params.segment_party) != bool(params.segment_column):
+            from vfm_flower.errors import ConfigurationError
+
+            raise ConfigurationError(
+                "overlap: set both segment-party and segment-column, or neither"
+            )
+        return params

@@ -321,6 +321,44 @@ def check_min_cohort(min_cohort: int, count: int, what: str) -> None:
         )
 
 
+def released_count(count: int, minimum: int) -> int | None:
+    """The minimum-intersection gate on a released overlap count: the count when it reaches
+    ``minimum``, ``None`` (withheld) below it, so a withheld figure reveals one bit (below
+    or not), never the size."""
+    if not isinstance(minimum, int) or minimum < 0:
+        raise ConfigurationError("min_intersection must be a non-negative integer")
+    return int(count) if count >= minimum else None
+
+
+def withhold_small_cells(counts: list[int], min_cohort: int) -> tuple[set[int], set[int]]:
+    """The minimum-cohort rule over disjoint cells whose total is released: primary and
+    complementary suppression.
+
+    Parameters
+    ----------
+    counts : list of int
+        Customers in each cell (the cells partition a released total).
+    min_cohort : int
+        The agreement's minimum cohort.
+
+    Returns
+    -------
+    (primary, secondary) : tuple of set of int
+        ``primary``: the cells below ``min_cohort``; ``secondary``: further cells, smallest
+        first, withheld so that the withheld cells together cover 0 or at least
+        ``min_cohort`` customers (the total minus the released cells would reveal them).
+    """
+    small = {i for i, n in enumerate(counts) if n < min_cohort}
+    withheld = set(small)
+    secondary: set[int] = set()
+    remaining = sorted((n, i) for i, n in enumerate(counts) if i not in withheld)
+    while remaining and 0 < sum(counts[i] for i in withheld) < min_cohort:
+        _, i = remaining.pop(0)
+        withheld.add(i)
+        secondary.add(i)
+    return small, secondary
+
+
 def check_job_budget(agreement: Agreement, jobs_so_far: int) -> None:
     """The release budget: refuse a job beyond the agreement's ``max-jobs`` (rule
     ``"max_jobs"``). Each party counts the jobs it took part in from its own audit log."""

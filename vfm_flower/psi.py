@@ -318,7 +318,7 @@ def blinding_pool(workers: int | None = None) -> Iterator[ProcessPoolExecutor]:
     workers : int, optional
         Worker processes; default ``os.cpu_count()``.
     """
-    count = _worker_count(workers)
+    count = worker_count(workers)
     pool = ProcessPoolExecutor(max_workers=count, mp_context=_pool_context())
     try:
         yield pool
@@ -326,7 +326,7 @@ def blinding_pool(workers: int | None = None) -> Iterator[ProcessPoolExecutor]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _worker_count(workers: int | None) -> int:
+def worker_count(workers: int | None) -> int:
     if workers is None:
         return os.cpu_count() or 1
     if not isinstance(workers, int) or workers < 1:
@@ -362,7 +362,7 @@ def _map_chunks(
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ConfigurationError("chunk_size must be a positive integer")
-    count = _worker_count(workers)
+    count = worker_count(workers)
     if n == 0:
         return
 
@@ -609,7 +609,7 @@ def _duplicate_error(party: str, count: int) -> DataError:
     )
 
 
-def _find_rows(needles: np.ndarray, haystack: np.ndarray, party: str) -> np.ndarray:
+def find_points(needles: np.ndarray, haystack: np.ndarray, party: str) -> np.ndarray:
     """Position of each needle row in haystack (exact 32-byte match), -1 if absent.
 
     Fast path: sort the haystack by its first 8 bytes (uniformly random for blinded points)
@@ -625,7 +625,7 @@ def _find_rows(needles: np.ndarray, haystack: np.ndarray, party: str) -> np.ndar
     order = np.argsort(hay_keys)
     sorted_keys = hay_keys[order]
     if np.any(sorted_keys[1:] == sorted_keys[:-1]):
-        return _find_rows_exact(needles, haystack, party)
+        return _find_points_exact(needles, haystack, party)
     need64 = needles.view(np.uint64)
     keys = need64[:, 0]
     idx = np.searchsorted(sorted_keys, keys)
@@ -640,8 +640,8 @@ def _find_rows(needles: np.ndarray, haystack: np.ndarray, party: str) -> np.ndar
     return positions
 
 
-def _find_rows_exact(needles: np.ndarray, haystack: np.ndarray, party: str) -> np.ndarray:
-    """Like :func:`_find_rows`, sorting on all 32 bytes (slower; used on 64-bit ties)."""
+def _find_points_exact(needles: np.ndarray, haystack: np.ndarray, party: str) -> np.ndarray:
+    """Like :func:`find_points`, sorting on all 32 bytes (slower; used on 64-bit ties)."""
     hay = haystack.view(_VOID32).ravel()
     order = np.argsort(hay, kind="stable")
     sorted_hay = hay[order]
@@ -709,7 +709,7 @@ def match_joint_rows(
                 f"party '{party}' returned {lo.shape[0]} doubly blinded label-owner ids, "
                 f"expected {n_lo}"
             )
-        pos = _find_rows(lo, peer, party)
+        pos = find_points(lo, peer, party)
         positions[party] = pos
         found = pos >= 0
         present = found if present is None else present & found
@@ -820,6 +820,23 @@ def positions_from_bytes(data: bytes, *, party: str | None = None) -> np.ndarray
 # --------------------------------------------------------------------------- in-process run
 
 
+def check_party_sets(
+    party_ids: Mapping[str, Sequence[str]], label_owner: str, max_set_size: int | None
+) -> list[str]:
+    """The input checks of an in-process run: the label owner and at least one passive
+    party, every set unique and within ``max_set_size``; returns the passive parties."""
+    if label_owner not in party_ids:
+        raise ConfigurationError(f"label owner '{label_owner}' is not one of the parties")
+    passive = sorted(p for p in party_ids if p != label_owner)
+    if not passive:
+        raise ConfigurationError("a set protocol needs at least one passive party")
+    for party, ids in party_ids.items():
+        if max_set_size is not None:
+            check_set_size(len(ids), max_set_size, party)
+        check_unique(ids, party)
+    return passive
+
+
 def align_in_process(
     party_ids: Mapping[str, Sequence[str]],
     label_owner: str,
@@ -868,22 +885,14 @@ def align_in_process(
     PolicyViolation
         ``"max_set_size"`` or ``"min_intersection"``.
     """
-    if label_owner not in party_ids:
-        raise ConfigurationError(f"label owner '{label_owner}' is not one of the parties")
-    passive = sorted(p for p in party_ids if p != label_owner)
-    if not passive:
-        raise ConfigurationError("alignment needs at least one passive party")
-    for party, ids in party_ids.items():
-        if max_set_size is not None:
-            check_set_size(len(ids), max_set_size, party)
-        check_unique(ids, party)
+    passive = check_party_sets(party_ids, label_owner, max_set_size)
     limit = max_set_size or max(len(ids) for ids in party_ids.values())
     total = sum(len(ids) for ids in party_ids.values())
-    use_pool = executor is None and _worker_count(workers) > 1 and total >= POOL_MIN_POINTS
+    use_pool = executor is None and worker_count(workers) > 1 and total >= POOL_MIN_POINTS
     secret_lo = PsiSecret.generate()
     secret = {party: PsiSecret.generate() for party in passive}
 
-    with _maybe_pool(workers, use_pool) as own_pool:
+    with maybe_pool(workers, use_pool) as own_pool:
         pool = executor if executor is not None else own_pool
         concurrent = pool is not None
 
@@ -906,7 +915,7 @@ def align_in_process(
         round1: dict[tuple[str, str], Callable[[], object]] = {("lo", label_owner): lo_first}
         for party in passive:
             round1[("passive", party)] = partial(passive_first, party)
-        first = _run_all(round1, concurrent)
+        first = run_concurrently(round1, concurrent)
         lo_payload = first.pop(("lo", label_owner))
         assert isinstance(lo_payload, bytes)
 
@@ -933,7 +942,7 @@ def align_in_process(
             payload, permutations[party] = first.pop(("passive", party))  # type: ignore[misc]
             round2[("passive", party)] = partial(passive_second, party)
             round2[("lo", party)] = partial(lo_second, party, payload)
-        second = _run_all(round2, concurrent)
+        second = run_concurrently(round2, concurrent)
         del first, round1, round2
 
     # LO: matching, gate, common order; each P_k receives its positions.
@@ -962,7 +971,7 @@ def align_in_process(
     return result
 
 
-def _run_all(
+def run_concurrently(
     tasks: Mapping[tuple[str, str], Callable[[], object]], concurrent: bool
 ) -> dict[tuple[str, str], object]:
     """Run independent protocol steps, in threads when they share a process pool.
@@ -979,7 +988,7 @@ def _run_all(
 
 
 @contextmanager
-def _maybe_pool(workers: int | None, enabled: bool) -> Iterator[ProcessPoolExecutor | None]:
+def maybe_pool(workers: int | None, enabled: bool) -> Iterator[ProcessPoolExecutor | None]:
     if not enabled:
         yield None
         return

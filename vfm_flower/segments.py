@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from vfm_flower.errors import ConfigurationError
+from vfm_flower.policy import withhold_small_cells
 from vfm_flower.report import _check_min_cohort_value, _vector
 
 __all__ = ["assign_segments", "parse_segments", "segment_summaries"]
@@ -123,36 +124,6 @@ def assign_segments(
     return segment_of_row, specs
 
 
-def _withheld_union(
-    rows: Sequence[int], small: set[int], min_cohort: int
-) -> tuple[set[int], set[int]]:
-    """Primary and complementary suppression over disjoint groups with known totals.
-
-    Parameters
-    ----------
-    rows : Sequence[int]
-        Row count of each group (groups partition the rows).
-    small : set of int
-        Indices of the groups below ``min_cohort``.
-    min_cohort : int
-        Minimum cohort.
-
-    Returns
-    -------
-    (primary, secondary) : tuple of set of int
-        ``primary`` = ``small``; ``secondary``: further groups, smallest first, withheld so
-        that the withheld groups together cover 0 or at least ``min_cohort`` rows.
-    """
-    withheld = set(small)
-    secondary: set[int] = set()
-    remaining = sorted((r, i) for i, r in enumerate(rows) if i not in withheld)
-    while remaining and 0 < sum(rows[i] for i in withheld) < min_cohort:
-        _, i = remaining.pop(0)
-        withheld.add(i)
-        secondary.add(i)
-    return set(small), secondary
-
-
 def _segment_order_key(name: str) -> tuple[float, str]:
     m = re.fullmatch(r"decile (\d+)", name)
     if m:
@@ -215,9 +186,7 @@ def segment_summaries(
         binary = bool(np.all((labels == 0) | (labels == 1)))
     overall = float(labels.mean()) if labels is not None and n else None
     rows = [int(np.sum(seg == name)) for name in names]
-    primary, secondary = _withheld_union(
-        rows, {i for i, r in enumerate(rows) if r < min_cohort}, min_cohort
-    )
+    primary, secondary = withhold_small_cells(rows, min_cohort)
     out: list[dict[str, Any]] = []
     for i, name in enumerate(names):
         if i in primary or i in secondary:

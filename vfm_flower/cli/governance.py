@@ -530,7 +530,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-jobs", type=_positive, default=100, help="jobs over the agreement's lifetime"
     )
-    p.add_argument("--models", help="comma-separated: logistic,linear (default both)")
+    p.add_argument(
+        "--models", help="comma-separated job kinds: logistic,linear,overlap (default all)"
+    )
     p.add_argument(
         "--release",
         action="append",
@@ -539,7 +541,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="grant an opt-in release, e.g. model-weights: each passive party gets its final "
         "weights in plain (default: none; they stay encrypted)",
     )
-    p.add_argument("--operations", help="comma-separated: train,evaluate,score (default all)")
+    p.add_argument(
+        "--operations",
+        help="comma-separated: train,evaluate,score,run (default all; a kind offering none of "
+        "them is left out)",
+    )
     p.add_argument(
         "--deny",
         action="append",

@@ -1,7 +1,7 @@
 """The built-in steps, one module per phase, each with its own ``StepRegistry``.
 
 ``alignment`` and ``governance`` are the plugin's protocol steps (every job kind); ``training``
-and ``scoring`` belong to the regression job kinds.
+and ``scoring`` belong to the regression job kinds, ``overlap`` to the overlap job.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ def protocol_steps() -> StepRegistry:
 
 
 def builtin_steps() -> StepRegistry:
-    """Every built-in step: the protocol steps and the regression jobs' steps."""
-    from vfm_flower.steps import evaluation, scoring, training
+    """Every built-in step: the protocol steps, the regression jobs' and the overlap job's."""
+    from vfm_flower.steps import evaluation, overlap, scoring, training
 
-    return StepRegistry(protocol_steps(), training.STEPS, evaluation.STEPS, scoring.STEPS)
+    return StepRegistry(
+        protocol_steps(), training.STEPS, evaluation.STEPS, scoring.STEPS, overlap.STEPS
+    )
