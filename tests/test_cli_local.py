@@ -226,6 +226,12 @@ def test_demo_end_to_end_and_refuses_non_empty_workdir(tmp_path, capsys):
     assert report["auc"] > report["auc_label_owner_only"]
     assert report["top_decile_lift"] > 1.5
     assert (work / "parties" / "insurer" / "report.html").exists()
+    # the demo starts with the overlap report (the broker's customer main type per segment)
+    overlap = json.loads((work / "parties" / "insurer" / "overlap.json").read_text())
+    assert overlap["all_parties"]["customers"] == result["joint_rows"]
+    cells = overlap["segment"]["cells"]
+    assert [c["segment"] for c in cells] == [str(v) for v in range(1, 11)]
+    assert sum(c.get("customers", 0) for c in cells) <= result["joint_rows"]
     # each party's own report names only its own features; the shared report none
     prefixes = {"broker": "M", "bank": "P", "insurer": "A"}
     shared = (work / "parties" / "insurer" / "report.json").read_text()
@@ -335,3 +341,23 @@ def test_a_bad_segment_spec_is_refused_before_any_party_is_contacted(collab, tmp
     err = capsys.readouterr().err.strip()
     assert code == 2 and "segment 'bogus'" in err and "\n" not in err
     assert not work.exists() and not (tmp_path / "s.csv").exists()
+
+
+def test_local_overlap_prints_the_counts_and_writes_the_report(tmp_path, capsys):
+    frames, shared = synthetic_frames(n_shared=150, n_only=30, seed=8)
+    frames["p1"]["band"] = ["a", "b", "c"] * (len(frames["p1"]) // 3)
+    collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
+    work = tmp_path / "work"
+    common = ["local", "overlap", "--agreement", str(collab.agreement_path), *_data_args(collab)]
+    keys = [f"--key={p}={k}" for p, k in collab.keys.items()]
+    keys.append(f"--key=operator={collab.operator_key}")
+    code = main([*common, *keys, "--workdir", str(work), "--segment", "p1:band"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "p1 and lo" in out and "150" in out and "all parties" in out
+    assert "overlap by p1's 'band'" in out
+    report = json.loads((work / "parties" / "lo" / "overlap.json").read_text())
+    assert report["all_parties"]["customers"] == 150
+    assert (work / "parties" / "lo" / "overlap.html").is_file()
+    assert main([*common, *keys, "--workdir", str(work), "--segment", "p1"]) == 2
+    assert "PARTY:COLUMN" in capsys.readouterr().err

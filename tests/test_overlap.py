@@ -308,3 +308,56 @@ def test_overlap_matches_pandas_on_generated_data(tmp_path):
         assert result["public"]["overlap"][party] == len(lo.merge(frames[party][["email"]]))
     everyone = lo.merge(frames["p1"][["email"]]).merge(frames["p2"][["email"]])
     assert result["joint_rows"] == len(everyone)
+
+
+def _membership_auc(scores, truth):
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(truth, scores)
+
+
+def test_the_label_owner_cannot_tell_which_of_its_customers_matched():
+    """Attack: the LO scores each of its rows by whether the reply point at that row's
+    position matched (what it would learn if the passive parties kept its order). With the
+    group seed's permutation the score is noise (AUC about 0.5); the same attack on an
+    unpermuted reply recovers membership exactly (AUC 1), so the test can fail."""
+    from vfm_flower import psi
+
+    universe, picks, ids = _sets(seed=3, n=3000)
+    domain = psi_domain("agreement", "run")
+    secret = {p: psi.PsiSecret.generate() for p in ids}
+    lo_sets = overlap.blind_sets(psi.hash_ids_to_points(ids["lo"], domain)[None], secret["lo"])
+    seed = overlap.new_group_seed()
+    truth = np.array([i in set(picks["p1"]) for i in picks["lo"]], dtype=int)
+    theirs = overlap.blind_sets(
+        overlap.blind_sets(psi.hash_ids_to_points(ids["p1"], domain)[None], secret["p1"]),
+        secret["lo"],
+    )[0]
+    for permuted, low, high in ((True, 0.45, 0.55), (False, 0.999, 1.0)):
+        if permuted:
+            reply = overlap.permute_returned_sets(lo_sets, secret["p1"], seed)[0]
+        else:
+            reply = overlap.blind_sets(lo_sets, secret["p1"])[0]
+        matched = psi.find_points(np.ascontiguousarray(reply), np.ascontiguousarray(theirs), "p1")
+        auc = _membership_auc((matched >= 0).astype(float), truth)
+        assert low <= auc <= high, (permuted, auc)
+
+
+def test_a_passive_party_gets_nothing_back(collab, monkeypatch):
+    """A passive party's whole input is the LO's blinded set and the group seed: no count,
+    no reply to its own set (guessed ids in its set tell it nothing)."""
+    from vfm_flower.strategies.transport import Transport
+
+    received: dict[str, set[str]] = {"p1": set(), "p2": set()}
+    original = Transport.post
+
+    def relay(self, replies):
+        original(self, replies)
+        for party in received:
+            received[party] |= {topic for _, topic in self._mailbox.get(party, {})}
+
+    monkeypatch.setattr(Transport, "post", relay)
+    result = collab.run(model="overlap")
+    assert received["p1"] == {"overlap.label_owner_set"}
+    assert received["p2"] == {"overlap.label_owner_set", "overlap.group_seed"}
+    assert result["public"]["overlap"]["p1"] == 300

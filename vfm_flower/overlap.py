@@ -128,18 +128,20 @@ def shared_permutation(seed: bytes, n: int, label: str) -> np.ndarray:
 def segment_codes(
     values: Sequence[Any], *, max_values: int, party: str, column: str
 ) -> tuple[list[str], np.ndarray]:
-    """The distinct values of a segment column (sorted; empty ones as ``(missing)``) and the
-    code of every row.
+    """The distinct values of a segment column (numbers in numeric order, then text, empty
+    ones last as ``(missing)``) and the code of every row.
 
     Raises
     ------
     DataError
         More distinct values than ``max_values`` (names the column and the job parameter).
     """
-    text = np.array(
-        [MISSING_VALUE if _is_missing(v) else str(v).strip() for v in values], dtype=object
-    )
+    text = np.array([_text_of(v) for v in values], dtype=object)
     levels, codes = np.unique(text.astype(str), return_inverse=True)
+    order = sorted(range(len(levels)), key=lambda i: _value_order(str(levels[i])))
+    rank = np.empty(len(levels), dtype=np.int64)
+    rank[order] = np.arange(len(levels))
+    levels, codes = levels[order], rank[codes]
     if len(levels) > max_values:
         raise DataError(
             f"party '{party}': column '{column}' has {len(levels)} distinct values, more than "
@@ -147,6 +149,26 @@ def segment_codes(
             "column or raise max-segments within the agreement"
         )
     return [str(v) for v in levels], codes.astype(np.int64)
+
+
+def _value_order(value: str) -> tuple[int, float, str]:
+    """Numbers in numeric order (``2`` before ``10``), then text, ``(missing)`` last."""
+    if value == MISSING_VALUE:
+        return (2, 0.0, value)
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _text_of(value: Any) -> str:
+    """A cell as its segment value: ``(missing)`` if empty, ``3`` for a float ``3.0`` (a
+    numeric column with gaps reads as floats)."""
+    if _is_missing(value):
+        return MISSING_VALUE
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
 def _is_missing(value: Any) -> bool:

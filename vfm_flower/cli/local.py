@@ -35,6 +35,10 @@ def _commit_staging(staging: Path, workdir: Path) -> None:
     os.replace(staging, workdir)
 
 
+#: The demo's overlap per segment: the data broker's customer main type (10 values).
+DEMO_OVERLAP_SEGMENT = {"segment-party": "broker", "segment-column": "MOSHOOFD"}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vfm_flower.cli.progress import attach_progress
     from vfm_flower.demo_data import prepare_demo_collaboration
@@ -54,6 +58,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
             p: PartyFiles(data_path=demo.party_data[p], key_path=demo.party_keys[p])
             for p in demo.party_data
         }
+        console.print("[bold]overlap[/] how many customers the companies share (counts only)")
+        run_local_job(
+            demo.agreement_path,
+            files,
+            staging,
+            {"model": "overlap", **DEMO_OVERLAP_SEGMENT},
+            operator_key=demo.operator_key,
+        )
+        overlap = json.loads(
+            (staging / "parties" / "insurer" / "overlap.json").read_text(encoding="utf-8")
+        )
         result = run_local_job(
             demo.agreement_path,
             files,
@@ -83,6 +98,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    from rich.table import Table
+
+    from vfm_flower.cli.clean_room import print_overlap
+
+    print_overlap(console, overlap, Table)
+    console.print(f"[bold]overlap report[/] {workdir / 'parties' / 'insurer' / 'overlap.html'}")
     public = result["public"]
     console.print(f"[bold]aligned rows[/] {result['joint_rows']:,} customers shared by all parties")
     console.print(
@@ -356,17 +377,18 @@ def cmd_local_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_job_options(parser: argparse.ArgumentParser) -> None:
+def _add_job_options(parser: argparse.ArgumentParser, *, model: bool = True) -> None:
     parser.add_argument("--agreement", required=True, help="the signed agreement TOML")
     parser.add_argument(
         "--data", action="append", metavar="NAME=CSV", help="a party's CSV file (one per party)"
     )
     parser.add_argument("--workdir", required=True, help="work dir (server/ and parties/NAME/)")
-    parser.add_argument(
-        "--model",
-        choices=("logistic", "linear"),
-        help="job kind (train: default logistic; score: the kind the slices were trained as)",
-    )
+    if model:
+        parser.add_argument(
+            "--model",
+            choices=("logistic", "linear"),
+            help="job kind (train: default logistic; score: the kind the slices were trained as)",
+        )
     parser.add_argument("--keys", help="directory with NAME.key files (default: the agreement's)")
     parser.add_argument(
         "--key", action="append", metavar="NAME=FILE", help="one party's (or the operator's) key"
@@ -410,6 +432,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "suppressed)",
     )
     score.set_defaults(func=cmd_local_score)
+    from vfm_flower.cli.clean_room import register_local
+
+    register_local(local_sub, _add_job_options)
     run = local_sub.add_parser(
         "run", help="run any vertical Flower App (its own ServerApp and ClientApp) in-process"
     )
