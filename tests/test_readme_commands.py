@@ -20,6 +20,7 @@ Elsewhere (CI without root) the same commands run on loopback and the output say
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -111,7 +112,8 @@ STEPS = [
     (OPERATORS, "bash", "flower-superlink"),  # the SuperLink (its own terminal)
     (PARTNERS, "bash", "flower-supernode"),  # one SuperNode per party (their terminals)
     (OPERATORS, "toml", "[superlink.my-superlink]"),  # the connection
-    (OPERATORS, "bash", 'job="train"'),  # vfm app init, the train job
+    (OPERATORS, "bash", 'model="overlap"'),  # vfm app init, the overlap job
+    (OPERATORS, "bash", 'job="train"'),  # the train job
     (PARTNERS, "bash", "sets/campaign.csv"),  # new customers into every data-dir
     (OPERATORS, "bash", 'job="score"'),  # the score job on the same SuperNodes
     (GOVERNANCE, "bash", "vfm audit export"),  # every audit log verified, exported
@@ -431,12 +433,18 @@ def test_the_readme_deployment_commands_run_as_written(tmp_path: Path) -> None:
                 assert run.supernodes == len(parties), run.supernodes
             run.check_running()
 
-        train = outputs[STEPS[5]]
+        overlap = outputs[STEPS[5]]
+        assert "[vfm] job done (overlap run)" in overlap, overlap[-3000:]
+        insurer_dir = tmp_path / "data" / "insurer" / "work"
+        report = json.loads((insurer_dir / "overlap.json").read_text())
+        assert report["all_parties"]["customers"] > 4000, report["all_parties"]
+        assert len(report["segment"]["cells"]) == 10
+        train = outputs[STEPS[6]]
         for prefix in expected:
             assert prefix in train, f"{prefix!r} missing from the train job's stream:\n{train}"
         server = tmp_path / "srv" / "vfm-server"
         assert (server / "result-train.json").is_file()
-        score = outputs[STEPS[7]]
+        score = outputs[STEPS[8]]
         assert "[vfm] job done (logistic score)" in score, score[-3000:]
         assert (server / "result-score.json").is_file()
         node_output = "".join(
@@ -446,9 +454,10 @@ def test_the_readme_deployment_commands_run_as_written(tmp_path: Path) -> None:
             # each partner's own log ends each job with its line, in its work dir and in
             # the SuperNode's output
             lines = (tmp_path / "data" / party / "work" / "vfm-party.log").read_text()
-            assert f"party '{party}' job 1 (logistic train): done" in lines, lines
+            assert f"party '{party}' job 1 (overlap run): done" in lines, lines
+            assert f"party '{party}' job 2 (logistic train): done" in lines, lines
             assert "(logistic score, data set 'campaign'): done" in lines, lines
-            assert f"[vfm] party '{party}' job 1 (logistic train): done" in node_output
+            assert f"[vfm] party '{party}' job 2 (logistic train): done" in node_output
         if network.isolated:  # the SuperNodes could reach the SuperLink over their veth only
             for index in range(len(parties)):
                 assert run.reachable(index, network.superlink_address(index))
