@@ -130,11 +130,13 @@ class VerticalLinearRegression(VerticalRegression):
 
 def _strategies() -> dict[str, type[VerticalStrategy]]:
     from vfm_flower.strategies.overlap import VerticalOverlap
+    from vfm_flower.strategies.segments import VerticalSegments
 
     return {
         "logistic": VerticalLogisticRegression,
         "linear": VerticalLinearRegression,
         "overlap": VerticalOverlap,
+        "segments": VerticalSegments,
     }
 
 

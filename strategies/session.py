@@ -65,6 +65,7 @@ from vfm_flower.policy import (
     check_set_size,
 )
 from vfm_flower.session import SessionInfo, server_hello_bytes
+from vfm_flower.steps.governance import charge_privacy_budget
 from vfm_flower.strategies.operator_log import stream_to_operator
 from vfm_flower.strategies.transport import JobResult, PhaseStats, Transport
 
@@ -349,6 +350,8 @@ class VerticalSession:
             self.audit.last_certified_job(),
         )
         self.audit.begin_job(job_counter, round=1)
+        # the privacy budget, counted in the operator's own log as in every party's
+        charge_privacy_budget(self.audit, self.agreement, self.job, 1)
         signed_hello = self._identity.sign(
             server_hello_bytes(
                 agreement_hash=self.agreement_hash,

@@ -39,6 +39,8 @@ File layout (version 1)::
     min-cohort = 20
     min-paillier-bits = 2048
     max-jobs = 100                # jobs over the agreement's lifetime (each party counts its own)
+    privacy-epsilon = 3.0         # optional: a differential-privacy budget for the releases
+    privacy-delta = 1e-6          # of noised statistics (epsilon, and delta for Gaussian noise)
 
     [parties.insurer]
     role = "label_owner"          # or "passive"
@@ -584,6 +586,10 @@ class Agreement:
     min_cohort: int = DEFAULT_MIN_COHORT
     min_paillier_bits: int = PAILLIER_FLOOR_BITS
     max_jobs: int = DEFAULT_MAX_JOBS
+    #: the differential-privacy budget of the collaboration (``None``: none): every noised
+    #: release charges its epsilon (and delta), counted in each party's own audit log
+    privacy_epsilon: float | None = None
+    privacy_delta: float = 0.0
 
     def __post_init__(self) -> None:
         _text(self.agreement_id, "agreement-id")
@@ -691,10 +697,32 @@ class Agreement:
                 f"limits.min-paillier-bits: {self.min_paillier_bits} is below the floor of "
                 f"{PAILLIER_FLOOR_BITS} bits that vfm-flower never goes under"
             )
+        if self.privacy_epsilon is not None:
+            eps = self.privacy_epsilon
+            if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < 1e3:
+                raise ConfigurationError(
+                    "limits.privacy-epsilon: a positive number (the budget, e.g. 3.0)"
+                )
+            object.__setattr__(self, "privacy_epsilon", float(eps))
+        delta = self.privacy_delta
+        if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0 <= delta < 1:
+            raise ConfigurationError("limits.privacy-delta: a number in [0, 1) (e.g. 1e-6)")
+        if delta and self.privacy_epsilon is None:
+            raise ConfigurationError("limits.privacy-delta: set privacy-epsilon too")
+        object.__setattr__(self, "privacy_delta", float(delta))
 
     # ------------------------------------------------------------------ canonical form
 
     def _canonical(self) -> dict[str, Any]:
+        canonical = self._canonical_terms()
+        if self.privacy_epsilon is not None:  # absent otherwise: older terms keep their hash
+            canonical["privacy_budget"] = {
+                "epsilon": self.privacy_epsilon,
+                "delta": self.privacy_delta,
+            }
+        return canonical
+
+    def _canonical_terms(self) -> dict[str, Any]:
         return {
             "version": TERMS_VERSION,
             "agreement_id": self.agreement_id,
@@ -853,6 +881,14 @@ class Agreement:
                 "min-cohort": self.min_cohort,
                 "min-paillier-bits": self.min_paillier_bits,
                 "max-jobs": self.max_jobs,
+                **(
+                    {}
+                    if self.privacy_epsilon is None
+                    else {
+                        "privacy-epsilon": self.privacy_epsilon,
+                        "privacy-delta": self.privacy_delta,
+                    }
+                ),
             },
             "parties": parties,
             "operator": {
@@ -903,7 +939,16 @@ class Agreement:
         label.known({"owner", "column", "positive-class", "result-owner"})
         jobs = r.table("jobs")
         limits = r.table("limits")
-        limits.known({"min-intersection", "min-cohort", "min-paillier-bits", "max-jobs"})
+        limits.known(
+            {
+                "min-intersection",
+                "min-cohort",
+                "min-paillier-bits",
+                "max-jobs",
+                "privacy-epsilon",
+                "privacy-delta",
+            }
+        )
         party_tables = r.table("parties")
         parties = []
         for name in party_tables.data:
@@ -972,6 +1017,8 @@ class Agreement:
             min_cohort=limits.get("min-cohort", DEFAULT_MIN_COHORT),
             min_paillier_bits=limits.get("min-paillier-bits", PAILLIER_FLOOR_BITS),
             max_jobs=limits.get("max-jobs", DEFAULT_MAX_JOBS),
+            privacy_epsilon=limits.get("privacy-epsilon", None),
+            privacy_delta=limits.get("privacy-delta", 0.0),
         )
 
 
@@ -1269,6 +1316,8 @@ def init_agreement(
     jobs: Sequence[Any] | None = None,
     release_opt_in: Sequence[str] = (),
     max_jobs: int = DEFAULT_MAX_JOBS,
+    privacy_epsilon: float | None = None,
+    privacy_delta: float = 0.0,
     allowed_features: Mapping[str, Sequence[str] | None] | None = None,
     denied_features: Mapping[str, Sequence[str]] | None = None,
     default_country_code: str | Mapping[str, str] = "",
@@ -1306,6 +1355,9 @@ def init_agreement(
         Shorthands for the built-in kinds: which of them, which operations (a kind that
         offers none of them is left out), and the upper bound of their ``max-iterations``
         parameter.
+    privacy_epsilon, privacy_delta : float, optional
+        A differential-privacy budget for the collaboration's noised releases (default:
+        none; then the statistics jobs release exact figures under the minimum cohort).
     release_opt_in : sequence of str
         Opt-in releases to grant, for the kinds given as ``JobKind`` or by name (e.g.
         ``("model-weights",)``: each passive party gets its final weights in plain). Default:
@@ -1379,6 +1431,8 @@ def init_agreement(
         min_cohort=min_cohort,
         min_paillier_bits=min_paillier_bits,
         max_jobs=max_jobs,
+        privacy_epsilon=privacy_epsilon,
+        privacy_delta=privacy_delta,
     )
 
 

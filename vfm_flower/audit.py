@@ -51,6 +51,10 @@ from vfm_flower.audit_heads import (
 )
 from vfm_flower.errors import PolicyViolation, VfmError
 from vfm_flower.keys import PublicIdentity
+from vfm_flower.privacy import PrivacyCost, total_spent
+
+#: The phase of the audit events that charge the privacy budget (decision ``charged``).
+PRIVACY_PHASE = "privacy"
 
 try:  # POSIX advisory locks: several Flower processes of one party may append in turn.
     import fcntl
@@ -385,11 +389,16 @@ class AuditLog:
 
     def count_events(self, *, phase: str, decision: str) -> int:
         """How many events of this (verified) log have ``phase`` and ``decision``."""
+        return len(self.event_details(phase=phase, decision=decision))
+
+    def event_details(self, *, phase: str, decision: str) -> list[str]:
+        """The ``detail`` texts of this (verified) log's events with ``phase`` and
+        ``decision`` (the privacy budget's charges: :mod:`vfm_flower.privacy`)."""
         with _locked(self._path) as handle:
             self._sync(handle)
             handle.seek(0)
             data = handle.read()
-        count = 0
+        out = []
         for _, raw in _split_lines(data):
             entry = json.loads(raw.decode("utf-8"))
             if (entry.get("kind"), entry.get("phase"), entry.get("decision")) == (
@@ -397,8 +406,12 @@ class AuditLog:
                 phase,
                 decision,
             ):
-                count += 1
-        return count
+                out.append(str(entry.get("detail", "")))
+        return out
+
+    def privacy_spent(self) -> PrivacyCost:
+        """What this log's jobs charged against the agreement's privacy budget."""
+        return total_spent(self.event_details(phase=PRIVACY_PHASE, decision="charged"))
 
     def record_refusal(self, phase: str, round: int, violation: PolicyViolation) -> str:
         """Append a ``"refused:<rule>"`` event for a policy violation."""

@@ -471,16 +471,17 @@ class PartyContext:
         self.send(recipient, topic, pack_payload(arrays, meta or {}))
 
     def receive_encrypted(
-        self, sender: str, topic: Topic, *, max_count: int
+        self, sender: str, topic: Topic, *, max_count: int, round: int | None = None
     ) -> tuple[PaillierContext, dict[str, EncryptedVector], dict[str, Any]]:
         """Open a :meth:`send_encrypted` payload: ``(keys, vectors, meta)``.
 
         ``keys`` is the label owner's own key pair when this party is the label owner (the
         payload must carry its public key), else the public key the payload carries (at least
         the agreed size). Every vector is checked (count at most ``max_count``, ciphertexts in
-        range) before use.
+        range) before use. ``round``: the round the sender sealed it in (default: this
+        step's).
         """
-        arrays, meta = self.receive_arrays(sender, topic)
+        arrays, meta = self.receive_arrays(sender, topic, round=round)
         with self.decoding(sender, topic):
             key = arrays.pop(_KEY_ENTRY, None)
             if key is None:

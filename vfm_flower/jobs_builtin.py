@@ -174,8 +174,70 @@ OVERLAP_KIND = JobKind(
     description="overlap analysis: shared customers per party and overall (counts only)",
 )
 
+SEGMENTS_PARAMS: tuple[ParamSpec, ...] = (
+    OVERLAP_PARAMS[0],  # segment-party
+    OVERLAP_PARAMS[1],  # segment-column
+    OVERLAP_PARAMS[2],  # max-segments
+    ParamSpec(
+        "target-party",
+        str,
+        "",
+        None,
+        "*",
+        "the party holding the target (empty: the label owner)",
+    ),
+    ParamSpec(
+        "target-column",
+        str,
+        "",
+        None,
+        "*",
+        "the target column (empty: the label; a rate per segment)",
+    ),
+    ParamSpec(
+        "target-min",
+        float,
+        0.0,
+        (-1e9, 1e9),
+        0.0,
+        "lower clipping bound of the target (the agreement fixes it)",
+    ),
+    ParamSpec(
+        "target-max",
+        float,
+        1.0,
+        (-1e9, 1e9),
+        1.0,
+        "upper clipping bound of the target (the agreement fixes it)",
+    ),
+    ParamSpec(
+        "epsilon",
+        float,
+        0.0,
+        (0.0, 100.0),
+        {"min": 0.0, "max": 2.0},
+        "differential-privacy epsilon of the release (0: exact figures)",
+    ),
+    ParamSpec("delta", float, 0.0, (0.0, 0.5), {"min": 0.0, "max": 1e-5}, "delta (gaussian noise)"),
+    ParamSpec("noise", str, "laplace", ("laplace", "gaussian"), None, "the noise mechanism"),
+    REGRESSION_PARAMS[1],  # paillier-bits
+)
+
+SEGMENTS_KIND = JobKind(
+    name="segments",
+    operations=("run",),
+    params=SEGMENTS_PARAMS,
+    releases={
+        # how many cells were released, and the label owner's next step (never a value)
+        "server": ("joint_rows", "segment_cells", "segment_next"),
+        "result-owner": ("segment-report",),
+    },
+    uses_paillier=True,
+    description="segment statistics: customers and target mean per value of a column",
+)
+
 #: The built-in kinds, in the order ``vfm agreement init`` lists them.
-BUILTIN_JOB_KINDS: tuple[JobKind, ...] = (LOGISTIC, LINEAR, OVERLAP_KIND)
+BUILTIN_JOB_KINDS: tuple[JobKind, ...] = (LOGISTIC, LINEAR, OVERLAP_KIND, SEGMENTS_KIND)
 
 
 def builtin_registry() -> JobRegistry:
@@ -220,3 +282,42 @@ class OverlapParams:
                 "overlap: set both segment-party and segment-column, or neither"
             )
         return params
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    """The parameters of a segment statistics job, typed; the target defaults resolved."""
+
+    segment_party: str
+    segment_column: str
+    max_segments: int
+    target_party: str
+    target_column: str
+    target_min: float
+    target_max: float
+    epsilon: float
+    delta: float
+    noise: str
+    paillier_bits: int
+
+    @classmethod
+    def from_job(cls, job: Job, label_owner: str) -> SegmentParams:
+        from vfm_flower.errors import ConfigurationError
+
+        values = {p.key: job[p.name] for p in SEGMENTS_PARAMS}
+        params = cls(**values)
+        if not params.segment_party or not params.segment_column:
+            raise ConfigurationError(
+                "segments: name the segment column (segment-party and segment-column)"
+            )
+        if not params.target_party:
+            object.__setattr__(params, "target_party", label_owner)
+        if params.target_min >= params.target_max:
+            raise ConfigurationError("segments: target-min must be below target-max")
+        if params.epsilon == 0 and params.delta:
+            raise ConfigurationError("segments: delta without epsilon (set epsilon for noise)")
+        return params
+
+    @property
+    def noised(self) -> bool:
+        return self.epsilon > 0

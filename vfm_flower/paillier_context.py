@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import operator
+import secrets
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -633,7 +634,46 @@ class PaillierContext:
         fresh = rerandomize(self._public, cts, workers=workers)
         return EncryptedVector(tuple(fresh), encrypted.value_bits, encrypted.fraction_bits)
 
+    def equality_tests(
+        self, encrypted: EncryptedVector, candidates: Sequence[Sequence[int]]
+    ) -> EncryptedVector:
+        """Private equality tests: for ciphertext ``i`` and each integer ``o`` of
+        ``candidates[i]``, ``[[r (d_i - o)]]`` with ``r`` uniform in ``[1, n)`` (OS randomness).
+
+        Each decrypts to 0 if ``d_i == o`` and otherwise to a uniformly random residue (``n``
+        has no small factors), so the key holder learns whether ``d_i`` is among the
+        candidates and nothing else (:meth:`decrypt_zeros`): the minimum-cohort test of a
+        count it must not see. One full exponentiation per test. The caller shuffles the
+        tests of one value if their order would tell which candidate matched.
+
+        Raises
+        ------
+        ValueError
+            If ``candidates`` does not give one list per ciphertext.
+        """
+        cts = self._ciphertexts(encrypted)
+        if encrypted.fraction_bits:
+            raise ValueError("equality tests take an integer vector")
+        if len(candidates) != len(cts):
+            raise ValueError(f"{len(candidates)} candidate lists for {len(cts)} ciphertexts")
+        n, nsquare = self._n, self._nsquare
+        out = []
+        for c, values in zip(cts, candidates, strict=True):
+            for o in values:
+                shifted = _djn.add_plaintexts([_djn.encode_signed(-int(o), n)], [c], n, nsquare)
+                factor = mpz(1 + secrets.randbelow(int(n) - 1))
+                out.append(gmpy2.powmod(shifted[0], factor, nsquare))
+        return EncryptedVector(tuple(out), self.key_bits - 2, 0)
+
     # ---------------------------------------------------------------- decryption
+
+    def decrypt_zeros(self, encrypted: EncryptedVector) -> np.ndarray:
+        """Which ciphertexts encrypt zero (key holder only): the answers of
+        :meth:`equality_tests`, whose other plaintexts are random and are not returned."""
+        private = self._require_private("decryption")
+        cts = self._ciphertexts(encrypted)
+        values = _djn.decrypt_vector(private, cts)
+        return np.array([v == 0 for v in values], dtype=bool)
 
     def decrypt(self, encrypted: EncryptedVector, *, workers: int | None = None) -> np.ndarray:
         """Decrypt (CRT) to what was encrypted: integers or fixed-point floats.

@@ -17,6 +17,7 @@ Rules, by name:
 ``min_intersection``   the minimum-intersection gate: no joint row is revealed below it
 ``min_cohort``         no aggregate is released over fewer customers
 ``max_jobs``           the release budget: no more jobs over the agreement's lifetime
+``privacy_budget``     a noised release fits in what remains of the privacy budget
 ``max_set_size``       no party brings (or receives) more ids than it declared
 ``parties``            exactly the agreement's parties take part
 ``agreement_hash``     every party holds the same terms
@@ -45,6 +46,7 @@ from vfm_flower.agreement import (
 from vfm_flower.errors import ConfigurationError, PolicyViolation, SignatureError
 from vfm_flower.jobs import ANY, Job, JobKind
 from vfm_flower.keys import PublicIdentity
+from vfm_flower.privacy import PrivacyCost, job_cost
 
 # --------------------------------------------------------------------------- the job
 
@@ -368,6 +370,32 @@ def check_job_budget(agreement: Agreement, jobs_so_far: int) -> None:
             f"this party already ran {jobs_so_far} job(s) under this agreement, its limit of "
             f"{agreement.max_jobs}: agree and sign a new agreement to run more",
         )
+
+
+def check_privacy_budget(agreement: Agreement, job: Job, spent: PrivacyCost) -> PrivacyCost:
+    """The privacy budget (rule ``"privacy_budget"``): a job that releases noised statistics
+    fits in what the agreement's budget has left after ``spent`` (this party's own audit
+    log); under an agreement with a budget, such a job must add noise. Returns the job's
+    cost (to charge before any data is read)."""
+    cost = job_cost(job)
+    if agreement.privacy_epsilon is None:
+        return cost
+    if "epsilon" in job.params and cost.is_free:
+        raise PolicyViolation(
+            "privacy_budget",
+            f"the agreement sets a privacy budget (epsilon {agreement.privacy_epsilon:g}): a "
+            f"'{job.kind}' job must add noise: set its epsilon (what remains: "
+            f"{max(agreement.privacy_epsilon - spent.epsilon, 0.0):g})",
+        )
+    if not cost.fits(spent, agreement.privacy_epsilon, agreement.privacy_delta):
+        raise PolicyViolation(
+            "privacy_budget",
+            f"the job would spend epsilon {cost.epsilon:g} (delta {cost.delta:g}) but only "
+            f"{max(agreement.privacy_epsilon - spent.epsilon, 0.0):g} (delta "
+            f"{max(agreement.privacy_delta - spent.delta, 0.0):g}) remains of the agreement's "
+            "privacy budget: nothing was released; a smaller epsilon or a new agreement",
+        )
+    return cost
 
 
 def check_set_size(n: int, max_set_size: int, party: str) -> None:

@@ -121,6 +121,8 @@ def cmd_agreement_init(args: argparse.Namespace) -> int:
         max_iterations=args.max_iterations,
         max_set_size=args.max_set_size,
         max_jobs=args.max_jobs,
+        privacy_epsilon=args.privacy_epsilon,
+        privacy_delta=args.privacy_delta,
         result_owner=args.result_owner,
         allowed_models=args.models.split(",") if args.models else None,
         release_opt_in=tuple(args.release),
@@ -257,6 +259,13 @@ def cmd_agreement_show(args: argparse.Namespace) -> int:
         ),
         ("min Paillier bits", a.min_paillier_bits, "smallest encryption key a job may use"),
         ("max jobs", a.max_jobs, "jobs over the lifetime, counted in each party's audit log"),
+        (
+            "privacy budget",
+            "none (statistics are exact, under the minimum cohort)"
+            if a.privacy_epsilon is None
+            else f"epsilon {a.privacy_epsilon:g}, delta {a.privacy_delta:g}",
+            "what noised releases may spend in total; `vfm budget` shows what remains",
+        ),
     ]
     _out(f"Agreement {a.agreement_id}")
     for name, value, meaning in rows:
@@ -529,6 +538,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-set-size", type=_positive, default=10_000_000)
     p.add_argument(
         "--max-jobs", type=_positive, default=100, help="jobs over the agreement's lifetime"
+    )
+    p.add_argument(
+        "--privacy-epsilon",
+        type=float,
+        help="a differential-privacy budget for noised statistics (e.g. 3.0; default: none)",
+    )
+    p.add_argument(
+        "--privacy-delta",
+        type=float,
+        default=0.0,
+        help="the budget's delta, for Gaussian noise (e.g. 1e-6; default 0)",
     )
     p.add_argument(
         "--models", help="comma-separated job kinds: logistic,linear,overlap (default all)"

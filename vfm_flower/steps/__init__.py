@@ -18,8 +18,13 @@ def protocol_steps() -> StepRegistry:
 
 def builtin_steps() -> StepRegistry:
     """Every built-in step: the protocol steps, the regression jobs' and the overlap job's."""
-    from vfm_flower.steps import evaluation, overlap, scoring, training
+    from vfm_flower.steps import evaluation, overlap, scoring, segments, training
 
     return StepRegistry(
-        protocol_steps(), training.STEPS, evaluation.STEPS, scoring.STEPS, overlap.STEPS
+        protocol_steps(),
+        training.STEPS,
+        evaluation.STEPS,
+        scoring.STEPS,
+        overlap.STEPS,
+        segments.STEPS,
     )

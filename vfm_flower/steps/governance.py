@@ -36,16 +36,19 @@ import binascii
 import json
 import logging
 
-from vfm_flower.audit import verify_audit_log
+from vfm_flower.agreement import Agreement
+from vfm_flower.audit import PRIVACY_PHASE, AuditLog, verify_audit_log
 from vfm_flower.audit_heads import CloseCertificate, SignedHead
 from vfm_flower.context import PartyContext
 from vfm_flower.errors import DataError, PolicyViolation, ProtocolAbort
 from vfm_flower.job_summary import decode_released
+from vfm_flower.jobs import Job
 from vfm_flower.party import StepRegistry, new_nonce
 from vfm_flower.policy import (
     check_job_budget,
     check_job_counter,
     check_operator_signature,
+    check_privacy_budget,
     check_set_size,
 )
 from vfm_flower.session import server_hello_bytes
@@ -79,6 +82,8 @@ def every_party_hello(ctx: PartyContext) -> None:
     audit.begin_job(job_counter, round=ctx.request.step)
     # the release budget, counted from this party's own audit log (every hello it answered)
     check_job_budget(runtime.agreement, runtime.audit.count_events(phase=HELLO, decision="ok"))
+    # the privacy budget, from this party's own log: charged before any data is read
+    charge_privacy_budget(runtime.audit, runtime.agreement, request.job, ctx.request.step)
     frame = ctx.table()
     check_set_size(len(frame), runtime.terms.max_set_size, runtime.party)
     kind = runtime.jobs.get(request.job.kind)
@@ -103,6 +108,14 @@ def every_party_hello(ctx: PartyContext) -> None:
             "job_digest": job_digest,
         }
     )
+
+
+def charge_privacy_budget(audit: AuditLog, agreement: Agreement, job: Job, round: int) -> None:
+    """Check the job's privacy cost against what ``audit``'s log spent (rule
+    ``privacy_budget``) and record the charge there (the server and every party)."""
+    cost = check_privacy_budget(agreement, job, audit.privacy_spent())
+    if not cost.is_free:
+        audit.record(PRIVACY_PHASE, round, "charged", detail=cost.to_detail())
 
 
 def check_server_hello(ctx: PartyContext) -> int:

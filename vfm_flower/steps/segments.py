@@ -1,0 +1,512 @@
+"""The ``segments`` job, party side: secure segment statistics (:mod:`vfm_flower.segment_stats`).
+
+After alignment (membership hidden from the passive parties), with ``H`` the holder of the
+segment column and ``G`` the holder of the target (the label owner, LO, by default):
+
+- ``query.segment_encrypt`` (LO): encrypts, by the recipient's positions, 1 for each joint
+  customer and 0 for every other row (``[[j]]``), with the target when the LO holds it
+  (``[[j u]]``), for ``H`` or, if the target is another passive party's, for ``G``. When the
+  LO holds the segment column itself it knows the cells: with its own target it computes the
+  table here; with a passive target it sends one packed indicator vector per group of
+  released cells (one lane per cell) to ``G``.
+- ``query.segment_forward`` (``G``, a passive party other than ``H``): multiplies ``[[j]]`` by
+  its target and sends both streams to ``H`` laid out by slot (fresh zeros in free slots).
+- ``query.segment_sums`` (``H`` passive, or ``G`` for an LO segment): the per-value sums
+  ``[[C_s]]``, ``[[S_s]]``; with noise, noised and sent; without, the minimum-cohort tests
+  and the masked figures. ``G`` for an LO segment: the packed sums, noised if asked.
+- ``query.segment_decide`` (LO): the cohort tests' answers; asks ``H`` to test a larger
+  withheld group (``query.segment_merge``) until the withheld cells cover 0 or at least the
+  minimum cohort; then asks for the masks of the released cells (``query.segment_reveal``)
+  and writes the table (``query.segment_table``). With noise it writes the table at once.
+
+The LO publishes ``segment_next`` (``merge``, ``reveal`` or ``done``) for the server to drive
+the rounds and ``segment_cells`` (how many cells were released), never a value.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vfm_flower import segment_stats as ss
+from vfm_flower.context import PartyContext, Topic
+from vfm_flower.errors import DataError, ProtocolAbort
+from vfm_flower.jobs_builtin import SEGMENTS_KIND, SegmentParams
+from vfm_flower.overlap import segment_codes
+from vfm_flower.party import StepRegistry
+from vfm_flower.privacy import NoiseSpec
+
+ENCRYPT = "query.segment_encrypt"
+FORWARD = "query.segment_forward"
+SUMS = "query.segment_sums"
+DECIDE = "query.segment_decide"
+MERGE = "query.segment_merge"
+REVEAL = "query.segment_reveal"
+TABLE = "query.segment_table"
+
+JOINT = Topic("segments.joint_vectors", phase=ENCRYPT)
+SLOTS = Topic("segments.slot_vectors", phase=FORWARD)
+CELLS = Topic("segments.cell_sums", phase=SUMS)
+WITHHELD = Topic("segments.withheld", phase=DECIDE)
+MERGED = Topic("segments.merged_tests", phase=MERGE)
+MASKS = Topic("segments.masks", phase=REVEAL)
+
+REPORT = "segment-report"
+KINDS = (SEGMENTS_KIND.name,)
+STEPS = StepRegistry()
+
+
+def _params(ctx: PartyContext) -> SegmentParams:
+    return SegmentParams.from_job(ctx.job, ctx.label_owner)
+
+
+def _encoding(params: SegmentParams) -> ss.TargetEncoding:
+    return ss.TargetEncoding(params.target_min, params.target_max)
+
+
+def _noise(params: SegmentParams) -> NoiseSpec | None:
+    if not params.noised:
+        return None
+    return NoiseSpec(params.noise, params.epsilon, params.delta).halves()
+
+
+def _target_is_label(ctx: PartyContext, params: SegmentParams) -> bool:
+    return params.target_party == ctx.label_owner and not params.target_column
+
+
+def _target_values(ctx: PartyContext, params: SegmentParams, frame: pd.DataFrame) -> np.ndarray:
+    """The target holder's values of ``frame``'s rows (its label as 0/1, or a numeric column
+    that must have a value in every row)."""
+    if _target_is_label(ctx, params):
+        return ctx.binary_labels().astype(np.float64)
+    column = params.target_column
+    ctx.check_columns([column])
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+    missing = int(np.count_nonzero(~np.isfinite(values)))
+    if missing:
+        raise DataError(
+            f"party '{ctx.party}': target column '{column}' has {missing} missing or "
+            "non-numeric value(s): a target needs a value for every customer (fill them, e.g. "
+            "0 spend, or choose another column)"
+        )
+    return values
+
+
+def _segment_of(ctx: PartyContext, params: SegmentParams, frame: pd.DataFrame):  # type: ignore[no-untyped-def]
+    ctx.check_columns([params.segment_column])
+    return segment_codes(
+        frame[params.segment_column].tolist(),
+        max_values=params.max_segments,
+        party=ctx.party,
+        column=params.segment_column,
+    )
+
+
+def _by_position(ctx: PartyContext, party: str, values: np.ndarray) -> np.ndarray:
+    """The LO's joint-row values laid out by ``party``'s positions (0 elsewhere)."""
+    layout = ctx.label_owner_layout()
+    out = np.zeros(ctx.party_rows[party], dtype=object)
+    out[layout.positions[party]] = list(values)
+    return out
+
+
+# ------------------------------------------------------------------------------ the LO
+
+
+@STEPS.step(ENCRYPT, jobs=KINDS)
+def label_owner_encrypt(ctx: PartyContext) -> None:
+    params = _params(ctx)
+    lo = ctx.label_owner
+    for party in (params.segment_party, params.target_party):
+        if party not in ctx.agreement.party_names:
+            raise ProtocolAbort(ENCRYPT, ctx.party, f"'{party}' is not a party of the agreement")
+    keys = ctx.paillier()
+    joint = ctx.aligned_rows()
+    if params.segment_party == lo:
+        _label_owner_segments(ctx, params, keys)
+        return
+    ones = np.ones(len(joint), dtype=np.int64)
+    if params.target_party == lo:
+        target, _ = _encoding(params).encode(_target_values(ctx, params, ctx.aligned_table()))
+        vectors = {
+            "count": keys.encrypt_integers(
+                _by_position(ctx, params.segment_party, ones), value_bits=1
+            ),
+            "sum": keys.encrypt_integers(
+                _by_position(ctx, params.segment_party, target),
+                value_bits=_encoding(params).value_bits,
+            ),
+        }
+        ctx.send_encrypted(params.segment_party, JOINT, keys, vectors)
+    else:  # the target holder multiplies in its values (H itself, or G forwards to H)
+        vectors = {
+            "count": keys.encrypt_integers(
+                _by_position(ctx, params.target_party, ones), value_bits=1
+            )
+        }
+        ctx.send_encrypted(params.target_party, JOINT, keys, vectors)
+    ctx.publish(segment_next="sums")
+
+
+def _label_owner_segments(ctx: PartyContext, params: SegmentParams, keys: Any) -> None:
+    """The LO holds the segment column: it knows the cells of the joint customers."""
+    frame = ctx.aligned_table()
+    values, codes = _segment_of(ctx, params, frame)
+    counts = np.bincount(codes, minlength=len(values)).astype(np.float64)
+    noise = _noise(params)
+    if noise is not None:  # the LO's own counts, noised by the LO before any release
+        counts = counts + np.array(ss.cell_noise(noise, 1, len(values)), dtype=np.float64)
+    encoding = _encoding(params)
+    if params.target_party == ctx.label_owner:
+        target, _ = encoding.encode(_target_values(ctx, params, frame))
+        sums = np.bincount(codes, weights=target, minlength=len(values)).astype(np.float64)
+        if noise is not None:
+            extra = ss.cell_noise(noise, encoding.sensitivity, len(values))
+            sums = sums + np.array(extra, dtype=np.float64)
+        _write_table(ctx, params, values, list(counts), list(sums), withheld=None)
+        return
+    # a passive target: one indicator vector per cell the minimum cohort releases
+    released = [
+        c["segment"]
+        for c in ss.release_cells(
+            values, list(counts), [0.0] * len(values), encoding=encoding, min_cohort=ctx.min_cohort
+        )
+        if not c["suppressed"]
+    ]
+    vectors = {}
+    for i, value in enumerate(released):
+        indicator = (codes == values.index(value)).astype(np.int64)
+        vectors[f"cell{i}"] = keys.encrypt_integers(
+            _by_position(ctx, params.target_party, indicator), value_bits=1
+        )
+    ctx.state.set("segments.values", json.dumps(values))
+    ctx.state.set("segments.released", json.dumps(released))
+    ctx.state.set("segments.counts", json.dumps([float(c) for c in counts]))
+    ctx.send_encrypted(params.target_party, JOINT, keys, vectors, {"cells": len(released)})
+    ctx.publish(segment_next="sums")
+
+
+@STEPS.step(DECIDE, jobs=KINDS)
+def label_owner_decide(ctx: PartyContext) -> None:
+    """The cohort tests' answers (or, with noise, the noised figures: the table at once)."""
+    params = _params(ctx)
+    holder = params.segment_party
+    if ctx.round == 1:
+        keys, vectors, meta = ctx.receive_encrypted(
+            holder, CELLS, max_count=params.max_segments * max(ctx.min_cohort, 1)
+        )
+        with ctx.decoding(holder, CELLS):
+            values = [str(v) for v in meta["values"]]
+            if not 1 <= len(values) <= params.max_segments or len(set(values)) != len(values):
+                raise ValueError("one distinct value per cell, at most max-segments")
+        if params.noised:
+            counts = keys.decrypt(vectors["count"])
+            sums = keys.decrypt(vectors["sum"])
+            _write_table(ctx, params, values, list(counts), list(sums), withheld=None)
+            return
+        tests = keys.decrypt_zeros(vectors["tests"]).reshape(len(values), ctx.min_cohort)
+        failing = sorted(int(i) for i in np.flatnonzero(tests.any(axis=1)))
+        ctx.state.set("segments.values", json.dumps(values))
+        ctx.state.set_bytes(
+            "segments.masked_count", keys.ciphertexts_to_bytes(vectors["masked_count"])
+        )
+        ctx.state.set_bytes("segments.masked_sum", keys.ciphertexts_to_bytes(vectors["masked_sum"]))
+        withheld = failing
+        ctx.state.set("segments.failing", json.dumps(failing))
+    else:
+        keys, vectors, _ = ctx.receive_encrypted(holder, MERGED, max_count=ctx.min_cohort)
+        values = json.loads(ctx.state.get("segments.values"))
+        withheld = json.loads(ctx.state.get("segments.withheld"))
+        if keys.decrypt_zeros(vectors["tests"]).any():  # 0 < sum of the withheld < k
+            rest = [i for i in range(len(values)) if i not in withheld]
+            withheld = sorted(withheld + rest[:1])
+        else:
+            ctx.state.set("segments.settled", 1)
+    ctx.state.set("segments.withheld", json.dumps(withheld))
+    settled = not withheld or ctx.state.get("segments.settled") or len(withheld) == len(values)
+    if not settled:
+        ctx.send(holder, WITHHELD, json.dumps({"withheld": withheld}).encode())
+        ctx.publish(segment_next="merge")
+        return
+    released = [i for i in range(len(values)) if i not in withheld]
+    if not released:
+        _write_table(ctx, params, values, [None] * len(values), [None] * len(values), withheld)
+        return
+    ctx.send(holder, WITHHELD, json.dumps({"withheld": withheld, "final": True}).encode())
+    ctx.publish(segment_next="reveal")
+
+
+@STEPS.step(TABLE, jobs=KINDS)
+def label_owner_table(ctx: PartyContext) -> None:
+    """The exact figures of the released cells (masks removed), or the packed sums."""
+    params = _params(ctx)
+    keys = ctx.paillier()
+    if params.segment_party == ctx.label_owner:
+        target = params.target_party
+        values = json.loads(ctx.state.get("segments.values"))
+        released = json.loads(ctx.state.get("segments.released"))
+        counts = json.loads(ctx.state.get("segments.counts"))
+        _, vectors, _ = ctx.receive_encrypted(target, CELLS, max_count=len(released) or 1)
+        with ctx.decoding(target, CELLS):
+            cell_sums = keys.decrypt(vectors["sums"]) if released else []
+            if len(cell_sums) != len(released):
+                raise ValueError("one sum per released cell expected")
+        sums_of = {v: float(x) for v, x in zip(released, cell_sums, strict=True)}
+        sums = [sums_of.get(v) for v in values]
+        # the same counts decide the same cells again (with the reasons)
+        _write_table(ctx, params, values, counts, sums, None)
+        return
+    holder = params.segment_party
+    values = json.loads(ctx.state.get("segments.values"))
+    withheld = json.loads(ctx.state.get("segments.withheld"))
+    released = [i for i in range(len(values)) if i not in withheld]
+    arrays, _ = ctx.receive_arrays(holder, MASKS)
+    with ctx.decoding(holder, MASKS):
+        count_masks = [int(x) for x in json.loads(arrays["masks"].tobytes())["count"]]
+        sum_masks = [int(x) for x in json.loads(arrays["masks"].tobytes())["sum"]]
+        if len(count_masks) != len(released) or len(sum_masks) != len(released):
+            raise ValueError("one pair of masks per released cell")
+    width = len(values)
+    masked_c = keys.decrypt(
+        keys.ciphertexts_from_bytes(ctx.state.get_bytes("segments.masked_count"), max_count=width)
+    )
+    masked_s = keys.decrypt(
+        keys.ciphertexts_from_bytes(ctx.state.get_bytes("segments.masked_sum"), max_count=width)
+    )
+    counts: list[float | None] = [None] * width
+    sums: list[float | None] = [None] * width
+    for i, cm, sm in zip(released, count_masks, sum_masks, strict=True):
+        counts[i] = float(int(masked_c[i]) - cm)
+        sums[i] = float(int(masked_s[i]) - sm)
+    _write_table(ctx, params, values, counts, sums, withheld)
+
+
+def _write_table(
+    ctx: PartyContext,
+    params: SegmentParams,
+    values: list[str],
+    counts: list[Any],
+    sums: list[Any],
+    withheld: list[int] | None,
+) -> None:
+    from vfm_flower.report_segments import build_segment_report
+
+    failing = ctx.state.get("segments.failing")
+    cells = ss.release_cells(
+        values,
+        counts,
+        sums,
+        encoding=_encoding(params),
+        min_cohort=ctx.min_cohort,
+        withheld=withheld,
+        failing=json.loads(failing) if failing else (withheld or ()),
+        binary=_target_is_label(ctx, params),
+    )
+    report = build_segment_report(cells, params, ctx.agreement, ctx.job)
+    ctx.deliver(REPORT, json.dumps(report, sort_keys=True).encode())
+    ctx.publish(segment_cells=sum(1 for c in cells if not c["suppressed"]), segment_next="done")
+
+
+@STEPS.receiver(REPORT, jobs=KINDS)
+def receive_segment_report(ctx: PartyContext, payload: bytes) -> None:
+    """Result owner: write ``segments.json`` and ``segments.html`` in its work dir."""
+    from vfm_flower.report_segments import write_segment_report
+
+    with ctx.decoding(ctx.label_owner, REPORT):
+        report = json.loads(payload)
+    write_segment_report(report, ctx.work_dir)
+
+
+# ------------------------------------------------------------------------- passive parties
+
+
+@STEPS.step(FORWARD, jobs=KINDS)
+def target_holder_forward(ctx: PartyContext) -> None:
+    """``G`` (passive, not ``H``): ``[[j]]`` and ``[[j u]]`` to ``H``, laid out by slot."""
+    params = _params(ctx)
+    layout = ctx.passive_layout()
+    keys, vectors, _ = ctx.receive_encrypted(ctx.label_owner, JOINT, max_count=layout.rows)
+    count = vectors["count"]
+    if len(count) != layout.rows:
+        raise ProtocolAbort(FORWARD, ctx.party, "one encrypted indicator per row expected")
+    target, _ = _encoding(params).encode(_target_values(ctx, params, ctx.table()))
+    by_position = target[layout.row_of_position]
+    summed = keys.multiply_plain(count, by_position.astype(object))
+    slot_of_position = layout.slot_of_row[layout.row_of_position]
+    zeros = keys.encrypt_integers(
+        np.zeros(layout.total_slots - layout.rows, dtype=np.int64), value_bits=1
+    )
+    out = {}
+    for name, vector in (("count", count), ("sum", summed)):
+        slots: list[Any] = [None] * layout.total_slots
+        for position, slot in enumerate(slot_of_position):
+            slots[int(slot)] = vector.ciphertexts[position]
+        free = iter(zeros.ciphertexts)
+        slots = [c if c is not None else next(free) for c in slots]
+        out[name] = type(vector)(tuple(slots), vector.value_bits, vector.fraction_bits)
+    ctx.send_encrypted(params.segment_party, SLOTS, keys, out)
+
+
+@STEPS.step(SUMS, jobs=KINDS)
+def holder_sums(ctx: PartyContext) -> None:
+    """``H`` (passive): the per-value sums; or ``G`` for a segment the LO holds."""
+    params = _params(ctx)
+    if params.segment_party == ctx.label_owner:
+        _packed_sums(ctx, params)
+        return
+    layout = ctx.passive_layout()
+    values, codes = _segment_of(ctx, params, ctx.table())
+    encoding = _encoding(params)
+    if params.target_party not in (ctx.label_owner, ctx.party):
+        keys, vectors, _ = ctx.receive_encrypted(
+            params.target_party, SLOTS, max_count=layout.total_slots
+        )
+        rows_slots = layout.slot_of_row
+        count = _pick(vectors["count"], rows_slots)
+        summed = _pick(vectors["sum"], rows_slots)
+        groups = codes
+    else:
+        keys, vectors, _ = ctx.receive_encrypted(ctx.label_owner, JOINT, max_count=layout.rows)
+        count = vectors["count"]
+        if len(count) != layout.rows:
+            raise ProtocolAbort(SUMS, ctx.party, "one encrypted indicator per row expected")
+        groups = codes[layout.row_of_position]
+        if params.target_party == ctx.party:
+            target, _ = encoding.encode(_target_values(ctx, params, ctx.table()))
+            matrix = np.zeros((layout.rows, len(values)), dtype=np.int64)
+            matrix[np.arange(layout.rows), groups] = target[layout.row_of_position]
+            sums = keys.dot(matrix, count)
+            counts = keys.grouped_sum(count, groups, len(values))
+            _send_cells(ctx, params, keys, values, counts, sums)
+            return
+        summed = vectors["sum"]
+    counts = keys.grouped_sum(count, groups, len(values))
+    sums = keys.grouped_sum(summed, groups, len(values))
+    _send_cells(ctx, params, keys, values, counts, sums)
+
+
+def _pick(vector: Any, slots: np.ndarray) -> Any:
+    cts = vector.ciphertexts
+    return type(vector)(tuple(cts[int(s)] for s in slots), vector.value_bits, vector.fraction_bits)
+
+
+def _send_cells(
+    ctx: PartyContext, params: SegmentParams, keys: Any, values: list[str], counts: Any, sums: Any
+) -> None:
+    """Noise, or cohort tests and masks; to the LO."""
+    noise = _noise(params)
+    encoding = _encoding(params)
+    meta = {"values": values}
+    if noise is not None:
+        counts = keys.add_plain(
+            counts, np.array(ss.cell_noise(noise, 1, len(values)), dtype=object)
+        )
+        extra = ss.cell_noise(noise, encoding.sensitivity, len(values))
+        sums = keys.add_plain(sums, np.array(extra, dtype=object))
+        ctx.send_encrypted(
+            ctx.label_owner,
+            CELLS,
+            keys,
+            {"count": keys.rerandomize(counts), "sum": keys.rerandomize(sums)},
+            meta,
+        )
+        return
+    tests = keys.equality_tests(counts, ss.cohort_candidates(len(values), ctx.min_cohort))
+    count_masks = ss.mask_values(len(values), counts.value_bits)
+    sum_masks = ss.mask_values(len(values), sums.value_bits)
+    masked_count = keys.add_plain(counts, np.array(count_masks, dtype=object))
+    masked_sum = keys.add_plain(sums, np.array(sum_masks, dtype=object))
+    ctx.state.set(
+        "segments.masks",
+        json.dumps({"count": [str(m) for m in count_masks], "sum": [str(m) for m in sum_masks]}),
+    )
+    ctx.state.set_bytes("segments.counts", keys.ciphertexts_to_bytes(counts))
+    ctx.state.set_bytes("segments.public_key", keys.public_bytes())
+    ctx.send_encrypted(
+        ctx.label_owner,
+        CELLS,
+        keys,
+        {"tests": tests, "masked_count": masked_count, "masked_sum": masked_sum},
+        meta,
+    )
+
+
+def _packed_sums(ctx: PartyContext, params: SegmentParams) -> None:
+    """``G`` for a segment the LO holds: its target against each released cell's encrypted
+    indicators (its noise added to the sums)."""
+    layout = ctx.passive_layout()
+    keys, vectors, meta = ctx.receive_encrypted(ctx.label_owner, JOINT, max_count=layout.rows)
+    encoding = _encoding(params)
+    target, _ = encoding.encode(_target_values(ctx, params, ctx.table()))
+    column = target[layout.row_of_position].reshape(-1, 1)
+    with ctx.decoding(ctx.label_owner, JOINT):
+        cells = int(meta["cells"])
+        if not 0 <= cells <= params.max_segments or len(vectors) != cells:
+            raise ValueError("one indicator vector per released cell, at most max-segments")
+    sums = []
+    for i in range(cells):
+        indicator = vectors[f"cell{i}"]
+        if len(indicator) != layout.rows:
+            raise ProtocolAbort(SUMS, ctx.party, "one encrypted indicator per row expected")
+        sums.append(keys.dot(column, indicator, rerandomize=False))
+    out = {}
+    if sums:
+        total = type(sums[0])(
+            tuple(v.ciphertexts[0] for v in sums), sums[0].value_bits, sums[0].fraction_bits
+        )
+        noise = _noise(params)
+        if noise is not None:
+            extra = ss.cell_noise(noise, encoding.sensitivity, cells)
+            total = keys.add_plain(total, np.array(extra, dtype=object))
+        out["sums"] = keys.rerandomize(total)
+    ctx.send_encrypted(ctx.label_owner, CELLS, keys, out, {"cells": cells})
+
+
+@STEPS.step(MERGE, jobs=KINDS)
+def holder_merge(ctx: PartyContext) -> None:
+    """``H``: does the withheld group the LO names cover 0 or at least the minimum cohort?"""
+    params = _params(ctx)
+    keys = None
+    raw = ctx.receive(ctx.label_owner, WITHHELD, round=ctx.round - 1)
+    with ctx.decoding(ctx.label_owner, WITHHELD):
+        withheld = [int(i) for i in json.loads(raw)["withheld"]]
+    from vfm_flower.paillier import PaillierContext
+
+    blob = ctx.state.get_bytes("segments.counts")
+    public = ctx.state.get_bytes("segments.public_key")
+    keys = PaillierContext.from_public_bytes(public, min_bits=ctx.agreement.min_paillier_bits)
+    counts = keys.ciphertexts_from_bytes(blob, max_count=params.max_segments)
+    if not withheld or max(withheld) >= len(counts):
+        raise ProtocolAbort(MERGE, ctx.party, "the withheld cells are out of range")
+    total = counts.ciphertexts[withheld[0]]
+    nsq = keys.public_key.nsquare
+    for i in withheld[1:]:
+        total = total * counts.ciphertexts[i] % nsq
+    group = type(counts)((total,), counts.value_bits + 8, 0)
+    candidates = ss.cohort_candidates(1, ctx.min_cohort)[0]
+    tests = keys.equality_tests(group, [[c for c in candidates if c > 0]])
+    ctx.send_encrypted(ctx.label_owner, MERGED, keys, {"tests": tests})
+
+
+@STEPS.step(REVEAL, jobs=KINDS)
+def holder_reveal(ctx: PartyContext) -> None:
+    """``H``: the masks of the released cells (the LO's final list)."""
+    raw = ctx.receive(ctx.label_owner, WITHHELD, round=int(ctx.server_params.get("decided", 1)))
+    with ctx.decoding(ctx.label_owner, WITHHELD):
+        decision = json.loads(raw)
+        withheld = {int(i) for i in decision["withheld"]}
+        if not decision.get("final"):
+            raise ValueError("not the final list")
+    masks = json.loads(ctx.state.get("segments.masks"))
+    cells = len(masks["count"])
+    released = [i for i in range(cells) if i not in withheld]
+    payload = {
+        "count": [masks["count"][i] for i in released],
+        "sum": [masks["sum"][i] for i in released],
+    }
+    from vfm_flower.codec import pack_payload
+
+    ctx.send(ctx.label_owner, MASKS, pack_payload({"masks": json.dumps(payload).encode()}))
