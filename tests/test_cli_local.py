@@ -232,6 +232,11 @@ def test_demo_end_to_end_and_refuses_non_empty_workdir(tmp_path, capsys):
     cells = overlap["segment"]["cells"]
     assert [c["segment"] for c in cells] == [str(v) for v in range(1, 11)]
     assert sum(c.get("customers", 0) for c in cells) <= result["joint_rows"]
+    # and one segment table: the purchase rate per value of the same column
+    segments = json.loads((work / "parties" / "insurer" / "segments.json").read_text())
+    by_value = {c["segment"]: c for c in segments["cells"]}
+    assert by_value["8"]["customers"] == cells[7]["customers"]
+    assert 0 <= by_value["8"]["rate"] <= 1
     # each party's own report names only its own features; the shared report none
     prefixes = {"broker": "M", "bank": "P", "insurer": "A"}
     shared = (work / "parties" / "insurer" / "report.json").read_text()
@@ -361,3 +366,25 @@ def test_local_overlap_prints_the_counts_and_writes_the_report(tmp_path, capsys)
     assert (work / "parties" / "lo" / "overlap.html").is_file()
     assert main([*common, *keys, "--workdir", str(work), "--segment", "p1"]) == 2
     assert "PARTY:COLUMN" in capsys.readouterr().err
+
+
+def test_local_segments_and_the_budget(tmp_path, capsys):
+    frames, _ = synthetic_frames(n_shared=150, n_only=30, seed=8)
+    frames["p1"]["band"] = ["a", "b", "c"] * (len(frames["p1"]) // 3)
+    collab = make_collaboration(
+        tmp_path / "c", frames, label_owner="lo", min_intersection=50, privacy_epsilon=1.0
+    )
+    work = tmp_path / "work"
+    keys = [f"--key={p}={k}" for p, k in collab.keys.items()]
+    keys.append(f"--key=operator={collab.operator_key}")
+    common = ["local", "segments", "--agreement", str(collab.agreement_path), *_data_args(collab)]
+    args = [*common, *keys, "--workdir", str(work), "--segment", "p1:band", "--epsilon", "0.5"]
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "'band'" in out and "epsilon 0.5 charged" in out
+    assert (work / "parties" / "lo" / "segments.html").is_file()
+    budget = ["budget", "--agreement", str(collab.agreement_path)]
+    assert main([*budget, "--workdir", str(work / "parties" / "p1")]) == 0
+    assert "remaining: epsilon 0.5" in capsys.readouterr().out
+    assert main([*args[:-1], "0.6"]) == 2
+    assert "privacy_budget" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from vfm_flower.errors import VfmError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vfm_flower.cli import app, governance, local
+    from vfm_flower.cli import app, clean_room, governance, local
 
     parser = argparse.ArgumentParser(
         prog="vfm",
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.register(subparsers)
     governance.register(subparsers)
     app.register(subparsers)
+    clean_room.register_budget(subparsers)
     return parser
 
 

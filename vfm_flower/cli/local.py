@@ -69,6 +69,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         overlap = json.loads(
             (staging / "parties" / "insurer" / "overlap.json").read_text(encoding="utf-8")
         )
+        console.print("[bold]segments[/] purchase rate per customer main type (encrypted)")
+        run_local_job(
+            demo.agreement_path,
+            files,
+            staging,
+            {"model": "segments", **DEMO_OVERLAP_SEGMENT},
+            operator_key=demo.operator_key,
+        )
+        segments = json.loads(
+            (staging / "parties" / "insurer" / "segments.json").read_text(encoding="utf-8")
+        )
         result = run_local_job(
             demo.agreement_path,
             files,
@@ -100,10 +111,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise
     from rich.table import Table
 
-    from vfm_flower.cli.clean_room import print_overlap
+    from vfm_flower.cli.clean_room import print_overlap, print_segments
 
     print_overlap(console, overlap, Table)
     console.print(f"[bold]overlap report[/] {workdir / 'parties' / 'insurer' / 'overlap.html'}")
+    print_segments(console, segments, Table)
+    console.print(f"[bold]segments[/] {workdir / 'parties' / 'insurer' / 'segments.html'}")
     public = result["public"]
     console.print(f"[bold]aligned rows[/] {result['joint_rows']:,} customers shared by all parties")
     console.print(
