@@ -29,6 +29,7 @@ class VerticalSegments(VerticalStrategy):
             )
         self.params = SegmentParams.from_job(self.job, self.agreement.label_owner)
         for what, party in (
+            ("cross", self.params.cross_party or self.agreement.label_owner),
             ("segment", self.params.segment_party),
             ("target", self.params.target_party),
         ):
@@ -40,13 +41,13 @@ class VerticalSegments(VerticalStrategy):
 
     def run(self, session: VerticalSession) -> None:
         lo = session.label_owner
-        holder, target = self.params.segment_party, self.params.target_party
+        holder, target = self.params.aggregator(lo), self.params.target_party
         session.align()
         with session.phase("segments") as sizes:
             reply = session.send("query.segment_encrypt", to=[lo])[lo].public
             if reply.get("segment_next") == "done":
                 return self._done(session, reply, sizes)
-            if holder == lo:
+            if holder is None:  # the label owner holds every column
                 session.send("query.segment_sums", to=[target])
                 reply = session.send("query.segment_table", to=[lo])[lo].public
                 return self._done(session, reply, sizes)

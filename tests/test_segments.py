@@ -26,6 +26,7 @@ def collab(tmp_path_factory):
     for frame in frames.values():
         frame["region"] = rng.choice(REGIONS, p=[0.4, 0.4, 0.17, 0.03], size=len(frame))
         frame["spend"] = rng.gamma(2.0, 50.0, size=len(frame)).round(2)
+        frame["tier"] = rng.choice(["gold", "silver"], p=[0.3, 0.7], size=len(frame))
     jobs = [
         *(k for k in BUILTIN_JOB_KINDS if k.name != "segments"),
         JobTerms.default_for(SEGMENTS_KIND, params={"target-max": {"min": 1.0, "max": SPEND_MAX}}),
@@ -185,4 +186,71 @@ def test_bad_input_is_a_clear_error(collab, tmp_path):
             workdir=tmp_path / "c",
             model="segments",
             **{"segment-party": "p2", "segment-column": "region", "max-segments": 3},
+        )
+
+
+def _plain_cross(collab, first, second, target, column):
+    joint = set(collab.shared)
+    (p1, c1), (p2, c2) = first, second
+    a = pd.DataFrame({"id": collab.ids[p1], "a": collab.frames[p1][c1]})
+    b = pd.DataFrame({"id": collab.ids[p2], "b": collab.frames[p2][c2]})
+    values = collab.frames[target]["y" if not column else column]
+    t = pd.DataFrame({"id": collab.ids[target], "t": values})
+    merged = a.merge(b, on="id").merge(t, on="id")
+    merged = merged[merged["id"].isin(joint)]
+    merged["t"] = merged["t"].clip(0.0, SPEND_MAX if column else 1.0)
+    merged["cell"] = merged["a"].astype(str) + " \u00d7 " + merged["b"].astype(str)
+    return merged.groupby("cell")["t"].agg(["count", "mean"])
+
+
+CROSSES = [
+    (("p2", "region"), ("lo", "tier"), "lo", ""),  # a partner's column x the LO's
+    (("lo", "tier"), ("p2", "region"), "p1", "spend"),  # LO's x a partner's, a third's spend
+    (("p2", "region"), ("p2", "tier"), "lo", ""),  # two columns of one partner
+    (("lo", "region"), ("lo", "tier"), "p1", "spend"),  # two of the LO's, a partner's spend
+]
+
+
+@pytest.mark.parametrize("first,second,target,column", CROSSES)
+def test_a_cross_of_two_columns_equals_a_plain_group_by(
+    collab, first, second, target, column, tmp_path
+):
+    config = {
+        "segment-party": first[0],
+        "segment-column": first[1],
+        "cross-party": second[0],
+        "cross-column": second[1],
+        "target-party": "" if target == "lo" else target,
+        "target-column": column,
+    }
+    if column:
+        config["target-max"] = SPEND_MAX
+    collab.run(workdir=tmp_path / "w", model="segments", **config)
+    report = json.loads((tmp_path / "w/parties/lo/segments.json").read_text())
+    plain = _plain_cross(collab, first, second, target, column)
+    statistic = "mean" if column else "rate"
+    assert len(report["cells"]) == 8  # 4 regions x 2 tiers, every combination listed
+    released = [c for c in report["cells"] if not c["suppressed"]]
+    assert released
+    for cell in released:
+        assert cell["customers"] == plain.loc[cell["segment"], "count"]
+        assert cell[statistic] == pytest.approx(plain.loc[cell["segment"], "mean"], abs=1e-4)
+    for cell in report["cells"]:
+        if cell["segment"] not in plain.index or plain.loc[cell["segment"], "count"] < 20:
+            assert cell["suppressed"], cell
+
+
+def test_a_cross_of_two_partners_columns_is_refused_clearly(collab, tmp_path):
+    from vfm_flower.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="two partners' columns is not supported"):
+        collab.run(
+            workdir=tmp_path / "w",
+            model="segments",
+            **{
+                "segment-party": "p1",
+                "segment-column": "region",
+                "cross-party": "p2",
+                "cross-column": "tier",
+            },
         )

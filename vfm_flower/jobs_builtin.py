@@ -220,6 +220,15 @@ SEGMENTS_PARAMS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec("delta", float, 0.0, (0.0, 0.5), {"min": 0.0, "max": 1e-5}, "delta (gaussian noise)"),
     ParamSpec("noise", str, "laplace", ("laplace", "gaussian"), None, "the noise mechanism"),
+    ParamSpec(
+        "cross-party",
+        str,
+        "",
+        None,
+        "*",
+        "the party of a second column to cross with the first (empty: no cross)",
+    ),
+    ParamSpec("cross-column", str, "", None, "*", "that party's categorical column"),
     REGRESSION_PARAMS[1],  # paillier-bits
 )
 
@@ -298,6 +307,8 @@ class SegmentParams:
     epsilon: float
     delta: float
     noise: str
+    cross_party: str
+    cross_column: str
     paillier_bits: int
 
     @classmethod
@@ -316,7 +327,34 @@ class SegmentParams:
             raise ConfigurationError("segments: target-min must be below target-max")
         if params.epsilon == 0 and params.delta:
             raise ConfigurationError("segments: delta without epsilon (set epsilon for noise)")
+        if bool(params.cross_party) != bool(params.cross_column):
+            raise ConfigurationError("segments: set both cross-party and cross-column, or neither")
+        if (params.cross_party, params.cross_column) == (
+            params.segment_party,
+            params.segment_column,
+        ):
+            raise ConfigurationError("segments: a column crossed with itself")
+        passive = {p for p, _ in params.columns if p != label_owner}
+        if len(passive) > 1:
+            raise ConfigurationError(
+                "segments: a cross of two partners' columns is not supported yet (cross a "
+                "partner's column with the label owner's, or two columns of one party)"
+            )
         return params
+
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        """The segment column and, for a cross, the second one: ``(party, column)``."""
+        out = [(self.segment_party, self.segment_column)]
+        if self.cross_party:
+            out.append((self.cross_party, self.cross_column))
+        return out
+
+    def aggregator(self, label_owner: str) -> str | None:
+        """The partner that sums per value (the one holding a column), or ``None`` when the
+        label owner holds every column."""
+        passive = [p for p, _ in self.columns if p != label_owner]
+        return passive[0] if passive else None
 
     @property
     def noised(self) -> bool:

@@ -95,14 +95,39 @@ def _target_values(ctx: PartyContext, params: SegmentParams, frame: pd.DataFrame
     return values
 
 
-def _segment_of(ctx: PartyContext, params: SegmentParams, frame: pd.DataFrame):  # type: ignore[no-untyped-def]
-    ctx.check_columns([params.segment_column])
-    return segment_codes(
-        frame[params.segment_column].tolist(),
+def _codes_of(
+    ctx: PartyContext, params: SegmentParams, frame: pd.DataFrame, party: str
+) -> tuple[list[str], np.ndarray]:
+    """The values and per-row codes of ``party``'s columns among the job's (one column, or
+    both of a cross, combined ``"a x b"``); one value with one code when it holds none."""
+    columns = [c for p, c in params.columns if p == party]
+    if not columns:
+        return [""], np.zeros(len(frame), dtype=np.int64)
+    ctx.check_columns(columns)
+    values, codes = segment_codes(
+        frame[columns[0]].tolist(),
         max_values=params.max_segments,
         party=ctx.party,
-        column=params.segment_column,
+        column=columns[0],
     )
+    for column in columns[1:]:
+        more, extra = segment_codes(
+            frame[column].tolist(), max_values=params.max_segments, party=ctx.party, column=column
+        )
+        values = [f"{a} \u00d7 {b}" for a in values for b in more]
+        codes = codes * len(more) + extra
+    return values, codes
+
+
+def _cell_names(
+    params: SegmentParams, lo: str, lo_values: list[str], values: list[str]
+) -> list[str]:
+    """Names of the cells ``(LO value, partner value)`` in that order (LO-major), the
+    segment column's value first in each name."""
+    if lo_values == [""]:
+        return list(values)
+    lo_first = params.segment_party == lo
+    return [f"{a} \u00d7 {b}" if lo_first else f"{b} \u00d7 {a}" for a in lo_values for b in values]
 
 
 def _by_position(ctx: PartyContext, party: str, values: np.ndarray) -> np.ndarray:
@@ -120,41 +145,40 @@ def _by_position(ctx: PartyContext, party: str, values: np.ndarray) -> np.ndarra
 def label_owner_encrypt(ctx: PartyContext) -> None:
     params = _params(ctx)
     lo = ctx.label_owner
-    for party in (params.segment_party, params.target_party):
+    for party in (params.segment_party, params.target_party, params.cross_party or lo):
         if party not in ctx.agreement.party_names:
             raise ProtocolAbort(ENCRYPT, ctx.party, f"'{party}' is not a party of the agreement")
     keys = ctx.paillier()
-    joint = ctx.aligned_rows()
-    if params.segment_party == lo:
+    holder = params.aggregator(lo)
+    if holder is None:
         _label_owner_segments(ctx, params, keys)
         return
-    ones = np.ones(len(joint), dtype=np.int64)
+    frame = ctx.aligned_table()
+    lo_values, lo_codes = _codes_of(ctx, params, frame, lo)  # [""] without an LO column
+    recipient = holder if params.target_party == lo else params.target_party
+    vectors = {}
+    target = None
     if params.target_party == lo:
-        target, _ = _encoding(params).encode(_target_values(ctx, params, ctx.aligned_table()))
-        vectors = {
-            "count": keys.encrypt_integers(
-                _by_position(ctx, params.segment_party, ones), value_bits=1
-            ),
-            "sum": keys.encrypt_integers(
-                _by_position(ctx, params.segment_party, target),
+        target, _ = _encoding(params).encode(_target_values(ctx, params, frame))
+    for a in range(len(lo_values)):  # one pair of streams per value of the LO's column
+        joint = (lo_codes == a).astype(np.int64)
+        vectors[f"count{a}"] = keys.encrypt_integers(
+            _by_position(ctx, recipient, joint), value_bits=1
+        )
+        if target is not None:
+            vectors[f"sum{a}"] = keys.encrypt_integers(
+                _by_position(ctx, recipient, joint * target),
                 value_bits=_encoding(params).value_bits,
-            ),
-        }
-        ctx.send_encrypted(params.segment_party, JOINT, keys, vectors)
-    else:  # the target holder multiplies in its values (H itself, or G forwards to H)
-        vectors = {
-            "count": keys.encrypt_integers(
-                _by_position(ctx, params.target_party, ones), value_bits=1
             )
-        }
-        ctx.send_encrypted(params.target_party, JOINT, keys, vectors)
+    ctx.state.set("segments.lo_values", json.dumps(lo_values))
+    ctx.send_encrypted(recipient, JOINT, keys, vectors, {"splits": len(lo_values)})
     ctx.publish(segment_next="sums")
 
 
 def _label_owner_segments(ctx: PartyContext, params: SegmentParams, keys: Any) -> None:
     """The LO holds the segment column: it knows the cells of the joint customers."""
     frame = ctx.aligned_table()
-    values, codes = _segment_of(ctx, params, frame)
+    values, codes = _codes_of(ctx, params, frame, ctx.label_owner)
     counts = np.bincount(codes, minlength=len(values)).astype(np.float64)
     noise = _noise(params)
     if noise is not None:  # the LO's own counts, noised by the LO before any release
@@ -193,15 +217,18 @@ def _label_owner_segments(ctx: PartyContext, params: SegmentParams, keys: Any) -
 def label_owner_decide(ctx: PartyContext) -> None:
     """The cohort tests' answers (or, with noise, the noised figures: the table at once)."""
     params = _params(ctx)
-    holder = params.segment_party
+    holder = params.aggregator(ctx.label_owner)
     if ctx.round == 1:
+        lo_values = json.loads(ctx.state.get("segments.lo_values"))
+        cells_bound = params.max_segments**2
         keys, vectors, meta = ctx.receive_encrypted(
-            holder, CELLS, max_count=params.max_segments * max(ctx.min_cohort, 1)
+            holder, CELLS, max_count=cells_bound * max(ctx.min_cohort, 1)
         )
         with ctx.decoding(holder, CELLS):
-            values = [str(v) for v in meta["values"]]
-            if not 1 <= len(values) <= params.max_segments or len(set(values)) != len(values):
-                raise ValueError("one distinct value per cell, at most max-segments")
+            theirs = [str(v) for v in meta["values"]]
+            if not 1 <= len(theirs) <= cells_bound or len(set(theirs)) != len(theirs):
+                raise ValueError("distinct values, at most max-segments squared")
+            values = _cell_names(params, ctx.label_owner, lo_values, theirs)
         if params.noised:
             counts = keys.decrypt(vectors["count"])
             sums = keys.decrypt(vectors["sum"])
@@ -244,7 +271,7 @@ def label_owner_table(ctx: PartyContext) -> None:
     """The exact figures of the released cells (masks removed), or the packed sums."""
     params = _params(ctx)
     keys = ctx.paillier()
-    if params.segment_party == ctx.label_owner:
+    if params.aggregator(ctx.label_owner) is None:
         target = params.target_party
         values = json.loads(ctx.state.get("segments.values"))
         released = json.loads(ctx.state.get("segments.released"))
@@ -259,7 +286,7 @@ def label_owner_table(ctx: PartyContext) -> None:
         # the same counts decide the same cells again (with the reasons)
         _write_table(ctx, params, values, counts, sums, None)
         return
-    holder = params.segment_party
+    holder = params.aggregator(ctx.label_owner)
     values = json.loads(ctx.state.get("segments.values"))
     withheld = json.loads(ctx.state.get("segments.withheld"))
     released = [i for i in range(len(values)) if i not in withheld]
@@ -323,69 +350,89 @@ def receive_segment_report(ctx: PartyContext, payload: bytes) -> None:
 # ------------------------------------------------------------------------- passive parties
 
 
+def _splits(ctx: PartyContext, sender: str, meta: dict, vectors: dict, rows: int) -> int:
+    """How many stream pairs (values of the LO's column) a payload carries, checked."""
+    with ctx.decoding(sender, JOINT):
+        splits = int(meta["splits"])
+        limit = _params(ctx).max_segments
+        if not 1 <= splits <= limit or any(len(v) != rows for v in vectors.values()):
+            raise ValueError(f"{splits} splits (at most {limit}) of {rows} ciphertexts each")
+        for a in range(splits):
+            vectors[f"count{a}"]  # noqa: B018 - a missing stream is a KeyError here
+    return splits
+
+
 @STEPS.step(FORWARD, jobs=KINDS)
 def target_holder_forward(ctx: PartyContext) -> None:
     """``G`` (passive, not ``H``): ``[[j]]`` and ``[[j u]]`` to ``H``, laid out by slot."""
     params = _params(ctx)
     layout = ctx.passive_layout()
-    keys, vectors, _ = ctx.receive_encrypted(ctx.label_owner, JOINT, max_count=layout.rows)
-    count = vectors["count"]
-    if len(count) != layout.rows:
-        raise ProtocolAbort(FORWARD, ctx.party, "one encrypted indicator per row expected")
+    keys, vectors, meta = ctx.receive_encrypted(ctx.label_owner, JOINT, max_count=layout.rows)
+    splits = _splits(ctx, ctx.label_owner, meta, vectors, layout.rows)
     target, _ = _encoding(params).encode(_target_values(ctx, params, ctx.table()))
-    by_position = target[layout.row_of_position]
-    summed = keys.multiply_plain(count, by_position.astype(object))
+    by_position = target[layout.row_of_position].astype(object)
     slot_of_position = layout.slot_of_row[layout.row_of_position]
-    zeros = keys.encrypt_integers(
-        np.zeros(layout.total_slots - layout.rows, dtype=np.int64), value_bits=1
-    )
+    free_slots = layout.total_slots - layout.rows
     out = {}
-    for name, vector in (("count", count), ("sum", summed)):
-        slots: list[Any] = [None] * layout.total_slots
-        for position, slot in enumerate(slot_of_position):
-            slots[int(slot)] = vector.ciphertexts[position]
-        free = iter(zeros.ciphertexts)
-        slots = [c if c is not None else next(free) for c in slots]
-        out[name] = type(vector)(tuple(slots), vector.value_bits, vector.fraction_bits)
-    ctx.send_encrypted(params.segment_party, SLOTS, keys, out)
+    for a in range(splits):
+        count = vectors[f"count{a}"]
+        summed = keys.multiply_plain(count, by_position)
+        zeros = iter(
+            keys.encrypt_integers(
+                np.zeros(2 * free_slots, dtype=np.int64), value_bits=1
+            ).ciphertexts
+        )
+        for name, vector in ((f"count{a}", count), (f"sum{a}", summed)):
+            slots: list[Any] = [None] * layout.total_slots
+            for position, slot in enumerate(slot_of_position):
+                slots[int(slot)] = vector.ciphertexts[position]
+            slots = [c if c is not None else next(zeros) for c in slots]
+            out[name] = type(vector)(tuple(slots), vector.value_bits, vector.fraction_bits)
+    holder = params.aggregator(ctx.label_owner)
+    ctx.send_encrypted(holder, SLOTS, keys, out, {"splits": splits})
 
 
 @STEPS.step(SUMS, jobs=KINDS)
 def holder_sums(ctx: PartyContext) -> None:
     """``H`` (passive): the per-value sums; or ``G`` for a segment the LO holds."""
     params = _params(ctx)
-    if params.segment_party == ctx.label_owner:
+    if params.aggregator(ctx.label_owner) is None:
         _packed_sums(ctx, params)
         return
     layout = ctx.passive_layout()
-    values, codes = _segment_of(ctx, params, ctx.table())
+    values, codes = _codes_of(ctx, params, ctx.table(), ctx.party)
     encoding = _encoding(params)
-    if params.target_party not in (ctx.label_owner, ctx.party):
-        keys, vectors, _ = ctx.receive_encrypted(
-            params.target_party, SLOTS, max_count=layout.total_slots
-        )
-        rows_slots = layout.slot_of_row
-        count = _pick(vectors["count"], rows_slots)
-        summed = _pick(vectors["sum"], rows_slots)
-        groups = codes
+    forwarded = params.target_party not in (ctx.label_owner, ctx.party)
+    if forwarded:
+        sender, topic, rows = params.target_party, SLOTS, layout.total_slots
     else:
-        keys, vectors, _ = ctx.receive_encrypted(ctx.label_owner, JOINT, max_count=layout.rows)
-        count = vectors["count"]
-        if len(count) != layout.rows:
-            raise ProtocolAbort(SUMS, ctx.party, "one encrypted indicator per row expected")
+        sender, topic, rows = ctx.label_owner, JOINT, layout.rows
+    keys, vectors, meta = ctx.receive_encrypted(sender, topic, max_count=rows)
+    splits = _splits(ctx, sender, meta, vectors, rows)
+    if forwarded:  # by slot: this party's rows, in its own order
+        vectors = {name: _pick(v, layout.slot_of_row) for name, v in vectors.items()}
+        groups = codes
+    else:  # by position
         groups = codes[layout.row_of_position]
-        if params.target_party == ctx.party:
+    counts, sums = [], []
+    for a in range(splits):
+        count = vectors[f"count{a}"]
+        counts.append(keys.grouped_sum(count, groups, len(values)))
+        if params.target_party == ctx.party:  # the target is this party's own column
             target, _ = encoding.encode(_target_values(ctx, params, ctx.table()))
             matrix = np.zeros((layout.rows, len(values)), dtype=np.int64)
             matrix[np.arange(layout.rows), groups] = target[layout.row_of_position]
-            sums = keys.dot(matrix, count)
-            counts = keys.grouped_sum(count, groups, len(values))
-            _send_cells(ctx, params, keys, values, counts, sums)
-            return
-        summed = vectors["sum"]
-    counts = keys.grouped_sum(count, groups, len(values))
-    sums = keys.grouped_sum(summed, groups, len(values))
-    _send_cells(ctx, params, keys, values, counts, sums)
+            sums.append(keys.dot(matrix, count))
+        else:
+            sums.append(keys.grouped_sum(vectors[f"sum{a}"], groups, len(values)))
+    _send_cells(ctx, params, keys, values, _joined(counts), _joined(sums))
+
+
+def _joined(parts: list[Any]) -> Any:
+    """One encrypted vector of the cells of every split, in order (LO-major)."""
+    bits = max(p.value_bits for p in parts)
+    cts = tuple(c for p in parts for c in p.ciphertexts)
+    return type(parts[0])(cts, bits, parts[0].fraction_bits)
 
 
 def _pick(vector: Any, slots: np.ndarray) -> Any:
@@ -402,9 +449,9 @@ def _send_cells(
     meta = {"values": values}
     if noise is not None:
         counts = keys.add_plain(
-            counts, np.array(ss.cell_noise(noise, 1, len(values)), dtype=object)
+            counts, np.array(ss.cell_noise(noise, 1, len(counts)), dtype=object)
         )
-        extra = ss.cell_noise(noise, encoding.sensitivity, len(values))
+        extra = ss.cell_noise(noise, encoding.sensitivity, len(counts))
         sums = keys.add_plain(sums, np.array(extra, dtype=object))
         ctx.send_encrypted(
             ctx.label_owner,
@@ -414,9 +461,10 @@ def _send_cells(
             meta,
         )
         return
-    tests = keys.equality_tests(counts, ss.cohort_candidates(len(values), ctx.min_cohort))
-    count_masks = ss.mask_values(len(values), counts.value_bits)
-    sum_masks = ss.mask_values(len(values), sums.value_bits)
+    cells = len(counts)
+    tests = keys.equality_tests(counts, ss.cohort_candidates(cells, ctx.min_cohort))
+    count_masks = ss.mask_values(cells, counts.value_bits)
+    sum_masks = ss.mask_values(cells, sums.value_bits)
     masked_count = keys.add_plain(counts, np.array(count_masks, dtype=object))
     masked_sum = keys.add_plain(sums, np.array(sum_masks, dtype=object))
     ctx.state.set(
@@ -478,7 +526,7 @@ def holder_merge(ctx: PartyContext) -> None:
     blob = ctx.state.get_bytes("segments.counts")
     public = ctx.state.get_bytes("segments.public_key")
     keys = PaillierContext.from_public_bytes(public, min_bits=ctx.agreement.min_paillier_bits)
-    counts = keys.ciphertexts_from_bytes(blob, max_count=params.max_segments)
+    counts = keys.ciphertexts_from_bytes(blob, max_count=params.max_segments**2)
     if not withheld or max(withheld) >= len(counts):
         raise ProtocolAbort(MERGE, ctx.party, "the withheld cells are out of range")
     total = counts.ciphertexts[withheld[0]]
