@@ -219,10 +219,7 @@ def run_iteration(ctx: dict, iteration: int, *, precompute: bool) -> dict:
         "seconds": max(t["passive_round_slowest_party"], t["lo_precompute"])
         + max(lo, t["passive_precompute_slowest_party"]),
         # every party on these same cores, one after the other
-        "seconds_sequential": t["passive_round_all_parties"]
-        + t["lo_precompute"]
-        + lo
-        + sum(pre),
+        "seconds_sequential": t["passive_round_all_parties"] + t["lo_precompute"] + lo + sum(pre),
         "cpu": cpu,
         "foreign_cpu": foreign,
         "steps": t,

@@ -26,6 +26,7 @@ class VerticalOverlap(VerticalStrategy):
                 f"VerticalOverlap runs job kind 'overlap', not '{self.job.kind}'"
             )
         params = OverlapParams.from_job(self.job)
+        params.check_holder(self.agreement.label_owner)
         if params.segment_party and params.segment_party not in self.agreement.party_names:
             raise ConfigurationError(
                 f"segment-party '{params.segment_party}' is not a party of the agreement "

@@ -141,6 +141,7 @@ def collab(tmp_path):
     rng = np.random.default_rng(2)
     frames["p2"]["region"] = rng.choice(REGIONS, size=len(frames["p2"]))
     frames["lo"]["tier"] = rng.choice(["gold", "silver"], size=len(frames["lo"]))
+    frames["p1"]["band"] = rng.choice(["lowspend", "highspend"], size=len(frames["p1"]))
     c = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
     c.frames, c.shared = frames, shared
     return c
@@ -164,7 +165,7 @@ def _party_states(grid):
     return {ctx.node_config["party"]: load_state(ctx) for ctx in grid.contexts.values()}
 
 
-@pytest.mark.parametrize("holder,column", [("p2", "region"), ("lo", "tier")])
+@pytest.mark.parametrize("holder,column", [("p2", "region"), ("p1", "band")])
 def test_the_job_releases_exact_counts_in_three_rounds(collab, holder, column):
     grids = []
     result = collab.run(
@@ -181,7 +182,7 @@ def test_the_job_releases_exact_counts_in_three_rounds(collab, holder, column):
     assert report["with_label_owner"]["p1"]["match_rate"] == pytest.approx(300 / 340)
     # the server learns counts and the verdict, never a segment value
     blob = b"".join(m for _, _, m in grids[0].transcript)
-    for value in (*REGIONS, "gold", "silver"):
+    for value in (*REGIONS, "gold", "silver", "lowspend", "highspend"):
         assert value.encode() not in blob
     for email in collab.shared[:40]:
         assert email.encode() not in blob and email.upper().encode() not in blob
@@ -285,9 +286,23 @@ def test_a_denied_segment_column_is_refused_by_its_holder(tmp_path):
         collab.run(model="overlap", **{"segment-party": "p2", "segment-column": "region"})
 
 
-def test_the_label_column_is_never_a_segment(collab):
-    with pytest.raises((ProtocolAbort, PolicyViolation), match=r"lo.*\[features\].*\by\b"):
-        collab.run(model="overlap", **{"segment-party": "lo", "segment-column": "y"})
+def test_the_label_owners_own_column_never_segments_the_overlap(collab):
+    """Its counts per value would tell the label owner which of its customers are shared
+    (a value one customer holds: that customer's membership)."""
+    for column in ("tier", "y"):
+        with pytest.raises(ConfigurationError, match="label owner's own column cannot segment"):
+            collab.run(model="overlap", **{"segment-party": "lo", "segment-column": column})
+
+
+def test_a_segmented_overlap_is_refused_under_a_privacy_budget(tmp_path):
+    frames, _ = synthetic_frames(n_shared=120, n_only=10, seed=4)
+    frames["p2"]["region"] = "north"
+    collab = make_collaboration(
+        tmp_path / "c", frames, label_owner="lo", min_intersection=50, privacy_epsilon=1.0
+    )
+    with pytest.raises(PolicyViolation, match=r"\[privacy_budget\].*without a segment column"):
+        collab.run(model="overlap", **{"segment-party": "p2", "segment-column": "region"})
+    assert collab.run(model="overlap")["public"]["overlap_verdict"] == "ok"  # counts only
 
 
 def test_overlap_matches_pandas_on_generated_data(tmp_path):

@@ -439,6 +439,9 @@ def test_the_readme_deployment_commands_run_as_written(tmp_path: Path) -> None:
         report = json.loads((insurer_dir / "overlap.json").read_text())
         assert report["all_parties"]["customers"] > 4000, report["all_parties"]
         assert len(report["segment"]["cells"]) == 10
+        assert "[vfm] job done (segments run)" in overlap, overlap[-3000:]
+        segments = json.loads((insurer_dir / "segments.json").read_text())
+        assert segments["released"] >= 5, segments["cells"]
         train = outputs[STEPS[6]]
         for prefix in expected:
             assert prefix in train, f"{prefix!r} missing from the train job's stream:\n{train}"
@@ -455,9 +458,10 @@ def test_the_readme_deployment_commands_run_as_written(tmp_path: Path) -> None:
             # the SuperNode's output
             lines = (tmp_path / "data" / party / "work" / "vfm-party.log").read_text()
             assert f"party '{party}' job 1 (overlap run): done" in lines, lines
-            assert f"party '{party}' job 2 (logistic train): done" in lines, lines
+            assert f"party '{party}' job 2 (segments run): done" in lines, lines
+            assert f"party '{party}' job 3 (logistic train): done" in lines, lines
             assert "(logistic score, data set 'campaign'): done" in lines, lines
-            assert f"[vfm] party '{party}' job 2 (logistic train): done" in node_output
+            assert f"[vfm] party '{party}' job 3 (logistic train): done" in node_output
         if network.isolated:  # the SuperNodes could reach the SuperLink over their veth only
             for index in range(len(parties)):
                 assert run.reachable(index, network.superlink_address(index))

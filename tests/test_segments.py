@@ -101,6 +101,17 @@ def test_released_cells_equal_a_plain_group_by(collab, holder, target, column, t
         assert value.encode() not in blob
     for email in collab.shared[:30]:
         assert email.encode() not in blob
+    # nor any ciphertext: every payload carries the label owner's Paillier key, never in clear
+    from vfm_flower.clients.vertical_party import load_state
+    from vfm_flower.paillier import PaillierContext
+
+    lo_state = next(
+        load_state(c) for c in grids[0].contexts.values() if c.node_config["party"] == "lo"
+    )
+    keys = PaillierContext.from_private_bytes(lo_state.get_bytes("ctx.paillier.private"))
+    modulus = int(keys.public_key.n).to_bytes(keys.key_bits // 8, "big")
+    assert modulus[:64] not in blob and modulus[-64:] not in blob
+    assert keys.public_bytes()[-64:] not in blob
 
 
 def test_a_segment_holder_receives_only_ciphertexts_and_cell_numbers(collab, monkeypatch, tmp_path):
@@ -238,6 +249,18 @@ def test_a_cross_of_two_columns_equals_a_plain_group_by(
     for cell in report["cells"]:
         if cell["segment"] not in plain.index or plain.loc[cell["segment"], "count"] < 20:
             assert cell["suppressed"], cell
+    # the label owner knows its own column's totals: withheld cells of each of its values
+    # cover 0 or at least the minimum cohort, or they would follow from that total
+    lo_side = 0 if first[0] == "lo" else (1 if second[0] == "lo" else None)
+    if lo_side is not None and {first[0], second[0]} != {"lo"}:
+        for lo_value in collab.frames["lo"][(first, second)[lo_side][1]].unique():
+            hidden = [
+                c["segment"]
+                for c in report["cells"]
+                if c["suppressed"] and c["segment"].split(" \u00d7 ")[lo_side] == str(lo_value)
+            ]
+            total = sum(int(plain["count"].get(h, 0)) for h in hidden)
+            assert total == 0 or total >= 20, (lo_value, hidden, total)
 
 
 def test_a_cross_of_two_partners_columns_is_refused_clearly(collab, tmp_path):
@@ -253,4 +276,25 @@ def test_a_cross_of_two_partners_columns_is_refused_clearly(collab, tmp_path):
                 "cross-party": "p2",
                 "cross-column": "tier",
             },
+        )
+
+
+def test_a_label_owner_that_releases_a_withheld_cell_is_refused(collab, monkeypatch, tmp_path):
+    """A deviating label owner whose final list drops a cell it asked to withhold before:
+    the segment holder refuses to reveal any mask."""
+    from vfm_flower.context import PartyContext
+
+    original = PartyContext.send
+
+    def send(self, recipient, topic, payload):
+        if topic.name == "segments.withheld" and b'"final"' in payload:
+            payload = json.dumps({"withheld": [[]], "final": True}).encode()
+        return original(self, recipient, topic, payload)
+
+    monkeypatch.setattr(PartyContext, "send", send)
+    with pytest.raises(ProtocolAbort, match=r"p2.*min_cohort.*releases cells it withheld"):
+        collab.run(
+            workdir=tmp_path / "w",
+            model="segments",
+            **{"segment-party": "p2", "segment-column": "region"},
         )

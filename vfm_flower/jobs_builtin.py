@@ -292,6 +292,19 @@ class OverlapParams:
             )
         return params
 
+    def check_holder(self, label_owner: str) -> None:
+        """The label owner's own column never segments the overlap: it knows which of its
+        customers hold each value, so exact counts per value would tell it whether they are
+        shared (a value held by one customer: that customer's membership)."""
+        if self.segment_party and self.segment_party == label_owner:
+            from vfm_flower.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"overlap: the label owner's own column cannot segment the overlap (its counts "
+                f"per value would tell '{label_owner}' which of its customers are shared): "
+                "segment by a partner's column, or use the segments job after alignment"
+            )
+
 
 @dataclass(frozen=True)
 class SegmentParams:

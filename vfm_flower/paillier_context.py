@@ -663,7 +663,23 @@ class PaillierContext:
                 shifted = _djn.add_plaintexts([_djn.encode_signed(-int(o), n)], [c], n, nsquare)
                 factor = mpz(1 + secrets.randbelow(int(n) - 1))
                 out.append(gmpy2.powmod(shifted[0], factor, nsquare))
-        return EncryptedVector(tuple(out), self.key_bits - 2, 0)
+        # fresh randomness: the input's (a power of it) would let the key holder solve for
+        # the difference d - o from two ciphertexts that share it
+        return self.rerandomize(EncryptedVector(tuple(out), self.key_bits - 2, 0))
+
+    def refresh_for_peers(self, encrypted: EncryptedVector) -> EncryptedVector:
+        """The same plaintexts times fresh encryptions of zero (short-exponent DJN
+        obfuscators: about one modular multiplication each from the fixed-base table).
+
+        Unlinkable to anyone without the private key: for ciphertexts a party passes to
+        another *non-key-holding* party (a passive party forwarding the label owner's
+        vectors), so the receiver cannot relate them to each other, to their plaintext
+        factors, or to the vectors the label owner sent. A ciphertext that goes back to the
+        key holder gets :meth:`rerandomize` (full-size randomness) instead.
+        """
+        zeros = self.encrypt_integers(np.zeros(len(encrypted), dtype=np.int64), value_bits=1)
+        refreshed = self.add(encrypted, zeros)
+        return EncryptedVector(refreshed.ciphertexts, encrypted.value_bits, encrypted.fraction_bits)
 
     # ---------------------------------------------------------------- decryption
 

@@ -46,7 +46,7 @@ from vfm_flower.agreement import (
 from vfm_flower.errors import ConfigurationError, PolicyViolation, SignatureError
 from vfm_flower.jobs import ANY, Job, JobKind
 from vfm_flower.keys import PublicIdentity
-from vfm_flower.privacy import PrivacyCost, job_cost
+from vfm_flower.privacy import PrivacyCost, job_cost, needs_noise
 
 # --------------------------------------------------------------------------- the job
 
@@ -380,12 +380,18 @@ def check_privacy_budget(agreement: Agreement, job: Job, spent: PrivacyCost) -> 
     cost = job_cost(job)
     if agreement.privacy_epsilon is None:
         return cost
-    if "epsilon" in job.params and cost.is_free:
+    if needs_noise(job) and cost.is_free:
+        remedy = (
+            "set its epsilon"
+            if "epsilon" in job.params
+            else "run it without a segment column (its counts per value are exact), or use "
+            "the segments job with noise"
+        )
         raise PolicyViolation(
             "privacy_budget",
             f"the agreement sets a privacy budget (epsilon {agreement.privacy_epsilon:g}): a "
-            f"'{job.kind}' job must add noise: set its epsilon (what remains: "
-            f"{max(agreement.privacy_epsilon - spent.epsilon, 0.0):g})",
+            f"'{job.kind}' job releasing statistics per segment must add noise: {remedy} "
+            f"(what remains: {max(agreement.privacy_epsilon - spent.epsilon, 0.0):g})",
         )
     if not cost.fits(spent, agreement.privacy_epsilon, agreement.privacy_delta):
         raise PolicyViolation(

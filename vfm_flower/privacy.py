@@ -148,6 +148,13 @@ def job_cost(job: Job) -> PrivacyCost:
     return PrivacyCost(epsilon, delta) if epsilon > 0 else PrivacyCost()
 
 
+def needs_noise(job: Job) -> bool:
+    """Whether ``job`` releases statistics about customers' attributes that a privacy budget
+    must cover: a noised kind's job (an ``epsilon`` parameter), or an overlap per segment
+    (exact counts per value of a column)."""
+    return "epsilon" in job.params or bool(job.params.get("segment-party"))
+
+
 def total_spent(details: Sequence[str]) -> PrivacyCost:
     """The sum of the charges recorded in an audit log (their ``detail`` texts)."""
     spent = PrivacyCost()

@@ -118,6 +118,12 @@ def cmd_local_segments(args: argparse.Namespace) -> int:
         **_segment_option(args.segment),
         **_target_option(args.target),
     }
+    if args.cross:
+        cross = _segment_option(args.cross)
+        config["cross-party"], config["cross-column"] = (
+            cross["segment-party"],
+            cross["segment-column"],
+        )
     for option, key in (
         ("target_min", "target-min"),
         ("target_max", "target-max"),
@@ -218,6 +224,9 @@ def register_local(local_sub: argparse._SubParsersAction, add_job_options: Any) 
     )
     add_job_options(segments, model=False)
     segments.add_argument("--segment", metavar="PARTY:COLUMN", help="the column to group by")
+    segments.add_argument(
+        "--cross", metavar="PARTY:COLUMN", help="a second column to cross with the first"
+    )
     segments.add_argument(
         "--target", metavar="PARTY:COLUMN", help="a numeric target (default: the label's rate)"
     )

@@ -99,6 +99,7 @@ def _partitions_of(ctx: PartyContext, party: str, params: OverlapParams) -> int:
 def every_party_overlap(ctx: PartyContext) -> None:
     """Route the three overlap rounds by role."""
     params = OverlapParams.from_job(ctx.job)
+    params.check_holder(ctx.label_owner)
     if params.segment_party and params.segment_party not in ctx.agreement.party_names:
         raise ProtocolAbort(
             STEP, ctx.party, f"segment-party '{params.segment_party}' is not a party"

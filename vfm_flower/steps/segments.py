@@ -33,7 +33,7 @@ import pandas as pd
 
 from vfm_flower import segment_stats as ss
 from vfm_flower.context import PartyContext, Topic
-from vfm_flower.errors import DataError, ProtocolAbort
+from vfm_flower.errors import DataError, PolicyViolation, ProtocolAbort
 from vfm_flower.jobs_builtin import SEGMENTS_KIND, SegmentParams
 from vfm_flower.overlap import segment_codes
 from vfm_flower.party import StepRegistry
@@ -241,29 +241,56 @@ def label_owner_decide(ctx: PartyContext) -> None:
             "segments.masked_count", keys.ciphertexts_to_bytes(vectors["masked_count"])
         )
         ctx.state.set_bytes("segments.masked_sum", keys.ciphertexts_to_bytes(vectors["masked_sum"]))
-        withheld = failing
         ctx.state.set("segments.failing", json.dumps(failing))
+        groups = _marginal_groups(len(lo_values), len(values))
+        withheld = [[c for c in g if c in failing] for g in groups]
+        settled = [not w for w in withheld]
     else:
-        keys, vectors, _ = ctx.receive_encrypted(holder, MERGED, max_count=ctx.min_cohort)
         values = json.loads(ctx.state.get("segments.values"))
+        groups = _marginal_groups(len(json.loads(ctx.state.get("segments.lo_values"))), len(values))
         withheld = json.loads(ctx.state.get("segments.withheld"))
-        if keys.decrypt_zeros(vectors["tests"]).any():  # 0 < sum of the withheld < k
-            rest = [i for i in range(len(values)) if i not in withheld]
-            withheld = sorted(withheld + rest[:1])
-        else:
-            ctx.state.set("segments.settled", 1)
+        settled = json.loads(ctx.state.get("segments.settled"))
+        asked = [g for g in range(len(groups)) if not settled[g]]
+        keys, vectors, _ = ctx.receive_encrypted(
+            holder, MERGED, max_count=len(groups) * ctx.min_cohort
+        )
+        answers = keys.decrypt_zeros(vectors["tests"])
+        with ctx.decoding(holder, MERGED):
+            if len(answers) != len(asked) * (ctx.min_cohort - 1):
+                raise ValueError("one test per candidate of every group asked")
+        per_group = answers.reshape(len(asked), ctx.min_cohort - 1) if asked else answers
+        for g, zero in zip(asked, per_group, strict=True):
+            if zero.any():  # 0 < the withheld cells of the group < k: withhold one more
+                rest = [c for c in groups[g] if c not in withheld[g]]
+                withheld[g] = sorted(withheld[g] + rest[:1])
+            else:
+                settled[g] = True
+    # a group is settled when its withheld cells cover 0 or at least k, or it is all withheld
+    settled = [
+        bool(s) or len(w) == len(g) for s, w, g in zip(settled, withheld, groups, strict=True)
+    ]
     ctx.state.set("segments.withheld", json.dumps(withheld))
-    settled = not withheld or ctx.state.get("segments.settled") or len(withheld) == len(values)
-    if not settled:
-        ctx.send(holder, WITHHELD, json.dumps({"withheld": withheld}).encode())
+    ctx.state.set("segments.settled", json.dumps(settled))
+    if not all(settled):
+        ask = [w for w, done in zip(withheld, settled, strict=True) if not done]
+        ctx.send(holder, WITHHELD, json.dumps({"withheld": ask}).encode())
         ctx.publish(segment_next="merge")
         return
-    released = [i for i in range(len(values)) if i not in withheld]
+    flat = sorted(c for w in withheld for c in w)
+    released = [i for i in range(len(values)) if i not in flat]
     if not released:
-        _write_table(ctx, params, values, [None] * len(values), [None] * len(values), withheld)
+        _write_table(ctx, params, values, [None] * len(values), [None] * len(values), flat)
         return
-    ctx.send(holder, WITHHELD, json.dumps({"withheld": withheld, "final": True}).encode())
+    ctx.send(holder, WITHHELD, json.dumps({"withheld": [flat], "final": True}).encode())
     ctx.publish(segment_next="reveal")
+
+
+def _marginal_groups(lo_splits: int, cells: int) -> list[list[int]]:
+    """The groups of cells whose total the LO knows: per value of its own column in a cross
+    (the row's customers), else all cells (the joint customers). The withheld cells of each
+    group must cover 0 or at least the minimum cohort, or the total would reveal them."""
+    width = cells // max(lo_splits, 1)
+    return [list(range(a * width, (a + 1) * width)) for a in range(max(lo_splits, 1))]
 
 
 @STEPS.step(TABLE, jobs=KINDS)
@@ -288,7 +315,7 @@ def label_owner_table(ctx: PartyContext) -> None:
         return
     holder = params.aggregator(ctx.label_owner)
     values = json.loads(ctx.state.get("segments.values"))
-    withheld = json.loads(ctx.state.get("segments.withheld"))
+    withheld = sorted(c for w in json.loads(ctx.state.get("segments.withheld")) for c in w)
     released = [i for i in range(len(values)) if i not in withheld]
     arrays, _ = ctx.receive_arrays(holder, MASKS)
     with ctx.decoding(holder, MASKS):
@@ -375,8 +402,10 @@ def target_holder_forward(ctx: PartyContext) -> None:
     free_slots = layout.total_slots - layout.rows
     out = {}
     for a in range(splits):
-        count = vectors[f"count{a}"]
-        summed = keys.multiply_plain(count, by_position)
+        # fresh randomness before they leave: H could otherwise solve [[j]]^u for u, and
+        # tell this party's rows from its fresh zeros in the free slots
+        count = keys.refresh_for_peers(vectors[f"count{a}"])
+        summed = keys.refresh_for_peers(keys.multiply_plain(vectors[f"count{a}"], by_position))
         zeros = iter(
             keys.encrypt_integers(
                 np.zeros(2 * free_slots, dtype=np.int64), value_bits=1
@@ -465,8 +494,10 @@ def _send_cells(
     tests = keys.equality_tests(counts, ss.cohort_candidates(cells, ctx.min_cohort))
     count_masks = ss.mask_values(cells, counts.value_bits)
     sum_masks = ss.mask_values(cells, sums.value_bits)
-    masked_count = keys.add_plain(counts, np.array(count_masks, dtype=object))
-    masked_sum = keys.add_plain(sums, np.array(sum_masks, dtype=object))
+    # fresh randomness on everything the LO decrypts: ciphertexts sharing randomness with
+    # the tests would let it solve for the withheld counts
+    masked_count = keys.rerandomize(keys.add_plain(counts, np.array(count_masks, dtype=object)))
+    masked_sum = keys.rerandomize(keys.add_plain(sums, np.array(sum_masks, dtype=object)))
     ctx.state.set(
         "segments.masks",
         json.dumps({"count": [str(m) for m in count_masks], "sum": [str(m) for m in sum_masks]}),
@@ -515,28 +546,43 @@ def _packed_sums(ctx: PartyContext, params: SegmentParams) -> None:
 
 @STEPS.step(MERGE, jobs=KINDS)
 def holder_merge(ctx: PartyContext) -> None:
-    """``H``: does the withheld group the LO names cover 0 or at least the minimum cohort?"""
+    """``H``: do the withheld groups the LO names each cover 0 or at least the minimum
+    cohort? (Each list it is sent is remembered: the final list must withhold them all.)"""
     params = _params(ctx)
-    keys = None
     raw = ctx.receive(ctx.label_owner, WITHHELD, round=ctx.round - 1)
+    keys, counts = _kept_counts(ctx, params)
     with ctx.decoding(ctx.label_owner, WITHHELD):
-        withheld = [int(i) for i in json.loads(raw)["withheld"]]
+        asked = [[int(i) for i in group] for group in json.loads(raw)["withheld"]]
+        if not asked or any(not g or min(g) < 0 or max(g) >= len(counts) for g in asked):
+            raise ValueError("the withheld cells are out of range")
+    seen = set(json.loads(ctx.state.get("segments.seen_withheld", "[]")))
+    ctx.state.set(
+        "segments.seen_withheld", json.dumps(sorted(seen | {c for g in asked for c in g}))
+    )
+    nsq = keys.public_key.nsquare
+    totals = []
+    for group in asked:
+        total = counts.ciphertexts[group[0]]
+        for i in group[1:]:
+            total = total * counts.ciphertexts[i] % nsq
+        totals.append(total)
+    merged = type(counts)(tuple(totals), counts.value_bits + 8, 0)
+    candidates = [
+        [c for c in shuffled if c > 0]
+        for shuffled in ss.cohort_candidates(len(asked), ctx.min_cohort)
+    ]
+    ctx.send_encrypted(
+        ctx.label_owner, MERGED, keys, {"tests": keys.equality_tests(merged, candidates)}
+    )
+
+
+def _kept_counts(ctx: PartyContext, params: SegmentParams):  # type: ignore[no-untyped-def]
     from vfm_flower.paillier import PaillierContext
 
-    blob = ctx.state.get_bytes("segments.counts")
     public = ctx.state.get_bytes("segments.public_key")
     keys = PaillierContext.from_public_bytes(public, min_bits=ctx.agreement.min_paillier_bits)
-    counts = keys.ciphertexts_from_bytes(blob, max_count=params.max_segments**2)
-    if not withheld or max(withheld) >= len(counts):
-        raise ProtocolAbort(MERGE, ctx.party, "the withheld cells are out of range")
-    total = counts.ciphertexts[withheld[0]]
-    nsq = keys.public_key.nsquare
-    for i in withheld[1:]:
-        total = total * counts.ciphertexts[i] % nsq
-    group = type(counts)((total,), counts.value_bits + 8, 0)
-    candidates = ss.cohort_candidates(1, ctx.min_cohort)[0]
-    tests = keys.equality_tests(group, [[c for c in candidates if c > 0]])
-    ctx.send_encrypted(ctx.label_owner, MERGED, keys, {"tests": tests})
+    blob = ctx.state.get_bytes("segments.counts")
+    return keys, keys.ciphertexts_from_bytes(blob, max_count=params.max_segments**2)
 
 
 @STEPS.step(REVEAL, jobs=KINDS)
@@ -545,9 +591,16 @@ def holder_reveal(ctx: PartyContext) -> None:
     raw = ctx.receive(ctx.label_owner, WITHHELD, round=int(ctx.server_params.get("decided", 1)))
     with ctx.decoding(ctx.label_owner, WITHHELD):
         decision = json.loads(raw)
-        withheld = {int(i) for i in decision["withheld"]}
+        withheld = {int(i) for group in decision["withheld"] for i in group}
         if not decision.get("final"):
             raise ValueError("not the final list")
+    seen = set(json.loads(ctx.state.get("segments.seen_withheld", "[]")))
+    if not seen <= withheld:  # a cell once withheld stays withheld
+        raise PolicyViolation(
+            "min_cohort",
+            "the label owner's final list releases cells it withheld before: refusing to "
+            "reveal their masks",
+        )
     masks = json.loads(ctx.state.get("segments.masks"))
     cells = len(masks["count"])
     released = [i for i in range(cells) if i not in withheld]
