@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -408,6 +408,35 @@ class AuditLog:
             ):
                 out.append(str(entry.get("detail", "")))
         return out
+
+    def charge_privacy(
+        self, round: int, decide: Callable[[PrivacyCost], PrivacyCost]
+    ) -> PrivacyCost:
+        """Charge the privacy budget atomically: with the log locked, ``decide(spent)``
+        returns the job's cost (or raises, refusing it) and a non-zero cost is appended, so
+        two jobs running at once can never both spend the last of the budget."""
+        with _locked(self._path) as handle:
+            self._sync(handle)
+            handle.seek(0)
+            details = [
+                str(entry.get("detail", ""))
+                for entry in (
+                    json.loads(raw.decode("utf-8")) for _, raw in _split_lines(handle.read())
+                )
+                if (entry.get("kind"), entry.get("phase"), entry.get("decision"))
+                == ("event", PRIVACY_PHASE, "charged")
+            ]
+            cost = decide(total_spent(details))
+            if not cost.is_free:
+                self._append(
+                    handle,
+                    "event",
+                    phase=PRIVACY_PHASE,
+                    round=round,
+                    decision="charged",
+                    detail=cost.to_detail(),
+                )
+        return cost
 
     def privacy_spent(self) -> PrivacyCost:
         """What this log's jobs charged against the agreement's privacy budget."""

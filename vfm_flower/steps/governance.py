@@ -37,7 +37,7 @@ import json
 import logging
 
 from vfm_flower.agreement import Agreement
-from vfm_flower.audit import PRIVACY_PHASE, AuditLog, verify_audit_log
+from vfm_flower.audit import AuditLog, verify_audit_log
 from vfm_flower.audit_heads import CloseCertificate, SignedHead
 from vfm_flower.context import PartyContext
 from vfm_flower.errors import DataError, PolicyViolation, ProtocolAbort
@@ -113,9 +113,7 @@ def every_party_hello(ctx: PartyContext) -> None:
 def charge_privacy_budget(audit: AuditLog, agreement: Agreement, job: Job, round: int) -> None:
     """Check the job's privacy cost against what ``audit``'s log spent (rule
     ``privacy_budget``) and record the charge there (the server and every party)."""
-    cost = check_privacy_budget(agreement, job, audit.privacy_spent())
-    if not cost.is_free:
-        audit.record(PRIVACY_PHASE, round, "charged", detail=cost.to_detail())
+    audit.charge_privacy(round, lambda spent: check_privacy_budget(agreement, job, spent))
 
 
 def check_server_hello(ctx: PartyContext) -> int:
