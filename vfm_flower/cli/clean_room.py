@@ -32,16 +32,28 @@ def _segment_option(value: str | None) -> dict[str, str]:
 def cmd_local_overlap(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from vfm_flower.agreement import SignedAgreement
-    from vfm_flower.cli.local import _party_files
     from vfm_flower.cli.progress import attach_progress
     from vfm_flower.report_overlap import OVERLAP_HTML, OVERLAP_JSON
-    from vfm_flower.runtime.local_job import run_local_job
 
     console = attach_progress(args.quiet)
     config: dict[str, Any] = {"model": "overlap", **_segment_option(args.segment)}
     if args.max_segments is not None:
         config["max-segments"] = args.max_segments
+    report, out = run_and_read(args, config, OVERLAP_JSON)
+    print_overlap(console, report, Table)
+    console.print(f"[bold]report[/] {out / OVERLAP_HTML} (and {OVERLAP_JSON})")
+    return 0
+
+
+def run_and_read(
+    args: argparse.Namespace, config: dict[str, Any], report_name: str
+) -> tuple[dict[str, Any], Path]:
+    """Run one job in-process with the CLI's party files; the result owner's report and its
+    folder."""
+    from vfm_flower.agreement import SignedAgreement
+    from vfm_flower.cli.local import _party_files
+    from vfm_flower.runtime.local_job import run_local_job
+
     agreement_path, files, operator_key = _party_files(args)
     workdir = Path(args.workdir).expanduser().resolve()
     if workdir.exists() and not workdir.is_dir():
@@ -49,10 +61,7 @@ def cmd_local_overlap(args: argparse.Namespace) -> int:
     run_local_job(agreement_path, files, workdir, config, operator_key=operator_key)
     owner = SignedAgreement.load(agreement_path).agreement.result_owner
     out = workdir / "parties" / owner
-    report = json.loads((out / OVERLAP_JSON).read_text(encoding="utf-8"))
-    print_overlap(console, report, Table)
-    console.print(f"[bold]report[/] {out / OVERLAP_HTML} (and {OVERLAP_JSON})")
-    return 0
+    return json.loads((out / report_name).read_text(encoding="utf-8")), out
 
 
 def print_overlap(console: Any, report: dict[str, Any], table_class: Any) -> None:
@@ -104,11 +113,8 @@ def _target_option(value: str | None) -> dict[str, str]:
 def cmd_local_segments(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from vfm_flower.agreement import SignedAgreement
-    from vfm_flower.cli.local import _party_files
     from vfm_flower.cli.progress import attach_progress
     from vfm_flower.report_segments import SEGMENTS_HTML, SEGMENTS_JSON
-    from vfm_flower.runtime.local_job import run_local_job
 
     if not args.segment:
         raise ConfigurationError("--segment PARTY:COLUMN is required (the column to group by)")
@@ -134,12 +140,7 @@ def cmd_local_segments(args: argparse.Namespace) -> int:
     ):
         if getattr(args, option) is not None:
             config[key] = getattr(args, option)
-    agreement_path, files, operator_key = _party_files(args)
-    workdir = Path(args.workdir).expanduser().resolve()
-    run_local_job(agreement_path, files, workdir, config, operator_key=operator_key)
-    owner = SignedAgreement.load(agreement_path).agreement.result_owner
-    out = workdir / "parties" / owner
-    report = json.loads((out / SEGMENTS_JSON).read_text(encoding="utf-8"))
+    report, out = run_and_read(args, config, SEGMENTS_JSON)
     print_segments(console, report, Table)
     console.print(f"[bold]report[/] {out / SEGMENTS_HTML} (and {SEGMENTS_JSON})")
     return 0

@@ -58,28 +58,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
             p: PartyFiles(data_path=demo.party_data[p], key_path=demo.party_keys[p])
             for p in demo.party_data
         }
-        console.print("[bold]overlap[/] how many customers the companies share (counts only)")
-        run_local_job(
-            demo.agreement_path,
-            files,
-            staging,
-            {"model": "overlap", **DEMO_OVERLAP_SEGMENT},
-            operator_key=demo.operator_key,
-        )
-        overlap = json.loads(
-            (staging / "parties" / "insurer" / "overlap.json").read_text(encoding="utf-8")
-        )
-        console.print("[bold]segments[/] purchase rate per customer main type (encrypted)")
-        run_local_job(
-            demo.agreement_path,
-            files,
-            staging,
-            {"model": "segments", **DEMO_OVERLAP_SEGMENT},
-            operator_key=demo.operator_key,
-        )
-        segments = json.loads(
-            (staging / "parties" / "insurer" / "segments.json").read_text(encoding="utf-8")
-        )
+        before = {}  # the clean-room questions first: overlap, then one segment table
+        for model, what in (
+            ("overlap", "how many customers the companies share (counts only)"),
+            ("segments", "purchase rate per customer main type (encrypted)"),
+        ):
+            console.print(f"[bold]{model}[/] {what}")
+            config = {"model": model, **DEMO_OVERLAP_SEGMENT}
+            run_local_job(
+                demo.agreement_path, files, staging, config, operator_key=demo.operator_key
+            )
+            report = staging / "parties" / "insurer" / f"{model}.json"
+            before[model] = json.loads(report.read_text(encoding="utf-8"))
+        overlap, segments = before["overlap"], before["segments"]
         result = run_local_job(
             demo.agreement_path,
             files,
