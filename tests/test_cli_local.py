@@ -236,7 +236,24 @@ def test_demo_end_to_end_and_refuses_non_empty_workdir(tmp_path, capsys):
     segments = json.loads((work / "parties" / "insurer" / "segments.json").read_text())
     by_value = {c["segment"]: c for c in segments["cells"]}
     assert by_value["8"]["customers"] == cells[7]["customers"]
-    assert 0 <= by_value["8"]["rate"] <= 1
+    # ... which equals a plain group-by of the demo's own files on the shared customers
+    from vfm_flower.normalize import normalize_ids
+
+    setup = work / "setup" / "parties"
+    frames = {p: pd.read_csv(setup / p / f"{p}.csv") for p in ("broker", "bank", "insurer")}
+    ids = {
+        p: normalize_ids([f["email"].astype(str).tolist()], "email", party=p)
+        for p, f in frames.items()
+    }
+    joint = set(ids["broker"]) & set(ids["bank"]) & set(ids["insurer"])
+    broker = pd.DataFrame({"id": ids["broker"], "value": frames["broker"]["MOSHOOFD"].astype(str)})
+    insurer = pd.DataFrame({"id": ids["insurer"], "buy": frames["insurer"]["Purchase"] == "Yes"})
+    plain = broker.merge(insurer)
+    plain = plain[plain["id"].isin(joint)].groupby("value")["buy"].agg(["count", "mean"])
+    for value, cell in by_value.items():
+        if not cell["suppressed"]:
+            assert cell["customers"] == plain.loc[value, "count"]
+            assert cell["rate"] == pytest.approx(plain.loc[value, "mean"], abs=1e-9)
     # each party's own report names only its own features; the shared report none
     prefixes = {"broker": "M", "bank": "P", "insurer": "A"}
     shared = (work / "parties" / "insurer" / "report.json").read_text()

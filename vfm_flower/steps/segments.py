@@ -19,6 +19,12 @@ segment column and ``G`` the holder of the target (the label owner, LO, by defau
   minimum cohort; then asks for the masks of the released cells (``query.segment_reveal``)
   and writes the table (``query.segment_table``). With noise it writes the table at once.
 
+A cross of two columns: two columns of one party are combined into one code; a partner's
+column crossed with the LO's own makes the LO send one pair of streams per value of its
+column (``count{a}``, ``sum{a}``), and the cells of each of its values form a group whose
+withheld cells must cover 0 or at least the minimum cohort (the LO knows that group's
+total). A cross of two partners' columns is refused (not supported yet).
+
 The LO publishes ``segment_next`` (``merge``, ``reveal`` or ``done``) for the server to drive
 the rounds and ``segment_cells`` (how many cells were released), never a value.
 """
