@@ -51,8 +51,11 @@ class VerticalSegments(VerticalStrategy):
                 session.send("query.segment_sums", to=[target])
                 reply = session.send("query.segment_table", to=[lo])[lo].public
                 return self._done(session, reply, sizes)
-            if target not in (lo, holder):
+            splitter = self.params.splitter(lo)
+            if target not in (lo, holder, splitter):
                 session.send("query.segment_forward", to=[target])
+            if splitter is not None:  # a cross of two partners' columns
+                session.send("query.segment_split", to=[splitter])
             session.send("query.segment_sums", to=[holder])
             step = 1
             reply = session.send("query.segment_decide", to=[lo], step=step)[lo].public

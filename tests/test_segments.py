@@ -219,6 +219,9 @@ CROSSES = [
     (("lo", "tier"), ("p2", "region"), "p1", "spend"),  # LO's x a partner's, a third's spend
     (("p2", "region"), ("p2", "tier"), "lo", ""),  # two columns of one partner
     (("lo", "region"), ("lo", "tier"), "p1", "spend"),  # two of the LO's, a partner's spend
+    (("p2", "region"), ("p1", "tier"), "lo", ""),  # two partners' columns, the LO's label
+    (("p1", "region"), ("p2", "tier"), "p1", "spend"),  # ... the splitter's own spend
+    (("p1", "region"), ("p2", "tier"), "p2", "spend"),  # ... the aggregator's own spend
 ]
 
 
@@ -261,22 +264,6 @@ def test_a_cross_of_two_columns_equals_a_plain_group_by(
             ]
             total = sum(int(plain["count"].get(h, 0)) for h in hidden)
             assert total == 0 or total >= 20, (lo_value, hidden, total)
-
-
-def test_a_cross_of_two_partners_columns_is_refused_clearly(collab, tmp_path):
-    from vfm_flower.errors import ConfigurationError
-
-    with pytest.raises(ConfigurationError, match="two partners' columns is not supported"):
-        collab.run(
-            workdir=tmp_path / "w",
-            model="segments",
-            **{
-                "segment-party": "p1",
-                "segment-column": "region",
-                "cross-party": "p2",
-                "cross-column": "tier",
-            },
-        )
 
 
 def test_a_label_owner_that_releases_a_withheld_cell_is_refused(collab, monkeypatch, tmp_path):

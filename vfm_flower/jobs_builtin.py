@@ -347,12 +347,6 @@ class SegmentParams:
             params.segment_column,
         ):
             raise ConfigurationError("segments: a column crossed with itself")
-        passive = {p for p, _ in params.columns if p != label_owner}
-        if len(passive) > 1:
-            raise ConfigurationError(
-                "segments: a cross of two partners' columns is not supported yet (cross a "
-                "partner's column with the label owner's, or two columns of one party)"
-            )
         return params
 
     @property
@@ -364,10 +358,17 @@ class SegmentParams:
         return out
 
     def aggregator(self, label_owner: str) -> str | None:
-        """The partner that sums per value (the one holding a column), or ``None`` when the
-        label owner holds every column."""
+        """The partner that sums per value (the one holding a column; for a cross of two
+        partners' columns, the cross column's), or ``None`` when the label owner holds every
+        column."""
         passive = [p for p, _ in self.columns if p != label_owner]
-        return passive[0] if passive else None
+        return passive[-1] if passive else None
+
+    def splitter(self, label_owner: str) -> str | None:
+        """For a cross of two partners' columns, the segment column's holder: it splits the
+        encrypted streams per value of its column for the aggregator."""
+        passive = [p for p, _ in self.columns if p != label_owner]
+        return passive[0] if len(set(passive)) == 2 else None
 
     @property
     def noised(self) -> bool:

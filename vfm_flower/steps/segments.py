@@ -23,7 +23,10 @@ A cross of two columns: two columns of one party are combined into one code; a p
 column crossed with the LO's own makes the LO send one pair of streams per value of its
 column (``count{a}``, ``sum{a}``), and the cells of each of its values form a group whose
 withheld cells must cover 0 or at least the minimum cohort (the LO knows that group's
-total). A cross of two partners' columns is refused (not supported yet).
+total). For a cross of two partners' columns the segment column's holder splits the streams
+per value of its column (``query.segment_split``: by slot, its rows refreshed, fresh
+encryptions of 0 elsewhere) for the cross column's holder, which sums them; the LO knows no
+marginal then but the joint customers' total.
 
 The LO publishes ``segment_next`` (``merge``, ``reveal`` or ``done``) for the server to drive
 the rounds and ``segment_cells`` (how many cells were released), never a value.
@@ -50,11 +53,14 @@ FORWARD = "query.segment_forward"
 SUMS = "query.segment_sums"
 DECIDE = "query.segment_decide"
 MERGE = "query.segment_merge"
+SPLIT = "query.segment_split"
 REVEAL = "query.segment_reveal"
 TABLE = "query.segment_table"
 
 JOINT = Topic("segments.joint_vectors", phase=ENCRYPT)
 SLOTS = Topic("segments.slot_vectors", phase=FORWARD)
+SPLIT_SLOTS = Topic("segments.split_vectors", phase=SPLIT)
+SPLIT_VALUES = Topic("segments.split_values", phase=SPLIT)
 CELLS = Topic("segments.cell_sums", phase=SUMS)
 WITHHELD = Topic("segments.withheld", phase=DECIDE)
 MERGED = Topic("segments.merged_tests", phase=MERGE)
@@ -161,7 +167,10 @@ def label_owner_encrypt(ctx: PartyContext) -> None:
         return
     frame = ctx.aligned_table()
     lo_values, lo_codes = _codes_of(ctx, params, frame, lo)  # [""] without an LO column
-    recipient = holder if params.target_party == lo else params.target_party
+    splitter = params.splitter(lo)
+    first = splitter or holder  # the first partner of the chain, unless a target forwards
+    target_party = params.target_party
+    recipient = first if target_party in (lo, holder, splitter) else target_party
     vectors = {}
     target = None
     if params.target_party == lo:
@@ -235,6 +244,13 @@ def label_owner_decide(ctx: PartyContext) -> None:
             if not 1 <= len(theirs) <= cells_bound or len(set(theirs)) != len(theirs):
                 raise ValueError("distinct values, at most max-segments squared")
             values = _cell_names(params, ctx.label_owner, lo_values, theirs)
+        if params.splitter(ctx.label_owner) is not None:  # a cross of two partners' columns
+            raw = ctx.receive(params.splitter(ctx.label_owner), SPLIT_VALUES, round=1)
+            with ctx.decoding(params.splitter(ctx.label_owner), SPLIT_VALUES):
+                firsts = [str(v) for v in json.loads(raw)]
+                if not 1 <= len(firsts) <= params.max_segments:
+                    raise ValueError("at most max-segments values")
+            values = [f"{a} \u00d7 {b}" for a in firsts for b in theirs]
         if params.noised:
             counts = keys.decrypt(vectors["count"])
             sums = keys.decrypt(vectors["sum"])
@@ -423,8 +439,52 @@ def target_holder_forward(ctx: PartyContext) -> None:
                 slots[int(slot)] = vector.ciphertexts[position]
             slots = [c if c is not None else next(zeros) for c in slots]
             out[name] = type(vector)(tuple(slots), vector.value_bits, vector.fraction_bits)
-    holder = params.aggregator(ctx.label_owner)
-    ctx.send_encrypted(holder, SLOTS, keys, out, {"splits": splits})
+    following = params.splitter(ctx.label_owner) or params.aggregator(ctx.label_owner)
+    ctx.send_encrypted(following, SLOTS, keys, out, {"splits": splits})
+
+
+@STEPS.step(SPLIT, jobs=KINDS)
+def splitter_split(ctx: PartyContext) -> None:
+    """For a cross of two partners' columns, the segment column's holder: per value of its
+    column, the streams of its rows with that value laid out by slot (refreshed), fresh
+    encryptions of 0 in every other slot, for the aggregator; its values to the LO."""
+    params = _params(ctx)
+    lo, layout = ctx.label_owner, ctx.passive_layout()
+    aggregator = params.aggregator(lo)
+    forwarded = params.target_party not in (lo, ctx.party, aggregator)
+    if forwarded:
+        sender, topic, rows = params.target_party, SLOTS, layout.total_slots
+    else:
+        sender, topic, rows = lo, JOINT, layout.rows
+    keys, vectors, meta = ctx.receive_encrypted(sender, topic, max_count=rows)
+    if _splits(ctx, sender, meta, vectors, rows) != 1:
+        raise ProtocolAbort(SPLIT, ctx.party, "one pair of streams expected")
+    if forwarded:
+        order = layout.slot_of_row  # by slot: this party's rows
+    else:
+        order = np.argsort(layout.row_of_position)  # by position: each row's position
+    streams = {"count": _pick(vectors["count0"], order)}
+    if params.target_party == ctx.party:
+        target, _ = _encoding(params).encode(_target_values(ctx, params, ctx.table()))
+        streams["sum"] = keys.multiply_plain(streams["count"], target.astype(object))
+    elif params.target_party != aggregator:
+        streams["sum"] = _pick(vectors["sum0"], order)
+    values, codes = _codes_of(ctx, params, ctx.table(), ctx.party)
+    out = {}
+    for v in range(len(values)):
+        mine = np.flatnonzero(codes == v)
+        for name, stream in streams.items():
+            slots = list(
+                keys.encrypt_integers(
+                    np.zeros(layout.total_slots, dtype=np.int64), value_bits=1
+                ).ciphertexts
+            )
+            refreshed = keys.refresh_for_peers(_pick(stream, mine))
+            for row, ciphertext in zip(mine, refreshed.ciphertexts, strict=True):
+                slots[int(layout.slot_of_row[row])] = ciphertext
+            out[f"{name}{v}"] = type(stream)(tuple(slots), stream.value_bits, stream.fraction_bits)
+    ctx.send_encrypted(aggregator, SPLIT_SLOTS, keys, out, {"splits": len(values)})
+    ctx.send(lo, SPLIT_VALUES, json.dumps(values).encode())
 
 
 @STEPS.step(SUMS, jobs=KINDS)
@@ -437,8 +497,11 @@ def holder_sums(ctx: PartyContext) -> None:
     layout = ctx.passive_layout()
     values, codes = _codes_of(ctx, params, ctx.table(), ctx.party)
     encoding = _encoding(params)
-    forwarded = params.target_party not in (ctx.label_owner, ctx.party)
-    if forwarded:
+    splitter = params.splitter(ctx.label_owner)
+    forwarded = splitter is not None or params.target_party not in (ctx.label_owner, ctx.party)
+    if splitter is not None:
+        sender, topic, rows = splitter, SPLIT_SLOTS, layout.total_slots
+    elif forwarded:
         sender, topic, rows = params.target_party, SLOTS, layout.total_slots
     else:
         sender, topic, rows = ctx.label_owner, JOINT, layout.rows
@@ -449,14 +512,16 @@ def holder_sums(ctx: PartyContext) -> None:
         groups = codes
     else:  # by position
         groups = codes[layout.row_of_position]
+    if params.target_party == ctx.party:
+        target, _ = encoding.encode(_target_values(ctx, params, ctx.table()))
+        in_order = target if forwarded else target[layout.row_of_position]
     counts, sums = [], []
     for a in range(splits):
         count = vectors[f"count{a}"]
         counts.append(keys.grouped_sum(count, groups, len(values)))
         if params.target_party == ctx.party:  # the target is this party's own column
-            target, _ = encoding.encode(_target_values(ctx, params, ctx.table()))
             matrix = np.zeros((layout.rows, len(values)), dtype=np.int64)
-            matrix[np.arange(layout.rows), groups] = target[layout.row_of_position]
+            matrix[np.arange(layout.rows), groups] = in_order
             sums.append(keys.dot(matrix, count))
         else:
             sums.append(keys.grouped_sum(vectors[f"sum{a}"], groups, len(values)))
