@@ -388,3 +388,23 @@ def test_pins_catch_a_renamed_party_and_refuse_a_foreign_pin_file(tmp_path: Path
     pins.path.write_text('[other]\nbank = "x"\n')
     with pytest.raises(ConfigurationError, match=r"exactly a \[pins\] table"):
         KeyPins.load(pins.path)
+
+
+def test_init_sets_parameter_bounds_and_a_privacy_budget(tmp_path: Path, keys: Path, capsys):
+    from vfm_flower.agreement import ParamRange, SignedAgreement
+
+    path = tmp_path / "budget.toml"
+    extra = [
+        "--param", "segments.target-max=500", "--param", "segments.epsilon=0..0.5",
+        "--param", "segments.noise=laplace", "--privacy-epsilon", "3", "--privacy-delta", "1e-6",
+    ]  # fmt: skip
+    assert main(init_args(path, keys, *extra)) == 0, capsys.readouterr().err
+    a = SignedAgreement.load(path).agreement
+    terms = a.job_terms("segments").params
+    assert terms["target-max"] == 500 and terms["epsilon"] == ParamRange(0, 0.5)
+    assert (a.privacy_epsilon, a.privacy_delta) == (3.0, 1e-6)
+    capsys.readouterr()
+    assert main(["agreement", "show", str(path)]) == 0
+    assert "epsilon 3, delta 1e-06" in capsys.readouterr().out
+    assert main(init_args(tmp_path / "bad.toml", keys, "--param", "segments=1")) == 2
+    assert "KIND.NAME=BOUND" in capsys.readouterr().err

@@ -1315,6 +1315,7 @@ def init_agreement(
     allowed_operations: Sequence[str] | None = None,
     jobs: Sequence[Any] | None = None,
     release_opt_in: Sequence[str] = (),
+    bounds: Mapping[str, Mapping[str, Any]] | None = None,
     max_jobs: int = DEFAULT_MAX_JOBS,
     privacy_epsilon: float | None = None,
     privacy_delta: float = 0.0,
@@ -1355,6 +1356,9 @@ def init_agreement(
         Shorthands for the built-in kinds: which of them, which operations (a kind that
         offers none of them is left out), and the upper bound of their ``max-iterations``
         parameter.
+    bounds : mapping of kind to {parameter: bound}, optional
+        Bounds that replace a kind's defaults (``{"segments": {"target-max": 500.0}}``: a
+        spend column clipped to 0..500; a bound is one value, a list or ``{"min", "max"}``).
     privacy_epsilon, privacy_delta : float, optional
         A differential-privacy budget for the collaboration's noised releases (default:
         none; then the statistics jobs release exact figures under the minimum cohort).
@@ -1416,7 +1420,9 @@ def init_agreement(
             )
         )
     return Agreement(
-        jobs=_job_terms(jobs, allowed_models, allowed_operations, max_iterations, release_opt_in),
+        jobs=_job_terms(
+            jobs, allowed_models, allowed_operations, max_iterations, release_opt_in, bounds
+        ),
         agreement_id=agreement_id or uuid.uuid4().hex,
         purpose=purpose,
         not_before=start,
@@ -1442,6 +1448,7 @@ def _job_terms(
     operations: Sequence[str] | None,
     max_iterations: int | None,
     opt_in: Sequence[str] = (),
+    bounds: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[JobTerms, ...]:
     from vfm_flower.jobs import JobKind
     from vfm_flower.jobs_builtin import builtin_registry
@@ -1479,6 +1486,7 @@ def _job_terms(
         if max_iterations is not None and any(p.name == "max-iterations" for p in item.params):
             _positive_int(max_iterations, "jobs.max-iterations")
             params["max-iterations"] = ParamRange(1, int(max_iterations))
+        params.update((bounds or {}).get(item.name, {}))
         granted = [n for n in opt_in if any(n in v for v in item.opt_in_releases.values())]
         out.append(JobTerms.default_for(item, operations=ops, params=params, opt_in=granted))
     offered = {

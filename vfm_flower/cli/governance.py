@@ -119,6 +119,7 @@ def cmd_agreement_init(args: argparse.Namespace) -> int:
         min_cohort=args.min_cohort,
         min_paillier_bits=args.min_paillier_bits,
         max_iterations=args.max_iterations,
+        bounds=_param_bounds(args.param),
         max_set_size=args.max_set_size,
         max_jobs=args.max_jobs,
         privacy_epsilon=args.privacy_epsilon,
@@ -227,6 +228,35 @@ def _label_line(a, kind: str) -> str:
     if kind == "linear":
         return f"{a.label_owner}.{a.label_column}: numeric target (real values, no classes)"
     return f"{a.label_owner}.{a.label_column}: as the job kind '{kind}' defines it"
+
+
+def _param_bounds(items: list[str] | None) -> dict[str, dict[str, object]]:
+    """``--param KIND.NAME=BOUND`` options as ``{kind: {name: bound}}``."""
+    out: dict[str, dict[str, object]] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        kind, dot, name = key.strip().partition(".")
+        if not sep or not dot or not kind or not name or not text.strip():
+            raise ConfigurationError(
+                f"--param {item!r}: write KIND.NAME=BOUND (e.g. segments.target-max=500)"
+            )
+
+        def number(v: str) -> object:
+            try:
+                return int(v) if v.strip().lstrip("-").isdigit() else float(v)
+            except ValueError:
+                return v.strip()
+
+        text = text.strip()
+        if ".." in text:
+            low, _, high = text.partition("..")
+            bound: object = {"min": number(low), "max": number(high)}
+        elif "," in text:
+            bound = [number(v) for v in text.split(",")]
+        else:
+            bound = number(text)
+        out.setdefault(kind, {})[name.strip()] = bound
+    return out
 
 
 def cmd_agreement_show(args: argparse.Namespace) -> int:
@@ -535,6 +565,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-cohort", type=_positive, default=20)
     p.add_argument("--min-paillier-bits", type=_positive, default=2048)
     p.add_argument("--max-iterations", type=_positive, default=100)
+    p.add_argument(
+        "--param",
+        action="append",
+        metavar="KIND.NAME=BOUND",
+        help="a parameter's signed bound: one value (segments.target-max=500), a range "
+        "(segments.epsilon=0..0.5) or values (segments.noise=laplace,gaussian)",
+    )
     p.add_argument("--max-set-size", type=_positive, default=10_000_000)
     p.add_argument(
         "--max-jobs", type=_positive, default=100, help="jobs over the agreement's lifetime"
