@@ -252,18 +252,16 @@ def test_a_cross_of_two_columns_equals_a_plain_group_by(
     for cell in report["cells"]:
         if cell["segment"] not in plain.index or plain.loc[cell["segment"], "count"] < 20:
             assert cell["suppressed"], cell
-    # the label owner knows its own column's totals: withheld cells of each of its values
-    # cover 0 or at least the minimum cohort, or they would follow from that total
-    lo_side = 0 if first[0] == "lo" else (1 if second[0] == "lo" else None)
-    if lo_side is not None and {first[0], second[0]} != {"lo"}:
-        for lo_value in collab.frames["lo"][(first, second)[lo_side][1]].unique():
-            hidden = [
-                c["segment"]
-                for c in report["cells"]
-                if c["suppressed"] and c["segment"].split(" \u00d7 ")[lo_side] == str(lo_value)
-            ]
+    # any row or column total may be known (the label owner's own column, another job's
+    # release): the withheld cells of each row and column cover 0 or at least the cohort
+    firsts = sorted({c["segment"].split(" \u00d7 ")[0] for c in report["cells"]})
+    seconds = sorted({c["segment"].split(" \u00d7 ")[1] for c in report["cells"]})
+    for side, names in ((0, firsts), (1, seconds)):
+        for name in names:
+            line = [c for c in report["cells"] if c["segment"].split(" \u00d7 ")[side] == name]
+            hidden = [c["segment"] for c in line if c["suppressed"]]
             total = sum(int(plain["count"].get(h, 0)) for h in hidden)
-            assert total == 0 or total >= 20, (lo_value, hidden, total)
+            assert total == 0 or total >= 20 or len(hidden) == len(line), (name, hidden, total)
 
 
 def test_a_label_owner_that_releases_a_withheld_cell_is_refused(collab, monkeypatch, tmp_path):
@@ -280,6 +278,28 @@ def test_a_label_owner_that_releases_a_withheld_cell_is_refused(collab, monkeypa
 
     monkeypatch.setattr(PartyContext, "send", send)
     with pytest.raises(ProtocolAbort, match=r"p2.*min_cohort.*releases cells it withheld"):
+        collab.run(
+            workdir=tmp_path / "w",
+            model="segments",
+            **{"segment-party": "p2", "segment-column": "region"},
+        )
+
+
+def test_a_label_owner_that_scales_a_merge_test_is_refused(collab, monkeypatch, tmp_path):
+    """Asking to test a cell several times over (t * C_i < k for t = 1, 2...) would measure
+    a withheld count: the segment holder tests only distinct cells of one row or column."""
+    from vfm_flower.context import PartyContext
+
+    original = PartyContext.send
+
+    def send(self, recipient, topic, payload):
+        if topic.name == "segments.withheld" and b'"final"' not in payload:
+            cell = json.loads(payload)["withheld"][0][0]
+            payload = json.dumps({"withheld": [[cell] * 3]}).encode()
+        return original(self, recipient, topic, payload)
+
+    monkeypatch.setattr(PartyContext, "send", send)
+    with pytest.raises(ProtocolAbort, match=r"p2.*min_cohort.*not distinct cells"):
         collab.run(
             workdir=tmp_path / "w",
             model="segments",

@@ -361,6 +361,44 @@ def withhold_small_cells(counts: list[int], min_cohort: int) -> tuple[set[int], 
     return small, secondary
 
 
+def table_groups(cells: int, shape: tuple[int, int] | None) -> list[list[int]]:
+    """The groups of cells whose totals a reader may know: every row and every column of a
+    cross table (``shape`` rows x columns, row-major; another release, or the label owner's
+    own column, can give any of its marginals), else the single group of all cells."""
+    if shape is None:
+        return [list(range(cells))]
+    rows, cols = shape
+    if rows * cols != cells:
+        raise ConfigurationError(f"a {rows} x {cols} table has {rows * cols} cells, not {cells}")
+    return [list(range(r * cols, (r + 1) * cols)) for r in range(rows)] + [
+        list(range(c, cells, cols)) for c in range(cols)
+    ]
+
+
+def withhold_small_table(
+    counts: list[int], min_cohort: int, shape: tuple[int, int] | None
+) -> tuple[set[int], set[int]]:
+    """The minimum-cohort rule with complementary suppression along every group of
+    :func:`table_groups` (each row and column of a cross): the cells below ``min_cohort``,
+    then further cells, smallest first, until the withheld cells of every group cover 0 or
+    at least ``min_cohort`` customers (or the whole group)."""
+    if shape is None:
+        return withhold_small_cells(counts, min_cohort)
+    small = {i for i, n in enumerate(counts) if n < min_cohort}
+    withheld = set(small)
+    changed = True
+    while changed:
+        changed = False
+        for group in table_groups(len(counts), shape):
+            hidden = [i for i in group if i in withheld]
+            if hidden and 0 < sum(counts[i] for i in hidden) < min_cohort:
+                rest = sorted((counts[i], i) for i in group if i not in withheld)
+                if rest:
+                    withheld.add(rest[0][1])
+                    changed = True
+    return small, withheld - small
+
+
 def check_job_budget(agreement: Agreement, jobs_so_far: int) -> None:
     """The release budget: refuse a job beyond the agreement's ``max-jobs`` (rule
     ``"max_jobs"``). Each party counts the jobs it took part in from its own audit log."""

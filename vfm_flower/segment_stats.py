@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from vfm_flower.errors import DataError
-from vfm_flower.policy import withhold_small_cells
+from vfm_flower.policy import withhold_small_table
 from vfm_flower.privacy import NoiseSpec, integer_noise
 
 __all__ = [
@@ -134,6 +134,7 @@ def release_cells(
     withheld: Sequence[int] | None = None,
     failing: Sequence[int] = (),
     binary: bool = False,
+    shape: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """The released table: per value, ``segment``, ``suppressed`` and, unless suppressed,
     ``customers`` and ``rate`` (0/1 target) or ``mean``.
@@ -141,11 +142,12 @@ def release_cells(
     ``withheld``: the cells decided by private tests (exact release without counts in hand),
     of which ``failing`` are under the minimum cohort and the others withheld with them;
     otherwise the minimum-cohort rule with complementary suppression runs on ``counts``
-    (exact or noised: :func:`vfm_flower.policy.withhold_small_cells`).
+    (exact or noised), along every row and column of a cross of ``shape``
+    (:func:`vfm_flower.policy.withhold_small_table`).
     """
     if withheld is None:
         known = [max(int(round(c)), 0) if c is not None else 0 for c in counts]
-        primary, secondary = withhold_small_cells(known, min_cohort)
+        primary, secondary = withhold_small_table(known, min_cohort, shape)
     else:
         primary = set(failing) & set(withheld)
         secondary = set(withheld) - primary

@@ -46,6 +46,7 @@ from vfm_flower.errors import DataError, PolicyViolation, ProtocolAbort
 from vfm_flower.jobs_builtin import SEGMENTS_KIND, SegmentParams
 from vfm_flower.overlap import segment_codes
 from vfm_flower.party import StepRegistry
+from vfm_flower.policy import table_groups
 from vfm_flower.privacy import NoiseSpec
 
 ENCRYPT = "query.segment_encrypt"
@@ -131,6 +132,21 @@ def _codes_of(
     return values, codes
 
 
+def _shape_of(params: SegmentParams, party: str, frame: pd.DataFrame, ctx: PartyContext):  # type: ignore[no-untyped-def]
+    """``(rows, columns)`` of a cross of two columns ``party`` holds, else ``None``."""
+    columns = [c for p, c in params.columns if p == party]
+    if len(columns) < 2:
+        return None
+    return tuple(
+        len(
+            segment_codes(frame[c].tolist(), max_values=params.max_segments, party=party, column=c)[
+                0
+            ]
+        )
+        for c in columns
+    )
+
+
 def _cell_names(
     params: SegmentParams, lo: str, lo_values: list[str], values: list[str]
 ) -> list[str]:
@@ -194,6 +210,8 @@ def _label_owner_segments(ctx: PartyContext, params: SegmentParams, keys: Any) -
     """The LO holds the segment column: it knows the cells of the joint customers."""
     frame = ctx.aligned_table()
     values, codes = _codes_of(ctx, params, frame, ctx.label_owner)
+    shape = _shape_of(params, ctx.label_owner, frame, ctx)
+    ctx.state.set("segments.shape", json.dumps(shape))
     counts = np.bincount(codes, minlength=len(values)).astype(np.float64)
     noise = _noise(params)
     if noise is not None:  # the LO's own counts, noised by the LO before any release
@@ -211,7 +229,12 @@ def _label_owner_segments(ctx: PartyContext, params: SegmentParams, keys: Any) -
     released = [
         c["segment"]
         for c in ss.release_cells(
-            values, list(counts), [0.0] * len(values), encoding=encoding, min_cohort=ctx.min_cohort
+            values,
+            list(counts),
+            [0.0] * len(values),
+            encoding=encoding,
+            min_cohort=ctx.min_cohort,
+            shape=shape,
         )
         if not c["suppressed"]
     ]
@@ -251,6 +274,8 @@ def label_owner_decide(ctx: PartyContext) -> None:
                 if not 1 <= len(firsts) <= params.max_segments:
                     raise ValueError("at most max-segments values")
             values = [f"{a} \u00d7 {b}" for a in firsts for b in theirs]
+        shape = _table_shape(params, ctx, lo_values, meta, values)
+        ctx.state.set("segments.shape", json.dumps(shape))
         if params.noised:
             counts = keys.decrypt(vectors["count"])
             sums = keys.decrypt(vectors["sum"])
@@ -264,41 +289,45 @@ def label_owner_decide(ctx: PartyContext) -> None:
         )
         ctx.state.set_bytes("segments.masked_sum", keys.ciphertexts_to_bytes(vectors["masked_sum"]))
         ctx.state.set("segments.failing", json.dumps(failing))
-        groups = _marginal_groups(len(lo_values), len(values))
-        withheld = [[c for c in g if c in failing] for g in groups]
-        settled = [not w for w in withheld]
+        withheld = set(failing)
+        passed: dict[str, list[int]] = {}
     else:
         values = json.loads(ctx.state.get("segments.values"))
-        groups = _marginal_groups(len(json.loads(ctx.state.get("segments.lo_values"))), len(values))
-        withheld = json.loads(ctx.state.get("segments.withheld"))
-        settled = json.loads(ctx.state.get("segments.settled"))
-        asked = [g for g in range(len(groups)) if not settled[g]]
+        shape = _as_shape(json.loads(ctx.state.get("segments.shape")))
+        withheld = set(json.loads(ctx.state.get("segments.withheld")))
+        passed = json.loads(ctx.state.get("segments.passed"))
+        asked = json.loads(ctx.state.get("segments.asked"))
         keys, vectors, _ = ctx.receive_encrypted(
-            holder, MERGED, max_count=len(groups) * ctx.min_cohort
+            holder, MERGED, max_count=len(asked) * ctx.min_cohort
         )
         answers = keys.decrypt_zeros(vectors["tests"])
         with ctx.decoding(holder, MERGED):
             if len(answers) != len(asked) * (ctx.min_cohort - 1):
                 raise ValueError("one test per candidate of every group asked")
-        per_group = answers.reshape(len(asked), ctx.min_cohort - 1) if asked else answers
-        for g, zero in zip(asked, per_group, strict=True):
-            if zero.any():  # 0 < the withheld cells of the group < k: withhold one more
-                rest = [c for c in groups[g] if c not in withheld[g]]
-                withheld[g] = sorted(withheld[g] + rest[:1])
+        per_group = answers.reshape(len(asked), ctx.min_cohort - 1)
+        groups = table_groups(len(values), shape)
+        for (g, cells), zero in zip(asked, per_group, strict=True):
+            if zero.any():  # 0 < the group's withheld cells < k: withhold one more of it
+                rest = [c for c in groups[g] if c not in withheld]
+                withheld.update(rest[:1])
             else:
-                settled[g] = True
-    # a group is settled when its withheld cells cover 0 or at least k, or it is all withheld
-    settled = [
-        bool(s) or len(w) == len(g) for s, w, g in zip(settled, withheld, groups, strict=True)
-    ]
-    ctx.state.set("segments.withheld", json.dumps(withheld))
-    ctx.state.set("segments.settled", json.dumps(settled))
-    if not all(settled):
-        ask = [w for w, done in zip(withheld, settled, strict=True) if not done]
-        ctx.send(holder, WITHHELD, json.dumps({"withheld": ask}).encode())
+                passed[str(g)] = cells
+    # every row and column of a cross (else all cells) must have its withheld cells cover 0
+    # or at least k: test the groups whose withheld cells changed since they last passed
+    groups = table_groups(len(values), shape)
+    ask = []
+    for g, group in enumerate(groups):
+        hidden = sorted(c for c in group if c in withheld)
+        if hidden and len(hidden) < len(group) and passed.get(str(g)) != hidden:
+            ask.append([g, hidden])
+    ctx.state.set("segments.withheld", json.dumps(sorted(withheld)))
+    ctx.state.set("segments.passed", json.dumps(passed))
+    ctx.state.set("segments.asked", json.dumps(ask))
+    if ask:
+        ctx.send(holder, WITHHELD, json.dumps({"withheld": [h for _, h in ask]}).encode())
         ctx.publish(segment_next="merge")
         return
-    flat = sorted(c for w in withheld for c in w)
+    flat = sorted(withheld)
     released = [i for i in range(len(values)) if i not in flat]
     if not released:
         _write_table(ctx, params, values, [None] * len(values), [None] * len(values), flat)
@@ -307,12 +336,25 @@ def label_owner_decide(ctx: PartyContext) -> None:
     ctx.publish(segment_next="reveal")
 
 
-def _marginal_groups(lo_splits: int, cells: int) -> list[list[int]]:
-    """The groups of cells whose total the LO knows: per value of its own column in a cross
-    (the row's customers), else all cells (the joint customers). The withheld cells of each
-    group must cover 0 or at least the minimum cohort, or the total would reveal them."""
-    width = cells // max(lo_splits, 1)
-    return [list(range(a * width, (a + 1) * width)) for a in range(max(lo_splits, 1))]
+def _as_shape(value: Any) -> tuple[int, int] | None:
+    return None if value is None else (int(value[0]), int(value[1]))
+
+
+def _table_shape(
+    params: SegmentParams, ctx: PartyContext, lo_values: list[str], meta: dict, values: list[str]
+) -> tuple[int, int] | None:
+    """The cross table's shape as the LO knows it: its own values x the partner's, the
+    splitter's x the aggregator's, or the aggregator's two columns (its ``shape``)."""
+    if not params.cross_party:
+        return None
+    if lo_values != [""]:
+        return (len(lo_values), len(values) // len(lo_values))
+    holder = params.aggregator(ctx.label_owner)
+    with ctx.decoding(holder, CELLS):
+        shape = _as_shape(meta["shape"])
+        if shape is None or shape[0] * shape[1] != len(values):
+            raise ValueError("the cross table's shape does not match its cells")
+    return shape
 
 
 @STEPS.step(TABLE, jobs=KINDS)
@@ -337,7 +379,7 @@ def label_owner_table(ctx: PartyContext) -> None:
         return
     holder = params.aggregator(ctx.label_owner)
     values = json.loads(ctx.state.get("segments.values"))
-    withheld = sorted(c for w in json.loads(ctx.state.get("segments.withheld")) for c in w)
+    withheld = sorted(json.loads(ctx.state.get("segments.withheld")))
     released = [i for i in range(len(values)) if i not in withheld]
     arrays, _ = ctx.receive_arrays(holder, MASKS)
     with ctx.decoding(holder, MASKS):
@@ -380,6 +422,7 @@ def _write_table(
         withheld=withheld,
         failing=json.loads(failing) if failing else (withheld or ()),
         binary=_target_is_label(ctx, params),
+        shape=_as_shape(json.loads(ctx.state.get("segments.shape", "null"))),
     )
     report = build_segment_report(cells, params, ctx.agreement, ctx.job)
     ctx.deliver(REPORT, json.dumps(report, sort_keys=True).encode())
@@ -525,7 +568,9 @@ def holder_sums(ctx: PartyContext) -> None:
             sums.append(keys.dot(matrix, count))
         else:
             sums.append(keys.grouped_sum(vectors[f"sum{a}"], groups, len(values)))
-    _send_cells(ctx, params, keys, values, _joined(counts), _joined(sums))
+    own = _shape_of(params, ctx.party, ctx.table(), ctx)
+    shape = own if own is not None else ((splits, len(values)) if params.cross_party else None)
+    _send_cells(ctx, params, keys, values, _joined(counts), _joined(sums), shape)
 
 
 def _joined(parts: list[Any]) -> Any:
@@ -541,12 +586,19 @@ def _pick(vector: Any, slots: np.ndarray) -> Any:
 
 
 def _send_cells(
-    ctx: PartyContext, params: SegmentParams, keys: Any, values: list[str], counts: Any, sums: Any
+    ctx: PartyContext,
+    params: SegmentParams,
+    keys: Any,
+    values: list[str],
+    counts: Any,
+    sums: Any,
+    shape: tuple[int, int] | None = None,
 ) -> None:
     """Noise, or cohort tests and masks; to the LO."""
     noise = _noise(params)
     encoding = _encoding(params)
-    meta = {"values": values}
+    meta = {"values": values, "shape": list(shape) if shape else None}
+    ctx.state.set("segments.shape", json.dumps(list(shape) if shape else None))
     if noise is not None:
         counts = keys.add_plain(
             counts, np.array(ss.cell_noise(noise, 1, len(counts)), dtype=object)
@@ -626,6 +678,17 @@ def holder_merge(ctx: PartyContext) -> None:
         asked = [[int(i) for i in group] for group in json.loads(raw)["withheld"]]
         if not asked or any(not g or min(g) < 0 or max(g) >= len(counts) for g in asked):
             raise ValueError("the withheld cells are out of range")
+    # a group to test is a set of distinct cells of one row or column of the table (or of
+    # all cells), at most one per row and column: no repeated cell can scale a count
+    groups = table_groups(len(counts), _as_shape(json.loads(ctx.state.get("segments.shape"))))
+    if len(asked) > len(groups) or any(
+        len(set(g)) != len(g) or not any(set(g) <= set(row) for row in groups) for g in asked
+    ):
+        raise PolicyViolation(
+            "min_cohort",
+            "the label owner asked to test cells that are not distinct cells of one row or "
+            "column: refusing",
+        )
     seen = set(json.loads(ctx.state.get("segments.seen_withheld", "[]")))
     ctx.state.set(
         "segments.seen_withheld", json.dumps(sorted(seen | {c for g in asked for c in g}))
