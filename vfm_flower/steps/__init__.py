@@ -18,7 +18,14 @@ def protocol_steps() -> StepRegistry:
 
 def builtin_steps() -> StepRegistry:
     """Every built-in step: the protocol steps, the regression jobs' and the overlap job's."""
-    from vfm_flower.steps import evaluation, overlap, scoring, segments, training
+    from vfm_flower.steps import (
+        evaluation,
+        overlap,
+        scoring,
+        segments,
+        segments_partners,
+        training,
+    )
 
     return StepRegistry(
         protocol_steps(),
@@ -27,4 +34,5 @@ def builtin_steps() -> StepRegistry:
         scoring.STEPS,
         overlap.STEPS,
         segments.STEPS,
+        segments_partners.STEPS,
     )
