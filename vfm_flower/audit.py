@@ -56,6 +56,22 @@ from vfm_flower.privacy import PrivacyCost, total_spent
 #: The phase of the audit events that charge the privacy budget (decision ``charged``).
 PRIVACY_PHASE = "privacy"
 
+
+def event_details_of(data: bytes, *, phase: str, decision: str) -> list[str]:
+    """The ``detail`` texts of the events with ``phase`` and ``decision`` in a log's bytes
+    (read them from a verified log)."""
+    out = []
+    for _, raw in _split_lines(data):
+        entry = json.loads(raw.decode("utf-8"))
+        if (entry.get("kind"), entry.get("phase"), entry.get("decision")) == (
+            "event",
+            phase,
+            decision,
+        ):
+            out.append(str(entry.get("detail", "")))
+    return out
+
+
 try:  # POSIX advisory locks: several Flower processes of one party may append in turn.
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX
@@ -397,17 +413,7 @@ class AuditLog:
         with _locked(self._path) as handle:
             self._sync(handle)
             handle.seek(0)
-            data = handle.read()
-        out = []
-        for _, raw in _split_lines(data):
-            entry = json.loads(raw.decode("utf-8"))
-            if (entry.get("kind"), entry.get("phase"), entry.get("decision")) == (
-                "event",
-                phase,
-                decision,
-            ):
-                out.append(str(entry.get("detail", "")))
-        return out
+            return event_details_of(handle.read(), phase=phase, decision=decision)
 
     def charge_privacy(
         self, round: int, decide: Callable[[PrivacyCost], PrivacyCost]
@@ -418,14 +424,7 @@ class AuditLog:
         with _locked(self._path) as handle:
             self._sync(handle)
             handle.seek(0)
-            details = [
-                str(entry.get("detail", ""))
-                for entry in (
-                    json.loads(raw.decode("utf-8")) for _, raw in _split_lines(handle.read())
-                )
-                if (entry.get("kind"), entry.get("phase"), entry.get("decision"))
-                == ("event", PRIVACY_PHASE, "charged")
-            ]
+            details = event_details_of(handle.read(), phase=PRIVACY_PHASE, decision="charged")
             cost = decide(total_spent(details))
             if not cost.is_free:
                 self._append(
@@ -437,10 +436,6 @@ class AuditLog:
                     detail=cost.to_detail(),
                 )
         return cost
-
-    def privacy_spent(self) -> PrivacyCost:
-        """What this log's jobs charged against the agreement's privacy budget."""
-        return total_spent(self.event_details(phase=PRIVACY_PHASE, decision="charged"))
 
     def record_refusal(self, phase: str, round: int, violation: PolicyViolation) -> str:
         """Append a ``"refused:<rule>"`` event for a policy violation."""

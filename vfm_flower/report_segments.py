@@ -31,13 +31,11 @@ def build_segment_report(
     """The report's content from the released cells and the job's parameters."""
     from vfm_flower.privacy import NoiseSpec
     from vfm_flower.report import report_header
-    from vfm_flower.segment_stats import TargetEncoding
 
     label = params.target_party == agreement.label_owner and not params.target_column
     noise: dict[str, Any] | None = None
     if params.noised:
         half = NoiseSpec(params.noise, params.epsilon, params.delta).halves()
-        encoding = TargetEncoding(params.target_min, params.target_max)
         noise = {
             "mechanism": params.noise,
             "epsilon": params.epsilon,
@@ -46,7 +44,6 @@ def build_segment_report(
             "sum_scale": half.scale(params.target_max - params.target_min),
             "sum_sensitivity": params.target_max - params.target_min,
         }
-        del encoding
     return {
         "kind": "segments",
         "header": report_header(agreement, job),

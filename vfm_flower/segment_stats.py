@@ -49,7 +49,6 @@ __all__ = [
     "cohort_candidates",
     "cell_noise",
     "mask_values",
-    "plain_segment_table",
     "release_cells",
 ]
 
@@ -176,19 +175,3 @@ def release_cells(
         }
         out.append(entry)
     return out
-
-
-def plain_segment_table(
-    segment: Sequence[Any], target: Sequence[float], *, encoding: TargetEncoding
-) -> dict[str, tuple[int, float]]:
-    """The plaintext group-by the job must equal (tests): value -> (customers, mean of the
-    clipped target)."""
-    from vfm_flower.overlap import segment_codes
-
-    values, codes = segment_codes(list(segment), max_values=10**6, party="-", column="-")
-    t = np.clip(np.asarray(target, dtype=np.float64), encoding.lo, encoding.hi)
-    return {
-        v: (int(np.sum(codes == i)), float(t[codes == i].mean()))
-        for i, v in enumerate(values)
-        if np.any(codes == i)
-    }

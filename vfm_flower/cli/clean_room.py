@@ -175,7 +175,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
     """What remains of an agreement's privacy budget, from one party's (or the operator's)
     own audit log."""
     from vfm_flower.agreement import SignedAgreement
-    from vfm_flower.audit import PRIVACY_PHASE
+    from vfm_flower.audit import PRIVACY_PHASE, event_details_of
     from vfm_flower.audit_verify import verify_audit_log
     from vfm_flower.party import audit_log_path
     from vfm_flower.privacy import total_spent
@@ -190,10 +190,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
         result = verify_audit_log(log)
         if not result.ok:
             raise ConfigurationError(f"{log} does not verify: {result.reason}")
-        for line in log.read_text(encoding="utf-8").splitlines():
-            entry = json.loads(line)
-            if entry.get("phase") == PRIVACY_PHASE and entry.get("decision") == "charged":
-                details.append(str(entry.get("detail", "")))
+        details = event_details_of(log.read_bytes(), phase=PRIVACY_PHASE, decision="charged")
     spent = total_spent(details)
     print(  # noqa: T201
         f"privacy budget of agreement {agreement.agreement_id}: epsilon "

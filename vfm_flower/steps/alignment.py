@@ -89,7 +89,7 @@ _POOL_MIN_IDS = 16_384
 
 
 @contextmanager
-def _pool_for(count: int) -> Iterator[Executor | None]:
+def pool_for(count: int) -> Iterator[Executor | None]:
     """One process pool for all hashing/blinding of a message, only when it pays."""
     if count < _POOL_MIN_IDS:
         yield None
@@ -128,7 +128,7 @@ def every_party_align(ctx: PartyContext) -> None:
         ids = load_normalized_ids(runtime)
         secret = psi.PsiSecret.generate()
         state.set_bytes("psi.secret", secret.to_bytes())
-        with _pool_for(len(ids)) as pool:
+        with pool_for(len(ids)) as pool:
             points = _points(runtime, ids, pool)
             if runtime.is_label_owner:
                 blinded = psi.first_blind_label_owner(points, secret, executor=pool)
@@ -157,13 +157,13 @@ def every_party_align(ctx: PartyContext) -> None:
                 peer: _received_points(runtime, request, peer, TOPIC_PASSIVE_BLINDED, 1)
                 for peer in passives
             }
-            with _pool_for(sum(len(v) for v in received.values())) as pool:
+            with pool_for(sum(len(v) for v in received.values())) as pool:
                 for peer, theirs in received.items():
                     double = psi.second_blind(theirs, secret, executor=pool)
                     state.set_array(f"psi.passive_double.{peer}", double)
         else:
             lo_points = _received_points(runtime, request, lo, TOPIC_LO_BLINDED, 1)
-            with _pool_for(len(lo_points)) as pool:
+            with pool_for(len(lo_points)) as pool:
                 double = psi.second_blind(lo_points, secret, executor=pool)
             reply.outbox[(lo, TOPIC_LO_DOUBLE)] = runtime.seal(
                 lo, TOPIC_LO_DOUBLE, _payload(double), phase=ALIGN, round=2

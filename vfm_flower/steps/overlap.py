@@ -27,6 +27,7 @@ from vfm_flower.jobs_builtin import OVERLAP_KIND, OverlapParams
 from vfm_flower.party import StepRegistry
 from vfm_flower.policy import min_intersection_of
 from vfm_flower.report_overlap import build_overlap_report, write_overlap_report
+from vfm_flower.steps.alignment import pool_for
 
 STEP = "query.overlap"
 LABEL_OWNER_SET = Topic("overlap.label_owner_set", phase=STEP)
@@ -39,17 +40,9 @@ REPORT = "overlap-report"
 
 STEPS = StepRegistry()
 
-_POOL_MIN_IDS = 16_384
-
 
 def _domain(ctx: PartyContext) -> bytes:
     return psi.psi_domain(ctx.agreement.agreement_id, ctx.run_id) + b"/overlap"
-
-
-def _pool(count: int):  # type: ignore[no-untyped-def]
-    from contextlib import nullcontext
-
-    return psi.blinding_pool() if count >= _POOL_MIN_IDS else nullcontext(None)
 
 
 def _payload(sets: np.ndarray, meta: dict | None = None) -> bytes:
@@ -122,7 +115,7 @@ def _first_round(ctx: PartyContext, params: OverlapParams) -> None:
     ctx.state.set_bytes("overlap.secret", secret.to_bytes())
     domain = _domain(ctx)
     meta: dict = {}
-    with _pool(len(ids)) as pool:
+    with pool_for(len(ids)) as pool:
         points = psi.hash_ids_to_points(ids, domain, executor=pool)
         del ids
         if ctx.party == params.segment_party:
@@ -166,7 +159,7 @@ def _second_round(ctx: PartyContext, params: OverlapParams) -> None:
                     if len(values) != sets.shape[0] or len(set(values)) != len(values):
                         raise ValueError("one distinct segment value per partition expected")
                 ctx.state.set("overlap.values", json.dumps(values))
-            with _pool(sets.shape[0] * sets.shape[1]) as pool:
+            with pool_for(sets.shape[0] * sets.shape[1]) as pool:
                 double = overlap.blind_sets(sets, secret, executor=pool)
             ctx.state.set_array(f"overlap.passive.{peer}", double)
         ctx.state.pop_array("overlap.secret")
@@ -182,7 +175,7 @@ def _second_round(ctx: PartyContext, params: OverlapParams) -> None:
             raise PayloadError(
                 STEP, ctx.party, ctx.passive_parties[0], GROUP_SEED.name, "malformed group seed"
             )
-    with _pool(sets.shape[0] * sets.shape[1]) as pool:
+    with pool_for(sets.shape[0] * sets.shape[1]) as pool:
         returned = overlap.permute_returned_sets(sets, secret, seed, executor=pool)
     ctx.send(lo, RETURNED_SET, _payload(returned, {"partitions": count}))
     ctx.state.pop_array("overlap.secret")

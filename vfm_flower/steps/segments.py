@@ -111,12 +111,13 @@ def _target_values(ctx: PartyContext, params: SegmentParams, frame: pd.DataFrame
 
 def _codes_of(
     ctx: PartyContext, params: SegmentParams, frame: pd.DataFrame, party: str
-) -> tuple[list[str], np.ndarray]:
+) -> tuple[list[str], np.ndarray, tuple[int, int] | None]:
     """The values and per-row codes of ``party``'s columns among the job's (one column, or
-    both of a cross, combined ``"a x b"``); one value with one code when it holds none."""
+    both of a cross, combined ``"a x b"``; one value with one code when it holds none), and
+    the ``(rows, columns)`` shape when it holds both columns of a cross."""
     columns = [c for p, c in params.columns if p == party]
     if not columns:
-        return [""], np.zeros(len(frame), dtype=np.int64)
+        return [""], np.zeros(len(frame), dtype=np.int64), None
     ctx.check_columns(columns)
     values, codes = segment_codes(
         frame[columns[0]].tolist(),
@@ -124,28 +125,15 @@ def _codes_of(
         party=ctx.party,
         column=columns[0],
     )
+    shape = None
     for column in columns[1:]:
         more, extra = segment_codes(
             frame[column].tolist(), max_values=params.max_segments, party=ctx.party, column=column
         )
+        shape = (len(values), len(more))
         values = [f"{a} \u00d7 {b}" for a in values for b in more]
         codes = codes * len(more) + extra
-    return values, codes
-
-
-def _shape_of(params: SegmentParams, party: str, frame: pd.DataFrame, ctx: PartyContext):  # type: ignore[no-untyped-def]
-    """``(rows, columns)`` of a cross of two columns ``party`` holds, else ``None``."""
-    columns = [c for p, c in params.columns if p == party]
-    if len(columns) < 2:
-        return None
-    return tuple(
-        len(
-            segment_codes(frame[c].tolist(), max_values=params.max_segments, party=party, column=c)[
-                0
-            ]
-        )
-        for c in columns
-    )
+    return values, codes, shape
 
 
 def _cell_names(
@@ -183,7 +171,7 @@ def label_owner_encrypt(ctx: PartyContext) -> None:
         _label_owner_segments(ctx, params, keys)
         return
     frame = ctx.aligned_table()
-    lo_values, lo_codes = _codes_of(ctx, params, frame, lo)  # [""] without an LO column
+    lo_values, lo_codes, _ = _codes_of(ctx, params, frame, lo)  # [""] without an LO column
     splitter = params.splitter(lo)
     first = splitter or holder  # the first partner of the chain, unless a target forwards
     target_party = params.target_party
@@ -210,8 +198,7 @@ def label_owner_encrypt(ctx: PartyContext) -> None:
 def _label_owner_segments(ctx: PartyContext, params: SegmentParams, keys: Any) -> None:
     """The LO holds the segment column: it knows the cells of the joint customers."""
     frame = ctx.aligned_table()
-    values, codes = _codes_of(ctx, params, frame, ctx.label_owner)
-    shape = _shape_of(params, ctx.label_owner, frame, ctx)
+    values, codes, shape = _codes_of(ctx, params, frame, ctx.label_owner)
     ctx.state.set("segments.shape", json.dumps(shape))
     counts = np.bincount(codes, minlength=len(values)).astype(np.float64)
     noise = _noise(params)

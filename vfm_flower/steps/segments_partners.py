@@ -44,7 +44,6 @@ from vfm_flower.steps.segments import (
     _encoding,
     _noise,
     _params,
-    _shape_of,
     _target_values,
 )
 
@@ -121,7 +120,7 @@ def splitter_split(ctx: PartyContext) -> None:
         streams["sum"] = keys.multiply_plain(streams["count"], target.astype(object))
     elif params.target_party != aggregator:
         streams["sum"] = _pick(vectors["sum0"], order)
-    values, codes = _codes_of(ctx, params, ctx.table(), ctx.party)
+    values, codes, _ = _codes_of(ctx, params, ctx.table(), ctx.party)
     out = {}
     for v in range(len(values)):
         mine = np.flatnonzero(codes == v)
@@ -147,7 +146,7 @@ def holder_sums(ctx: PartyContext) -> None:
         _packed_sums(ctx, params)
         return
     layout = ctx.passive_layout()
-    values, codes = _codes_of(ctx, params, ctx.table(), ctx.party)
+    values, codes, own = _codes_of(ctx, params, ctx.table(), ctx.party)
     encoding = _encoding(params)
     splitter = params.splitter(ctx.label_owner)
     forwarded = splitter is not None or params.target_party not in (ctx.label_owner, ctx.party)
@@ -177,7 +176,6 @@ def holder_sums(ctx: PartyContext) -> None:
             sums.append(keys.dot(matrix, count))
         else:
             sums.append(keys.grouped_sum(vectors[f"sum{a}"], groups, len(values)))
-    own = _shape_of(params, ctx.party, ctx.table(), ctx)
     shape = own if own is not None else ((splits, len(values)) if params.cross_party else None)
     _send_cells(ctx, params, keys, values, _joined(counts), _joined(sums), shape)
 
