@@ -1,0 +1,350 @@
+"""The label owner's side of growing trees level by level (plain numbers, no crypto).
+
+Who learns what
+---------------
+The label owner (LO) knows, for every joint customer, its gradients and which node of each
+tree it is in; it receives, per level, the histograms of ``g`` and ``h`` over every party's
+bins for the nodes it asks for (decrypted from the passive parties' encrypted histograms, see
+:mod:`vfm_flower.secureboost`; computed in plain over its own columns), and for every split a
+passive party owns, the side of every joint customer. It never learns a passive party's
+column, bin edges or threshold: a passive split is an opaque id with the owner's name.
+
+One level
+---------
+:meth:`RoundGrowth.built_pairs` lists the nodes whose histograms the parties compute (the
+roots at level 0; below, the child with fewer training rows of every split node: the other
+child's histogram is its parent's minus that one, *histogram subtraction*, so the parties sum
+each row once per level). :meth:`RoundGrowth.receive` takes one party's histograms of those
+nodes; :meth:`RoundGrowth.decide` finds the best split of every node over all parties
+(XGBoost's gain, ties to the party listed first, the LO), routes the rows of the LO's own
+splits, and returns the split requests of each passive party; :meth:`RoundGrowth.apply_partition`
+routes the rows of a passive split from the owner's answer. Nodes at the last level, and nodes
+without a split that passes ``gamma`` and ``min_child_weight``, become leaves
+(:meth:`RoundGrowth.finish`).
+
+A softmax round grows one tree per class at once: a "pair" is ``(output, node)`` and every
+level of all classes' trees costs the same rounds as one tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from vfm_flower.trees import (
+    GRADIENT_BITS,
+    BoostingParams,
+    SplitChoice,
+    Tree,
+    find_splits,
+    leaf_values,
+)
+
+__all__ = ["SplitRequest", "RoundGrowth"]
+
+Pair = tuple[int, int]  # (output, node)
+
+
+@dataclass(frozen=True)
+class SplitRequest:
+    """A split the LO asks its owner to make: ``split_id`` at ``column``, bins ``<= bin`` left.
+
+    What the owner learns: which of its bins was chosen (and so the side of each of its rows),
+    and an opaque id; not the node, the gain or any gradient.
+    """
+
+    split_id: int
+    column: int
+    bin: int
+
+
+class RoundGrowth:
+    """The LO's state while it grows the ``K`` trees of one boosting round.
+
+    Parameters
+    ----------
+    params : BoostingParams
+        Depth, regularization, ``gamma``, ``min_child_weight``.
+    g_int, h_int : np.ndarray
+        ``(rows, K)`` fixed-point gradients and hessians of the joint customers (LO's joint
+        order), zero on rows that do not train this round (held out, not sampled).
+    scale : np.ndarray
+        ``(K,)`` gradient scale of :func:`vfm_flower.trees.quantize_gradients`.
+    train : np.ndarray
+        ``(rows,)`` booleans: rows that train this round.
+    parties : Sequence[str]
+        Every party with columns, the LO first (the order breaks ties).
+    label_owner : str
+        The LO's name (its splits are routed at once, from ``own_codes``).
+    own_codes : np.ndarray
+        The LO's bin codes on the joint rows, ``(rows, columns)``.
+    allowed : Mapping[str, np.ndarray], optional
+        Columns drawn for this round per party (``colsample``); all when absent.
+    next_split_id : int
+        First split id to hand out (ids are unique within a model).
+    """
+
+    def __init__(
+        self,
+        params: BoostingParams,
+        g_int: np.ndarray,
+        h_int: np.ndarray,
+        scale: np.ndarray,
+        train: np.ndarray,
+        *,
+        parties: Sequence[str],
+        label_owner: str,
+        own_codes: np.ndarray,
+        allowed: Mapping[str, np.ndarray] | None = None,
+        next_split_id: int = 0,
+    ) -> None:
+        self.params = params
+        self.g_int = np.asarray(g_int, dtype=np.int64)
+        self.h_int = np.asarray(h_int, dtype=np.int64)
+        rows, k = self.g_int.shape
+        self.scale = np.asarray(scale, dtype=np.float64)
+        self.train = np.asarray(train, dtype=bool)
+        self.parties = list(parties)
+        self.label_owner = label_owner
+        self.own_codes = np.asarray(own_codes)
+        self.allowed = dict(allowed or {})
+        self.next_split_id = int(next_split_id)
+        self.node = np.zeros((rows, k), dtype=np.int64)
+        self.trees = [Tree(params.max_depth, output=c) for c in range(k)]
+        self.level = 0
+        self.active: list[Pair] = [(c, 0) for c in range(k)]
+        self._built: list[Pair] = list(self.active)
+        self._derived: dict[Pair, Pair] = {}  # derived pair -> (its built sibling)
+        self._parent_hist: dict[str, dict[Pair, tuple[np.ndarray, np.ndarray]]] = {}
+        self._hist: dict[str, dict[Pair, tuple[np.ndarray, np.ndarray]]] = {}
+        self._pending: dict[int, tuple[str, Pair]] = {}
+        self.done = False
+
+    # ------------------------------------------------------------------ what to build
+
+    def built_pairs(self) -> list[Pair]:
+        """The nodes whose histograms every party computes at this level, in order."""
+        return list(self._built)
+
+    def pair_of_rows(self) -> np.ndarray:
+        """``(rows, K)`` index into :meth:`built_pairs` of each training row's node, or -1."""
+        out = np.full(self.node.shape, -1, dtype=np.int64)
+        for j, (c, n) in enumerate(self._built):
+            out[(self.node[:, c] == n) & self.train, c] = j
+        return out
+
+    def own_histograms(self) -> tuple[np.ndarray, np.ndarray]:
+        """The LO's histograms of the built nodes over its own columns, ``(pairs, F, B)``."""
+        return plain_histograms(
+            self.own_codes,
+            self.g_int,
+            self.h_int,
+            self.pair_of_rows(),
+            len(self._built),
+            self.params.n_bins,
+        )
+
+    # ------------------------------------------------------------------ histograms
+
+    @property
+    def padded_pairs(self) -> int:
+        """Pairs every level is laid out for, whatever the data: ``K`` at the root,
+        ``K 2**(level - 1)`` below (every node of the previous level split). The passive
+        parties see this count, never the number of nodes actually built."""
+        return len(self.trees) * (1 << max(self.level - 1, 0))
+
+    def receive(self, party: str, hist_g: np.ndarray, hist_h: np.ndarray) -> None:
+        """One party's integer histograms of the built nodes, ``(pairs, F, B)`` each
+        (``pairs`` the built or the padded count; padding is dropped)."""
+        if party not in self.parties:
+            raise ValueError(f"'{party}' holds no columns in this job")
+        hist_g = np.asarray(hist_g, dtype=np.int64)
+        hist_h = np.asarray(hist_h, dtype=np.int64)
+        if (
+            hist_g.shape != hist_h.shape
+            or hist_g.ndim != 3
+            or hist_g.shape[0] not in (len(self._built), self.padded_pairs)
+        ):
+            raise ValueError(
+                f"histograms of '{party}' have shape {hist_g.shape}, expected "
+                f"({len(self._built)}, columns, bins)"
+            )
+        if hist_g.shape[0] > len(self._built) and (
+            hist_g[len(self._built) :].any() or hist_h[len(self._built) :].any()
+        ):
+            raise ValueError(f"histograms of '{party}' hold values in padding nodes")
+        mine: dict[Pair, tuple[np.ndarray, np.ndarray]] = {}
+        for j, pair in enumerate(self._built):
+            mine[pair] = (hist_g[j], hist_h[j])
+        parents = self._parent_hist.get(party, {})
+        for pair, sibling in self._derived.items():
+            parent = (pair[0], (pair[1] - 1) // 2)
+            pg, ph = parents[parent]
+            sg, sh = mine[sibling]
+            mine[pair] = (pg - sg, ph - sh)
+        self._hist[party] = mine
+
+    # ------------------------------------------------------------------ decisions
+
+    def _true_units(self, c: int, g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        unit = float(1 << GRADIENT_BITS)
+        return g * (self.scale[c] / unit), h / unit
+
+    def decide(self) -> dict[str, list[SplitRequest]]:
+        """Best split of every active node over all parties; returns the passive requests.
+
+        The LO's own splits are routed here; a passive split waits for
+        :meth:`apply_partition`. Raises ``ValueError`` if a party's histograms are missing.
+        """
+        missing = [p for p in self.parties if p not in self._hist]
+        if missing:
+            raise ValueError(f"no histograms from {', '.join(missing)} at level {self.level}")
+        requests: dict[str, list[SplitRequest]] = {}
+        splittable = self.level < self.params.max_depth
+        self._splits: list[Pair] = []
+        self.own_splits: list[SplitRequest] = []
+        for pair in self.active:
+            c, n = pair
+            best: tuple[str, SplitChoice] | None = None
+            if splittable:
+                for party in self.parties:
+                    g, h = self._hist[party][pair]
+                    tg, th = self._true_units(c, g.astype(np.float64), h.astype(np.float64))
+                    choice = find_splits(
+                        tg[None], th[None], self.params, allowed=self.allowed.get(party)
+                    )[0]
+                    if choice.feature >= 0 and (best is None or choice.gain > best[1].gain):
+                        best = (party, choice)
+            if best is None:
+                continue
+            party, choice = best
+            split_id = self.next_split_id
+            self.next_split_id += 1
+            tree = self.trees[c]
+            tree.owner[n], tree.split[n] = party, split_id
+            self._splits.append(pair)
+            if party == self.label_owner:
+                left = self.own_codes[:, choice.feature] <= choice.bin
+                self._route(pair, left)
+                self.own_splits.append(SplitRequest(split_id, choice.feature, choice.bin))
+            else:
+                requests.setdefault(party, []).append(
+                    SplitRequest(split_id, choice.feature, choice.bin)
+                )
+                self._pending[split_id] = (party, pair)
+        return requests
+
+    def _route(self, pair: Pair, left: np.ndarray) -> None:
+        c, n = pair
+        here = self.node[:, c] == n
+        self.node[here, c] = np.where(left[here], 2 * n + 1, 2 * n + 2)
+
+    def apply_partition(self, party: str, split_id: int, left: np.ndarray) -> None:
+        """Route the rows of a passive split from its owner's answer (True: left), joint rows."""
+        owner = self._pending.pop(split_id, None)
+        if owner is None or owner[0] != party:
+            raise ValueError(f"split {split_id} was not asked of '{party}'")
+        left = np.asarray(left, dtype=bool)
+        if left.shape != (self.node.shape[0],):
+            raise ValueError(f"the partition of split {split_id} has {left.size} rows")
+        self._route(owner[1], left)
+
+    @property
+    def pending(self) -> list[int]:
+        """Passive splits still waiting for their partition."""
+        return sorted(self._pending)
+
+    # ------------------------------------------------------------------ next level
+
+    def _train_rows(self, pair: Pair) -> int:
+        c, n = pair
+        return int(np.count_nonzero((self.node[:, c] == n) & self.train))
+
+    def next_level(self) -> bool:
+        """Move to the next level; False after the last histogram level."""
+        if self._pending:
+            raise ValueError(f"splits {self.pending} still wait for their partition")
+        children: list[Pair] = []
+        built: list[Pair] = []
+        derived: dict[Pair, Pair] = {}
+        for c, n in self._splits:
+            left, right = (c, 2 * n + 1), (c, 2 * n + 2)
+            children += [left, right]
+            small, large = (
+                (left, right)
+                if self._train_rows(left) <= self._train_rows(right)
+                else (right, left)
+            )
+            built.append(small)
+            derived[large] = small
+        self._parent_hist = self._hist
+        self._hist = {}
+        self.level += 1
+        self.active = children if self.level < self.params.max_depth else []
+        self._built = built if self.active else []
+        self._derived = derived if self.active else {}
+        return self.level < self.params.max_depth
+
+    def needs_histograms(self) -> bool:
+        """Whether this level is a histogram level (every level below the maximum depth is,
+        with or without nodes to split: the schedule does not depend on the data)."""
+        return self.level < self.params.max_depth
+
+    def finish(self) -> np.ndarray:
+        """Leaf values of every tree (from the training rows' sums); returns ``(rows, K)``
+        margin updates for every joint row, held-out rows included."""
+        unit = float(1 << GRADIENT_BITS)
+        update = np.zeros(self.node.shape, dtype=np.float64)
+        for c, tree in enumerate(self.trees):
+            leaves = np.unique(self.node[:, c])
+            for n in leaves.tolist():
+                here = self.node[:, c] == n
+                rows = here & self.train
+                g = float(self.g_int[rows, c].sum()) * self.scale[c] / unit
+                h = float(self.h_int[rows, c].sum()) / unit
+                value = float(leaf_values(np.array(g), np.array(h), self.params))
+                tree.value[n] = value
+                update[here, c] = value
+        self.done = True
+        return update
+
+
+def plain_histograms(
+    codes: np.ndarray,
+    g_int: np.ndarray,
+    h_int: np.ndarray,
+    pair_of_rows: np.ndarray,
+    pairs: int,
+    n_bins: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Integer histograms ``(pairs, F, B)`` of ``g`` and ``h`` over plain bin codes.
+
+    ``pair_of_rows[i, c]`` is the built pair of row ``i`` in output ``c``'s tree, or -1.
+    Exact: sums of integers below ``2**53`` in float64.
+    """
+    codes = np.asarray(codes)
+    rows, features = codes.shape
+    hg = np.zeros((pairs, features, n_bins), dtype=np.int64)
+    hh = np.zeros((pairs, features, n_bins), dtype=np.int64)
+    for c in range(pair_of_rows.shape[1]):
+        sel = pair_of_rows[:, c] >= 0
+        if not sel.any():
+            continue
+        pj = pair_of_rows[sel, c]
+        gw = g_int[sel, c].astype(np.float64)
+        hw = h_int[sel, c].astype(np.float64)
+        for f in range(features):
+            key = pj * n_bins + codes[sel, f].astype(np.int64)
+            hg[:, f, :] += (
+                np.rint(np.bincount(key, gw, pairs * n_bins))
+                .astype(np.int64)
+                .reshape(pairs, n_bins)
+            )
+            hh[:, f, :] += (
+                np.rint(np.bincount(key, hw, pairs * n_bins))
+                .astype(np.int64)
+                .reshape(pairs, n_bins)
+            )
+    return hg, hh
