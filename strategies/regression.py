@@ -131,12 +131,14 @@ class VerticalLinearRegression(VerticalRegression):
 def _strategies() -> dict[str, type[VerticalStrategy]]:
     from vfm_flower.strategies.overlap import VerticalOverlap
     from vfm_flower.strategies.segments import VerticalSegments
+    from vfm_flower.strategies.trees import VerticalSecureBoost
 
     return {
         "logistic": VerticalLogisticRegression,
         "linear": VerticalLinearRegression,
         "overlap": VerticalOverlap,
         "segments": VerticalSegments,
+        "secureboost": VerticalSecureBoost,
     }
 
 

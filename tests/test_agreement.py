@@ -118,7 +118,7 @@ def test_init_defaults(ids):
     assert a.result_owner == "insurer"
     assert a.positive_class is None
     assert (a.min_intersection, a.min_cohort, a.min_paillier_bits) == (100, 20, 2048)
-    assert a.job_kinds == ("linear", "logistic", "overlap", "segments")
+    assert a.job_kinds == ("linear", "logistic", "overlap", "secureboost", "segments")
     assert a.job_terms("logistic").params["max-iterations"] == ParamRange(1, 100)
     assert a.job_terms("logistic").operations == ("evaluate", "score", "train")
     assert a.party_names == ("bank", "broker", "insurer")

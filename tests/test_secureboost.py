@@ -70,12 +70,12 @@ def test_the_encrypted_protocol_grows_exactly_the_plain_trees(objective, classes
         for enc in (False, True)
     ]
     plain, secure = runs
-    assert plain.model.to_state() == secure.model.to_state()
+    assert plain.model.canonical() == secure.model.canonical()
     assert np.array_equal(plain.margins_, secure.margins_)
     # passive splits are used: the partners' columns matter in these data
     assert secure.model.splits_of("bank") or secure.model.splits_of("telco")
-    # a fixed schedule: two rounds per level, whatever the data
-    assert secure.rounds == 2 * params.max_depth * params.n_trees
+    # a fixed schedule: four server rounds per level, whatever the data
+    assert secure.rounds == 4 * params.max_depth * params.n_trees
 
 
 def test_binary_hold_out_auc_is_within_0_01_of_xgboost():
@@ -237,7 +237,7 @@ def test_histograms_decode_signed_fields_exactly_and_refuse_a_wrong_shape(keys):
     codes = rng.integers(0, 8, size=(slots, 3)).astype(np.uint8)
     slot_of_row = np.arange(slots)
     eh = passive_histograms(public.n, cts, slot_of_row, codes, 8, layout, workers=1)
-    hg, hh = open_histograms(private, eh, layout, expected_columns=3)
+    hg, hh = open_histograms(private, eh, layout, expected_columns=3, expected_bins=8)
     for j in range(pairs):
         rows_j = np.flatnonzero(pair[:, 0] == j)
         for f in range(3):
@@ -247,9 +247,11 @@ def test_histograms_decode_signed_fields_exactly_and_refuse_a_wrong_shape(keys):
             assert np.array_equal(hh[j, f], np.rint(want_h).astype(np.int64))
     short = EncryptedHistograms(eh.columns, eh.bins, (eh.ciphertexts[0][:-1],))
     with pytest.raises(ValueError, match="the layout needs"):
-        open_histograms(private, short, layout)
+        open_histograms(private, short, layout, expected_columns=3, expected_bins=8)
     with pytest.raises(ValueError, match="declared 4"):
-        open_histograms(private, eh, layout, expected_columns=4)
+        open_histograms(private, eh, layout, expected_columns=4, expected_bins=8)
+    with pytest.raises(ValueError, match="the job has 16"):
+        open_histograms(private, eh, layout, expected_columns=3, expected_bins=16)
     # what the passive party sent does not repeat the randomness of what it received
     sent = set(eh.ciphertexts[0])
     assert not sent & {int(c) for c in cts[0]}

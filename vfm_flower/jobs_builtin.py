@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vfm_flower.jobs import Job, JobKind, JobRegistry, ParamSpec
+from vfm_flower.trees import BoostingParams
 
 REGRESSION_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
@@ -245,8 +246,97 @@ SEGMENTS_KIND = JobKind(
     description="segment statistics: customers and target mean per value of a column",
 )
 
+SECUREBOOST_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        "objective",
+        str,
+        "binary",
+        ("binary", "multiclass", "squared_error"),
+        ["binary", "multiclass", "squared_error"],
+        "binary (logistic), multiclass (softmax, next-best-offer) or squared_error",
+    ),
+    ParamSpec("trees", int, 20, (1, 1000), {"min": 1, "max": 100}, "boosting rounds"),
+    ParamSpec("depth", int, 5, (1, 8), {"min": 1, "max": 6}, "depth of every tree"),
+    ParamSpec(
+        "learning-rate", float, 0.3, (1e-6, 1.0), {"min": 0.01, "max": 1.0}, "leaf shrinkage (eta)"
+    ),
+    ParamSpec("bins", int, 32, (2, 256), {"min": 2, "max": 64}, "quantile bins per column"),
+    ParamSpec("lambda", float, 1.0, (0.0, 1e6), {"min": 0.0, "max": 100.0}, "L2 on leaf values"),
+    ParamSpec("gamma", float, 0.0, (0.0, 1e6), {"min": 0.0, "max": 100.0}, "minimum split gain"),
+    ParamSpec(
+        "min-child-weight",
+        float,
+        1.0,
+        (0.0, 1e6),
+        {"min": 0.0, "max": 1000.0},
+        "minimum hessian sum of each child",
+    ),
+    ParamSpec("subsample", float, 1.0, (0.05, 1.0), {"min": 0.1, "max": 1.0}, "rows per tree"),
+    ParamSpec("colsample", float, 1.0, (0.05, 1.0), {"min": 0.1, "max": 1.0}, "columns per tree"),
+    ParamSpec(
+        "early-stopping",
+        int,
+        0,
+        (0, 1000),
+        {"min": 0, "max": 50},
+        "stop after this many trees without hold-out improvement (0: off)",
+    ),
+    ParamSpec("classes", int, 2, (2, 64), {"min": 2, "max": 20}, "number of classes (multiclass)"),
+    ParamSpec(
+        "min-node-rows",
+        int,
+        100,
+        (1, 10**7),
+        {"min": 50, "max": 10**6},
+        "fewest training customers in a node the trees split (never below the minimum cohort)",
+    ),
+    REGRESSION_PARAMS[1],  # paillier-bits
+    REGRESSION_PARAMS[4],  # holdout-fraction
+    REGRESSION_PARAMS[5],  # holdout-seed
+    REGRESSION_PARAMS[7],  # outcome
+    REGRESSION_PARAMS[8],  # junk-threshold
+)
+
+SECUREBOOST_KIND = JobKind(
+    name="secureboost",
+    operations=("evaluate", "train"),
+    params=SECUREBOOST_PARAMS,
+    releases={
+        "server": (
+            "stop",
+            "tree",
+            "level",
+            "joint_rows",
+            "rows",
+            "features",
+            "holdout_rows",
+            "training_rows",
+            "paillier_bits",
+            "trees",
+            "rounds_per_tree",
+            "auc",
+            "log_loss",
+            "macro_auc",
+            "accuracy",
+            "r2",
+            "rmse",
+        ),
+        "party": ("tree-model",),
+    },
+    uses_paillier=True,
+    description="vertical gradient-boosted trees (SecureBoost, hidden membership, encrypted)",
+    label_operations=("evaluate", "train"),
+    default_operation="train",
+)
+
 #: The built-in kinds, in the order ``vfm agreement init`` lists them.
-BUILTIN_JOB_KINDS: tuple[JobKind, ...] = (LOGISTIC, LINEAR, OVERLAP_KIND, SEGMENTS_KIND)
+BUILTIN_JOB_KINDS: tuple[JobKind, ...] = (
+    LOGISTIC,
+    LINEAR,
+    OVERLAP_KIND,
+    SEGMENTS_KIND,
+    SECUREBOOST_KIND,
+)
 
 
 def builtin_registry() -> JobRegistry:
@@ -373,3 +463,53 @@ class SegmentParams:
     @property
     def noised(self) -> bool:
         return self.epsilon > 0
+
+
+@dataclass(frozen=True)
+class SecureBoostParams:
+    """The parameters of a SecureBoost job, typed; :attr:`boosting` holds the model's."""
+
+    boosting: BoostingParams
+    min_node_rows: int
+    paillier_bits: int
+    holdout_fraction: float
+    holdout_seed: int
+    outcome: str
+    junk_threshold: float
+
+    @classmethod
+    def from_job(cls, job: Job) -> SecureBoostParams:
+        from vfm_flower.errors import ConfigurationError
+
+        v = {p.key: job[p.name] for p in SECUREBOOST_PARAMS}
+        classes = v["classes"] if v["objective"] == "multiclass" else 2
+        if v["objective"] == "multiclass" and classes < 3:
+            raise ConfigurationError(
+                "secureboost: a multiclass objective needs classes >= 3 (binary for two)"
+            )
+        try:
+            boosting = BoostingParams(
+                objective=v["objective"],
+                n_trees=v["trees"],
+                max_depth=v["depth"],
+                learning_rate=v["learning_rate"],
+                n_bins=v["bins"],
+                reg_lambda=v["lambda"],
+                gamma=v["gamma"],
+                min_child_weight=v["min_child_weight"],
+                subsample=v["subsample"],
+                colsample=v["colsample"],
+                early_stopping=v["early_stopping"],
+                n_classes=classes,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"secureboost: {exc}") from exc
+        return cls(
+            boosting,
+            v["min_node_rows"],
+            v["paillier_bits"],
+            v["holdout_fraction"],
+            v["holdout_seed"],
+            v["outcome"],
+            v["junk_threshold"],
+        )

@@ -31,10 +31,13 @@ One level, two steps
     from the lowest one up: exact, no offset needed, see *fixed point* below).
 
 The LO then picks the best split of every node (:meth:`RoundGrowth.decide`); for a split a
-passive party owns, it sends the owner the column and bin (:class:`~vfm_flower.tree_growth.
-SplitRequest`) and the owner answers with the side of **each of its rows, by slot**
-(:func:`partition_bits`): the owner does not know which rows are in the node, so the LO
-learns the side of every joint customer at that threshold (not only of the node's rows).
+passive party owns, it sends the owner the column and bin under a random split id
+(:class:`~vfm_flower.tree_growth.SplitRequest`, shuffled within the level) and the owner
+answers with the side of **each of its rows, by slot** (:func:`partition_bits`), each bit
+XORed with a per-customer mask the LO can remove only for the customers it holds
+(:func:`partition_masks`): the owner does not know which rows are in the node, so the LO
+learns the side of every joint customer at that threshold (not only of the node's rows),
+and nothing about the others.
 
 Fixed point, and why these sizes
 --------------------------------
@@ -85,6 +88,7 @@ __all__ = [
     "EncryptedHistograms",
     "passive_histograms",
     "open_histograms",
+    "partition_masks",
     "partition_bits",
     "slot_partition",
 ]
@@ -343,7 +347,8 @@ def open_histograms(
     histograms: EncryptedHistograms,
     layout: HistogramLayout,
     *,
-    expected_columns: int | None = None,
+    expected_columns: int,
+    expected_bins: int,
     workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """LO: decrypt one party's histograms to integer ``(pairs, columns, bins)`` ``g`` and ``h``.
@@ -355,8 +360,10 @@ def open_histograms(
         another column count) or a plaintext overflows its fields.
     """
     F, B = histograms.columns, histograms.bins
-    if expected_columns is not None and F != expected_columns:
+    if F != expected_columns:
         raise ValueError(f"histograms of {F} columns, the party declared {expected_columns}")
+    if B != expected_bins:
+        raise ValueError(f"histograms of {B} bins, the job has {expected_bins}")
     if len(histograms.ciphertexts) != layout.chunks:
         raise ValueError(f"{len(histograms.ciphertexts)} chunks, the level has {layout.chunks}")
     hg = np.zeros((layout.pairs, F, B), dtype=np.int64)
@@ -386,26 +393,59 @@ def open_histograms(
 # --------------------------------------------------------------------------- partitions
 
 
+def partition_masks(seed: bytes, label: str, tokens: Sequence[bytes], count: int) -> np.ndarray:
+    """One mask bit per customer and split, ``(len(tokens), count)`` booleans: a PRF of the
+    customer's token under the pair seed of the passive party and the LO
+    (:func:`vfm_flower.hidden_membership.customer_masks`, one label per level).
+
+    The passive party XORs its answers with them; the LO removes them for the customers it
+    holds, so the side of a customer that is not joint stays hidden from it."""
+    from vfm_flower.hidden_membership import customer_masks
+
+    out = np.zeros((len(tokens), count), dtype=bool)
+    for start in range(0, count, 504):
+        width = min(504, count - start)
+        values = customer_masks(seed, f"{label}/{start}", tokens, width)
+        for j in range(width):
+            out[:, start + j] = [(v >> j) & 1 for v in values]
+    return out
+
+
 def partition_bits(
-    codes: np.ndarray, column: int, bin: int, slot_of_row: np.ndarray, total_slots: int
+    codes: np.ndarray,
+    column: int,
+    bin: int,
+    slot_of_row: np.ndarray,
+    total_slots: int,
+    masks: np.ndarray | None = None,
 ) -> np.ndarray:
     """P_k: the side of each of its rows at its split ``column <= bin``, by slot.
 
     Returns ``ceil(L / 8)`` bytes (``numpy.packbits``): bit ``s`` is 1 when the row in slot
-    ``s`` goes left; slots the party does not hold are 0.
+    ``s`` goes left, XOR the row's mask bit (``masks``, one per own row; see
+    :func:`partition_masks`); slots the party does not hold are 0.
     """
     codes = np.asarray(codes)
     if not 0 <= column < codes.shape[1]:
         raise ValueError(f"column {column} is not one of this party's {codes.shape[1]} columns")
+    if bin < 0:
+        raise ValueError(f"bin {bin} is not a bin")
+    left = codes[:, column] <= bin
+    if masks is not None:
+        left = left ^ np.asarray(masks, dtype=bool)
     bits = np.zeros(int(total_slots), dtype=bool)
-    bits[np.asarray(slot_of_row, dtype=np.int64)] = codes[:, column] <= bin
+    bits[np.asarray(slot_of_row, dtype=np.int64)] = left
     return np.packbits(bits)
 
 
 def slot_partition(
-    packed: np.ndarray | bytes, joint_slots: np.ndarray, total_slots: int
+    packed: np.ndarray | bytes,
+    joint_slots: np.ndarray,
+    total_slots: int,
+    masks: np.ndarray | None = None,
 ) -> np.ndarray:
-    """LO: the side of each joint row from a packed partition (True: left).
+    """LO: the side of each joint row from a packed partition (True: left), its mask bits
+    (``masks``, one per joint row) removed.
 
     Raises ``ValueError`` if the answer has the wrong length.
     """
@@ -417,4 +457,5 @@ def slot_partition(
     if raw.size != -(-int(total_slots) // 8):
         raise ValueError(f"a partition of {raw.size} bytes for {total_slots} slots")
     bits = np.unpackbits(raw, count=int(total_slots)).astype(bool)
-    return bits[np.asarray(joint_slots, dtype=np.int64)]
+    left = bits[np.asarray(joint_slots, dtype=np.int64)]
+    return left ^ np.asarray(masks, dtype=bool) if masks is not None else left

@@ -19,6 +19,7 @@ check accuracy. It has no privacy at all.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from vfm_flower.secureboost import (
     histogram_layout,
     open_histograms,
     partition_bits,
+    partition_masks,
     passive_histograms,
     slot_partition,
 )
@@ -62,6 +64,9 @@ class PassiveParty:
     codes: np.ndarray | None = None
     slot_of_row: np.ndarray | None = None
     splits: SplitTable = field(default_factory=SplitTable)
+    seed: bytes = b""
+    tokens: list[bytes] = field(default_factory=list)
+    joint_tokens: list[bytes] = field(default_factory=list)
 
     def bin(self, n_bins: int) -> None:
         self.edges = [
@@ -73,6 +78,10 @@ class PassiveParty:
 
 class LocalSecureBoost:
     """Train vertical gradient-boosted trees with every party in this process.
+
+    Rounds are counted as the job layer runs them: four server rounds per level (level
+    ciphertexts to the passive parties, their histograms to the LO, split requests to the
+    passive parties, their partitions to the LO).
 
     Parameters
     ----------
@@ -88,6 +97,8 @@ class LocalSecureBoost:
         False: plain histograms (reference only, no privacy).
     workers : int, optional
         Processes for the Paillier work.
+    min_node_rows : int
+        See :class:`vfm_flower.tree_growth.RoundGrowth` (the job uses the agreement's rule).
     """
 
     def __init__(
@@ -99,6 +110,7 @@ class LocalSecureBoost:
         seed: int | None = 0,
         encrypt: bool = True,
         workers: int | None = None,
+        min_node_rows: int = 1,
     ) -> None:
         self.params = params
         self.key_bits = key_bits
@@ -106,13 +118,39 @@ class LocalSecureBoost:
         self.seed = seed
         self.encrypt = encrypt
         self.workers = workers
+        self.min_node_rows = min_node_rows
+        if params.early_stopping and not holdout_fraction > 0:
+            raise ValueError("early stopping needs hold-out rows (holdout_fraction > 0)")
         self.rounds = 0
         self.bytes_sent = 0
-        self.seconds: dict[str, float] = {}
+        self.levels: list[dict[str, float]] = []
         self.history: list[float] = []
 
-    def _tick(self, what: str, started: float) -> None:
-        self.seconds[what] = self.seconds.get(what, 0.0) + time.perf_counter() - started
+    def critical_path_seconds(self) -> float:
+        """Seconds of the protocol's critical path, every party on its own machine: per level,
+        the passive parties' histograms in parallel, with the LO's randomness for the next
+        level computed meanwhile (whichever is slower), then the LO's decryption, decision,
+        the partitions and the encoding."""
+        return sum(
+            max(lv.get("passive_histograms_max", 0.0), lv.get("label_owner_randomness", 0.0))
+            + lv.get("label_owner_decrypt", 0.0)
+            + lv.get("label_owner_decide", 0.0)
+            + lv.get("partitions", 0.0)
+            + lv.get("label_owner_encode", 0.0)
+            for lv in self.levels
+        )
+
+    def sequential_seconds(self) -> float:
+        """Seconds of every party's work one after the other (one machine for everyone)."""
+        keys = (
+            "label_owner_randomness",
+            "label_owner_encode",
+            "passive_histograms_sum",
+            "label_owner_decrypt",
+            "label_owner_decide",
+            "partitions",
+        )
+        return sum(lv.get(k, 0.0) for lv in self.levels for k in keys)
 
     def fit(
         self,
@@ -151,6 +189,10 @@ class LocalSecureBoost:
                 layout.slot_maps[name], np.arange(sizes[name]), L
             ).slot_of_row
             party.bin(p.n_bins)
+            # per-customer tokens and a pair seed, as after alignment (for the partition masks)
+            party.seed = secrets.token_bytes(32)
+            party.tokens = [secrets.token_bytes(32) for _ in range(sizes[name])]
+            party.joint_tokens = [party.tokens[r] for r in np.asarray(joint_rows[name])]
             self.parties[name] = party
         self.joint_slots = layout.joint_slots
         self.label_owner = label_owner
@@ -166,7 +208,6 @@ class LocalSecureBoost:
         margins = np.tile(objective.base_margin(y[~holdout], p), (n, 1))
         self.model = TreeEnsemble(p.objective, objective.base_margin(y[~holdout], p).tolist())
         best_loss, best_trees, since_best = np.inf, 0, 0
-        next_id = 0
         order = [label_owner, *self.parties]
         for t in range(p.n_trees):
             train = ~holdout
@@ -194,22 +235,29 @@ class LocalSecureBoost:
                 label_owner=label_owner,
                 own_codes=self.lo.codes,
                 allowed=allowed,
-                next_split_id=next_id,
+                min_node_rows=self.min_node_rows,
             )
             while growth.needs_histograms():
                 pairs = growth.built_pairs()
                 padded = growth.padded_pairs
+                level: dict[str, float] = {}
                 started = time.perf_counter()
                 growth.receive(label_owner, *growth.own_histograms())
                 if self.encrypt:
                     hl = histogram_layout(self.key_bits, L, padded)
+                    # the randomness first (the job computes it while the LO waits)
+                    encryptor.fill_pool(hl.chunks * L, workers=self.workers)
+                    level["label_owner_randomness"] = time.perf_counter() - started
+                    started = time.perf_counter()
                     plain = encode_level(
                         g_int, h_int, growth.pair_of_rows(), self.joint_slots, hl, L
                     )
-                    cts = [encryptor.encrypt_ints(chunk, workers=self.workers) for chunk in plain]
+                    cts = [encryptor.encrypt_ints(chunk, workers=1) for chunk in plain]
                     self.bytes_sent += sum(len(c) for c in cts) * (self.key_bits // 4)
-                self._tick("label_owner_encrypt", started)
-                self.rounds += 1  # LO -> passives: level ciphertexts; back: histograms
+                level["label_owner_encode"] = time.perf_counter() - started
+                self.rounds += 2  # LO -> passives: level ciphertexts; back: histograms
+                passive_seconds = []
+                level["label_owner_decrypt"] = 0.0
                 for name, party in self.parties.items():
                     started = time.perf_counter()
                     if self.encrypt:
@@ -222,7 +270,7 @@ class LocalSecureBoost:
                             hl,
                             workers=1,
                         )
-                        self._tick("passive_histograms", started)
+                        passive_seconds.append(time.perf_counter() - started)
                         started = time.perf_counter()
                         self.bytes_sent += eh.count() * (self.key_bits // 4)
                         hg, hh = open_histograms(
@@ -230,9 +278,10 @@ class LocalSecureBoost:
                             eh,
                             hl,
                             expected_columns=party.codes.shape[1],
+                            expected_bins=p.n_bins,
                             workers=self.workers,
                         )
-                        self._tick("label_owner_decrypt", started)
+                        level["label_owner_decrypt"] += time.perf_counter() - started
                     else:
                         rows = np.asarray(joint_rows[name])
                         hg, hh = plain_histograms(
@@ -244,25 +293,35 @@ class LocalSecureBoost:
                             p.n_bins,
                         )
                     growth.receive(name, hg, hh)
+                level["passive_histograms_max"] = max(passive_seconds, default=0.0)
+                level["passive_histograms_sum"] = sum(passive_seconds)
+                started = time.perf_counter()
                 requests = growth.decide()
                 for split in growth.own_splits:
                     self.lo.splits.add(
                         split.split_id, split.column, self.lo.edges[split.column][split.bin]
                     )
-                self.rounds += 1  # LO -> every passive: its split requests; back: partitions
+                level["label_owner_decide"] = time.perf_counter() - started
+                self.rounds += 2  # LO -> every passive: its split requests; back: partitions
+                started = time.perf_counter()
                 for name, reqs in requests.items():
                     party = self.parties[name]
-                    for r in reqs:
+                    label = f"trees/{t}/{growth.level}"
+                    own = partition_masks(party.seed, label, party.tokens, len(reqs))
+                    lo_masks = partition_masks(party.seed, label, party.joint_tokens, len(reqs))
+                    for j, r in enumerate(reqs):
                         party.splits.add(r.split_id, r.column, party.edges[r.column][r.bin])
-                        bits = partition_bits(party.codes, r.column, r.bin, party.slot_of_row, L)
-                        self.bytes_sent += bits.size
-                        growth.apply_partition(
-                            name, r.split_id, slot_partition(bits, self.joint_slots, L)
+                        bits = partition_bits(
+                            party.codes, r.column, r.bin, party.slot_of_row, L, own[:, j]
                         )
+                        self.bytes_sent += bits.size
+                        left = slot_partition(bits, self.joint_slots, L, lo_masks[:, j])
+                        growth.apply_partition(name, r.split_id, left)
+                level["partitions"] = time.perf_counter() - started
+                self.levels.append(level)
                 if not growth.next_level():
                     break
             margins += growth.finish()
-            next_id = growth.next_split_id
             self.model.trees.extend(growth.trees)
             loss = objective.loss(margins[holdout], y[holdout]) if holdout.any() else 0.0
             self.history.append(loss)

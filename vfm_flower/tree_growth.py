@@ -28,7 +28,9 @@ level of all classes' trees costs the same rounds as one tree.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import random
+import secrets
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,8 +84,20 @@ class RoundGrowth:
         The LO's bin codes on the joint rows, ``(rows, columns)``.
     allowed : Mapping[str, np.ndarray], optional
         Columns drawn for this round per party (``colsample``); all when absent.
-    next_split_id : int
-        First split id to hand out (ids are unique within a model).
+    min_node_rows : int
+        The fewest training rows of a node whose histograms the parties compute and which may
+        split (see *small nodes* below); smaller nodes are leaves.
+    id_source : callable, optional
+        Draws a split id (default: 62 random bits from ``secrets``). Ids are random so that a
+        passive party cannot tell from its ids where its splits sit in the tree.
+
+    Small nodes
+    -----------
+    The LO knows every row's ``g`` and ``h``; from the per-bin sums of a node with few rows it
+    could solve which rows fall in which bin of a passive column (a subset sum). A node with
+    fewer than ``min_node_rows`` training rows is never split, and its histograms are never
+    asked for: of two children, the smaller is built only if it is large enough, else the
+    larger is built directly and the smaller becomes a leaf.
     """
 
     def __init__(
@@ -98,7 +112,8 @@ class RoundGrowth:
         label_owner: str,
         own_codes: np.ndarray,
         allowed: Mapping[str, np.ndarray] | None = None,
-        next_split_id: int = 0,
+        min_node_rows: int = 1,
+        id_source: Callable[[], int] | None = None,
     ) -> None:
         self.params = params
         self.g_int = np.asarray(g_int, dtype=np.int64)
@@ -110,11 +125,14 @@ class RoundGrowth:
         self.label_owner = label_owner
         self.own_codes = np.asarray(own_codes)
         self.allowed = dict(allowed or {})
-        self.next_split_id = int(next_split_id)
+        self.min_node_rows = max(1, int(min_node_rows))
+        self.id_source = id_source or (lambda: secrets.randbits(62))
+        self.used_ids: set[int] = set()
         self.node = np.zeros((rows, k), dtype=np.int64)
         self.trees = [Tree(params.max_depth, output=c) for c in range(k)]
         self.level = 0
-        self.active: list[Pair] = [(c, 0) for c in range(k)]
+        big_enough = int(self.train.sum()) >= self.min_node_rows
+        self.active: list[Pair] = [(c, 0) for c in range(k)] if big_enough else []
         self._built: list[Pair] = list(self.active)
         self._derived: dict[Pair, Pair] = {}  # derived pair -> (its built sibling)
         self._parent_hist: dict[str, dict[Pair, tuple[np.ndarray, np.ndarray]]] = {}
@@ -160,6 +178,8 @@ class RoundGrowth:
         (``pairs`` the built or the padded count; padding is dropped)."""
         if party not in self.parties:
             raise ValueError(f"'{party}' holds no columns in this job")
+        if party in self._hist:
+            raise ValueError(f"a second reply of '{party}' at level {self.level}")
         hist_g = np.asarray(hist_g, dtype=np.int64)
         hist_h = np.asarray(hist_h, dtype=np.int64)
         if (
@@ -220,8 +240,10 @@ class RoundGrowth:
             if best is None:
                 continue
             party, choice = best
-            split_id = self.next_split_id
-            self.next_split_id += 1
+            split_id = self.id_source()
+            while split_id in self.used_ids or split_id < 0:
+                split_id = self.id_source()
+            self.used_ids.add(split_id)
             tree = self.trees[c]
             tree.owner[n], tree.split[n] = party, split_id
             self._splits.append(pair)
@@ -234,7 +256,14 @@ class RoundGrowth:
                     SplitRequest(split_id, choice.feature, choice.bin)
                 )
                 self._pending[split_id] = (party, pair)
+        for reqs in requests.values():  # the order must not tell the node either
+            random.SystemRandom().shuffle(reqs)
+        self._requested = {p: [r.split_id for r in reqs] for p, reqs in requests.items()}
         return requests
+
+    def requested_of(self, party: str) -> list[int]:
+        """The split ids asked of ``party`` at this level, in the order they were sent."""
+        return list(getattr(self, "_requested", {}).get(party, []))
 
     def _route(self, pair: Pair, left: np.ndarray) -> None:
         c, n = pair
@@ -269,16 +298,18 @@ class RoundGrowth:
         children: list[Pair] = []
         built: list[Pair] = []
         derived: dict[Pair, Pair] = {}
+        T = self.min_node_rows
         for c, n in self._splits:
             left, right = (c, 2 * n + 1), (c, 2 * n + 2)
-            children += [left, right]
-            small, large = (
-                (left, right)
-                if self._train_rows(left) <= self._train_rows(right)
-                else (right, left)
-            )
-            built.append(small)
-            derived[large] = small
+            rows = {left: self._train_rows(left), right: self._train_rows(right)}
+            small, large = (left, right) if rows[left] <= rows[right] else (right, left)
+            if rows[small] >= T:
+                children += [left, right]
+                built.append(small)
+                derived[large] = small
+            elif rows[large] >= T:
+                children.append(large)  # the small child stays a leaf
+                built.append(large)
         self._parent_hist = self._hist
         self._hist = {}
         self.level += 1
@@ -348,3 +379,101 @@ def plain_histograms(
                 .reshape(pairs, n_bins)
             )
     return hg, hh
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+def _hist_arrays(prefix: str, hists: dict[str, dict[Pair, tuple[np.ndarray, np.ndarray]]]):
+    arrays: dict[str, np.ndarray] = {}
+    order: dict[str, list[list[int]]] = {}
+    for party, by_pair in hists.items():
+        pairs = sorted(by_pair)
+        order[party] = [list(p) for p in pairs]
+        if pairs:
+            arrays[f"{prefix}.{party}.g"] = np.stack([by_pair[p][0] for p in pairs])
+            arrays[f"{prefix}.{party}.h"] = np.stack([by_pair[p][1] for p in pairs])
+    return arrays, order
+
+
+def _hist_from(prefix: str, arrays: Mapping[str, np.ndarray], order: Mapping[str, list]):
+    out: dict[str, dict[Pair, tuple[np.ndarray, np.ndarray]]] = {}
+    for party, pairs in order.items():
+        by_pair: dict[Pair, tuple[np.ndarray, np.ndarray]] = {}
+        if pairs:
+            g, h = arrays[f"{prefix}.{party}.g"], arrays[f"{prefix}.{party}.h"]
+            for j, p in enumerate(pairs):
+                by_pair[(int(p[0]), int(p[1]))] = (g[j], h[j])
+        out[party] = by_pair
+    return out
+
+
+def growth_to_payload(growth: RoundGrowth) -> bytes:
+    """The LO's growth state as bytes, for the party state between two messages (the
+    Deployment Engine runs every message in a fresh process). The LO's own codes are not
+    included: pass them again to :func:`growth_from_payload`."""
+    from vfm_flower.codec import pack_payload
+
+    hist, hist_order = _hist_arrays("hist", growth._hist)
+    parent, parent_order = _hist_arrays("parent", growth._parent_hist)
+    arrays = {
+        "g_int": growth.g_int,
+        "h_int": growth.h_int,
+        "scale": growth.scale,
+        "train": growth.train,
+        "node": growth.node,
+        **hist,
+        **parent,
+        **{f"allowed.{k}": np.asarray(v, dtype=bool) for k, v in growth.allowed.items()},
+    }
+    meta = {
+        "parties": growth.parties,
+        "label_owner": growth.label_owner,
+        "min_node_rows": growth.min_node_rows,
+        "level": growth.level,
+        "active": [list(p) for p in growth.active],
+        "built": [list(p) for p in growth._built],
+        "derived": [[list(k), list(v)] for k, v in growth._derived.items()],
+        "pending": {str(k): [v[0], list(v[1])] for k, v in growth._pending.items()},
+        "splits": [list(p) for p in getattr(growth, "_splits", [])],
+        "requested": getattr(growth, "_requested", {}),
+        "trees": [t.to_state() for t in growth.trees],
+        "hist_order": hist_order,
+        "parent_order": parent_order,
+        "allowed": sorted(growth.allowed),
+        "done": growth.done,
+    }
+    return pack_payload(arrays, meta)
+
+
+def growth_from_payload(blob: bytes, params: BoostingParams, own_codes: np.ndarray) -> RoundGrowth:
+    """Inverse of :func:`growth_to_payload`."""
+    from vfm_flower.codec import unpack_payload
+
+    arrays, meta = unpack_payload(blob)
+    growth = RoundGrowth(
+        params,
+        arrays["g_int"],
+        arrays["h_int"],
+        arrays["scale"],
+        arrays["train"],
+        parties=meta["parties"],
+        label_owner=meta["label_owner"],
+        own_codes=own_codes,
+        allowed={k: arrays[f"allowed.{k}"] for k in meta["allowed"]},
+        min_node_rows=int(meta["min_node_rows"]),
+    )
+    growth.node = np.array(arrays["node"], dtype=np.int64)
+    growth.level = int(meta["level"])
+    growth.active = [tuple(p) for p in meta["active"]]
+    growth._built = [tuple(p) for p in meta["built"]]
+    growth._derived = {tuple(k): tuple(v) for k, v in meta["derived"]}
+    growth._pending = {int(k): (v[0], tuple(v[1])) for k, v in meta["pending"].items()}
+    growth._splits = [tuple(p) for p in meta["splits"]]
+    growth._requested = {k: [int(i) for i in v] for k, v in meta["requested"].items()}
+    growth.trees = [Tree.from_state(t) for t in meta["trees"]]
+    growth.used_ids = {s for t in growth.trees for s in t.split if s >= 0}
+    growth._hist = _hist_from("hist", arrays, meta["hist_order"])
+    growth._parent_hist = _hist_from("parent", arrays, meta["parent_order"])
+    growth.done = bool(meta["done"])
+    return growth

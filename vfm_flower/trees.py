@@ -298,12 +298,18 @@ def quantile_bin_edges(column: np.ndarray, n_bins: int, *, name: str = "column")
     if len(values) < 2:
         raise DataError(f"{name} is constant: a tree cannot split on it (drop the column)")
     if len(values) <= n_bins:
-        return (values[:-1] + values[1:]) / 2.0
-    qs = np.quantile(x, np.arange(1, n_bins) / n_bins, method="linear")
-    # snap each quantile to the midpoint after the last observed value <= it
-    pos = np.searchsorted(values, qs, side="right") - 1
-    pos = np.unique(np.clip(pos, 0, len(values) - 2))
-    return (values[pos] + values[pos + 1]) / 2.0
+        pos = np.arange(len(values) - 1)
+    else:
+        qs = np.quantile(x, np.arange(1, n_bins) / n_bins, method="linear")
+        # snap each quantile to the midpoint after the last observed value <= it
+        pos = np.searchsorted(values, qs, side="right") - 1
+        pos = np.unique(np.clip(pos, 0, len(values) - 2))
+    low, high = values[pos], values[pos + 1]
+    edges = low + (high - low) / 2.0  # no overflow near the float range's ends
+    edges = np.where((edges > low) & (edges < high), edges, low)
+    if not np.isfinite(edges).all() or (np.diff(edges) <= 0).any():
+        raise DataError(f"{name}: values too large to bin (rescale the column)")
+    return edges
 
 
 def bin_codes(X: np.ndarray, edges: Sequence[np.ndarray]) -> np.ndarray:
@@ -551,6 +557,17 @@ class TreeEnsemble:
         for tree in self.trees:
             out[:, tree.output] += route_rows(tree, decisions, rows)
         return out
+
+    def canonical(self) -> dict:
+        """The model's state with split ids renumbered in order of appearance (ids are random
+        per job; two models grow the same trees when their canonical states are equal)."""
+        order: dict[int, int] = {}
+        state = self.to_state()
+        for tree in state["trees"]:
+            tree["split"] = [
+                order.setdefault(s, len(order)) if s >= 0 else -1 for s in tree["split"]
+            ]
+        return state
 
     def to_state(self) -> dict:
         return {

@@ -25,6 +25,8 @@ def builtin_steps() -> StepRegistry:
         segments,
         segments_partners,
         training,
+        trees,
+        trees_model,
     )
 
     return StepRegistry(
@@ -35,4 +37,6 @@ def builtin_steps() -> StepRegistry:
         overlap.STEPS,
         segments.STEPS,
         segments_partners.STEPS,
+        trees.STEPS,
+        trees_model.STEPS,
     )

@@ -1,0 +1,157 @@
+"""The ``secureboost`` job through the real Flower app, in-process (Flower's Grid, serialization).
+
+The trees the job grows under encryption, with hidden membership, are exactly the trees the
+same growth code grows in plain from every party's bin codes on the joint rows; nothing the
+server relays holds a label, a feature value or a plaintext gradient.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from tests.conftest import joint_rows_of, make_collaboration, synthetic_frames
+from tests.test_protocol_training import _decoded, _states, message_to_bytes
+from vfm_flower.errors import ProtocolAbort
+from vfm_flower.tree_growth import RoundGrowth, plain_histograms
+from vfm_flower.trees import BoostingParams, TreeEnsemble, objective_for, quantize_gradients
+
+JOB = {"trees": 3, "depth": 3, "bins": 16}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trees")
+    frames, shared = synthetic_frames(n_shared=500, n_only=40, seed=13)
+    rng = np.random.default_rng(0)
+    for frame in frames.values():  # a second column per party, one of them categorical
+        frame["extra"] = rng.choice(["a", "b", "c"], size=len(frame))
+    collab = make_collaboration(root / "c", frames, label_owner="lo", min_intersection=50)
+    grids = []
+    result = collab.run(grid_out=grids, model="secureboost", job="train", **JOB)
+    return collab, result, grids[0]
+
+
+def _plain_reference(states, params: BoostingParams, min_rows: int = 100):
+    """The same growth in plain, from the parties' stored bin codes on the joint rows."""
+    lo = states["lo"]
+    codes = {"lo": lo.array("sb.codes")}
+    for party in ("p1", "p2"):
+        codes[party] = states[party].array("sb.codes")[joint_rows_of(states, party, "lo")]
+    y = lo.array("sb.y")
+    holdout = lo.array("sb.holdout").astype(bool)
+    objective = objective_for(params)
+    base = objective.base_margin(y[~holdout], params)
+    margins = np.tile(base, (len(y), 1))
+    model = TreeEnsemble(params.objective, base.tolist())
+    for _ in range(params.n_trees):
+        g, h = objective.gradients(margins, y)
+        g[holdout] = 0.0
+        h[holdout] = 0.0
+        g_int, h_int, scale = quantize_gradients(g, h)
+        growth = RoundGrowth(
+            params,
+            g_int,
+            h_int,
+            scale,
+            ~holdout,
+            parties=["lo", "p1", "p2"],
+            label_owner="lo",
+            own_codes=codes["lo"],
+            min_node_rows=min_rows,
+        )
+        while True:
+            pairs = growth.pair_of_rows()
+            for party in ("lo", "p1", "p2"):
+                growth.receive(
+                    party,
+                    *plain_histograms(
+                        codes[party],
+                        g_int,
+                        h_int,
+                        pairs,
+                        len(growth.built_pairs()),
+                        params.n_bins,
+                    ),
+                )
+            requests = growth.decide()
+            for party, reqs in requests.items():
+                for r in reqs:
+                    growth.apply_partition(party, r.split_id, codes[party][:, r.column] <= r.bin)
+            if not growth.next_level():
+                break
+        margins = margins + growth.finish()
+        model.trees.extend(growth.trees)
+    return model, margins, y, holdout
+
+
+def test_the_job_grows_the_plain_reference_trees(trained):
+    collab, result, grid = trained
+    states = _states(grid)
+    params = BoostingParams(n_trees=3, max_depth=3, n_bins=16)
+    model, margins, y, holdout = _plain_reference(states, params)
+    saved = TreeEnsemble.from_state(json.loads(str(states["lo"].get("sb.model"))))
+    assert saved.canonical() == model.canonical()
+    assert model.splits_of("p1") or model.splits_of("p2")  # the partners' columns matter
+    auc = roc_auc_score(y[holdout], objective_for(params).predict(margins[holdout]))
+    public = result["public"]
+    assert abs(public["auc"] - round(auc, 4)) < 1e-4
+    assert public["trees"] == 3 and public["rounds_per_tree"] == 12
+    assert (
+        result["phases"]["train"]["rounds"] == 1 + 3 * 12 + 2
+    )  # prepare, levels, finish, evaluate
+
+
+def test_each_party_keeps_only_its_own_splits(trained):
+    collab, _, grid = trained
+    states = _states(grid)
+    model = TreeEnsemble.from_state(json.loads(str(states["lo"].get("sb.model"))))
+    for party in ("lo", "p1", "p2"):
+        table = json.loads(str(states[party].get("sb.splits")))
+        assert sorted(table["ids"]) == sorted(model.splits_of(party))
+        artifact = collab.root / "work" / "parties" / party / "artifacts" / "tree-model.vfa"
+        assert artifact.is_file()
+        text = artifact.read_bytes()
+        for other in {"lo", "p1", "p2"} - {party}:
+            assert f"{other}_x".encode() not in text
+
+
+def test_nothing_relayed_holds_a_label_a_feature_or_a_plaintext_gradient(trained):
+    collab, _, grid = trained
+    states = _states(grid)
+    lo = states["lo"]
+    labels = pd.read_csv(collab.data["lo"])["y"].to_numpy()
+    x = pd.read_csv(collab.data["p1"])["p1_x"].to_numpy()
+    y = lo.array("sb.y")
+    g = y[:32] - 0.5  # tree 0's gradients are base - y: their float and fixed-point forms
+    needles = [
+        labels.astype(np.float64)[:16].tobytes(),
+        labels.astype(np.int64)[:16].tobytes(),
+        x[:8].tobytes(),
+        g.tobytes(),
+        np.rint(g * 2**20).astype(np.int64)[:16].tobytes(),
+        y[:16].astype(np.uint8).tobytes(),
+    ]
+    envelopes = 0
+    for _, _, message in _decoded(grid):
+        if not message.has_content():
+            continue
+        for name in ("inbox", "outbox"):
+            for arr in message.content.get(name, {}).values():
+                assert bytes(arr.data)[:4] == b"VFE1", "a relayed payload is not an envelope"
+                envelopes += 1
+        raw = message_to_bytes(message)
+        for needle in needles:
+            assert needle not in raw
+    assert envelopes > 50
+
+
+def test_a_class_count_that_does_not_match_the_labels_is_refused(tmp_path):
+    frames, _ = synthetic_frames(n_shared=200, n_only=10, seed=3)
+    collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
+    with pytest.raises(ProtocolAbort, match="classes"):
+        collab.run(model="secureboost", job="train", objective="multiclass", classes=3, trees=1)
