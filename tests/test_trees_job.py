@@ -155,3 +155,31 @@ def test_a_class_count_that_does_not_match_the_labels_is_refused(tmp_path):
     collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
     with pytest.raises(ProtocolAbort, match="classes"):
         collab.run(model="secureboost", job="train", objective="multiclass", classes=3, trees=1)
+
+
+def test_local_cli_trains_binary_and_multiclass_trees(tmp_path, capsys):
+    from vfm_flower.cli import main
+
+    frames, _ = synthetic_frames(n_shared=400, n_only=20, seed=8)
+    lo = frames["lo"]
+    rng = np.random.default_rng(2)
+    # next-best-offer: three offers, driven by the label owner's and a partner's columns
+    score = lo["lo_x"].to_numpy() + rng.normal(size=len(lo))
+    lo["offer"] = np.select([score < -0.5, score < 0.5], ["card", "loan"], "savings")
+    for label, extra in (("y", []), ("offer", ["--objective", "multiclass", "--classes", "3"])):
+        root = tmp_path / label
+        collab = make_collaboration(
+            root / "c", frames, label_owner="lo", label_column=label, min_intersection=50
+        )
+        args = ["local", "train", "--agreement", str(collab.agreement_path)]
+        for party, path in collab.data.items():
+            args += ["--data", f"{party}={path}"]
+        args += [f"--key={p}={k}" for p, k in collab.keys.items()]
+        args += [f"--key=operator={collab.operator_key}", "--workdir", str(root / "w")]
+        args += ["--model", "secureboost", "--trees", "2", "--depth", "2", *extra]
+        assert main(args) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        metric = "macro_auc" if extra else "auc"
+        assert f"hold-out {metric} 0." in out and "trained 2 trees" in out
+        for party in ("lo", "p1", "p2"):
+            assert (root / "w" / "parties" / party / "artifacts" / "tree-model.vfa").is_file()

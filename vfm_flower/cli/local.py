@@ -225,6 +225,13 @@ def _job_config(args: argparse.Namespace, job: str) -> dict:
         ("l2", "l2"),
         ("seed", "holdout-seed"),
         ("holdout_fraction", "holdout-fraction"),
+        ("objective", "objective"),
+        ("classes", "classes"),
+        ("trees", "trees"),
+        ("depth", "depth"),
+        ("bins", "bins"),
+        ("learning_rate", "learning-rate"),
+        ("min_node_rows", "min-node-rows"),
     ):
         if getattr(args, option, None) is not None:
             config[key] = getattr(args, option)
@@ -266,6 +273,15 @@ def cmd_local_train(args: argparse.Namespace) -> int:
         agreement_path, files, workdir, _job_config(args, "train"), operator_key=operator_key
     )
     public = result["public"]
+    if args.model == "secureboost":
+        metric = {"multiclass": "macro_auc", "squared_error": "r2"}.get(args.objective, "auc")
+        console.print(
+            f"trained {public.get('trees')} trees on {result['joint_rows']:,} aligned rows "
+            f"({public.get('rounds_per_tree')} rounds a tree); hold-out {metric} "
+            f"{public.get(metric, float('nan')):.4f}"
+        )
+        console.print(f"each party's part of the model: {workdir / 'parties'}/NAME/artifacts")
+        return 0
     metric = "r2" if args.model == "linear" else "auc"
     federated = public.get(metric, float("nan"))
     own_only = public.get(f"{metric}_label_owner_only", float("nan"))
@@ -390,7 +406,7 @@ def _add_job_options(parser: argparse.ArgumentParser, *, model: bool = True) -> 
     if model:
         parser.add_argument(
             "--model",
-            choices=("logistic", "linear"),
+            choices=("logistic", "linear", "secureboost"),
             help="job kind (train: default logistic; score: the kind the slices were trained as)",
         )
     parser.add_argument("--keys", help="directory with NAME.key files (default: the agreement's)")
@@ -422,6 +438,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--force", action="store_true", help="replace a model already trained in --workdir"
+    )
+    trees = train.add_argument_group("gradient-boosted trees (--model secureboost)")
+    trees.add_argument(
+        "--objective",
+        choices=("binary", "multiclass", "squared_error"),
+        help="binary (default), multiclass (next-best-offer: set --classes) or squared_error",
+    )
+    trees.add_argument("--classes", type=int, help="number of classes (multiclass)")
+    trees.add_argument("--trees", type=int, help="boosting rounds (default 20)")
+    trees.add_argument("--depth", type=int, help="depth of every tree (default 5)")
+    trees.add_argument("--bins", type=int, help="quantile bins per column (default 32)")
+    trees.add_argument("--learning-rate", type=float, help="leaf shrinkage (default 0.3)")
+    trees.add_argument(
+        "--min-node-rows",
+        type=int,
+        help="fewest training customers in a node the trees split (default 100)",
     )
     train.set_defaults(func=cmd_local_train)
     score = local_sub.add_parser("score", help="align new ids and score them with trained slices")
