@@ -34,11 +34,14 @@ class VerticalSecureBoost(VerticalStrategy):
 
     def run(self, session: VerticalSession) -> None:
         session.align()
-        if self.job.operation not in ("train", "evaluate"):
-            raise ConfigurationError(f"unknown operation '{self.job.operation}'")
         lo, passives = session.label_owner, session.passive_parties
         if not passives:
             raise ConfigurationError("secureboost needs at least one passive party")
+        if self.job.operation == "score":
+            self.score(session)
+            return
+        if self.job.operation not in ("train", "evaluate"):
+            raise ConfigurationError(f"unknown operation '{self.job.operation}'")
         boosting = self.params.boosting
         with session.phase("train") as sizes:
             step = 0
@@ -86,3 +89,13 @@ class VerticalSecureBoost(VerticalStrategy):
             session.publish(**evaluated[lo].public)
             session.publish(trees=trees, rounds_per_tree=4 * boosting.max_depth)
             sizes["trees"] = trees
+
+    def score(self, session: VerticalSession) -> None:
+        """Every party answers its own splits; the label owner descends the trees."""
+        lo = session.label_owner
+        with session.phase("score") as sizes:
+            session.send("query.tree_score")
+            combined = session.send("query.tree_combine", to=[lo])
+            scored = int(combined[lo].public.get("scored_rows", 0))
+            session.publish(scored_rows=scored)
+            sizes["scored_rows"] = scored

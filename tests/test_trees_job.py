@@ -183,3 +183,44 @@ def test_local_cli_trains_binary_and_multiclass_trees(tmp_path, capsys):
         assert f"hold-out {metric} 0." in out and "trained 2 trees" in out
         for party in ("lo", "p1", "p2"):
             assert (root / "w" / "parties" / party / "artifacts" / "tree-model.vfa").is_file()
+        score = [a if a != "train" else "score" for a in args if a not in extra]
+        score = score[: score.index("--trees")] + ["--out", str(root / "scores.csv")]
+        assert main(score) == 0, capsys.readouterr().err
+        scores = pd.read_csv(root / "scores.csv")
+        if extra:
+            assert list(scores.columns) == [
+                "id",
+                "predicted",
+                "score_card",
+                "score_loan",
+                "score_savings",
+            ]
+            assert np.allclose(scores.filter(like="score_").sum(axis=1), 1.0)
+        else:
+            assert list(scores.columns) == ["id", "score"]
+
+
+def test_scoring_gives_the_training_predictions_and_needs_every_part(trained, tmp_path):
+    import shutil
+
+    collab, _, grid = trained
+    states = _states(grid)
+    lo = states["lo"]
+    margins = lo.array("sb.margins")[:, 0]
+    table = pd.read_csv(collab.data["lo"], dtype={"email": str})
+    ids = table["email"].to_numpy()[joint_rows_of(states, "lo", "lo")]
+    expected = dict(zip(ids, 1 / (1 + np.exp(-margins)), strict=True))
+    work = collab.root / "work"
+    scoring = tmp_path / "score-work"
+    shutil.copytree(work, scoring)
+    result = collab.run(workdir=scoring, model="secureboost", job="score")
+    assert result["public"]["scored_rows"] == len(expected)
+    scores = pd.read_csv(scoring / "parties" / "lo" / "scores.csv", dtype={"id": str})
+    got = dict(zip(scores["id"], scores["score"], strict=True))
+    assert set(got) == set(expected)
+    assert max(abs(got[i] - expected[i]) for i in got) < 1e-9
+    for party in ("p1", "p2"):  # only the result owner keeps scores
+        assert not (scoring / "parties" / party / "scores.csv").exists()
+    (scoring / "parties" / "p2" / "artifacts" / "tree-model.vfa").unlink()
+    with pytest.raises(ProtocolAbort, match="p2.*no artifact 'tree-model'"):
+        collab.run(workdir=scoring, model="secureboost", job="score")

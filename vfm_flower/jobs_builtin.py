@@ -299,7 +299,7 @@ SECUREBOOST_PARAMS: tuple[ParamSpec, ...] = (
 
 SECUREBOOST_KIND = JobKind(
     name="secureboost",
-    operations=("evaluate", "train"),
+    operations=("evaluate", "score", "train"),
     params=SECUREBOOST_PARAMS,
     releases={
         "server": (
@@ -320,7 +320,9 @@ SECUREBOOST_KIND = JobKind(
             "accuracy",
             "r2",
             "rmse",
+            "scored_rows",
         ),
+        "result-owner": ("scores",),
         "party": ("tree-model",),
     },
     uses_paillier=True,

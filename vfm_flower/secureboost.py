@@ -89,6 +89,7 @@ __all__ = [
     "passive_histograms",
     "open_histograms",
     "partition_masks",
+    "side_bits",
     "partition_bits",
     "slot_partition",
 ]
@@ -411,6 +412,24 @@ def partition_masks(seed: bytes, label: str, tokens: Sequence[bytes], count: int
     return out
 
 
+def side_bits(
+    left: np.ndarray,
+    slot_of_row: np.ndarray,
+    total_slots: int,
+    masks: np.ndarray | None = None,
+) -> np.ndarray:
+    """P_k: one side per own row (True: left), XOR its mask bit, packed by slot.
+
+    Returns ``ceil(L / 8)`` bytes (``numpy.packbits``); slots the party does not hold are 0.
+    """
+    left = np.asarray(left, dtype=bool)
+    if masks is not None:
+        left = left ^ np.asarray(masks, dtype=bool)
+    bits = np.zeros(int(total_slots), dtype=bool)
+    bits[np.asarray(slot_of_row, dtype=np.int64)] = left
+    return np.packbits(bits)
+
+
 def partition_bits(
     codes: np.ndarray,
     column: int,
@@ -419,23 +438,14 @@ def partition_bits(
     total_slots: int,
     masks: np.ndarray | None = None,
 ) -> np.ndarray:
-    """P_k: the side of each of its rows at its split ``column <= bin``, by slot.
-
-    Returns ``ceil(L / 8)`` bytes (``numpy.packbits``): bit ``s`` is 1 when the row in slot
-    ``s`` goes left, XOR the row's mask bit (``masks``, one per own row; see
-    :func:`partition_masks`); slots the party does not hold are 0.
-    """
+    """P_k: the side of each of its rows at its split ``column <= bin``, by slot
+    (:func:`side_bits`; ``masks``: one bit per own row, see :func:`partition_masks`)."""
     codes = np.asarray(codes)
     if not 0 <= column < codes.shape[1]:
         raise ValueError(f"column {column} is not one of this party's {codes.shape[1]} columns")
     if bin < 0:
         raise ValueError(f"bin {bin} is not a bin")
-    left = codes[:, column] <= bin
-    if masks is not None:
-        left = left ^ np.asarray(masks, dtype=bool)
-    bits = np.zeros(int(total_slots), dtype=bool)
-    bits[np.asarray(slot_of_row, dtype=np.int64)] = left
-    return np.packbits(bits)
+    return side_bits(codes[:, column] <= bin, slot_of_row, total_slots, masks)
 
 
 def slot_partition(

@@ -336,6 +336,10 @@ def _write_audience(scores_csv, tmp, out, spec, min_cohort, console) -> None:
     from vfm_flower.report import assign_segments, segment_summaries
 
     frame = pd.read_csv(scores_csv, dtype={"id": str}, keep_default_na=False)
+    if "score" not in frame.columns:
+        raise ConfigurationError(
+            "--segments bands one score per customer: a multiclass model gives one per class"
+        )
     segment_of_row, segments = assign_segments(frame["score"].to_numpy(dtype=float), spec)
     frame["segment"] = segment_of_row
     summaries = segment_summaries(segment_of_row, None, min_cohort, segments=segments)

@@ -27,6 +27,7 @@ def builtin_steps() -> StepRegistry:
         training,
         trees,
         trees_model,
+        trees_scoring,
     )
 
     return StepRegistry(
@@ -39,4 +40,5 @@ def builtin_steps() -> StepRegistry:
         segments_partners.STEPS,
         trees.STEPS,
         trees_model.STEPS,
+        trees_scoring.STEPS,
     )

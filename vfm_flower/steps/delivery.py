@@ -23,19 +23,22 @@ from vfm_flower.errors import EnvelopeError, ProtocolAbort
 SCORES_FILE = "scores.csv"
 
 
-def scores_payload(ctx: PartyContext, scores: np.ndarray) -> bytes:
-    """The payload of delivered scores (joint-row order). A passive result owner of a kind
-    that hides membership also gets its positions of the joint customers: receiving their
-    scores, it learns which customers are joint anyway (the one party that does)."""
+def scores_payload(
+    ctx: PartyContext, scores: np.ndarray, *, classes: list[str] | None = None
+) -> bytes:
+    """The payload of delivered scores (joint-row order; one column per class with
+    ``classes``). A passive result owner of a kind that hides membership also gets its
+    positions of the joint customers: receiving their scores, it learns which customers are
+    joint anyway (the one party that does)."""
     arrays = {"scores": np.asarray(scores, dtype=np.float64)}
     owner = ctx.result_owner
     if owner != ctx.label_owner and ctx.hides_membership:
         arrays["positions"] = ctx.label_owner_layout().positions[owner]
-    return pack_payload(arrays)
+    return pack_payload(arrays, {"classes": list(classes)} if classes else None)
 
 
 def receive_scores(ctx: PartyContext, payload: bytes) -> None:
-    arrays, _ = unpack_payload(payload)
+    arrays, meta = unpack_payload(payload)
     rows = None
     if "positions" in arrays:
         layout = ctx.passive_layout()
@@ -43,18 +46,34 @@ def receive_scores(ctx: PartyContext, payload: bytes) -> None:
         if positions.size and (positions.min() < 0 or positions.max() >= layout.rows):
             raise ProtocolAbort("score", ctx.party, "delivered positions are out of range")
         rows = layout.row_of_position[positions]
-    write_scores(ctx, arrays["scores"], rows=rows)
+    write_scores(ctx, arrays["scores"], rows=rows, classes=meta.get("classes"))
 
 
-def write_scores(ctx: PartyContext, scores: np.ndarray, *, rows: np.ndarray | None = None) -> int:
-    """Write ``scores.csv`` (this party's own ids as in its file, score) atomically."""
+def write_scores(
+    ctx: PartyContext,
+    scores: np.ndarray,
+    *,
+    rows: np.ndarray | None = None,
+    classes: list[str] | None = None,
+) -> int:
+    """Write ``scores.csv`` (this party's own ids as in its file, score) atomically; with
+    ``classes``, the predicted class and one ``score_CLASS`` column per class."""
     rows = ctx.aligned_rows() if rows is None else rows
     if len(rows) != len(scores):
         raise ProtocolAbort("score", ctx.party, "scores do not match the aligned rows")
     id_columns = list(ctx.terms.id_columns)
     ids = ctx.table().iloc[rows][id_columns].reset_index(drop=True)
     id_values = ids.iloc[:, 0] if ids.shape[1] == 1 else ids.astype(str).agg("|".join, axis=1)
-    out = pd.DataFrame({"id": id_values.to_numpy(), "score": np.asarray(scores)})
+    scores = np.asarray(scores)
+    if classes:
+        if scores.ndim != 2 or scores.shape[1] != len(classes):
+            raise ProtocolAbort("score", ctx.party, "scores do not match the classes")
+        out = pd.DataFrame({"id": id_values.to_numpy()})
+        out["predicted"] = np.asarray(classes, dtype=object)[scores.argmax(axis=1)]
+        for j, name in enumerate(classes):
+            out[f"score_{name}"] = scores[:, j]
+    else:
+        out = pd.DataFrame({"id": id_values.to_numpy(), "score": scores})
     target = ctx.work_dir / SCORES_FILE
     tmp = ctx.work_dir / f".{SCORES_FILE}.partial"
     out.to_csv(tmp, index=False)
