@@ -140,6 +140,10 @@ def main() -> None:
                 "xgboost_auc": round(float(xgb_auc), 4),
                 "ratio": round(seconds / xgb_seconds, 1),
                 "identical_to_plain": identical,
+                "seconds_per_level": {
+                    k: round(sum(lv.get(k, 0.0) for lv in run.levels) / len(run.levels), 3)
+                    for k in sorted({k for lv in run.levels for k in lv})
+                },
             }
         )
     )

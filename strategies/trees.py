@@ -84,8 +84,9 @@ class VerticalSecureBoost(VerticalStrategy):
                         "train", lo, f"did not stop after trees={boosting.n_trees} (job parameter)"
                     )
             step += 1
-            session.send("train.tree_finish", to=passives, step=step)
             evaluated = session.send("train.tree_evaluate", to=[lo], step=step)
+            step += 1
+            session.send("train.tree_finish", to=passives, step=step)
             session.publish(**evaluated[lo].public)
             session.publish(trees=trees, rounds_per_tree=4 * boosting.max_depth)
             sizes["trees"] = trees

@@ -17,8 +17,8 @@ from sklearn.metrics import roc_auc_score
 from tests.conftest import joint_rows_of, make_collaboration, synthetic_frames
 from tests.test_protocol_training import _decoded, _states, message_to_bytes
 from vfm_flower.errors import ProtocolAbort
-from vfm_flower.tree_growth import RoundGrowth, plain_histograms
-from vfm_flower.trees import BoostingParams, TreeEnsemble, objective_for, quantize_gradients
+from vfm_flower.tree_growth import grow_plain
+from vfm_flower.trees import BoostingParams, TreeEnsemble, objective_for
 
 JOB = {"trees": 3, "depth": 3, "bins": 16}
 
@@ -44,48 +44,9 @@ def _plain_reference(states, params: BoostingParams, min_rows: int = 100):
         codes[party] = states[party].array("sb.codes")[joint_rows_of(states, party, "lo")]
     y = lo.array("sb.y")
     holdout = lo.array("sb.holdout").astype(bool)
-    objective = objective_for(params)
-    base = objective.base_margin(y[~holdout], params)
-    margins = np.tile(base, (len(y), 1))
-    model = TreeEnsemble(params.objective, base.tolist())
-    for _ in range(params.n_trees):
-        g, h = objective.gradients(margins, y)
-        g[holdout] = 0.0
-        h[holdout] = 0.0
-        g_int, h_int, scale = quantize_gradients(g, h)
-        growth = RoundGrowth(
-            params,
-            g_int,
-            h_int,
-            scale,
-            ~holdout,
-            parties=["lo", "p1", "p2"],
-            label_owner="lo",
-            own_codes=codes["lo"],
-            min_node_rows=min_rows,
-        )
-        while True:
-            pairs = growth.pair_of_rows()
-            for party in ("lo", "p1", "p2"):
-                growth.receive(
-                    party,
-                    *plain_histograms(
-                        codes[party],
-                        g_int,
-                        h_int,
-                        pairs,
-                        len(growth.built_pairs()),
-                        params.n_bins,
-                    ),
-                )
-            requests = growth.decide()
-            for party, reqs in requests.items():
-                for r in reqs:
-                    growth.apply_partition(party, r.split_id, codes[party][:, r.column] <= r.bin)
-            if not growth.next_level():
-                break
-        margins = margins + growth.finish()
-        model.trees.extend(growth.trees)
+    model, margins, _ = grow_plain(
+        params, codes, y, holdout, label_owner="lo", min_node_rows=min_rows
+    )
     return model, margins, y, holdout
 
 
@@ -116,8 +77,24 @@ def test_each_party_keeps_only_its_own_splits(trained):
         artifact = collab.root / "work" / "parties" / party / "artifacts" / "tree-model.vfa"
         assert artifact.is_file()
         text = artifact.read_bytes()
+        importance = json.loads(
+            (artifact.parent.parent / "tree-importance.json").read_text(encoding="utf-8")
+        )
+        features = {f["feature"] for f in importance["features"]}
+        assert features and all(f.startswith((f"{party}_x", "extra")) for f in features)
         for other in {"lo", "p1", "p2"} - {party}:
             assert f"{other}_x".encode() not in text
+            assert f"{other}_x" not in json.dumps(importance)
+    # the label owner (result owner) sees every party's share of the splits and the gain
+    report = json.loads((collab.root / "work" / "parties" / "lo" / "report.json").read_text())
+    shares = report["trees"]["importance"]
+    assert set(shares) == {"lo", "p1", "p2"}
+    assert abs(sum(v["gain_share"] for v in shares.values()) - 1.0) < 1e-9
+    assert sum(v["splits"] for v in shares.values()) == sum(
+        len(model.splits_of(p)) for p in ("lo", "p1", "p2")
+    )
+    assert report["model_label"] == "gradient-boosted trees"
+    assert report["gain_over_own_data"]["gain"] > 0
 
 
 def test_nothing_relayed_holds_a_label_a_feature_or_a_plaintext_gradient(trained):
@@ -188,6 +165,13 @@ def test_local_cli_trains_binary_and_multiclass_trees(tmp_path, capsys):
         assert main(score) == 0, capsys.readouterr().err
         scores = pd.read_csv(root / "scores.csv")
         if extra:
+            report = json.loads((root / "w" / "parties" / "lo" / "tree_report.json").read_text())
+            assert report["model"] == "multiclass" and 0.5 < report["macro_auc"] <= 1.0
+            assert set(report["top_k_accuracy"]) == {"1", "2", "3"}
+            assert report["top_k_accuracy"]["3"] == 1.0
+            assert len(report["confusion"]["counts"]) == 3
+            assert {c["class"] for c in report["per_class"]} == {"card", "loan", "savings"}
+            assert (root / "w" / "parties" / "lo" / "tree_report.html").is_file()
             assert list(scores.columns) == [
                 "id",
                 "predicted",

@@ -271,7 +271,8 @@ def _render_shared_html(report: Mapping[str, Any]) -> str:
     groups = int(report.get("rank_groups", 10) or 10)
     name, share = group_name(groups), f"{100 / groups:.0f}%"
     parts = [
-        f"<h1>Federated {_e(report['model'])} model: marketing report</h1>",
+        f"<h1>Federated {_e(report.get('model_label', report['model']))} model: marketing "
+        "report</h1>",
         f'<p class="sub">Result owner: {_e(party)}. Evaluated on '
         f"{_f(report['holdout_rows'])} hold-out rows that were not used for training.</p>",
         _header_block(report.get("header", {})),
@@ -428,6 +429,8 @@ def _render_shared_html(report: Mapping[str, Any]) -> str:
     ]
     parts.append(_table(["Party / set", "Rows"], row_table))
 
+    if report.get("trees"):
+        parts.append(trees_block(report["trees"]))
     parts.append('<h2 id="contribution">What the partners add</h2>')
     parts.append(_contribution_block(report, party, logistic))
 
@@ -452,6 +455,31 @@ def _render_shared_html(report: Mapping[str, Any]) -> str:
         "party; each party receives its own feature weights separately.</footer>"
     )
     return _page(f"Marketing report ({party})", "".join(parts))
+
+
+def trees_block(trees: Mapping[str, Any]) -> str:
+    """The trees' section: count, depth and each party's share of the splits and the gain."""
+    out = [
+        '<h2 id="trees">The trees</h2>',
+        f"<p>{_f(trees.get('trees'))} trees of depth {_f(trees.get('depth'))}, "
+        f"{_f(trees.get('rounds_per_tree'))} rounds each.</p>",
+    ]
+    importance = trees.get("importance") or {}
+    if importance:
+        out.append(
+            _table(
+                ["Party", "Splits", "Share of the total gain"],
+                [
+                    [p, _f(v["splits"]), f"{100 * float(v['gain_share']):.1f}%"]
+                    for p, v in sorted(importance.items(), key=lambda kv: -kv[1]["gain_share"])
+                ],
+            )
+        )
+        out.append(
+            '<p class="muted">Each party sees the split count and gain of its own features in '
+            "its own work dir (tree-importance.json); no feature name is in this report.</p>"
+        )
+    return "".join(out)
 
 
 def _header_block(header: Mapping[str, Any]) -> str:

@@ -40,11 +40,12 @@ from vfm_flower.trees import (
     BoostingParams,
     SplitChoice,
     Tree,
+    TreeEnsemble,
     find_splits,
     leaf_values,
 )
 
-__all__ = ["SplitRequest", "RoundGrowth"]
+__all__ = ["SplitRequest", "RoundGrowth", "plain_histograms", "grow_plain"]
 
 Pair = tuple[int, int]  # (output, node)
 
@@ -245,7 +246,7 @@ class RoundGrowth:
                 split_id = self.id_source()
             self.used_ids.add(split_id)
             tree = self.trees[c]
-            tree.owner[n], tree.split[n] = party, split_id
+            tree.owner[n], tree.split[n], tree.gain[n] = party, split_id, choice.gain
             self._splits.append(pair)
             if party == self.label_owner:
                 left = self.own_codes[:, choice.feature] <= choice.bin
@@ -477,3 +478,72 @@ def growth_from_payload(blob: bytes, params: BoostingParams, own_codes: np.ndarr
     growth._parent_hist = _hist_from("parent", arrays, meta["parent_order"])
     growth.done = bool(meta["done"])
     return growth
+
+
+# --------------------------------------------------------------------------- in plain
+
+
+def grow_plain(
+    params: BoostingParams,
+    codes: Mapping[str, np.ndarray],
+    y: np.ndarray,
+    holdout: np.ndarray,
+    *,
+    label_owner: str,
+    min_node_rows: int = 1,
+) -> tuple[TreeEnsemble, np.ndarray, list[float]]:
+    """The same boosting on plain bin codes of the joint rows (no crypto, no sampling).
+
+    For what one party may compute on its own data (the label owner's own-columns model the
+    report compares with) and for tests (the federated job must grow these trees exactly).
+    Returns the model, the margins of every row and the hold-out loss per round.
+    """
+    from vfm_flower.trees import objective_for, quantize_gradients
+
+    objective = objective_for(params)
+    y = objective.check_labels(y, params)
+    holdout = np.asarray(holdout, dtype=bool)
+    base = objective.base_margin(y[~holdout], params)
+    margins = np.tile(base, (len(y), 1))
+    model = TreeEnsemble(params.objective, base.tolist())
+    parties = [label_owner, *(p for p in codes if p != label_owner)]
+    history: list[float] = []
+    for _ in range(params.n_trees):
+        g, h = objective.gradients(margins, y)
+        g[holdout] = 0.0
+        h[holdout] = 0.0
+        g_int, h_int, scale = quantize_gradients(g, h)
+        growth = RoundGrowth(
+            params,
+            g_int,
+            h_int,
+            scale,
+            ~holdout,
+            parties=parties,
+            label_owner=label_owner,
+            own_codes=codes[label_owner],
+            min_node_rows=min_node_rows,
+        )
+        while True:
+            pairs = growth.pair_of_rows()
+            for party in parties:
+                growth.receive(
+                    party,
+                    *plain_histograms(
+                        codes[party],
+                        g_int,
+                        h_int,
+                        pairs,
+                        len(growth.built_pairs()),
+                        params.n_bins,
+                    ),
+                )
+            for party, reqs in growth.decide().items():
+                for r in reqs:
+                    growth.apply_partition(party, r.split_id, codes[party][:, r.column] <= r.bin)
+            if not growth.next_level():
+                break
+        margins = margins + growth.finish()
+        model.trees.extend(growth.trees)
+        history.append(objective.loss(margins[holdout], y[holdout]) if holdout.any() else 0.0)
+    return model, margins, history

@@ -479,7 +479,8 @@ class Tree:
 
     ``owner[i]`` is the party holding the split of node ``i`` (``""`` for a leaf),
     ``split[i]`` its opaque split id (``-1`` for a leaf) and ``value[i]`` the leaf value.
-    ``output`` is the class a softmax tree adds to (0 otherwise).
+    ``output`` is the class a softmax tree adds to (0 otherwise); ``gain[i]`` the split's gain
+    (XGBoost's convention; the label owner's, for the importance figures).
     """
 
     depth: int
@@ -487,6 +488,7 @@ class Tree:
     owner: list[str] = field(default_factory=list)
     split: list[int] = field(default_factory=list)
     value: list[float] = field(default_factory=list)
+    gain: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         size = (1 << (self.depth + 1)) - 1
@@ -494,6 +496,8 @@ class Tree:
             self.owner = [""] * size
             self.split = [-1] * size
             self.value = [0.0] * size
+        if not self.gain:
+            self.gain = [0.0] * size
 
     def is_leaf(self, node: int) -> bool:
         return self.split[node] < 0
@@ -505,6 +509,7 @@ class Tree:
             "owner": list(self.owner),
             "split": list(self.split),
             "value": list(self.value),
+            "gain": list(self.gain),
         }
 
     @classmethod
@@ -515,6 +520,7 @@ class Tree:
             [str(o) for o in state["owner"]],
             [int(s) for s in state["split"]],
             [float(v) for v in state["value"]],
+            [float(v) for v in state.get("gain", ())],
         )
 
 
@@ -529,6 +535,16 @@ class TreeEnsemble:
     @property
     def n_outputs(self) -> int:
         return len(self.base_margin)
+
+    def importance(self) -> dict[str, dict[int, tuple[int, float]]]:
+        """Per party, per split id: ``(1, gain)`` (the label owner's view; a passive party
+        gets only its own ids' gains, which it sums per column itself)."""
+        out: dict[str, dict[int, tuple[int, float]]] = {}
+        for tree in self.trees:
+            for owner, split, gain in zip(tree.owner, tree.split, tree.gain, strict=True):
+                if owner and split >= 0:
+                    out.setdefault(owner, {})[split] = (1, float(gain))
+        return out
 
     def splits_of(self, party: str) -> list[int]:
         """Every split id owned by ``party``, in tree order (what scoring asks it)."""

@@ -172,6 +172,7 @@ def every_party_prepare(ctx: PartyContext) -> None:
     edges, keep = tree_columns(X, names, sources, ctx.party, bins)
     codes = bin_codes(X[:, keep], edges)
     ctx.state.set("prep_plan", plan.to_json())
+    ctx.state.set("sb.names", json.dumps([names[j] for j in keep.tolist()]))
     ctx.state.set_array("sb.keep", keep)
     ctx.state.set_array("sb.codes", codes)
     _edges_to_state(ctx, edges)

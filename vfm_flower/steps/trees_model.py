@@ -13,16 +13,40 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, r2_score, roc_auc_score
 
-from vfm_flower.context import PartyContext
+from vfm_flower import report as reporting
+from vfm_flower.codec import pack_payload
+from vfm_flower.context import PartyContext, Topic
 from vfm_flower.party import StepRegistry
-from vfm_flower.steps.trees import KIND, MODEL, TRAINING, params_of
-from vfm_flower.trees import TreeEnsemble, objective_for
+from vfm_flower.report_trees import build_tree_report, importance_by_party, party_importance
+from vfm_flower.report_trees_render import write_tree_report
+from vfm_flower.steps.trees import KIND, MODEL, TRAINING, min_node_rows, params_of
+from vfm_flower.tree_growth import grow_plain
+from vfm_flower.trees import BoostingParams, SplitTable, TreeEnsemble, objective_for
+
+TOPIC_GAINS = Topic("trees.split_gains", phase="train.tree_evaluate")
+REPORT = "tree-report"
+IMPORTANCE = "tree-importance"
 
 STEPS = StepRegistry()
+
+
+@STEPS.receiver(REPORT, jobs=(KIND,))
+def receive_report(ctx: PartyContext, payload: bytes) -> None:
+    """Result owner: write the trees' report in its work dir."""
+    write_tree_report(json.loads(payload), ctx.work_dir)
+
+
+def _write_importance(ctx: PartyContext, content: dict) -> None:
+    ctx.check_release("party", IMPORTANCE)
+    target = ctx.work_dir / f"{IMPORTANCE}.json"
+    tmp = ctx.work_dir / f".{IMPORTANCE}.json.partial"
+    tmp.write_text(json.dumps(content, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, target)
 
 
 def _save_part(ctx: PartyContext, meta: dict) -> None:
@@ -41,7 +65,18 @@ def _save_part(ctx: PartyContext, meta: dict) -> None:
 
 @STEPS.step("train.tree_finish", jobs=(KIND,), operations=TRAINING)
 def passive_finish(ctx: PartyContext) -> None:
-    """Passive party: keep its split table (operation ``train``)."""
+    """Passive party: its own features' importance; keep its split table (``train``)."""
+    arrays, meta = ctx.receive_arrays(ctx.label_owner, TOPIC_GAINS, round=ctx.round - 1)
+    table = SplitTable.from_state(json.loads(str(ctx.state.get("sb.splits"))))
+    with ctx.decoding(ctx.label_owner, TOPIC_GAINS):
+        gains = {int(k): float(v) for k, v in meta["gains"].items()}
+        unknown = set(gains) - set(table.columns)
+        if unknown:
+            raise ValueError(f"gains of {len(unknown)} split(s) this party never made")
+    names = json.loads(str(ctx.state.get("sb.names")))
+    _write_importance(
+        ctx, {"party": ctx.party, "features": party_importance(gains, table.columns, names)}
+    )
     if ctx.operation == "train":
         _save_part(ctx, {})
 
@@ -87,12 +122,68 @@ def label_owner_evaluate(ctx: PartyContext) -> None:
     holdout = ctx.state.array("sb.holdout").astype(bool)
     y = ctx.state.array("sb.y")
     figures = holdout_metrics(params.objective, y[holdout], margins[holdout], params)
+    classes = json.loads(str(ctx.state.get("sb.classes")))
+    importance = model.importance()
+    # every passive party gets the gains of its own splits (it maps them to its columns)
+    for peer in ctx.passive_parties:
+        gains = {str(s): g for s, (_, g) in importance.get(peer, {}).items()}
+        ctx.send(peer, TOPIC_GAINS, pack_payload({}, {"gains": gains}))
+    own_table = SplitTable.from_state(json.loads(str(ctx.state.get("sb.splits"))))
+    names = json.loads(str(ctx.state.get("sb.names")))
+    own_gains = {s: g for s, (_, g) in importance.get(ctx.party, {}).items()}
+    per_party = importance_by_party(importance)
+    _write_importance(
+        ctx,
+        {
+            "party": ctx.party,
+            "features": party_importance(own_gains, own_table.columns, names),
+            "parties": per_party,
+        },
+    )
+    # the report: beside a model trained in plain on the label owner's own columns alone
+    own_params = BoostingParams(**{**params.__dict__, "subsample": 1.0, "colsample": 1.0})
+    _, own_margins, _ = grow_plain(
+        own_params,
+        {ctx.party: ctx.state.array("sb.codes")},
+        y,
+        holdout,
+        label_owner=ctx.party,
+        min_node_rows=min_node_rows(ctx),
+    )
+    objective = objective_for(params)
+    trees = {
+        "trees": len(model.trees) // params.n_outputs,
+        "depth": params.max_depth,
+        "rounds_per_tree": 4 * params.max_depth,
+    }
+    if ctx.is_result_owner:
+        trees["importance"] = per_party
+    report = build_tree_report(
+        objective=params.objective,
+        party=ctx.result_owner,
+        y_holdout=y[holdout],
+        margins_holdout=margins[holdout],
+        margins_own_only=own_margins[holdout],
+        predict_holdout=objective.predict(margins[holdout]),
+        predict_own_only=objective.predict(own_margins[holdout]),
+        history=history,
+        aligned_rows=int(len(y)),
+        rows_per_party={str(k): int(v) for k, v in ctx.party_rows.items()},
+        training_rows=int((~holdout).sum()),
+        min_cohort=ctx.min_cohort,
+        own_feature_names=names,
+        trees=trees,
+        classes=classes,
+        outcome=params_of(ctx).outcome,
+        header=reporting.report_header(ctx.agreement, ctx.job),
+    )
+    ctx.deliver(REPORT, json.dumps(report, sort_keys=True).encode())
     if ctx.operation == "train":
         _save_part(
             ctx,
             {
                 "model": model.to_state(),
-                "classes": json.loads(str(ctx.state.get("sb.classes"))),
+                "classes": classes,
                 "history": history,
                 "figures": figures,
             },
