@@ -208,3 +208,44 @@ def test_scoring_gives_the_training_predictions_and_needs_every_part(trained, tm
     (scoring / "parties" / "p2" / "artifacts" / "tree-model.vfa").unlink()
     with pytest.raises(ProtocolAbort, match="p2.*no artifact 'tree-model'"):
         collab.run(workdir=scoring, model="secureboost", job="score")
+
+
+def _relay(edit):
+    from tests.test_protocol_training import _tampering_relay
+
+    return _tampering_relay(edit)
+
+
+def test_tampered_or_replayed_histograms_are_refused(tmp_path, monkeypatch):
+    from vfm_flower.strategies.transport import Transport
+
+    frames, _ = synthetic_frames(n_shared=200, n_only=10, seed=6)
+    collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
+
+    def flip(self, inboxes):
+        for key, blob in list(inboxes.get("lo", {}).items()):
+            if key == ("p1", "trees.histogram_sums"):
+                inboxes["lo"][key] = blob[:-100] + bytes([blob[-100] ^ 1]) + blob[-99:]
+        return inboxes
+
+    monkeypatch.setattr(Transport, "post", _relay(flip))
+    with pytest.raises(ProtocolAbort, match="p1.*(tampered|signature)"):
+        collab.run(model="secureboost", job="train", trees=1, depth=2)
+    for party in ("lo", "p1", "p2"):
+        assert not (collab.root / "work" / "parties" / party / "artifacts").exists()
+
+    kept = {}
+
+    def replay(self, inboxes):
+        for key, blob in list(inboxes.get("lo", {}).items()):
+            if key == ("p1", "trees.histogram_sums"):
+                if "old" in kept:
+                    inboxes["lo"][key] = kept["old"]
+                else:
+                    kept["old"] = blob
+        return inboxes
+
+    monkeypatch.setattr(Transport, "post", _relay(replay))
+    # an earlier level's reply, in place of this level's: bound to its round, refused
+    with pytest.raises(ProtocolAbort, match="p1.*(round|replayed|signature)"):
+        collab.run(workdir=tmp_path / "w2", model="secureboost", job="train", trees=1, depth=2)
