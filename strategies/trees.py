@@ -87,9 +87,11 @@ class VerticalSecureBoost(VerticalStrategy):
             evaluated = session.send("train.tree_evaluate", to=[lo], step=step)
             step += 1
             session.send("train.tree_finish", to=passives, step=step)
-            session.publish(**evaluated[lo].public)
-            session.publish(trees=trees, rounds_per_tree=4 * boosting.max_depth)
-            sizes["trees"] = trees
+            public = evaluated[lo].public
+            session.publish(**public)
+            kept = int(public.get("trees", trees))  # with early stopping, the best round's
+            session.publish(trees=kept, rounds_per_tree=4 * boosting.max_depth)
+            sizes["trees"] = kept
 
     def score(self, session: VerticalSession) -> None:
         """Every party answers its own splits; the label owner descends the trees."""

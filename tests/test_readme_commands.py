@@ -114,6 +114,7 @@ STEPS = [
     (OPERATORS, "toml", "[superlink.my-superlink]"),  # the connection
     (OPERATORS, "bash", 'model="overlap"'),  # vfm app init, the overlap job
     (OPERATORS, "bash", 'job="train"'),  # the train job
+    (OPERATORS, "bash", 'model="secureboost"'),  # gradient-boosted trees (evaluate)
     (PARTNERS, "bash", "sets/campaign.csv"),  # new customers into every data-dir
     (OPERATORS, "bash", 'job="score"'),  # the score job on the same SuperNodes
     (GOVERNANCE, "bash", "vfm audit export"),  # every audit log verified, exported
@@ -447,7 +448,9 @@ def test_the_readme_deployment_commands_run_as_written(tmp_path: Path) -> None:
             assert prefix in train, f"{prefix!r} missing from the train job's stream:\n{train}"
         server = tmp_path / "srv" / "vfm-server"
         assert (server / "result-train.json").is_file()
-        score = outputs[STEPS[8]]
+        trees = outputs[STEPS[7]]
+        assert "[vfm] job done (secureboost evaluate)" in trees, trees[-3000:]
+        score = outputs[STEPS[9]]
         assert "[vfm] job done (logistic score)" in score, score[-3000:]
         assert (server / "result-score.json").is_file()
         node_output = "".join(
@@ -460,6 +463,7 @@ def test_the_readme_deployment_commands_run_as_written(tmp_path: Path) -> None:
             assert f"party '{party}' job 1 (overlap run): done" in lines, lines
             assert f"party '{party}' job 2 (segments run): done" in lines, lines
             assert f"party '{party}' job 3 (logistic train): done" in lines, lines
+            assert f"party '{party}' job 4 (secureboost evaluate): done" in lines, lines
             assert "(logistic score, data set 'campaign'): done" in lines, lines
             assert f"[vfm] party '{party}' job 3 (logistic train): done" in node_output
         if network.isolated:  # the SuperNodes could reach the SuperLink over their veth only

@@ -237,7 +237,7 @@ def test_histograms_decode_signed_fields_exactly_and_refuse_a_wrong_shape(keys):
     codes = rng.integers(0, 8, size=(slots, 3)).astype(np.uint8)
     slot_of_row = np.arange(slots)
     eh = passive_histograms(public.n, cts, slot_of_row, codes, 8, layout, workers=1)
-    hg, hh = open_histograms(private, eh, layout, expected_columns=3, expected_bins=8)
+    hg, hh, hc = open_histograms(private, eh, layout, expected_columns=3, expected_bins=8)
     for j in range(pairs):
         rows_j = np.flatnonzero(pair[:, 0] == j)
         for f in range(3):
@@ -245,6 +245,7 @@ def test_histograms_decode_signed_fields_exactly_and_refuse_a_wrong_shape(keys):
             assert np.array_equal(hg[j, f], np.rint(want).astype(np.int64))
             want_h = np.bincount(codes[joint_slots[rows_j], f], h[rows_j, 0], 8)
             assert np.array_equal(hh[j, f], np.rint(want_h).astype(np.int64))
+            assert np.array_equal(hc[j, f], np.bincount(codes[joint_slots[rows_j], f], None, 8))
     short = EncryptedHistograms(eh.columns, eh.bins, (eh.ciphertexts[0][:-1],))
     with pytest.raises(ValueError, match="the layout needs"):
         open_histograms(private, short, layout, expected_columns=3, expected_bins=8)

@@ -169,7 +169,10 @@ def test_local_cli_trains_binary_and_multiclass_trees(tmp_path, capsys):
             assert report["model"] == "multiclass" and 0.5 < report["macro_auc"] <= 1.0
             assert set(report["top_k_accuracy"]) == {"1", "2", "3"}
             assert report["top_k_accuracy"]["3"] == 1.0
-            assert len(report["confusion"]["counts"]) == 3
+            counts = report["confusion"]["counts"]
+            assert counts is None or len(counts) == 3
+            if counts is None:  # a small cell withholds the whole matrix, said why
+                assert any(x["aggregate"] == "confusion matrix" for x in report["suppressed"])
             assert {c["class"] for c in report["per_class"]} == {"card", "loan", "savings"}
             assert (root / "w" / "parties" / "lo" / "tree_report.html").is_file()
             assert list(scores.columns) == [
@@ -249,3 +252,90 @@ def test_tampered_or_replayed_histograms_are_refused(tmp_path, monkeypatch):
     # an earlier level's reply, in place of this level's: bound to its round, refused
     with pytest.raises(ProtocolAbort, match="p1.*(round|replayed|signature)"):
         collab.run(workdir=tmp_path / "w2", model="secureboost", job="train", trees=1, depth=2)
+
+
+def test_caravan_demo_trees_are_as_accurate_as_xgboost(tmp_path):
+    """The demo's three parties (encrypted job, Flower's Grid) against XGBoost on the same
+    prepared columns, rows, split and parameters."""
+    from tests.conftest import Collaboration
+    from vfm_flower.demo_data import prepare_demo_collaboration
+    from vfm_flower.preparation import PreparationPlan, apply_preparation, encode_labels
+
+    xgb = pytest.importorskip("xgboost")
+    demo = prepare_demo_collaboration(tmp_path / "setup")
+    collab = Collaboration(
+        tmp_path,
+        demo.agreement_path,
+        demo.party_data,
+        demo.party_keys,
+        operator_key=demo.operator_key,
+    )
+    grids = []
+    job = {"trees": 10, "depth": 3, "holdout-seed": 2000}
+    result = collab.run(grid_out=grids, model="secureboost", job="evaluate", **job)
+    states = _states(grids[0])
+    blocks = []
+    for party in ("insurer", "broker", "bank"):
+        frame = pd.read_csv(collab.data[party], dtype={"email": str})
+        aligned = frame.iloc[joint_rows_of(states, party, "insurer")].reset_index(drop=True)
+        plan = PreparationPlan.from_json(str(states[party].get("prep_plan")))
+        blocks.append(apply_preparation(plan, aligned).matrix)
+        if party == "insurer":
+            y = encode_labels(aligned["Purchase"], "Yes", party="insurer").astype(int)
+    X = np.hstack(blocks)
+    holdout = states["insurer"].array("sb.holdout").astype(bool)
+    assert np.array_equal(states["insurer"].array("sb.y").astype(int), y)
+    ref = xgb.XGBClassifier(
+        n_estimators=10,
+        max_depth=3,
+        max_bin=32,
+        learning_rate=0.3,
+        reg_lambda=1.0,
+        min_child_weight=1.0,
+        tree_method="hist",
+        base_score=float(y[~holdout].mean()),
+        n_jobs=1,
+    ).fit(X[~holdout], y[~holdout])
+    theirs = roc_auc_score(y[holdout], ref.predict_proba(X[holdout])[:, 1])
+    ours = result["public"]["auc"]
+    print(f"caravan trees: federated {ours:.4f} xgboost {theirs:.4f}")
+    assert abs(ours - theirs) <= 0.01
+
+
+def test_sampling_early_stopping_and_a_result_owner_that_is_not_the_label_owner(tmp_path):
+    frames, _ = synthetic_frames(n_shared=400, n_only=20, seed=9)
+    collab = make_collaboration(
+        tmp_path / "c", frames, label_owner="lo", result_owner="p1", min_intersection=50
+    )
+    grids = []
+    job = {"trees": 6, "depth": 2, "colsample": 0.5, "subsample": 0.8, "early-stopping": 1}
+    job["learning-rate"] = 1.0
+    result = collab.run(grid_out=grids, model="secureboost", job="train", **job)
+    states = _states(grids[0])
+    model = TreeEnsemble.from_state(json.loads(str(states["lo"].get("sb.model"))))
+    history = json.loads(str(states["lo"].get("sb.history")))
+    kept = int(np.argmin(history)) + 1
+    assert result["public"]["trees"] == kept <= len(history) <= 6
+    work = collab.root / "work" / "parties"
+    report = json.loads((work / "p1" / "report.json").read_text())  # the result owner's
+    assert report["party"] == "p1" and abs(report["auc"] - result["public"]["auc"]) < 1e-3
+    assert report["trees"]["trees"] == kept and "importance" not in report["trees"]
+    assert not (work / "lo" / "report.json").exists()
+    # each passive party keeps only the splits of the kept trees
+    used = {s for t in model.trees[:kept] for o, s in zip(t.owner, t.split) if o == "p2"}
+    assert set(json.loads(str(states["p2"].get("sb.splits")))["ids"]) == used
+
+
+def test_too_many_bins_and_a_constant_column_are_refused_by_name(tmp_path):
+    from vfm_flower.errors import PolicyViolation
+
+    frames, _ = synthetic_frames(n_shared=200, n_only=10, seed=4)
+    collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
+    with pytest.raises((PolicyViolation, ProtocolAbort), match="bins"):
+        collab.run(model="secureboost", job="train", trees=1, bins=128)
+    # a constant column is dropped with a warning naming it (the preparation's rule); a party
+    # left with none is refused by name
+    frames["p2"]["p2_x"] = 7.0
+    collab = make_collaboration(tmp_path / "d", frames, label_owner="lo", min_intersection=50)
+    with pytest.raises(ProtocolAbort, match="p2.*(constant|no usable feature)"):
+        collab.run(model="secureboost", job="train", trees=1)

@@ -51,7 +51,17 @@ PLUMBING_FACTS = frozenset(
 #: job's headline outcome and row counts, the same for every party; the label owner's
 #: own-data figures and anything else a kind releases to the server stay with the server.
 RELAYED_FIGURES = frozenset(
-    {"auc", "r2", "rmse", "log_loss", "top_decile_lift", "joint_rows", "scored_rows"}
+    {
+        "auc",
+        "macro_auc",
+        "accuracy",
+        "r2",
+        "rmse",
+        "log_loss",
+        "top_decile_lift",
+        "joint_rows",
+        "scored_rows",
+    }
 )
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

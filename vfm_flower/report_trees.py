@@ -100,23 +100,33 @@ def multiclass_body(
                 "top_decile_lift": float((y[top] == c).mean() / rate),
             }
         )
-    confusion: list[list[int | None]] = []
-    for a in range(k):
-        row: list[int | None] = []
-        for b in range(k):
-            count = int(((y == a) & (predicted == b)).sum())
-            if 0 < count < min_cohort:
-                suppressed.append(
-                    {
-                        "aggregate": "confusion matrix",
-                        "item": f"{classes[a]} -> {classes[b]}",
-                        "reason": f"fewer than {min_cohort} customers",
-                    }
-                )
-                row.append(None)
-            else:
-                row.append(count)
-        confusion.append(row)
+    # one class withheld alone would follow from the hold-out size and the others: withhold
+    # the next smallest too
+    withheld = [c for c in per_class if c.get("rows") is None]
+    if len(withheld) == 1 and k > 1:
+        released = [c for c in per_class if c.get("rows") is not None]
+        smallest = min(released, key=lambda c: c["rows"])
+        suppressed.append(
+            {
+                "aggregate": "per-class figures",
+                "item": smallest["class"],
+                "reason": "complementary: the withheld class would follow from it",
+            }
+        )
+        for key in ("rows", "rate", "auc", "top_decile_lift"):
+            smallest[key] = None
+    counts = [[int(((y == a) & (predicted == b)).sum()) for b in range(k)] for a in range(k)]
+    small = [(a, b) for a in range(k) for b in range(k) if 0 < counts[a][b] < min_cohort]
+    confusion: list[list[int | None]] | None = counts
+    if small:  # any cell could be solved from the class totals and the accuracy: none
+        confusion = None
+        suppressed.append(
+            {
+                "aggregate": "confusion matrix",
+                "item": "every cell",
+                "reason": f"{len(small)} cell(s) of fewer than {min_cohort} customers",
+            }
+        )
     present = len(np.unique(y)) == k
     macro = (
         float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(k))))

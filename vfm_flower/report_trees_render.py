@@ -73,15 +73,21 @@ def _render_multiclass(report: Mapping[str, Any]) -> str:
     ]
     confusion = report.get("confusion", {})
     classes = confusion.get("classes", [])
-    parts.append(
-        _table(
-            ["actual \\ predicted", *classes],
-            [
-                [a, *("withheld" if v is None else _f(v) for v in row)]
-                for a, row in zip(classes, confusion.get("counts", []), strict=False)
-            ],
+    if confusion.get("counts") is None:
+        parts.append(
+            '<p class="muted">Withheld: a cell holds fewer customers than the '
+            "minimum cohort (see below).</p>"
         )
-    )
+    else:
+        parts.append(
+            _table(
+                ["actual \\ predicted", *classes],
+                [
+                    [a, *(_f(v) for v in row)]
+                    for a, row in zip(classes, confusion["counts"], strict=False)
+                ],
+            )
+        )
     gain = report.get("gain_over_own_data")
     if gain:
         parts.append('<h2 id="contribution">What the partners add</h2>')

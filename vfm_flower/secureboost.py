@@ -12,8 +12,8 @@ sampled, which node a row is in, or any gradient.
 One level, two steps
 --------------------
 ``LO`` (:func:`encode_level`, then any Paillier encryption)
-    For every slot, one plaintext packing the row's fixed-point ``g`` and ``h`` into the
-    field of its node among the level's *built* nodes (the smaller child of every split, see
+    For every slot, one plaintext packing the row's fixed-point ``g`` and ``h`` and a 1 into
+    the fields of its node among the level's *built* nodes (the smaller child of every split, see
     histogram subtraction in :mod:`vfm_flower.tree_growth`), zero elsewhere: rows of other
     nodes, held-out and unsampled rows, and slots that are not joint all encrypt 0. A softmax
     round packs one field pair per class tree. Every slot is encrypted afresh at every level
@@ -45,16 +45,18 @@ Fixed point, and why these sizes
 (:func:`vfm_flower.trees.quantize_gradients`). A field holds the sum over up to ``L`` slots,
 so ``|sum| <= L 2**20 < 2**(20 + bits(L))``: a field is ``21 + bits(L)`` bits wide, and a
 signed field ``v`` in ``(-2**(W-1), 2**(W-1))`` decodes exactly from the bottom up
-(``v = centered(P mod 2**W)``, ``P = (P - v) / 2**W``). FATE adds an offset to make every field
-non-negative, which needs a count per bin to remove; centered digits need none, and the LO
-learns no row count it would not otherwise see. The packed plaintext stays below ``2**(key
+(``v = centered(P mod 2**W)``, ``P = (P - v) / 2**W``): no offset (FATE's packing) is
+needed. The third field counts rows, so that the LO can keep both children of every split at
+``min-node-rows`` joint training customers or more (a split with a one-customer side would
+tell its passive owner that customer is joint). The packed plaintext stays below ``2**(key
 bits - 2)`` so its sign is unambiguous.
 
 What each party learns
 ----------------------
-* LO: per level, the sums of ``g`` and ``h`` over each bin of every passive column, for every
-  built node (hence for every node); the side of every joint customer at every passive split;
-  never a passive column, its bin edges or thresholds.
+* LO: per level, the sums of ``g`` and ``h`` and the number of joint training customers over
+  each bin of every passive column, for every built node (hence for every node); the side of
+  every joint customer at every passive split; never a passive column, its bin edges or
+  thresholds.
 * P_k: the number of slots, its own rows' slots, the level's ciphertexts (fresh each level),
   and for its own splits the column and bin chosen (so the side of each of its rows at that
   threshold) with an opaque id. No gradient, hessian, label, node or membership.
@@ -80,6 +82,10 @@ from vfm_flower.hazmat.paillier_pack import encrypted_group_sums
 from vfm_flower.trees import GRADIENT_BITS
 
 logger = logging.getLogger(__name__)
+
+#: Fields per built node: the sums of ``g``, of ``h`` and of rows (the row count lets the LO
+#: keep every child of a split at ``min-node-rows`` customers or more).
+FIELDS = 3
 
 __all__ = [
     "HistogramLayout",
@@ -125,7 +131,7 @@ class HistogramLayout:
         return min(self.pairs_per_chunk, self.pairs - chunk * self.pairs_per_chunk)
 
     def chunk_bits(self, chunk: int) -> int:
-        return 2 * self.field_bits * self.pairs_in_chunk(chunk)
+        return FIELDS * self.field_bits * self.pairs_in_chunk(chunk)
 
     def bins_per_ciphertext(self, chunk: int) -> int:
         return max(1, self.capacity_bits // self.chunk_bits(chunk))
@@ -139,9 +145,9 @@ def histogram_layout(key_bits: int, total_slots: int, pairs: int) -> HistogramLa
     if pairs < 1:
         raise ValueError("a level builds at least one node")
     field_bits = GRADIENT_BITS + max(int(total_slots), 1).bit_length() + 1
-    per_chunk = (key_bits - 2) // (2 * field_bits)
+    per_chunk = (key_bits - 2) // (FIELDS * field_bits)
     if per_chunk < 1:
-        raise ValueError(f"{2 * field_bits}-bit node fields do not fit a {key_bits}-bit key")
+        raise ValueError(f"{FIELDS * field_bits}-bit node fields do not fit a {key_bits}-bit key")
     return HistogramLayout(int(key_bits), field_bits, int(pairs), min(per_chunk, int(pairs)))
 
 
@@ -191,8 +197,8 @@ def encode_level(
             slots[rows].tolist(), pairs.tolist(), g_int[rows, c].tolist(), h_int[rows, c].tolist()
         ):
             chunk, within = divmod(j, layout.pairs_per_chunk)
-            shift = 2 * W * within
-            out[chunk][i] += (g << shift) + (h << (shift + W))
+            shift = FIELDS * W * within
+            out[chunk][i] += (g << shift) + (h << (shift + W)) + (1 << (shift + 2 * W))
     return out
 
 
@@ -351,8 +357,9 @@ def open_histograms(
     expected_columns: int,
     expected_bins: int,
     workers: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """LO: decrypt one party's histograms to integer ``(pairs, columns, bins)`` ``g`` and ``h``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LO: decrypt one party's histograms to integer ``(pairs, columns, bins)`` sums of ``g``,
+    ``h`` and rows.
 
     Raises
     ------
@@ -369,6 +376,7 @@ def open_histograms(
         raise ValueError(f"{len(histograms.ciphertexts)} chunks, the level has {layout.chunks}")
     hg = np.zeros((layout.pairs, F, B), dtype=np.int64)
     hh = np.zeros((layout.pairs, F, B), dtype=np.int64)
+    hc = np.zeros((layout.pairs, F, B), dtype=np.int64)
     for c, cts in enumerate(histograms.ciphertexts):
         per = layout.bins_per_ciphertext(c)
         need = -(-(F * B) // per)
@@ -380,15 +388,18 @@ def open_histograms(
         cell = 0
         for v, ct_index in zip(values, range(len(cts)), strict=True):
             bins_here = min(per, F * B - ct_index * per)
-            fields = _signed_fields(int(v), layout.field_bits, 2 * k * bins_here)
+            fields = _signed_fields(int(v), layout.field_bits, FIELDS * k * bins_here)
             for t in range(bins_here):
                 f, b = divmod(cell, B)
-                base = 2 * k * t
+                base = FIELDS * k * t
                 for p in range(k):
-                    hg[first + p, f, b] = fields[base + 2 * p]
-                    hh[first + p, f, b] = fields[base + 2 * p + 1]
+                    hg[first + p, f, b] = fields[base + FIELDS * p]
+                    hh[first + p, f, b] = fields[base + FIELDS * p + 1]
+                    hc[first + p, f, b] = fields[base + FIELDS * p + 2]
                 cell += 1
-    return hg, hh
+    if (hh < 0).any() or (hc < 0).any():
+        raise ValueError("a histogram holds a negative hessian or row count")
+    return hg, hh, hc
 
 
 # --------------------------------------------------------------------------- partitions

@@ -273,7 +273,7 @@ class LocalSecureBoost:
                         passive_seconds.append(time.perf_counter() - started)
                         started = time.perf_counter()
                         self.bytes_sent += eh.count() * (self.key_bits // 4)
-                        hg, hh = open_histograms(
+                        hg, hh, hc = open_histograms(
                             private,
                             eh,
                             hl,
@@ -284,7 +284,7 @@ class LocalSecureBoost:
                         level["label_owner_decrypt"] += time.perf_counter() - started
                     else:
                         rows = np.asarray(joint_rows[name])
-                        hg, hh = plain_histograms(
+                        hg, hh, hc = plain_histograms(
                             party.codes[rows],
                             g_int,
                             h_int,
@@ -292,7 +292,7 @@ class LocalSecureBoost:
                             len(pairs),
                             p.n_bins,
                         )
-                    growth.receive(name, hg, hh)
+                    growth.receive(name, hg, hh, hc)
                 level["passive_histograms_max"] = max(passive_seconds, default=0.0)
                 level["passive_histograms_sum"] = sum(passive_seconds)
                 started = time.perf_counter()

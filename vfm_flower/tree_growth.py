@@ -136,8 +136,8 @@ class RoundGrowth:
         self.active: list[Pair] = [(c, 0) for c in range(k)] if big_enough else []
         self._built: list[Pair] = list(self.active)
         self._derived: dict[Pair, Pair] = {}  # derived pair -> (its built sibling)
-        self._parent_hist: dict[str, dict[Pair, tuple[np.ndarray, np.ndarray]]] = {}
-        self._hist: dict[str, dict[Pair, tuple[np.ndarray, np.ndarray]]] = {}
+        self._parent_hist: dict[str, dict[Pair, tuple[np.ndarray, ...]]] = {}
+        self._hist: dict[str, dict[Pair, tuple[np.ndarray, ...]]] = {}
         self._pending: dict[int, tuple[str, Pair]] = {}
         self.done = False
 
@@ -154,7 +154,7 @@ class RoundGrowth:
             out[(self.node[:, c] == n) & self.train, c] = j
         return out
 
-    def own_histograms(self) -> tuple[np.ndarray, np.ndarray]:
+    def own_histograms(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The LO's histograms of the built nodes over its own columns, ``(pairs, F, B)``."""
         return plain_histograms(
             self.own_codes,
@@ -174,37 +174,38 @@ class RoundGrowth:
         parties see this count, never the number of nodes actually built."""
         return len(self.trees) * (1 << max(self.level - 1, 0))
 
-    def receive(self, party: str, hist_g: np.ndarray, hist_h: np.ndarray) -> None:
-        """One party's integer histograms of the built nodes, ``(pairs, F, B)`` each
-        (``pairs`` the built or the padded count; padding is dropped)."""
+    def receive(
+        self, party: str, hist_g: np.ndarray, hist_h: np.ndarray, hist_c: np.ndarray
+    ) -> None:
+        """One party's integer histograms of the built nodes: sums of ``g``, ``h`` and rows,
+        ``(pairs, F, B)`` each (``pairs`` the built or the padded count; padding is dropped)."""
         if party not in self.parties:
             raise ValueError(f"'{party}' holds no columns in this job")
         if party in self._hist:
             raise ValueError(f"a second reply of '{party}' at level {self.level}")
-        hist_g = np.asarray(hist_g, dtype=np.int64)
-        hist_h = np.asarray(hist_h, dtype=np.int64)
+        hists = [np.asarray(a, dtype=np.int64) for a in (hist_g, hist_h, hist_c)]
+        shape = hists[0].shape
         if (
-            hist_g.shape != hist_h.shape
-            or hist_g.ndim != 3
-            or hist_g.shape[0] not in (len(self._built), self.padded_pairs)
+            any(a.shape != shape for a in hists)
+            or len(shape) != 3
+            or shape[0] not in (len(self._built), self.padded_pairs)
         ):
             raise ValueError(
-                f"histograms of '{party}' have shape {hist_g.shape}, expected "
+                f"histograms of '{party}' have shape {shape}, expected "
                 f"({len(self._built)}, columns, bins)"
             )
-        if hist_g.shape[0] > len(self._built) and (
-            hist_g[len(self._built) :].any() or hist_h[len(self._built) :].any()
-        ):
+        if shape[0] > len(self._built) and any(a[len(self._built) :].any() for a in hists):
             raise ValueError(f"histograms of '{party}' hold values in padding nodes")
-        mine: dict[Pair, tuple[np.ndarray, np.ndarray]] = {}
+        mine: dict[Pair, tuple[np.ndarray, ...]] = {}
         for j, pair in enumerate(self._built):
-            mine[pair] = (hist_g[j], hist_h[j])
+            mine[pair] = tuple(a[j] for a in hists)
+            rows = self._train_rows(pair)
+            if (mine[pair][2].sum(axis=1) != rows).any():
+                raise ValueError(f"histograms of '{party}' do not count the node's {rows} rows")
         parents = self._parent_hist.get(party, {})
         for pair, sibling in self._derived.items():
             parent = (pair[0], (pair[1] - 1) // 2)
-            pg, ph = parents[parent]
-            sg, sh = mine[sibling]
-            mine[pair] = (pg - sg, ph - sh)
+            mine[pair] = tuple(p - q for p, q in zip(parents[parent], mine[sibling], strict=True))
         self._hist[party] = mine
 
     # ------------------------------------------------------------------ decisions
@@ -231,10 +232,15 @@ class RoundGrowth:
             best: tuple[str, SplitChoice] | None = None
             if splittable:
                 for party in self.parties:
-                    g, h = self._hist[party][pair]
+                    g, h, rows = self._hist[party][pair]
                     tg, th = self._true_units(c, g.astype(np.float64), h.astype(np.float64))
                     choice = find_splits(
-                        tg[None], th[None], self.params, allowed=self.allowed.get(party)
+                        tg[None],
+                        th[None],
+                        self.params,
+                        allowed=self.allowed.get(party),
+                        counts=rows[None],
+                        min_rows=self.min_node_rows,
                     )[0]
                     if choice.feature >= 0 and (best is None or choice.gain > best[1].gain):
                         best = (party, choice)
@@ -299,18 +305,19 @@ class RoundGrowth:
         children: list[Pair] = []
         built: list[Pair] = []
         derived: dict[Pair, Pair] = {}
-        T = self.min_node_rows
         for c, n in self._splits:
             left, right = (c, 2 * n + 1), (c, 2 * n + 2)
             rows = {left: self._train_rows(left), right: self._train_rows(right)}
+            if min(rows.values()) < self.min_node_rows:  # the counts said otherwise: refuse
+                raise ValueError(
+                    f"a split left {min(rows.values())} training rows in a child, below "
+                    f"min-node-rows {self.min_node_rows}: the partition does not match the "
+                    "histograms"
+                )
             small, large = (left, right) if rows[left] <= rows[right] else (right, left)
-            if rows[small] >= T:
-                children += [left, right]
-                built.append(small)
-                derived[large] = small
-            elif rows[large] >= T:
-                children.append(large)  # the small child stays a leaf
-                built.append(large)
+            children += [left, right]
+            built.append(small)
+            derived[large] = small
         self._parent_hist = self._hist
         self._hist = {}
         self.level += 1
@@ -350,61 +357,56 @@ def plain_histograms(
     pair_of_rows: np.ndarray,
     pairs: int,
     n_bins: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Integer histograms ``(pairs, F, B)`` of ``g`` and ``h`` over plain bin codes.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer histograms ``(pairs, F, B)`` of ``g``, ``h`` and rows over plain bin codes.
 
     ``pair_of_rows[i, c]`` is the built pair of row ``i`` in output ``c``'s tree, or -1.
     Exact: sums of integers below ``2**53`` in float64.
     """
     codes = np.asarray(codes)
     rows, features = codes.shape
-    hg = np.zeros((pairs, features, n_bins), dtype=np.int64)
-    hh = np.zeros((pairs, features, n_bins), dtype=np.int64)
+    out = [np.zeros((pairs, features, n_bins), dtype=np.int64) for _ in range(3)]
     for c in range(pair_of_rows.shape[1]):
         sel = pair_of_rows[:, c] >= 0
         if not sel.any():
             continue
         pj = pair_of_rows[sel, c]
-        gw = g_int[sel, c].astype(np.float64)
-        hw = h_int[sel, c].astype(np.float64)
+        weights = (
+            g_int[sel, c].astype(np.float64),
+            h_int[sel, c].astype(np.float64),
+            np.ones(int(sel.sum())),
+        )
         for f in range(features):
             key = pj * n_bins + codes[sel, f].astype(np.int64)
-            hg[:, f, :] += (
-                np.rint(np.bincount(key, gw, pairs * n_bins))
-                .astype(np.int64)
-                .reshape(pairs, n_bins)
-            )
-            hh[:, f, :] += (
-                np.rint(np.bincount(key, hw, pairs * n_bins))
-                .astype(np.int64)
-                .reshape(pairs, n_bins)
-            )
-    return hg, hh
+            for hist, w in zip(out, weights, strict=True):
+                counts = np.bincount(key, w, pairs * n_bins)
+                hist[:, f, :] += np.rint(counts).astype(np.int64).reshape(pairs, n_bins)
+    return out[0], out[1], out[2]
 
 
 # --------------------------------------------------------------------------- persistence
 
 
-def _hist_arrays(prefix: str, hists: dict[str, dict[Pair, tuple[np.ndarray, np.ndarray]]]):
+def _hist_arrays(prefix: str, hists: dict[str, dict[Pair, tuple[np.ndarray, ...]]]):
     arrays: dict[str, np.ndarray] = {}
     order: dict[str, list[list[int]]] = {}
     for party, by_pair in hists.items():
         pairs = sorted(by_pair)
         order[party] = [list(p) for p in pairs]
         if pairs:
-            arrays[f"{prefix}.{party}.g"] = np.stack([by_pair[p][0] for p in pairs])
-            arrays[f"{prefix}.{party}.h"] = np.stack([by_pair[p][1] for p in pairs])
+            for i, name in enumerate("ghc"):
+                arrays[f"{prefix}.{party}.{name}"] = np.stack([by_pair[p][i] for p in pairs])
     return arrays, order
 
 
 def _hist_from(prefix: str, arrays: Mapping[str, np.ndarray], order: Mapping[str, list]):
-    out: dict[str, dict[Pair, tuple[np.ndarray, np.ndarray]]] = {}
+    out: dict[str, dict[Pair, tuple[np.ndarray, ...]]] = {}
     for party, pairs in order.items():
-        by_pair: dict[Pair, tuple[np.ndarray, np.ndarray]] = {}
+        by_pair: dict[Pair, tuple[np.ndarray, ...]] = {}
         if pairs:
-            g, h = arrays[f"{prefix}.{party}.g"], arrays[f"{prefix}.{party}.h"]
+            stacks = [arrays[f"{prefix}.{party}.{name}"] for name in "ghc"]
             for j, p in enumerate(pairs):
-                by_pair[(int(p[0]), int(p[1]))] = (g[j], h[j])
+                by_pair[(int(p[0]), int(p[1]))] = tuple(a[j] for a in stacks)
         out[party] = by_pair
     return out
 

@@ -373,6 +373,8 @@ def find_splits(
     params: BoostingParams,
     *,
     allowed: np.ndarray | None = None,
+    counts: np.ndarray | None = None,
+    min_rows: int = 1,
 ) -> list[SplitChoice]:
     """Best split per node over one block of columns, from its histograms.
 
@@ -384,12 +386,19 @@ def find_splits(
         ``reg_lambda``, ``gamma`` and ``min_child_weight``.
     allowed : np.ndarray, optional
         ``(columns,)`` booleans: the columns drawn for this tree (``colsample``).
+    counts : np.ndarray, optional
+        ``(nodes, columns, bins)`` training rows per bin: with them, both children of a split
+        keep at least ``min_rows`` rows.
+    min_rows : int
+        See ``counts``.
 
     Returns
     -------
     list[SplitChoice]
-        One per node; ``feature = -1`` when no split passes ``gamma`` and
-        ``min_child_weight``. Ties go to the lowest column, then the lowest bin.
+        One per node; ``feature = -1`` when no split passes ``gamma``, ``min_child_weight``
+        and ``min_rows``. Ties go to the lowest column; within it, to the middle of the run of
+        bins with the same gain (empty bins between two values): the threshold then says
+        nothing about which of those bins hold rows.
     """
     lam, mcw = params.reg_lambda, params.min_child_weight
     cg = np.cumsum(hist_g, axis=2)[:, :, :-1]
@@ -400,6 +409,10 @@ def find_splits(
     with np.errstate(divide="ignore", invalid="ignore"):
         gain = cg**2 / (ch + lam) + rg**2 / (rh + lam) - tg**2 / (th + lam)
     ok = (ch >= mcw) & (rh >= mcw) & (ch > 0) & (rh > 0)
+    if counts is not None:
+        cc = np.cumsum(counts, axis=2)[:, :, :-1]
+        tc = np.asarray(counts).sum(axis=2, keepdims=True)
+        ok &= (cc >= min_rows) & (tc - cc >= min_rows)
     if allowed is not None:
         ok &= np.asarray(allowed, dtype=bool)[None, :, None]
     gain = np.where(ok, gain, -np.inf)
@@ -415,6 +428,10 @@ def find_splits(
             out.append(SplitChoice(-1, -1, -np.inf, 0.0, 0.0))
             continue
         f, b = divmod(best, gain.shape[2])
+        end = b
+        while end + 1 < gain.shape[2] and gain[n, f, end + 1] == value:
+            end += 1
+        b = (b + end) // 2
         out.append(SplitChoice(f, b, value, float(cg[n, f, b]), float(ch[n, f, b])))
     return out
 

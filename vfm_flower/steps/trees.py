@@ -248,14 +248,6 @@ def _start_tree(ctx: PartyContext, tree: int) -> RoundGrowth:
     h[~train] = 0.0
     g_int, h_int, scale = quantize_gradients(g, h)
     own = ctx.state.array("sb.codes")
-    allowed = None
-    if params.colsample < 1.0:
-        counts = {ctx.party: own.shape[1], **_passive_columns(ctx)}
-        allowed = {}
-        for party, m in counts.items():
-            keep = np.zeros(m, dtype=bool)
-            keep[rng.choice(m, max(1, int(round(params.colsample * m))), replace=False)] = True
-            allowed[party] = keep
     growth = RoundGrowth(
         params,
         g_int,
@@ -265,11 +257,25 @@ def _start_tree(ctx: PartyContext, tree: int) -> RoundGrowth:
         parties=[ctx.party, *ctx.passive_parties],
         label_owner=ctx.party,
         own_codes=own,
-        allowed=allowed,
         min_node_rows=min_node_rows(ctx),
     )
     ctx.state.set("sb.level", 0)
     return growth
+
+
+def draw_columns(ctx: PartyContext, growth: RoundGrowth) -> None:
+    """LO, at a tree's first decision: the columns of every party the tree may split on
+    (``colsample``; OS randomness, the draw is the LO's own). Here, not when the tree starts:
+    the first tree starts before the passive parties' column counts have arrived."""
+    params = params_of(ctx).boosting
+    if params.colsample >= 1.0 or growth.level != 0 or growth.allowed:
+        return
+    rng = np.random.default_rng()
+    counts = {ctx.party: growth.own_codes.shape[1], **_passive_columns(ctx)}
+    for party, m in counts.items():
+        keep = np.zeros(m, dtype=bool)
+        keep[rng.choice(m, max(1, int(round(params.colsample * m))), replace=False)] = True
+        growth.allowed[party] = keep
 
 
 def _passive_columns(ctx: PartyContext) -> dict[str, int]:
@@ -458,6 +464,7 @@ def label_owner_decide(ctx: PartyContext) -> None:
     L = int(ctx.label_owner_layout().total_slots)
     hl = sb.histogram_layout(public.n.bit_length(), L, growth.padded_pairs)
     columns = _passive_columns(ctx)
+    draw_columns(ctx, growth)
     growth.receive(ctx.party, *growth.own_histograms())
     for peer in ctx.passive_parties:
         arrays, meta = ctx.receive_arrays(peer, TOPIC_HISTOGRAMS, round=ctx.round - 1)
@@ -473,14 +480,14 @@ def label_owner_decide(ctx: PartyContext) -> None:
                 int(meta["bins"]),
                 tuple(tuple(flat[cuts[i] : cuts[i + 1]]) for i in range(len(counts))),
             )
-            hg, hh = sb.open_histograms(
+            hg, hh, hc = sb.open_histograms(
                 private,
                 hist,
                 hl,
                 expected_columns=columns[peer],
                 expected_bins=params_of(ctx).boosting.n_bins,
             )
-            growth.receive(peer, hg, hh)
+            growth.receive(peer, hg, hh, hc)
     requests = growth.decide()
     table = SplitTable.from_state(json.loads(str(ctx.state.get("sb.splits"))))
     edges = _edges_from_state(ctx)

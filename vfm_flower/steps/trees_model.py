@@ -24,6 +24,7 @@ from vfm_flower.context import PartyContext, Topic
 from vfm_flower.party import StepRegistry
 from vfm_flower.report_trees import build_tree_report, importance_by_party, party_importance
 from vfm_flower.report_trees_render import write_tree_report
+from vfm_flower.steps import delivery
 from vfm_flower.steps.trees import KIND, MODEL, TRAINING, min_node_rows, params_of
 from vfm_flower.tree_growth import grow_plain
 from vfm_flower.trees import BoostingParams, SplitTable, TreeEnsemble, objective_for
@@ -69,16 +70,24 @@ def passive_finish(ctx: PartyContext) -> None:
     arrays, meta = ctx.receive_arrays(ctx.label_owner, TOPIC_GAINS, round=ctx.round - 1)
     table = SplitTable.from_state(json.loads(str(ctx.state.get("sb.splits"))))
     with ctx.decoding(ctx.label_owner, TOPIC_GAINS):
-        gains = {int(k): float(v) for k, v in meta["gains"].items()}
-        unknown = set(gains) - set(table.columns)
+        used = [int(s) for s in meta["splits"]]
+        shares = {int(k): float(v) for k, v in meta.get("shares", {}).items()}
+        unknown = (set(used) | set(shares)) - set(table.columns)
         if unknown:
-            raise ValueError(f"gains of {len(unknown)} split(s) this party never made")
-    names = json.loads(str(ctx.state.get("sb.names")))
-    _write_importance(
-        ctx, {"party": ctx.party, "features": party_importance(gains, table.columns, names)}
-    )
+            raise ValueError(f"{len(unknown)} split(s) this party never made")
+    # keep only the splits the model uses (early stopping drops trees; a split never used
+    # is never answered at scoring)
+    kept = SplitTable()
+    for s in used:
+        kept.add(s, table.columns[s], table.thresholds[s])
+    ctx.state.set("sb.splits", json.dumps(kept.to_state()))
+    if shares:
+        names = json.loads(str(ctx.state.get("sb.names")))
+        features = party_importance(shares, kept.columns, names)
+        _write_importance(ctx, {"party": ctx.party, "features": features})
     if ctx.operation == "train":
         _save_part(ctx, {})
+    delivery.receive_results(ctx)  # a passive result owner's report, relayed with this step
 
 
 def holdout_metrics(objective: str, y: np.ndarray, margins: np.ndarray, params) -> dict:
@@ -123,23 +132,28 @@ def label_owner_evaluate(ctx: PartyContext) -> None:
     y = ctx.state.array("sb.y")
     figures = holdout_metrics(params.objective, y[holdout], margins[holdout], params)
     classes = json.loads(str(ctx.state.get("sb.classes")))
-    importance = model.importance()
-    # every passive party gets the gains of its own splits (it maps them to its columns)
-    for peer in ctx.passive_parties:
-        gains = {str(s): g for s, (_, g) in importance.get(peer, {}).items()}
-        ctx.send(peer, TOPIC_GAINS, pack_payload({}, {"gains": gains}))
-    own_table = SplitTable.from_state(json.loads(str(ctx.state.get("sb.splits"))))
     names = json.loads(str(ctx.state.get("sb.names")))
-    own_gains = {s: g for s, (_, g) in importance.get(ctx.party, {}).items()}
+    importance = model.importance()
+    released = ctx.may_release("party", IMPORTANCE)
+    total = sum(g for splits in importance.values() for _, g in splits.values()) or 1.0
+    # every passive party gets the ids its model part keeps and, when the agreement releases
+    # the importance, each one's share of the total gain (rounded: a share, not a raw gain)
+    for peer in ctx.passive_parties:
+        mine = importance.get(peer, {})
+        shares = {str(s): round(g / total, 3) for s, (_, g) in mine.items()} if released else {}
+        ctx.send(peer, TOPIC_GAINS, pack_payload({}, {"splits": sorted(mine), "shares": shares}))
     per_party = importance_by_party(importance)
-    _write_importance(
-        ctx,
-        {
-            "party": ctx.party,
-            "features": party_importance(own_gains, own_table.columns, names),
-            "parties": per_party,
-        },
-    )
+    if released:
+        own_table = SplitTable.from_state(json.loads(str(ctx.state.get("sb.splits"))))
+        own = {s: g / total for s, (_, g) in importance.get(ctx.party, {}).items()}
+        _write_importance(
+            ctx,
+            {
+                "party": ctx.party,
+                "features": party_importance(own, own_table.columns, names),
+                "parties": per_party,
+            },
+        )
     # the report: beside a model trained in plain on the label owner's own columns alone
     own_params = BoostingParams(**{**params.__dict__, "subsample": 1.0, "colsample": 1.0})
     _, own_margins, _ = grow_plain(
@@ -151,8 +165,9 @@ def label_owner_evaluate(ctx: PartyContext) -> None:
         min_node_rows=min_node_rows(ctx),
     )
     objective = objective_for(params)
+    kept_trees = len(model.trees) // params.n_outputs
     trees = {
-        "trees": len(model.trees) // params.n_outputs,
+        "trees": kept_trees,
         "depth": params.max_depth,
         "rounds_per_tree": 4 * params.max_depth,
     }
@@ -188,4 +203,5 @@ def label_owner_evaluate(ctx: PartyContext) -> None:
                 "figures": figures,
             },
         )
+    figures["trees"] = kept_trees
     ctx.publish(**{k: v for k, v in figures.items() if ctx.may_release("server", k)})
