@@ -6,8 +6,10 @@ payload names its tree and level, which the receiver checks against its own coun
 
 ``train.tree_prepare`` (every party, once)
     Prepare the allowed columns (on all its rows for a passive party, which does not know
-    which are joint) and bin each into quantile bins on its own data; a constant column is
-    refused, named. A passive party sends the label owner (LO) its column count. The LO
+    which are joint; the preparation drops a constant column with a warning naming it, and a
+    party left with none is refused) and bin each into quantile bins on its own data (a
+    one-hot level that never occurs is skipped). A passive party sends the label owner (LO)
+    its column count. The LO
     encodes its labels (0/1, class indices, or a numeric target), draws the hold-out split
     (fixed per agreement), generates its Paillier key, starts the first tree and sends every
     passive party the level's ciphertexts by slot.
@@ -24,10 +26,11 @@ payload names its tree and level, which the receiver checks against its own coun
 ``train.tree_advance`` (LO)
     Route the rows; send the next level's ciphertexts, or end the tree (leaf values, hold-out
     loss, early stopping) and start the next one; publish whether training stops.
-``train.tree_finish`` (passive parties) and ``train.tree_evaluate`` (LO)
-    Each party saves its own part of the model (``tree-model``: a passive party its split
-    table and preparation plan; the LO the trees, its split table and plan); the LO computes
-    the hold-out metrics and publishes those the agreement releases.
+``train.tree_evaluate`` (LO), then ``train.tree_finish`` (passive parties)
+    The LO computes the hold-out metrics and publishes those the agreement releases, builds
+    the report and tells each passive party which of its splits the model keeps; each party
+    saves its own part of the model (``tree-model``) and its own features' importance
+    (:mod:`vfm_flower.steps.trees_model`).
 
 What crosses: see :mod:`vfm_flower.secureboost`. The server relays sealed envelopes and
 learns sizes, timing, the stop decision and the released metrics.
