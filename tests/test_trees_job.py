@@ -339,3 +339,50 @@ def test_too_many_bins_and_a_constant_column_are_refused_by_name(tmp_path):
     collab = make_collaboration(tmp_path / "d", frames, label_owner="lo", min_intersection=50)
     with pytest.raises(ProtocolAbort, match="p2.*(constant|no usable feature)"):
         collab.run(model="secureboost", job="train", trees=1)
+
+
+def test_a_passive_partys_whole_view_holds_no_label_derived_plaintext(tmp_path, monkeypatch):
+    """Everything p1 opens: ciphertexts under the LO's key, its own split requests (column,
+    bin, random id), which of its splits the model keeps and, released by the agreement,
+    their rounded gain shares."""
+    from vfm_flower.context import PartyContext
+
+    opened, requested = [], []
+    original = PartyContext.receive_arrays
+
+    def spy(self, sender, topic, *, round=None):
+        arrays, meta = original(self, sender, topic, round=round)
+        if self.party == "p1":
+            opened.append((topic.name, sorted(arrays), dict(meta)))
+        if self.party in ("p1", "p2") and topic.name == "trees.requests":
+            requested.extend(r[0] for r in meta["requests"])
+        return arrays, meta
+
+    monkeypatch.setattr(PartyContext, "receive_arrays", spy)
+    frames, _ = synthetic_frames(n_shared=500, n_only=30, seed=14)
+    collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
+    collab.run(model="secureboost", job="train", trees=2, depth=3)
+    topics = {t for t, _, _ in opened}
+    assert topics == {"trees.level_start", "trees.level", "trees.requests", "trees.split_gains"}
+    levels = [
+        (m["tree"], m["level"], m["pairs"]) for t, _, m in opened if t.startswith("trees.lev")
+    ]
+    # a fixed schedule and padded layouts: the same for any labels
+    assert levels == [(t, lv, 1 << max(lv - 1, 0)) for t in range(2) for lv in range(3)]
+    for topic, arrays, meta in opened:
+        if topic.startswith("trees.level"):
+            assert arrays == ["ciphertexts", "public_key"] and set(meta) == {
+                "tree",
+                "level",
+                "pairs",
+                "slots",
+            }
+        elif topic == "trees.requests":
+            assert arrays == [] and set(meta) == {"tree", "level", "requests"}
+            for _, column, b in meta["requests"]:
+                assert column == 0 and 0 <= b < 32  # its own column, a bin of it
+        else:
+            assert set(meta) == {"splits", "shares"}
+            assert all(0 <= v <= 1 and round(v, 3) == v for v in meta["shares"].values())
+    assert requested and len(set(requested)) == len(requested)
+    assert max(requested) > 2**40  # random ids, not tree positions
