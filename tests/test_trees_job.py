@@ -18,7 +18,8 @@ from tests.conftest import joint_rows_of, make_collaboration, synthetic_frames
 from tests.test_protocol_training import _decoded, _states, message_to_bytes
 from vfm_flower.errors import ProtocolAbort
 from vfm_flower.tree_growth import grow_plain
-from vfm_flower.trees import BoostingParams, TreeEnsemble, objective_for
+from vfm_flower.tree_model import TreeEnsemble
+from vfm_flower.trees import BoostingParams, objective_for
 
 JOB = {"trees": 3, "depth": 3, "bins": 16}
 

@@ -39,10 +39,9 @@ from vfm_flower.secureboost import (
     slot_partition,
 )
 from vfm_flower.tree_growth import RoundGrowth, plain_histograms
+from vfm_flower.tree_model import SplitTable, TreeEnsemble
 from vfm_flower.trees import (
     BoostingParams,
-    SplitTable,
-    TreeEnsemble,
     bin_codes,
     objective_for,
     quantile_bin_edges,

@@ -35,12 +35,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vfm_flower.tree_model import Tree, TreeEnsemble
 from vfm_flower.trees import (
     GRADIENT_BITS,
     BoostingParams,
     SplitChoice,
-    Tree,
-    TreeEnsemble,
     find_splits,
     leaf_values,
 )

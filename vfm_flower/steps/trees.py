@@ -55,9 +55,8 @@ from vfm_flower.party import StepRegistry
 from vfm_flower.preparation import encode_labels
 from vfm_flower.steps.training import agreement_holdout_seed, ciphertext_array, public_key
 from vfm_flower.tree_growth import RoundGrowth, growth_from_payload, growth_to_payload
+from vfm_flower.tree_model import SplitTable, TreeEnsemble
 from vfm_flower.trees import (
-    SplitTable,
-    TreeEnsemble,
     bin_codes,
     objective_for,
     quantile_bin_edges,

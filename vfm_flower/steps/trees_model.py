@@ -27,7 +27,8 @@ from vfm_flower.report_trees_render import write_tree_report
 from vfm_flower.steps import delivery
 from vfm_flower.steps.trees import KIND, MODEL, TRAINING, min_node_rows, params_of
 from vfm_flower.tree_growth import grow_plain
-from vfm_flower.trees import BoostingParams, SplitTable, TreeEnsemble, objective_for
+from vfm_flower.tree_model import SplitTable, TreeEnsemble
+from vfm_flower.trees import BoostingParams, objective_for
 
 TOPIC_GAINS = Topic("trees.split_gains", phase="train.tree_evaluate")
 REPORT = "tree-report"

@@ -31,7 +31,8 @@ from vfm_flower.party import StepRegistry
 from vfm_flower.preparation import PreparationPlan, apply_preparation
 from vfm_flower.steps import delivery
 from vfm_flower.steps.trees import KIND, MODEL
-from vfm_flower.trees import BoostingParams, SplitTable, TreeEnsemble, objective_for
+from vfm_flower.tree_model import SplitTable, TreeEnsemble
+from vfm_flower.trees import BoostingParams, objective_for
 
 TOPIC_ANSWERS = Topic("trees.score_answers", phase="query.tree_score")
 MASK_LABEL = "trees/score"
