@@ -167,11 +167,13 @@ def offsets_from_bytes(blob: bytes) -> pg.PassiveSecrets:
     )
 
 
-def precomputed_encryptor(ctx: PartyContext, public, private=None) -> djn.DJNEncryptor:
-    """This party's encryptor, holding the randomness its last ``train.precompute`` made
-    (taken out of the state: every obfuscator is used once)."""
+def precomputed_encryptor(
+    ctx: PartyContext, public, private=None, *, key: str = OBFUSCATORS
+) -> djn.DJNEncryptor:
+    """This party's encryptor, holding the randomness its last precompute step stored under
+    ``key`` (taken out of the state: every obfuscator is used once)."""
     encryptor = djn.DJNEncryptor(public, private=private)
-    pool = ctx.state.pop_array(OBFUSCATORS)
+    pool = ctx.state.pop_array(key)
     if pool is not None:
         encryptor.import_pool(pool.tobytes())
     return encryptor
@@ -239,8 +241,7 @@ def every_party_prepare(ctx: PartyContext) -> None:
         ctx.state.set_array("X", X_int)
         ctx.state.set_array("pg.A", pre.A)
         ctx.state.set_array("pg.B", pre.B)
-        shape = {"rows": int(X_int.shape[0]), "features": int(X_int.shape[1])}
-        ctx.send(ctx.label_owner, TOPIC_SHAPE, json.dumps(shape).encode())
+        send_block_shape(ctx, TOPIC_SHAPE, *X_int.shape)
         ctx.publish(**facts)
         return
     optimizer = BlockOptimizer(spec, X.shape[1], has_intercept=True)
@@ -397,7 +398,7 @@ def label_owner_iteration(ctx: PartyContext) -> None:
         pg.iteration_image_bits(),
         public.n.bit_length(),
     )
-    record_passive_shapes(ctx, layout)  # at the first of this and train.precompute
+    record_passive_shapes(ctx)  # at the first of this and train.precompute
     messages = {p: receive_forward(ctx, p, TOPIC_FORWARD) for p in ctx.passive_parties}
     features = {p: passive_features(ctx, p) for p in ctx.passive_parties}
     opened = pg.open_forward(private, messages, layout, features, masks)
@@ -447,7 +448,7 @@ def precompute_randomness(ctx: PartyContext) -> None:
     public = public_key(ctx)
     if ctx.is_label_owner:
         layout = ctx.label_owner_layout()
-        record_passive_shapes(ctx, layout)
+        record_passive_shapes(ctx)
         features = {p: passive_features(ctx, p) for p in ctx.passive_parties}
         count = pg.label_owner_obfuscators(layout, features)
         encryptor = djn.DJNEncryptor(public, private=private_key(ctx))
@@ -464,19 +465,34 @@ def precompute_randomness(ctx: PartyContext) -> None:
     ctx.state.set_bytes(OBFUSCATORS, encryptor.export_pool())
 
 
-def record_passive_shapes(ctx: PartyContext, layout) -> None:
-    """LO: each passive party's row and feature counts (sealed to it at ``train.prepare``);
-    the rows must be the ids it aligned. Once: the first step after ``train.prepare`` gets
-    the envelopes, later calls find the counts recorded."""
-    if "pg.features" in ctx.state:
-        return
+def send_block_shape(ctx: PartyContext, topic: Topic, rows: int, features: int) -> None:
+    """Passive party: seal its block's row and feature counts to the LO (at preparation)."""
+    shape = {"rows": int(rows), "features": int(features)}
+    ctx.send(ctx.label_owner, topic, json.dumps(shape).encode())
+
+
+def received_block_shapes(ctx: PartyContext, topic: Topic, state_key: str) -> dict[str, int]:
+    """LO: each passive party's feature count, from what :func:`send_block_shape` sealed; its
+    rows must be the ids it aligned. Read in the first step after the preparation, recorded
+    under ``state_key`` for the later ones."""
+    if state_key in ctx.state:
+        return {k: int(v) for k, v in json.loads(str(ctx.state.get(state_key))).items()}
+    layout = ctx.label_owner_layout()
     counts = {}
     for peer in ctx.passive_parties:
-        blob = ctx.receive(peer, TOPIC_SHAPE, round=0)
-        with ctx.decoding(peer, TOPIC_SHAPE):
+        blob = ctx.receive(peer, topic, round=0)
+        with ctx.decoding(peer, topic):
             shape = json.loads(blob)
             rows, features = int(shape["rows"]), int(shape["features"])
-            if rows != layout.slot_maps[peer].size or not 0 < features < 1 << 20:
-                raise ValueError(f"block of {rows} rows and {features} features")
+            if rows != layout.slot_maps[peer].size:
+                raise ValueError(f"{rows} rows, the party aligned {layout.slot_maps[peer].size}")
+            if not 0 < features < 1 << 20:
+                raise ValueError(f"a block of {features} features")
         counts[peer] = features
-    ctx.state.set("pg.features", json.dumps(counts))
+    ctx.state.set(state_key, json.dumps(counts))
+    return counts
+
+
+def record_passive_shapes(ctx: PartyContext) -> None:
+    """LO: each passive party's block shape for the regression (see :func:`passive_features`)."""
+    received_block_shapes(ctx, TOPIC_SHAPE, "pg.features")

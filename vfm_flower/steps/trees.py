@@ -49,11 +49,17 @@ from vfm_flower import secureboost as sb
 from vfm_flower.codec import pack_payload
 from vfm_flower.context import PartyContext, Topic
 from vfm_flower.errors import DataError, ProtocolAbort
-from vfm_flower.hazmat import paillier_djn as djn
 from vfm_flower.jobs_builtin import SecureBoostParams
 from vfm_flower.party import StepRegistry
 from vfm_flower.preparation import encode_labels
-from vfm_flower.steps.training import agreement_holdout_seed, ciphertext_array, public_key
+from vfm_flower.steps.training import (
+    agreement_holdout_seed,
+    ciphertext_array,
+    precomputed_encryptor,
+    public_key,
+    received_block_shapes,
+    send_block_shape,
+)
 from vfm_flower.tree_growth import RoundGrowth, growth_from_payload, growth_to_payload
 from vfm_flower.tree_model import SplitTable, TreeEnsemble
 from vfm_flower.trees import (
@@ -180,8 +186,7 @@ def every_party_prepare(ctx: PartyContext) -> None:
     _edges_to_state(ctx, edges)
     facts = {"rows": int(X.shape[0]), "features": int(codes.shape[1])}
     if not ctx.is_label_owner:
-        shape = {"rows": int(codes.shape[0]), "columns": int(codes.shape[1])}
-        ctx.send(ctx.label_owner, TOPIC_SHAPE, json.dumps(shape).encode())
+        send_block_shape(ctx, TOPIC_SHAPE, *codes.shape)
         ctx.state.set("sb.tree", 0)
         ctx.state.set("sb.level", 0)
         ctx.state.set("sb.splits", json.dumps(SplitTable().to_state()))
@@ -281,23 +286,8 @@ def draw_columns(ctx: PartyContext, growth: RoundGrowth) -> None:
 
 
 def _passive_columns(ctx: PartyContext) -> dict[str, int]:
-    """LO: each passive party's column count, sealed to it at ``train.tree_prepare`` (read in the
-    first step after it, ``train.tree_precompute``; recorded for the later ones)."""
-    if "sb.columns" in ctx.state:
-        return {k: int(v) for k, v in json.loads(str(ctx.state.get("sb.columns"))).items()}
-    out = {}
-    for peer in ctx.passive_parties:
-        blob = ctx.receive(peer, TOPIC_SHAPE, round=0)
-        with ctx.decoding(peer, TOPIC_SHAPE):
-            shape = json.loads(blob)
-            expected = ctx.label_owner_layout().slot_maps[peer].size
-            if int(shape["rows"]) != expected:
-                raise ValueError(f"{shape['rows']} rows, the party aligned {expected}")
-            out[peer] = int(shape["columns"])
-            if out[peer] < 1:
-                raise ValueError("no column")
-    ctx.state.set("sb.columns", json.dumps(out))
-    return out
+    """LO: each passive party's column count, sealed to it at ``train.tree_prepare``."""
+    return received_block_shapes(ctx, TOPIC_SHAPE, "sb.columns")
 
 
 def _send_level(ctx: PartyContext, growth: RoundGrowth, topic: Topic, *, tree: int) -> None:
@@ -310,10 +300,7 @@ def _send_level(ctx: PartyContext, growth: RoundGrowth, topic: Topic, *, tree: i
     plain = sb.encode_level(
         growth.g_int, growth.h_int, growth.pair_of_rows(), layout.joint_slots, hl, L
     )
-    encryptor = djn.DJNEncryptor(public, private=private)
-    pool = ctx.state.pop_array(OBFUSCATORS)
-    if pool is not None:
-        encryptor.import_pool(pool.tobytes())
+    encryptor = precomputed_encryptor(ctx, public, private, key=OBFUSCATORS)
     cts = [c for chunk in plain for c in encryptor.encrypt_ints(chunk)]
     meta = {"tree": tree, "level": growth.level, "pairs": growth.padded_pairs, "slots": L}
     payload = pack_payload(
@@ -446,13 +433,9 @@ def label_owner_precompute(ctx: PartyContext) -> None:
     pairs = params.n_outputs * (1 << max(next_level - 1, 0))
     L = int(ctx.label_owner_layout().total_slots)
     need = sb.histogram_layout(public.n.bit_length(), L, pairs).chunks * L
-    pool = ctx.state.pop_array(OBFUSCATORS)
-    have = 0 if pool is None else pool.size // djn.ciphertext_bytes_width(public.n**2)
     target = need if ctx.server_params.get("share", 1.0) >= 1.0 else (need + 1) // 2
-    encryptor = djn.DJNEncryptor(public, private=private)
-    if pool is not None:
-        encryptor.import_pool(pool.tobytes())
-    encryptor.fill_pool(max(0, target - have))
+    encryptor = precomputed_encryptor(ctx, public, private, key=OBFUSCATORS)
+    encryptor.fill_pool(max(0, target - encryptor.pooled))
     ctx.state.set_array(OBFUSCATORS, np.frombuffer(encryptor.export_pool(), np.uint8))
 
 
