@@ -9,8 +9,9 @@ Two parties hold ``N`` synthetic email ids each, about half shared, written diff
 (case, surrounding spaces) so normalization does real work. Generating the ids is not timed;
 normalization, uniqueness checks, hashing, all four blinding passes, the payload codecs and
 the matching are. The raw X25519 rate is measured in the same run, single core, as the
-per-element work of the blinding loop (``from_public_bytes`` + ``exchange`` with one private
-key object); the rate with a fresh ``from_private_bytes`` per operation is printed too.
+per-element work of the blinding loop (libsodium's ``crypto_scalarmult``); OpenSSL's rate
+through ``cryptography`` (``from_public_bytes`` + ``exchange`` with one private key object, and
+with a fresh ``from_private_bytes`` per operation) is printed beside it.
 
 The overlap protocol (:func:`vfm_flower.overlap.overlap_in_process`: the same hashing and
 four blinding passes, the group seed's permutation, the count) then runs on the same
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from nacl.bindings import crypto_scalarmult
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,10 +51,12 @@ from vfm_flower.psi import (  # noqa: E402
 
 EPILOG = """JSON keys: ids_per_party, shared_ids, seconds (normalization + alignment),
 normalize_seconds, align_seconds, cores, workers, ids_per_sec_per_core (2N / seconds / cores),
-x25519_us_per_op (single core, cached private key), floor_ids_per_sec_per_core
+x25519_us_per_op (single core, libsodium, as in the blinding loop), openssl_x25519_us_per_op
+(OpenSSL's through cryptography, cached private key), floor_ids_per_sec_per_core
 (1 / (2 x seconds per op)), efficiency (ratio of the two), naive_x25519_us_per_op (with
-from_private_bytes per op), correct (1 iff both parties get the plain set intersection in the
-same order), peak_rss_mb (max RSS of this process + largest reaped child, i.e. a pool worker).
+OpenSSL and from_private_bytes per op), correct (1 iff both parties get the plain set
+intersection in the same order), peak_rss_mb (max RSS of this process + largest reaped
+child, i.e. a pool worker).
 timed_cpu_seconds (CPU of this process and its pool workers over the timed part),
 cpu_efficiency (4N x seconds per op / timed_cpu_seconds: what a busy machine does not skew),
 cpu_share (CPU seconds / (wall seconds x cores) while the pool was open: warm-up,
@@ -63,14 +67,21 @@ overlap_seconds (the overlap protocol on the same ids), overlap_ratio (overlap_s
 align_seconds), overlap_correct (1 iff its count equals the plain intersection's size)."""
 
 
-def measure_x25519(points: int) -> tuple[float, float]:
-    """Seconds per X25519 operation, single core: (cached private key, fresh key per op)."""
+def measure_x25519(points: int) -> tuple[float, float, float]:
+    """Seconds per X25519 operation, single core: libsodium's ``crypto_scalarmult`` (what the
+    blinding loop runs), OpenSSL's through ``cryptography`` with a cached private key, and
+    OpenSSL's with a fresh private key object per operation."""
     data = bytearray(os.urandom(32 * points))
     data[31::32] = bytes(b & 0x7F for b in data[31::32])
     chunks = [bytes(data[i : i + 32]) for i in range(0, len(data), 32)]
     secret = os.urandom(32)
     from_public = X25519PublicKey.from_public_bytes
     from_private = X25519PrivateKey.from_private_bytes
+
+    start = time.perf_counter()
+    for chunk in chunks:
+        crypto_scalarmult(secret, chunk)
+    sodium = (time.perf_counter() - start) / points
 
     exchange = from_private(secret).exchange
     start = time.perf_counter()
@@ -83,7 +94,7 @@ def measure_x25519(points: int) -> tuple[float, float]:
     for chunk in naive_points:
         from_private(secret).exchange(from_public(chunk))
     naive = (time.perf_counter() - start) / len(naive_points)
-    return cached, naive
+    return sodium, cached, naive
 
 
 def make_ids(n: int) -> tuple[list[str], list[str], int]:
@@ -158,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers or cores
 
     load_before = os.getloadavg()[0]
-    per_op, naive_per_op = measure_x25519(args.floor_points)
-    print(f"X25519 single core: {per_op * 1e6:.1f} us/op with a cached private key")
+    per_op, openssl_per_op, naive_per_op = measure_x25519(args.floor_points)
+    print(f"X25519 single core: {per_op * 1e6:.1f} us/op through libsodium (the blinding loop)")
+    print(f"X25519 single core: {openssl_per_op * 1e6:.1f} us/op through OpenSSL, cached key")
     print(f"X25519 single core: {naive_per_op * 1e6:.1f} us/op with from_private_bytes per op")
 
     # A long-lived party process keeps one pool; open it (and start its workers) before the
@@ -241,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "x25519_us_per_op": round(per_op * 1e6, 2),
         "floor_ids_per_sec_per_core": round(floor_rate, 1),
         "efficiency": round(ids_rate / floor_rate, 3),
+        "openssl_x25519_us_per_op": round(openssl_per_op * 1e6, 2),
         "naive_x25519_us_per_op": round(naive_per_op * 1e6, 2),
         "correct": correct,
         "peak_rss_mb": round(peak_rss_mb(), 1),

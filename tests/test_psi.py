@@ -131,6 +131,20 @@ def test_blinding_commutes() -> None:
     assert not np.array_equal(blind_points(points, a), blind_points(points, b))
 
 
+def test_blinding_is_rfc7748_x25519_as_in_openssl() -> None:
+    """libsodium's blinding is byte for byte OpenSSL's X25519 (through ``cryptography``)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+
+    points = np.vstack([hash_ids_to_points(email_ids(list(range(40))), DOMAIN), random_points(24, seed=7)])
+    secret = PsiSecret.generate()
+    private = X25519PrivateKey.from_private_bytes(secret.to_bytes())
+    expected = [private.exchange(X25519PublicKey.from_public_bytes(p.tobytes())) for p in points]
+    assert blind_points(points, secret).tobytes() == b"".join(expected)
+
+
 def test_blinding_chunked_and_pooled_agree() -> None:
     points = random_points(5000, seed=1)
     secret = PsiSecret.generate()
