@@ -138,7 +138,9 @@ def test_blinding_is_rfc7748_x25519_as_in_openssl() -> None:
         X25519PublicKey,
     )
 
-    points = np.vstack([hash_ids_to_points(email_ids(list(range(40))), DOMAIN), random_points(24, seed=7)])
+    points = np.vstack(
+        [hash_ids_to_points(email_ids(list(range(40))), DOMAIN), random_points(24, seed=7)]
+    )
     secret = PsiSecret.generate()
     private = X25519PrivateKey.from_private_bytes(secret.to_bytes())
     expected = [private.exchange(X25519PublicKey.from_public_bytes(p.tobytes())) for p in points]
