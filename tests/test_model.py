@@ -16,14 +16,16 @@ from vfm_flower.metrics import roc_auc
 from vfm_flower.model import (
     N_FORWARD_SCALARS,
     BlockOptimizer,
-    ConvergenceMonitor,
-    LabelOwnerCoordinator,
     ModelSpec,
     StepControl,
-    holdout_split,
     link,
     loss,
     residual,
+)
+from vfm_flower.model_label_owner import (
+    ConvergenceMonitor,
+    LabelOwnerCoordinator,
+    holdout_split,
     train_vertical_plaintext,
 )
 

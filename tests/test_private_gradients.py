@@ -17,11 +17,10 @@ from vfm_flower.hidden_membership import (
     customer_tokens,
     passive_layout,
 )
-from vfm_flower.model import (
-    BlockOptimizer,
+from vfm_flower.model import BlockOptimizer, ModelSpec
+from vfm_flower.model_label_owner import (
     ConvergenceMonitor,
     LabelOwnerCoordinator,
-    ModelSpec,
     train_vertical_plaintext,
 )
 from vfm_flower.psi import secure_permutation

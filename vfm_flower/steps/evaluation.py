@@ -31,7 +31,8 @@ from vfm_flower.codec import pack_payload
 from vfm_flower.context import PartyContext, Topic
 from vfm_flower.errors import ProtocolAbort
 from vfm_flower.hazmat import paillier_djn as djn
-from vfm_flower.model import BlockOptimizer, ModelSpec, train_vertical_plaintext
+from vfm_flower.model import BlockOptimizer, ModelSpec
+from vfm_flower.model_label_owner import train_vertical_plaintext
 from vfm_flower.model_store import ModelSlice, load_model_slice, save_model_slice
 from vfm_flower.party import StepRegistry
 from vfm_flower.preparation import PreparationPlan

@@ -48,13 +48,8 @@ from vfm_flower.context import PartyContext, Topic
 from vfm_flower.errors import DataError, ProtocolAbort
 from vfm_flower.hazmat import paillier_djn as djn
 from vfm_flower.jobs_builtin import RegressionParams
-from vfm_flower.model import (
-    BlockOptimizer,
-    ConvergenceMonitor,
-    LabelOwnerCoordinator,
-    ModelSpec,
-    holdout_split,
-)
+from vfm_flower.model import BlockOptimizer, ModelSpec
+from vfm_flower.model_label_owner import ConvergenceMonitor, LabelOwnerCoordinator, holdout_split
 from vfm_flower.party import StepRegistry
 from vfm_flower.preparation import encode_labels
 

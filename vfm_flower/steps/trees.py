@@ -199,7 +199,7 @@ def every_party_prepare(ctx: PartyContext) -> None:
     y, class_names = _labels(ctx, boosting.objective, boosting.n_classes)
     y = objective.check_labels(y, boosting)
     rows = ctx.rows()
-    from vfm_flower.model import holdout_split
+    from vfm_flower.model_label_owner import holdout_split
 
     by_own_row = np.argsort(rows, kind="stable")
     holdout = np.empty(len(y), dtype=bool)
