@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vfm_flower.errors import PolicyViolation
-from vfm_flower.report import _check_min_cohort_value, _count, _possessive
+from vfm_flower.report_figures import _check_min_cohort_value, _count, _possessive
 
 __all__ = ["build_party_report", "build_encrypted_party_report", "with_job_outcome"]
 

@@ -30,8 +30,6 @@ from vfm_flower.report import (
     REPORT_HTML,
     REPORT_JSON,
     EvaluationInputs,
-    _pct,
-    _plain,
     check_report_matches,
     headline,
 )
@@ -46,6 +44,7 @@ from vfm_flower.report_charts import (
     training_chart,
     weights_chart,
 )
+from vfm_flower.report_figures import _pct, _plain
 
 if TYPE_CHECKING:
     pass

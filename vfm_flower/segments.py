@@ -22,7 +22,7 @@ import numpy as np
 
 from vfm_flower.errors import ConfigurationError
 from vfm_flower.policy import withhold_small_cells
-from vfm_flower.report import _check_min_cohort_value, _vector
+from vfm_flower.report_figures import _check_min_cohort_value, _vector
 
 __all__ = ["assign_segments", "parse_segments", "segment_summaries"]
 
