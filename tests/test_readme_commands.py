@@ -399,6 +399,9 @@ def network_mode() -> tuple[str, str]:
 
 @pytest.mark.deployment
 @needs_flower
+# The whole README flow (six jobs on real processes) took 15 to 18 minutes on a slow day of the
+# 2-core machine, over the suite's 900 s default; each block keeps its own JOB_TIMEOUT.
+@pytest.mark.timeout(2700)
 def test_the_readme_deployment_commands_run_as_written(tmp_path: Path) -> None:
     """One run (the file's budget is one job pair): SuperNodes in network namespaces where
     the machine allows, else on loopback, which the output says, with the reason."""
