@@ -289,10 +289,9 @@ def test_score_uses_the_kind_it_was_trained_as_and_keys_beside_the_agreement(tmp
         "lo": pd.DataFrame({"email": ids, "x": x, "y": 3 * x + 2 * z + rng.normal(size=200)}),
         "p1": pd.DataFrame({"email": ids, "z": z}),
     }
-    # the partner's column matters to the target: with an uninformative one the linear
-    # training fails its model-consistency check in about 1 run in 3 (an open defect of the
-    # regression protocol: a large step coefficient times the state's truncation unit; not
-    # what this test is about; 0 failures in 30 runs of this data)
+    # the partner's column matters to the target (an uninformative one used to fail the
+    # model-consistency check in about 1 run in 3, before the plane search's coefficient
+    # bounds: tests/test_private_gradients.py has that case)
     collab = make_collaboration(tmp_path / "c", frames, label_owner="lo", min_intersection=50)
     keys = collab.agreement_path.parent / "keys"
     keys.mkdir()

@@ -23,8 +23,10 @@ from vfm_flower.model import (
     residual,
 )
 from vfm_flower.model_label_owner import (
+    MAX_STEP_COEFFICIENT,
     ConvergenceMonitor,
     LabelOwnerCoordinator,
+    _plane_search,
     holdout_split,
     train_vertical_plaintext,
 )
@@ -304,3 +306,25 @@ def test_holdout_split():
     assert holdout_split(10, 0.3).sum() == 3
     with pytest.raises(ConfigurationError):
         holdout_split(10, 1.5)
+
+
+def test_the_plane_search_drops_a_direction_at_the_fixed_point_floor():
+    """A direction whose image is rounding noise (1e-7) gets coefficient 0, not the 1e6 that
+    fits the noise; the informative direction keeps its exact coefficient."""
+    rng = np.random.default_rng(0)
+    n = 400
+    z = rng.normal(size=n)
+    informative = rng.normal(size=n)
+    y = z + 0.5 * informative + rng.normal(size=n)
+    noise = 1e-7 * rng.normal(size=n)
+    D = np.stack([informative, noise], axis=1)
+    zero = np.zeros(2)
+    unbounded = np.linalg.lstsq(D, y - z, rcond=None)[0]
+    assert abs(unbounded[1]) > 100 * MAX_STEP_COEFFICIENT  # what the search used to take
+    coef = _plane_search(z, D, y, "linear", 0.0, zero, np.zeros((2, 2)))
+    assert coef[1] == 0.0
+    expected = float(informative @ (y - z) / (informative @ informative))
+    assert coef[0] == pytest.approx(expected, rel=1e-9)
+    # both at the floor: no move at all
+    tiny = np.stack([noise, 1e-7 * rng.normal(size=n)], axis=1)
+    assert np.all(_plane_search(z, tiny, y, "linear", 0.0, zero, np.zeros((2, 2))) == 0.0)
