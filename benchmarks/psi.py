@@ -4,6 +4,7 @@ overlap job's PSI cardinality on the same ids in the same run.
 Usage::
 
     python benchmarks/psi.py --ids 200000 [--workers W]
+    python benchmarks/psi.py --ids 10000000      # streamed, per-party processes and memory
 
 Two parties hold ``N`` synthetic email ids each, about half shared, written differently
 (case, surrounding spaces) so normalization does real work. Generating the ids is not timed;
@@ -48,6 +49,10 @@ from vfm_flower.psi import (  # noqa: E402
     psi_domain,
     secure_permutation,
 )
+
+#: Above this many ids per party, two whole sets in one process outgrow a party's memory
+#: budget: the benchmark runs the streamed alignment instead (``--stream`` forces it).
+STREAM_ABOVE = 2_000_000
 
 EPILOG = """JSON keys: ids_per_party, shared_ids, seconds (normalization + alignment),
 normalize_seconds, align_seconds, cores, workers, ids_per_sec_per_core (2N / seconds / cores),
@@ -162,9 +167,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--floor-points", type=int, default=20000, help="X25519 operations timed for the floor"
     )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="run the streamed alignment, each party in its own processes, with its peak "
+        "memory (benchmarks/psi_stream.py; the default above 2,000,000 ids)",
+    )
     args = parser.parse_args(argv)
     if args.ids < 2:
         parser.error("--ids must be at least 2")
+    if args.stream or args.ids > STREAM_ABOVE:
+        from psi_stream import main as stream_main
+
+        print(f"{args.ids} ids per party: the streamed alignment (benchmarks/psi_stream.py)")
+        workers = [] if args.workers is None else ["--workers", str(args.workers)]
+        return stream_main(["--ids", str(args.ids), *workers])
     cores = os.cpu_count() or 1
     workers = args.workers or cores
 

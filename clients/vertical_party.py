@@ -3,7 +3,10 @@
 Every message is translated into a ``StepRequest`` for the Flower-free ``PartyRuntime`` and its
 ``StepReply`` back into a Flower reply. Per-run state lives in ``context.state`` (a ConfigRecord
 of scalars and an ArrayRecord of numpy arrays): in the Deployment Engine each message runs in a
-fresh process, so nothing survives in Python globals.
+fresh process, so nothing survives in Python globals. Arrays of 1 MiB or more (blinded ids, a
+feature matrix) live in files of the party's work directory instead, referenced and checked by
+digest (``vfm_flower.state.StateFiles``): the SuperNode, which keeps ``context.state`` in
+memory and ships it with every message, holds no set-sized array.
 
 A partner's private settings come from its SuperNode's node-config (see
 ``vfm_flower.party.NODE_CONFIG_KEYS``). Under Flower's simulation engine, node-config only holds
@@ -30,12 +33,13 @@ from vfm_flower.errors import (
 from vfm_flower.jobs import JobRegistry
 from vfm_flower.party import DataLoader, PartyRuntime, PartySettings, StepRegistry
 from vfm_flower.runtime import wire
-from vfm_flower.state import PartyState
+from vfm_flower.state import PartyState, StateFiles
 
 logger = logging.getLogger(__name__)
 
 _VALUES = "vfm.values"
 _ARRAYS = "vfm.arrays"
+_FILES = "vfm.files"
 _MARK = "_vfm_partner_handler"
 
 
@@ -73,19 +77,33 @@ def settings_from_context(context: Context, *, data_file: bool = True) -> PartyS
 
 
 def load_state(context: Context) -> PartyState:
+    """The party's state of this run: ``context.state``'s records and its state files."""
     values = context.state.get(_VALUES)
     arrays = context.state.get(_ARRAYS)
-    return PartyState(
-        values=dict(values) if values is not None else {},
-        arrays={k: v.numpy() for k, v in arrays.items()} if arrays is not None else {},
-    )
+    files = context.state.get(_FILES)
+    loaded = {k: v.numpy() for k, v in arrays.items()} if arrays is not None else {}
+    if files is not None:
+        loaded.update(StateFiles.load({k: str(v) for k, v in files.items()}))
+    return PartyState(values=dict(values) if values is not None else {}, arrays=loaded)
 
 
-def save_state(context: Context, state: PartyState) -> None:
+def state_files(settings: PartySettings, context: Context) -> StateFiles:
+    """Where this run's large state arrays live: ``work-dir/state/run-<run id>``."""
+    return StateFiles(settings.work_dir / "state" / f"run-{int(context.run_id)}")
+
+
+def save_state(context: Context, state: PartyState, files: StateFiles | None = None) -> None:
+    """Store the state in ``context.state``; with ``files``, arrays of 1 MiB or more go to
+    files there and only their references to the record (no set-sized array in the
+    SuperNode's memory)."""
     from flwr.app import Array
 
+    arrays, references = dict(state.arrays), {}
+    if files is not None:
+        arrays, references = files.store(arrays)
     context.state[_VALUES] = ConfigRecord(dict(state.values))
-    context.state[_ARRAYS] = ArrayRecord({k: Array(v) for k, v in state.arrays.items()})
+    context.state[_ARRAYS] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    context.state[_FILES] = ConfigRecord(references)
 
 
 def show_partner_lines() -> None:
@@ -156,7 +174,7 @@ class VerticalParty:
                 runtime.audit.record(kind, 0, "abort", detail=exc.reason[:200])
                 raise
             reply = runtime.handle(request)
-            save_state(context, state)
+            save_state(context, state, state_files(settings, context))
             return Message(wire.encode_reply(reply), reply_to=message)
         except VfmError as exc:
             logger.error("%s refused: %s", kind, exc)
