@@ -62,6 +62,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vfm_flower import private_gradients as pg  # noqa: E402
+from vfm_flower import private_gradients_label_owner as pg_lo  # noqa: E402
 from vfm_flower.agreement import SignedAgreement, init_agreement  # noqa: E402
 from vfm_flower.demo_data import prepare_demo_collaboration  # noqa: E402
 from vfm_flower.errors import VfmError  # noqa: E402
@@ -94,7 +95,7 @@ def recording(transcript: Transcript, attack=None) -> Iterator[None]:
     """Wrap the protocol's receive/open functions to record; ``attack`` may rewrite the
     attacking party's outgoing forward message."""
     real_receive = training.receive_backward
-    real_open = pg.open_forward
+    real_open = pg_lo.open_forward
     real_iteration = pg.passive_iteration
     real_finish = alignment.finish_alignment
     current: dict[str, object] = {}
@@ -127,14 +128,14 @@ def recording(transcript: Transcript, attack=None) -> Iterator[None]:
         return rows
 
     training.receive_backward = evaluation.receive_backward = receive_backward
-    pg.open_forward = open_forward
+    pg_lo.open_forward = open_forward
     pg.passive_iteration = passive_iteration
     alignment.finish_alignment = finish_alignment
     try:
         yield
     finally:
         training.receive_backward = evaluation.receive_backward = real_receive
-        pg.open_forward = real_open
+        pg_lo.open_forward = real_open
         pg.passive_iteration = real_iteration
         alignment.finish_alignment = real_finish
 

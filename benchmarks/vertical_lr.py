@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vfm_flower import hazmat, paillier  # noqa: E402
 from vfm_flower import private_gradients as pg  # noqa: E402
+from vfm_flower import private_gradients_label_owner as pg_lo  # noqa: E402
 from vfm_flower.hidden_membership import build_layouts, passive_layout  # noqa: E402
 
 LO = "insurer"
@@ -166,13 +167,13 @@ def run_iteration(ctx: dict, iteration: int, *, precompute: bool) -> dict:
     # Round 2: the LO opens, then encrypts the next residuals and refreshed vectors; the
     # passive parties precompute.
     started = time.perf_counter()
-    opened = pg.open_forward(private, forwards, layout, features, ctx["joint_masks"])
+    opened = pg_lo.open_forward(private, forwards, layout, features, ctx["joint_masks"])
     t["lo_open"] = time.perf_counter() - started
     started = time.perf_counter()
     z = ctx["z"] + 0.5 * opened.image
     d = (_sigmoid(z) - y) / y.size
     control = pg.PassiveControl(iteration + 1)
-    messages = pg.backward_messages(
+    messages = pg_lo.backward_messages(
         ctx["encryptor"],
         public,
         d,
@@ -321,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         "row_masks": row_masks,
         "joint_masks": joint_masks,
         "preconditioners": preconditioners,
-        "messages": pg.backward_messages(encryptor, public, d0, layout, pg.PassiveControl(0), None),
+        "messages": pg_lo.backward_messages(
+            encryptor, public, d0, layout, pg.PassiveControl(0), None
+        ),
         "secrets": {},
     }
 

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 _VALUES = "vfm.values"
 _ARRAYS = "vfm.arrays"
 _FILES = "vfm.files"
+#: The run's last message (the audit seal): the state files go after it.
+SEAL = "query.seal"
 _MARK = "_vfm_partner_handler"
 
 
@@ -76,14 +78,21 @@ def settings_from_context(context: Context, *, data_file: bool = True) -> PartyS
     return PartySettings.from_node_config(node_config, data_file=data_file)
 
 
-def load_state(context: Context) -> PartyState:
-    """The party's state of this run: ``context.state``'s records and its state files."""
+def load_state(context: Context, files: StateFiles | None = None) -> PartyState:
+    """The party's state of this run: ``context.state``'s records and its state files.
+
+    ``files`` (default: this party's, from its node-config) is where the referenced files
+    must be; files the record no longer references are removed (:meth:`StateFiles.collect`).
+    """
     values = context.state.get(_VALUES)
     arrays = context.state.get(_ARRAYS)
-    files = context.state.get(_FILES)
+    references = {k: str(v) for k, v in (context.state.get(_FILES) or {}).items()}
     loaded = {k: v.numpy() for k, v in arrays.items()} if arrays is not None else {}
-    if files is not None:
-        loaded.update(StateFiles.load({k: str(v) for k, v in files.items()}))
+    if references or files is not None:
+        if files is None:
+            files = state_files(settings_from_context(context, data_file=False), context)
+        loaded.update(files.load(references))
+        files.collect(references)
     return PartyState(values=dict(values) if values is not None else {}, arrays=loaded)
 
 
@@ -104,6 +113,18 @@ def save_state(context: Context, state: PartyState, files: StateFiles | None = N
     context.state[_VALUES] = ConfigRecord(dict(state.values))
     context.state[_ARRAYS] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     context.state[_FILES] = ConfigRecord(references)
+
+
+def end_of_run_state(context: Context, state: PartyState, files: StateFiles) -> None:
+    """After the run's seal: the state files go (the run directory is removed), the record
+    keeps the scalars and small arrays (the audit and result steps are done)."""
+    from flwr.app import Array
+
+    files.discard()
+    small = {k: v for k, v in state.arrays.items() if v.nbytes < files.min_bytes}
+    context.state[_VALUES] = ConfigRecord(dict(state.values))
+    context.state[_ARRAYS] = ArrayRecord({k: Array(v) for k, v in small.items()})
+    context.state[_FILES] = ConfigRecord({})
 
 
 def show_partner_lines() -> None:
@@ -159,7 +180,9 @@ class VerticalParty:
         try:
             settings = settings_from_context(context, data_file=self.data_loader is None)
             party = settings.party
-            state = load_state(context)
+            files = state_files(settings, context)
+            files.sweep_stale_runs()
+            state = load_state(context, files)
             runtime = PartyRuntime(
                 settings,
                 state,
@@ -174,7 +197,10 @@ class VerticalParty:
                 runtime.audit.record(kind, 0, "abort", detail=exc.reason[:200])
                 raise
             reply = runtime.handle(request)
-            save_state(context, state, state_files(settings, context))
+            if kind == SEAL:
+                end_of_run_state(context, state, files)
+            else:
+                save_state(context, state, files)
             return Message(wire.encode_reply(reply), reply_to=message)
         except VfmError as exc:
             logger.error("%s refused: %s", kind, exc)

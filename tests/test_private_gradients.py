@@ -10,6 +10,7 @@ import pytest
 from phe import paillier as phe
 
 from vfm_flower import private_gradients as pg
+from vfm_flower import private_gradients_label_owner as pg_lo
 from vfm_flower.errors import ProtocolAbort
 from vfm_flower.hazmat import paillier_djn as djn
 from vfm_flower.hidden_membership import (
@@ -110,7 +111,7 @@ def _train(world: World, iterations: int = 30, tol: float = 1e-6):
     encryptor = djn.DJNEncryptor(world.public, private=world.private)
     control, backward = coord.advance(own.partial_score(world.X_lo), own.forward_scalars())
     own.step(own.data_gradient(world.X_lo, backward), control)
-    messages = pg.backward_messages(
+    messages = pg_lo.backward_messages(
         encryptor, world.public, backward, world.layout, pg.PassiveControl(0), None
     )
     secrets = {k: None for k in PASSIVES}
@@ -120,14 +121,14 @@ def _train(world: World, iterations: int = 30, tol: float = 1e-6):
         forward = {}
         for k in PASSIVES:
             forward[k], secrets[k], _ = world.passive_round(k, messages[k], secrets[k], label)
-        opened = pg.open_forward(
+        opened = pg_lo.open_forward(
             world.private, forward, world.layout, {k: 3 for k in PASSIVES}, world.lo_masks(label)
         )
         control, backward = coord.advance(
             opened.image + own.partial_score(world.X_lo), opened.scalars + own.forward_scalars()
         )
         own.step(None if backward is None else own.data_gradient(world.X_lo, backward), control)
-        messages = pg.backward_messages(
+        messages = pg_lo.backward_messages(
             encryptor,
             world.public,
             backward,
@@ -182,7 +183,7 @@ def test_an_uninformative_partner_keeps_the_tracked_scores_those_of_the_model(ke
 def _first_round(world):
     encryptor = djn.DJNEncryptor(world.public, private=world.private)
     backward = np.linspace(-1e-3, 1e-3, len(world.joint_ids))
-    messages = pg.backward_messages(
+    messages = pg_lo.backward_messages(
         encryptor, world.public, backward, world.layout, pg.PassiveControl(0), None
     )
     forward, secrets = {}, {}
@@ -194,7 +195,7 @@ def _first_round(world):
 def test_open_forward_reads_the_exact_sum_of_images(keys):
     world = World(keys, seed=1)
     forward, secrets = _first_round(world)
-    opened = pg.open_forward(
+    opened = pg_lo.open_forward(
         world.private, forward, world.layout, {k: 3 for k in PASSIVES}, world.lo_masks("t0")
     )
     expected = 0.0
@@ -218,7 +219,7 @@ def test_a_reply_of_the_wrong_count_is_refused(keys, tamper, rule):
     forward, _ = _first_round(world)
     forward["b"] = tamper(forward["b"])
     with pytest.raises(ProtocolAbort, match=rf"\[{rule}\] party 'b'"):
-        pg.open_forward(
+        pg_lo.open_forward(
             world.private, forward, world.layout, {k: 3 for k in PASSIVES}, world.lo_masks("t0")
         )
 
@@ -233,7 +234,7 @@ def test_fabricated_ciphertexts_are_refused_by_range(keys):
     probe = sum(1 << (slot_bits * i + pg.iteration_image_bits() + 10) for i in range(spc))
     spike = [c * world.public.raw_encrypt(probe) % n2 for c in forward["a"].image]
     with pytest.raises(ProtocolAbort, match=r"\[image_range\]"):
-        pg.open_forward(
+        pg_lo.open_forward(
             world.private,
             {
                 **forward,
@@ -247,7 +248,7 @@ def test_fabricated_ciphertexts_are_refused_by_range(keys):
         )
     huge = tuple(world.public.raw_encrypt(world.public.n - 5) for _ in forward["a"].vectors)
     with pytest.raises(ProtocolAbort, match=r"\[payload_range\] party 'a'"):
-        pg.open_forward(
+        pg_lo.open_forward(
             world.private,
             {**forward, "a": pg.ForwardMessage(forward["a"].image, huge, forward["a"].corrections)},
             world.layout,

@@ -340,6 +340,9 @@ def test_gate_runs_before_anything_is_revealed() -> None:
         match_joint_rows({"p": points}, {"p": points[:5]}, min_intersection=6)
     alignment = match_joint_rows({"p": points}, {"p": points[:5]}, min_intersection=5)
     assert isinstance(alignment, JointAlignment) and len(alignment) == 5
+    # a passive party that returns more (or fewer) label-owner ids than the LO has: refused
+    with pytest.raises(DataError, match="returned 20 doubly blinded label-owner ids"):
+        match_joint_rows({"p": points}, {"p": points[:5]}, min_intersection=5, label_owner_rows=19)
 
 
 def test_max_set_size() -> None:

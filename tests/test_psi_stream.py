@@ -101,6 +101,54 @@ def test_the_gate_the_set_size_and_malformed_files_are_refused(tmp_path, small_b
             )
 
 
+def test_a_passive_reply_is_checked_against_the_label_owner_set(tmp_path, small_buckets):
+    """P_k's X^ab must hold exactly the LO's number of records, each canonical; a refused
+    input leaves no half-written output, and the first blind leaves nothing on failure."""
+    secret = PsiSecret.generate()
+    with AlignmentSpool(tmp_path) as spool:
+        lo = stream_first_blind(
+            _blocks([f"a{i}" for i in range(150)], 50)(), DOMAIN, secret, spool,
+            party="lo", label_owner=True,
+        )  # fmt: skip
+        double = spool.path("double.pts")
+        stream_second_blind(lo.message, secret, double, sender="lo", max_set_size=1000)
+        inflated = spool.path("inflated.pts")
+        inflated.write_bytes(double.read_bytes() * 2)
+        with pytest.raises(DataError, match="returned 300 doubly blinded label-owner ids"):
+            psi_stream.match_streamed(
+                {"p": inflated}, {"p": double}, min_intersection=0, label_owner_rows=150,
+                spool=spool,
+            )  # fmt: skip
+        tampered = bytearray(double.read_bytes())
+        tampered[32 * 120 + 31] |= 0x80
+        inflated.write_bytes(bytes(tampered))
+        with pytest.raises(DataError, match=r"not canonical.*first row: 121"):
+            psi_stream.match_streamed(
+                {"p": inflated}, {"p": double}, min_intersection=0, label_owner_rows=150,
+                spool=spool,
+            )  # fmt: skip
+        out = spool.path("out.pts")
+        with pytest.raises(DataError, match=r"first row: 121"):
+            stream_second_blind(inflated, secret, out, sender="p", max_set_size=1000)
+        assert not out.exists() and not list(spool.root.glob("*.partial"))
+    with AlignmentSpool(tmp_path) as spool:
+        ids = [f"b{i}" for i in range(150)]
+        ids[130] = 7  # not a string: refused with its row in the whole set, not in the block
+        with pytest.raises(DataError, match="row 131 "):
+            stream_first_blind(
+                _blocks(ids, 50)(), DOMAIN, secret, spool, party="p", label_owner=False
+            )
+        assert list(spool.root.iterdir()) == []  # own.pts (row order) is gone
+
+
+def test_a_fixed_spool_is_made_private(tmp_path):
+    root = tmp_path / "spool"
+    root.mkdir(mode=0o755)
+    os.chmod(root, 0o755)
+    AlignmentSpool.at(root)
+    assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
+
+
 def test_the_bucketed_shuffle_is_a_uniform_permutation(tmp_path, monkeypatch):
     """8 records in 4 buckets: every record lands at every position about equally often."""
     monkeypatch.setattr(psi_stream, "BUCKET_RECORDS", 2)

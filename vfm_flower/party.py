@@ -6,9 +6,10 @@ the protocol step registered for the message kind, and returns a signed ``StepRe
 Flower client in ``clients/`` only translates messages and ``context.state`` to and from these
 types.
 
-Steps are registered in a :class:`StepRegistry` under the message kind they serve
-(``"query.hello"``, ``"train.forward"``, ...), each declaring the job kinds and operations it
-belongs to; the runtime refuses a step of another job. The job itself (kind, operation, every
+Steps are registered in a :class:`~vfm_flower.step_registry.StepRegistry` under the message
+kind they serve (``"query.hello"``, ``"train.forward"``, ...), each declaring the job kinds and
+operations it belongs to; the runtime refuses a step of another job. A partner's node-config
+is read by :mod:`vfm_flower.party_settings`. The job itself (kind, operation, every
 parameter) is bound at hello: its digest is in the run key and in every party's signed hello,
 and every later message must carry the same job.
 """
@@ -18,16 +19,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from vfm_flower import job_summary, policy
 from vfm_flower.agreement import JobTerms, SignedAgreement
@@ -43,323 +39,31 @@ from vfm_flower.errors import (
     SignatureError,
     VfmError,
 )
-from vfm_flower.jobs import ANY, Job, JobRegistry
-from vfm_flower.keys import PartyIdentity, validate_party_name
+from vfm_flower.jobs import ANY, JobRegistry
+from vfm_flower.keys import PartyIdentity
+from vfm_flower.party_settings import (  # noqa: F401  (re-exported: the party's public names)
+    NODE_CONFIG_KEYS,
+    NODE_CONFIG_OPTIONAL_KEYS,
+    PartySettings,
+)
 from vfm_flower.session import SessionInfo, reply_signing_bytes, request_signing_bytes
 from vfm_flower.state import PartyState
+from vfm_flower.step_registry import (  # noqa: F401  (re-exported)
+    PROTOCOL_FACTS,
+    DataLoader,
+    ResultReceiver,
+    StepHandler,
+    StepRegistry,
+    StepReply,
+    StepRequest,
+    StepSpec,
+)
 from vfm_flower.tables import check_id_lengths, read_party_table
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 logger = logging.getLogger(__name__)
-
-# node-config keys a partner sets on its SuperNode.
-NODE_CONFIG_KEYS = {
-    "party": "this party's name as listed in the agreement",
-    "data-path": "CSV file with this party's customers (id column(s) and feature columns)",
-    "key-path": "this party's private key file NAME.key (from `vfm keygen`)",
-    "agreement-path": "the signed agreement TOML this party reviewed and signed",
-    "work-dir": "directory for this party's model slice, audit log and outputs",
-}
-
-#: Optional node-config keys: more data sets, which a job names (run-config ``data-set``).
-NODE_CONFIG_OPTIONAL_KEYS = {
-    "data-sets": "named data sets, 'NAME=CSV,NAME=CSV' (e.g. 'q3=/data/q3.csv')",
-    "data-dir": "a directory whose files NAME.csv are data sets (new files need no restart)",
-}
-
-
-def _parse_data_sets(text: str, party: str) -> dict[str, Path]:
-    """``"NAME=PATH,NAME=PATH"`` -> name -> path (names checked, each once)."""
-    from vfm_flower.jobs import DATA_SET_NAME
-
-    out: dict[str, Path] = {}
-    for item in (t.strip() for t in text.split(",")):
-        if not item:
-            continue
-        name, sep, path = (s.strip() for s in item.partition("="))
-        if not sep or not path or not DATA_SET_NAME.match(name):
-            raise ConfigurationError(
-                f"node-config 'data-sets' of party '{party}': an entry is not NAME=CSV "
-                "(names: 1-64 letters, digits, '_', '-' or '.')"
-            )
-        if name in out:
-            raise ConfigurationError(
-                f"node-config 'data-sets' of party '{party}' names '{name}' twice"
-            )
-        out[name] = Path(path).expanduser()
-    return out
-
-
-@dataclass(frozen=True)
-class PartySettings:
-    """A partner's private settings (from its SuperNode's node-config)."""
-
-    party: str
-    data_path: Path
-    key_path: Path
-    agreement_path: Path
-    work_dir: Path
-    #: the whole node-config, for an app's data loader that reads keys of its own
-    node_config: Mapping[str, Any] = field(default_factory=dict)
-    #: named data sets (``data-sets``) and a directory of them (``data-dir``)
-    data_sets: Mapping[str, Path] = field(default_factory=dict)
-    data_dir: Path | None = None
-
-    def data_path_for(self, data_set: str | None) -> Path:
-        """The file of the data set a job names (``None``: ``data-path``).
-
-        Raises
-        ------
-        ConfigurationError
-            This party has no such data set (the message names the party and what it has).
-        """
-        from vfm_flower.jobs import DATA_SET_NAME
-
-        if data_set is None:
-            return self.data_path
-        if not DATA_SET_NAME.match(data_set):
-            raise ConfigurationError(f"party '{self.party}': {data_set!r} is not a data set name")
-        if data_set in self.data_sets:
-            return self.data_sets[data_set]
-        if self.data_dir is not None:
-            candidate = (self.data_dir / f"{data_set}.csv").resolve()
-            if candidate.parent == self.data_dir.resolve() and candidate.is_file():
-                return candidate
-        known = sorted(self.data_sets)
-        if self.data_dir is not None:
-            known += sorted(p.stem for p in self.data_dir.glob("*.csv") if p.stem not in known)
-        # the names stay in this party's own log: the refusal travels to the server
-        logger.warning(
-            "party '%s': no data set '%s'; this node has: %s",
-            self.party,
-            data_set,
-            ", ".join(known) or "none besides its data-path",
-        )
-        raise ConfigurationError(
-            f"party '{self.party}' has no data set '{data_set}' (its own log lists the ones it "
-            "has): add it to its node-config's data-sets, or put NAME.csv in its data-dir"
-        )
-
-    @classmethod
-    def from_node_config(
-        cls, node_config: Mapping[str, Any], *, data_file: bool = True
-    ) -> PartySettings:
-        """Validate node-config; every problem is a one-line error that says what to set.
-
-        With ``data_file=False`` (an app with its own data loader) ``data-path`` is optional
-        and need not be a file: the loader interprets it.
-        """
-        required = [k for k in NODE_CONFIG_KEYS if data_file or k != "data-path"]
-        missing = [k for k in required if not str(node_config.get(k, "")).strip()]
-        if missing:
-            hints = "; ".join(f"'{k}' ({NODE_CONFIG_KEYS[k]})" for k in missing)
-            example = " ".join(f'{k}="..."' for k in missing)
-            raise ConfigurationError(
-                f"node-config is missing {hints}: start the SuperNode with "
-                f"--node-config '{example}'"
-            )
-        try:
-            party = validate_party_name(str(node_config["party"]))
-        except ValueError as exc:
-            raise ConfigurationError(f"node-config 'party': {exc}") from exc
-        settings = cls(
-            party=party,
-            data_path=Path(str(node_config.get("data-path", ""))).expanduser(),
-            key_path=Path(str(node_config["key-path"])).expanduser(),
-            agreement_path=Path(str(node_config["agreement-path"])).expanduser(),
-            work_dir=Path(str(node_config["work-dir"])).expanduser(),
-            node_config=MappingProxyType(dict(node_config)),
-            data_sets=MappingProxyType(
-                _parse_data_sets(str(node_config.get("data-sets", "") or ""), party)
-            ),
-            data_dir=(
-                Path(str(node_config["data-dir"])).expanduser()
-                if str(node_config.get("data-dir", "") or "").strip()
-                else None
-            ),
-        )
-        if settings.data_dir is not None and not settings.data_dir.is_dir():
-            raise ConfigurationError(
-                f"node-config 'data-dir' of party '{party}': {settings.data_dir} is not a directory"
-            )
-        files = [("key-path", settings.key_path), ("agreement-path", settings.agreement_path)]
-        if data_file:
-            files.insert(0, ("data-path", settings.data_path))
-            files += [(f"data-sets {n}", p) for n, p in settings.data_sets.items()]
-        for name, path in files:
-            if not path.is_file():
-                raise ConfigurationError(
-                    f"node-config '{name}' of party '{party}': {path} does not exist or is "
-                    "not a file"
-                )
-            if not os.access(path, os.R_OK):
-                raise ConfigurationError(
-                    f"node-config '{name}' of party '{party}': {path} is not readable"
-                )
-        return settings
-
-
-@dataclass
-class StepRequest:
-    """One message from the server, in protocol terms."""
-
-    kind: str
-    step: int
-    session: SessionInfo | None
-    job: Job
-    agreement_hash: str
-    params: dict[str, Any] = field(default_factory=dict)
-    inbox: dict[tuple[str, str], bytes] = field(default_factory=dict)
-    sums: dict[str, np.ndarray] = field(default_factory=dict)
-    #: the request's place among the requests of its run (increasing), and the operator's
-    #: signature over it (:func:`vfm_flower.session.request_signing_bytes`)
-    sequence: int = 0
-    operator_signature: bytes = b""
-
-
-@dataclass
-class StepReply:
-    """One party's answer: public (signed) facts, envelopes to relay, masked vectors to sum."""
-
-    party: str
-    public: dict[str, Any] = field(default_factory=dict)
-    outbox: dict[tuple[str, str], bytes] = field(default_factory=dict)
-    masked: dict[str, np.ndarray] = field(default_factory=dict)
-    signature: bytes = b""
-
-
-StepHandler = Callable[["PartyContext"], None]
-ResultReceiver = Callable[["PartyContext", bytes], None]
-DataLoader = Callable[["PartySettings"], "pd.DataFrame"]
-
-#: Public facts of the plugin's own protocol steps (hello, alignment, close): not job releases.
-PROTOCOL_FACTS = ("step",)
-
-
-@dataclass(frozen=True)
-class StepSpec:
-    """One registered step.
-
-    Parameters
-    ----------
-    kind : str
-        The message kind it serves (``"train.forward"``).
-    handler : callable
-        ``handler(ctx: PartyContext) -> None``.
-    jobs : tuple of str
-        The job kinds it belongs to (``("*",)``: every job, for the plugin's protocol steps).
-    operations : tuple of str or None
-        The operations it serves (``None``: every operation of its kinds).
-    public : tuple of str
-        Protocol facts it may put in its signed reply: only for the plugin's own protocol
-        steps (``jobs=("*",)``); a job step's every public fact is on the release list.
-    """
-
-    kind: str
-    handler: StepHandler
-    jobs: tuple[str, ...]
-    operations: tuple[str, ...] | None = None
-    public: tuple[str, ...] = ()
-
-
-_MESSAGE_KIND = __import__("re").compile(r"^(train|evaluate|query)\.[a-z][a-z0-9_]*$")
-
-
-class StepRegistry:
-    """Steps by message kind. Registering a kind twice is an error.
-
-    >>> steps = StepRegistry()
-    >>> @steps.step("query.stats", jobs=("segment_stats",))
-    ... def stats(ctx): ...
-
-    Receivers take what the label owner delivered to the result owner under a name
-    (``ctx.deliver(name, payload)``), at the job's close.
-    """
-
-    def __init__(self, *registries: StepRegistry) -> None:
-        self._steps: dict[str, StepSpec] = {}
-        self._receivers: dict[tuple[str, str], ResultReceiver] = {}
-        for registry in registries:
-            for spec in registry:
-                self.add(spec)
-            for (name, kind), receiver in registry._receivers.items():
-                self._add_receiver(name, kind, receiver)
-
-    def _add_receiver(self, name: str, kind: str, receiver: ResultReceiver) -> None:
-        if (name, kind) in self._receivers:
-            raise ConfigurationError(f"a receiver of '{name}' for job '{kind}' is registered twice")
-        self._receivers[(name, kind)] = receiver
-
-    def receiver(
-        self, name: str, *, jobs: tuple[str, ...] | list[str]
-    ) -> Callable[[ResultReceiver], ResultReceiver]:
-        """Decorator: ``receiver(ctx, payload)`` takes the delivered result ``name``."""
-
-        def register(func: ResultReceiver) -> ResultReceiver:
-            for kind in jobs:
-                self._add_receiver(name, kind, func)
-            return func
-
-        return register
-
-    def get_receiver(self, name: str, job_kind: str) -> ResultReceiver | None:
-        return self._receivers.get((name, job_kind))
-
-    def add(self, spec: StepSpec) -> StepSpec:
-        if not _MESSAGE_KIND.match(spec.kind):
-            raise ConfigurationError(
-                f"step kind {spec.kind!r} must be '<train|evaluate|query>.<name>' "
-                "(Flower message types allow no further dots)"
-            )
-        if spec.kind in self._steps:
-            raise ConfigurationError(f"step '{spec.kind}' is registered twice")
-        if not spec.jobs:
-            raise ConfigurationError(f"step '{spec.kind}' must name the job kinds it belongs to")
-        if spec.public and ANY not in spec.jobs:
-            raise ConfigurationError(
-                f"step '{spec.kind}': only protocol steps declare public facts; a job step "
-                "publishes what the agreement's release list names"
-            )
-        self._steps[spec.kind] = spec
-        return spec
-
-    def step(
-        self,
-        kind: str,
-        *,
-        jobs: tuple[str, ...] | list[str],
-        operations: tuple[str, ...] | list[str] | None = None,
-        public: tuple[str, ...] = (),
-    ) -> Callable[[StepHandler], StepHandler]:
-        """Decorator: register ``handler`` for message ``kind`` of the given job kinds."""
-
-        def register(handler: StepHandler) -> StepHandler:
-            self.add(
-                StepSpec(
-                    kind=kind,
-                    handler=handler,
-                    jobs=tuple(jobs),
-                    operations=tuple(operations) if operations is not None else None,
-                    public=tuple(public),
-                )
-            )
-            return handler
-
-        return register
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._steps.values())
-
-    def __contains__(self, kind: object) -> bool:
-        return kind in self._steps
-
-    def kinds(self) -> tuple[str, ...]:
-        return tuple(sorted(self._steps))
-
-    def get(self, kind: str) -> StepSpec | None:
-        return self._steps.get(kind)
 
 
 def payload_hash(blob: bytes) -> str:

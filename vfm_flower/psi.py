@@ -312,6 +312,7 @@ def match_joint_rows(
     passive_double: Mapping[str, np.ndarray],
     *,
     min_intersection: int,
+    label_owner_rows: int | None = None,
 ) -> JointAlignment:
     """Find LO's rows held by every passive party and put them in a random common order.
 
@@ -323,6 +324,8 @@ def match_joint_rows(
         ``passive_double[k] = Y_k^{b_k a}``, in P_k's shuffled order.
     min_intersection : int
         Minimum number of joint rows (the agreement's term). ``0`` accepts an empty result.
+    label_owner_rows : int, optional
+        The LO's own number of ids: every passive party must return exactly that many.
 
     Returns
     -------
@@ -340,7 +343,7 @@ def match_joint_rows(
         raise DataError(
             "match_joint_rows: need the same, non-empty set of passive parties on both sides"
         )
-    n_lo: int | None = None
+    n_lo: int | None = label_owner_rows
     present: np.ndarray | None = None
     positions: dict[str, np.ndarray] = {}
     for party in sorted(lo_double):

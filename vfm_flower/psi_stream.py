@@ -6,7 +6,8 @@ tests compare them): every party hashes its ids to Curve25519 and blinds them wi
 secret, the label owner (LO) matches the doubly blinded sets, applies the minimum-intersection
 gate, and draws the common order. What changes is where a set-sized object lives: in a file
 of fixed-size records in the party's own spool directory (:class:`AlignmentSpool`, mode 0700,
-removed at the end), read and written one block of ``block_ids`` rows at a time.
+removed at the end), read and written one block of ``block_ids`` rows at a time (the
+files and their checks: :mod:`vfm_flower.psi_spool`).
 
 Who holds what, per step
 ------------------------
@@ -42,12 +43,13 @@ and counts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import re
 import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,10 +65,22 @@ from vfm_flower.psi import (
     secure_permutation,
 )
 from vfm_flower.psi_group import (
-    POINT_BYTES,
     PsiSecret,
     blind_points,
+    blinding_pool,
     hash_ids_to_points,
+)
+from vfm_flower.psi_spool import (
+    _RECORD,
+    _ROW,
+    AlignmentSpool,
+    Progress,
+    _check_canonical,
+    _check_unique_records,
+    _no_progress,
+    _read_blocks,
+    _scatter_records,
+    record_count,
 )
 
 logger = logging.getLogger(__name__)
@@ -90,53 +104,6 @@ DEFAULT_BLOCK_IDS = 1 << 18
 #: Records per matching bucket (about): 2**20 points and their row numbers are 40 MiB.
 BUCKET_RECORDS = 1 << 20
 
-#: ``progress(stage, done, total)``: called after every block of a long step.
-Progress = Callable[[str, int, int], None]
-
-_ROW = np.dtype("<i8")
-_RECORD = np.dtype([("point", np.uint8, (POINT_BYTES,)), ("row", "<i8")])
-
-
-def _no_progress(stage: str, done: int, total: int) -> None:
-    return None
-
-
-class AlignmentSpool:
-    """A party's private working directory for one alignment (mode 0700).
-
-    Parameters
-    ----------
-    parent : path-like, optional
-        Where to create it (the party's work directory); default the system's temporary
-        directory. Use as a context manager, or call :meth:`remove`.
-    """
-
-    def __init__(self, parent: str | os.PathLike[str] | None = None) -> None:
-        if parent is not None:
-            Path(parent).mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix="vfm-align-", dir=parent))
-
-    @classmethod
-    def at(cls, root: str | os.PathLike[str]) -> AlignmentSpool:
-        """The spool at a fixed path (created, mode 0700, if missing): for a party whose
-        steps run in separate processes, as a SuperNode runs each message."""
-        spool = cls.__new__(cls)
-        spool.root = Path(root)
-        spool.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return spool
-
-    def path(self, name: str) -> Path:
-        return self.root / name
-
-    def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> AlignmentSpool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
-
 
 @dataclass(frozen=True)
 class StreamedSet:
@@ -158,22 +125,13 @@ class StreamedSet:
     permutation: Path | None
 
 
-def record_count(path: Path, *, party: str) -> int:
-    """Number of 32-byte records in a points file; refuses a truncated one."""
-    size = path.stat().st_size
-    if size % POINT_BYTES:
-        raise DataError(
-            f"points from party '{party}' hold {size} bytes, not a multiple of {POINT_BYTES}: "
-            "truncated or malformed"
-        )
-    return size // POINT_BYTES
+_BLOCK_ROW = re.compile(r"\brow (\d+)\b")
 
 
-def _read_blocks(path: Path, block: int) -> Iterator[np.ndarray]:
-    """The records of a points file, ``block`` at a time (``(k, 32)`` uint8 arrays)."""
-    with path.open("rb") as handle:
-        while chunk := handle.read(block * POINT_BYTES):
-            yield np.frombuffer(chunk, dtype=np.uint8).reshape(-1, POINT_BYTES)
+def _in_file_rows(exc: DataError, first_row: int) -> DataError:
+    """The error of a block, its row number counted from the start of the file."""
+    text = _BLOCK_ROW.sub(lambda m: f"row {int(m.group(1)) + first_row}", str(exc), count=1)
+    return DataError(text)
 
 
 def _blind_block(
@@ -182,7 +140,16 @@ def _blind_block(
     try:
         return blind_points(points, secret, executor=executor)
     except DataError as exc:
-        raise DataError(f"{exc} (in the block from row {first_row + 1})") from exc
+        raise _in_file_rows(exc, first_row) from exc
+
+
+def _hash_block(
+    block: Sequence[str], domain: bytes, executor: Executor | None, first_row: int
+) -> np.ndarray:
+    try:
+        return hash_ids_to_points(block, domain, executor=executor)
+    except DataError as exc:
+        raise _in_file_rows(exc, first_row) from exc
 
 
 def stream_first_blind(
@@ -233,6 +200,38 @@ def stream_first_blind(
         Rule ``"max_set_size"``.
     """
     own = spool.path("own.pts" if not label_owner else "first.pts")
+    outputs = [own, spool.path("first.pts"), spool.path("permutation.npy")]
+    if tokens is not None:
+        outputs.append(spool.path("tokens.bin"))
+    try:
+        return _first_blind(
+            id_blocks, domain, secret, spool, own, party=party, label_owner=label_owner,
+            max_set_size=max_set_size, executor=executor, progress=progress, total=total,
+            tokens=tokens,
+        )  # fmt: skip
+    except BaseException:
+        for path in outputs:  # nothing half-written stays behind (own.pts is in row order)
+            path.unlink(missing_ok=True)
+        for path in spool.root.glob("shuffle.*"):
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _first_blind(
+    id_blocks: Iterable[Sequence[str]],
+    domain: bytes,
+    secret: PsiSecret,
+    spool: AlignmentSpool,
+    own: Path,
+    *,
+    party: str,
+    label_owner: bool,
+    max_set_size: int | None,
+    executor: Executor | None,
+    progress: Progress,
+    total: int,
+    tokens: Callable[[Sequence[str]], bytes] | None,
+) -> StreamedSet:
     token_file = spool.path("tokens.bin").open("wb") if tokens is not None else None
     prefixes: list[np.ndarray] = []
     rows = 0
@@ -243,7 +242,7 @@ def stream_first_blind(
                     continue
                 if max_set_size is not None:
                     check_set_size(rows + len(block), max_set_size, party)
-                points = hash_ids_to_points(block, domain, executor=executor)
+                points = _hash_block(block, domain, executor, rows)
                 blinded = _blind_block(points, secret, executor, rows)
                 out.write(blinded.tobytes())
                 prefixes.append(blinded.view("<u8")[:, 0].copy())
@@ -266,32 +265,6 @@ def stream_first_blind(
     shuffle_records(own, message, permutation, spool, progress=progress)
     own.unlink()
     return StreamedSet(message, rows, permutation)
-
-
-def _check_unique_records(path: Path, keys: np.ndarray, party: str) -> None:
-    """Refuse duplicated records (hence ids): sorted 64-bit prefixes, ties compared in full."""
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    tied = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
-    if not tied.size:
-        return
-    rows = np.unique(np.concatenate([order[tied], order[tied + 1]]))
-    records = np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, POINT_BYTES)
-    full = {}
-    duplicates: list[int] = []
-    for row in rows.tolist():
-        value = bytes(records[row])
-        if value in full:
-            duplicates.extend((full[value], row))
-        else:
-            full[value] = row
-    del records
-    if duplicates:
-        shown = ", ".join(str(r + 1) for r in sorted(set(duplicates))[:6])
-        raise DataError(
-            f"party '{party}' has duplicate ids after normalization (rows {shown}): ids must "
-            "be unique"
-        )
 
 
 def _bucket_bits(rows: int) -> int:
@@ -363,55 +336,35 @@ def stream_second_blind(
     rows = record_count(received, party=sender)
     check_set_size(rows, max_set_size, sender)
     done = 0
-    with out.open("wb") as sink:
-        for points in _read_blocks(received, block):
-            bad = np.flatnonzero(points[:, POINT_BYTES - 1] & 0x80)
-            if bad.size:
-                raise DataError(
-                    f"points from party '{sender}': {bad.size} points are not canonical X25519 "
-                    f"u-coordinates (first row: {done + int(bad[0]) + 1})"
-                )
-            sink.write(_blind_block(np.ascontiguousarray(points), secret, executor, done).tobytes())
-            done += points.shape[0]
-            progress("second blind", done, rows)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        with partial.open("wb") as sink:
+            for points in _read_blocks(received, block):
+                _check_canonical(points, sender, done)
+                blinded = _blind_block(np.ascontiguousarray(points), secret, executor, done)
+                sink.write(blinded.tobytes())
+                done += points.shape[0]
+                progress("second blind", done, rows)
+        if done != rows:
+            raise DataError(f"points from party '{sender}' changed while being read: refused")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
     return rows
 
 
-def _scatter_records(
-    source: Path,
-    paths: list[Path],
-    bucket_of: Callable[[np.ndarray], np.ndarray],
-    block: int,
-) -> None:
-    """Append each point of ``source``, with its row, to the bucket file ``bucket_of`` picks."""
-    buckets = len(paths)
-    handles = [p.open("wb") for p in paths]
-    try:
-        start = 0
-        for points in _read_blocks(source, block):
-            record = np.empty(points.shape[0], dtype=_RECORD)
-            record["point"] = points
-            record["row"] = np.arange(start, start + points.shape[0], dtype=np.int64)
-            start += points.shape[0]
-            if buckets == 1:
-                handles[0].write(record.tobytes())
-                continue
-            key = bucket_of(points)
-            order = np.argsort(key, kind="stable")
-            bounds = np.searchsorted(key[order], np.arange(buckets + 1))
-            for b in range(buckets):
-                part = order[bounds[b] : bounds[b + 1]]
-                if part.size:
-                    handles[b].write(record[part].tobytes())
-    finally:
-        for handle in handles:
-            handle.close()
-
-
-def _partition(source: Path, bits: int, spool: AlignmentSpool, tag: str) -> list[Path]:
-    """Split a points file into ``2**bits`` bucket files by the first bits of each point."""
+def _partition(
+    source: Path, bits: int, spool: AlignmentSpool, tag: str, *, sender: str | None = None
+) -> list[Path]:
+    """Split a points file into ``2**bits`` bucket files by the first bits of each point;
+    a file received from ``sender`` is checked for canonical encodings on the way."""
     paths = [spool.path(f"{tag}.{b}") for b in range(1 << bits)]
-    _scatter_records(source, paths, lambda points: points[:, 0] >> (8 - bits), DEFAULT_BLOCK_IDS)
+    check = (
+        None if sender is None else (lambda points, start: _check_canonical(points, sender, start))
+    )
+    _scatter_records(
+        source, paths, lambda points: points[:, 0] >> (8 - bits), DEFAULT_BLOCK_IDS, check
+    )
     return paths
 
 
@@ -420,6 +373,7 @@ def match_streamed(
     passive_double: Mapping[str, Path],
     *,
     min_intersection: int,
+    label_owner_rows: int,
     spool: AlignmentSpool,
     progress: Progress = _no_progress,
 ) -> JointAlignment:
@@ -433,6 +387,9 @@ def match_streamed(
         ``Y_k^{b_k a}`` (P_k's secret order), a points file per party.
     min_intersection : int
         The agreement's minimum (``0`` accepts an empty result).
+    label_owner_rows : int
+        The LO's own number of ids: every passive party must return exactly that many, each
+        a canonical encoding (checked block by block as the files are bucketed).
 
     Returns
     -------
@@ -451,20 +408,18 @@ def match_streamed(
             "match_streamed: need the same, non-empty set of passive parties on both sides"
         )
     parties = sorted(lo_double)
-    n_lo: int | None = None
+    n_lo = int(label_owner_rows)
     present: np.ndarray | None = None
     spooled: dict[str, Path] = {}
     for index, party in enumerate(parties):
         count = record_count(lo_double[party], party=party)
-        if n_lo is None:
-            n_lo = count
-        elif count != n_lo:
+        if count != n_lo:
             raise DataError(
                 f"party '{party}' returned {count} doubly blinded label-owner ids, expected {n_lo}"
             )
         peer_rows = record_count(passive_double[party], party=party)
         bits = _bucket_bits(max(n_lo, peer_rows))
-        needles = _partition(lo_double[party], bits, spool, f"lo.{party}")
+        needles = _partition(lo_double[party], bits, spool, f"lo.{party}", sender=party)
         hay = _partition(passive_double[party], bits, spool, f"peer.{party}")
         positions = np.full(n_lo, -1, dtype=np.int64)
         for b, (needle_path, hay_path) in enumerate(zip(needles, hay)):
@@ -517,6 +472,28 @@ def align_streaming(
     passive = sorted(p for p in party_blocks if p != label_owner)
     if label_owner not in party_blocks or not passive:
         raise DataError("an alignment needs the label owner and at least one passive party")
+    with contextlib.ExitStack() as stack:
+        if executor is None:  # one pool for every block (not one started per block)
+            executor = stack.enter_context(blinding_pool())
+        return _align_streaming(
+            party_blocks, label_owner, passive, domain=domain,
+            min_intersection=min_intersection, max_set_size=max_set_size, workdir=workdir,
+            executor=executor, progress=progress,
+        )  # fmt: skip
+
+
+def _align_streaming(
+    party_blocks: Mapping[str, Callable[[], Iterable[Sequence[str]]]],
+    label_owner: str,
+    passive: list[str],
+    *,
+    domain: bytes,
+    min_intersection: int,
+    max_set_size: int | None,
+    workdir: str | os.PathLike[str] | None,
+    executor: Executor,
+    progress: Progress,
+) -> dict[str, np.ndarray]:
     spools = {p: AlignmentSpool(workdir) for p in party_blocks}
     try:
         secrets = {p: PsiSecret.generate() for p in party_blocks}
@@ -555,8 +532,8 @@ def align_streaming(
                 max_set_size=limit, executor=executor, progress=progress,
             )  # fmt: skip
         joint = match_streamed(
-            lo_double, passive_double, min_intersection=min_intersection, spool=lo,
-            progress=progress,
+            lo_double, passive_double, min_intersection=min_intersection,
+            label_owner_rows=first[label_owner].rows, spool=lo, progress=progress,
         )  # fmt: skip
         result = {label_owner: joint.label_owner_rows}
         for p in passive:

@@ -10,8 +10,12 @@ their references in ``context.state``.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import re
 import shutil
+import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,20 +95,35 @@ class PartyState:
 #: 1 MiB keeps the scalars and small vectors in the record and moves what grows with rows.
 STATE_FILE_MIN_BYTES = 1 << 20
 
+#: A run directory untouched this long belongs to a run that ended without its seal (an
+#: abort, a lost node): the next run of the party removes it (7 days: longer than any job).
+STATE_RETENTION_SECONDS = 7 * 24 * 3600
+
+_RUN_DIRECTORY = re.compile(r"^run-[0-9]+$")
+_STATE_FILE = re.compile(r"^([0-9a-f]{64})\.npy$")
+
 
 class StateFiles:
     """The large arrays of a party's per-run state, as ``.npy`` files in its own directory.
 
-    Each file is named by the SHA-256 of its bytes and checked against it when read back, so
-    a reference in the state record names exactly one content (a file left by another run or
-    changed on disk is refused, not used). Files no longer referenced are removed when the
-    state is saved, and the directory when nothing is left in it.
+    Each file is named by the SHA-256 of its bytes and checked against it when read back
+    (read once, into memory, then parsed: no second open to race), so a reference in the
+    state record names exactly one content: a file changed on disk is refused, a reference
+    outside this run's directory too. An array unchanged since the last message is hashed in
+    memory but not written again (unless its file is missing or of another size).
+
+    Crash safety: :meth:`store` only adds files (each written to a partial file, flushed,
+    then renamed); the files the committed record no longer references are removed by
+    :meth:`load` of the next message (:meth:`collect`), so a message whose state never
+    reached the SuperNode leaves the previous state readable. :meth:`discard` removes the
+    directory at the run's end; :meth:`sweep_stale_runs` removes what runs that never ended
+    left behind.
 
     Parameters
     ----------
     directory : pathlib.Path
-        The run's directory under the party's work directory (created, mode 0700, on the first
-        file): nobody else reads it.
+        The run's directory, ``<work-dir>/state/run-<run id>`` (created with mode 0700 on
+        the first file, and set to 0700 if it exists): nobody else reads it.
     min_bytes : int, optional
         Arrays of at least this many bytes go to files.
     """
@@ -112,6 +131,16 @@ class StateFiles:
     def __init__(self, directory: Path, min_bytes: int | None = None) -> None:
         self.directory = Path(directory)
         self.min_bytes = STATE_FILE_MIN_BYTES if min_bytes is None else int(min_bytes)
+
+    def _ensure_directory(self) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = self.directory.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise ProtocolAbort(
+                "state", None, f"{self.directory} is not a directory of this user: refused"
+            )
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            self.directory.chmod(0o700)
 
     def store(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Split ``arrays`` into those kept in the record and references to files.
@@ -129,58 +158,109 @@ class StateFiles:
             if value.nbytes < self.min_bytes:
                 kept[key] = value
                 continue
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            partial = self.directory / f"partial-{os.getpid()}-{index}.npy"
-            with partial.open("wb") as handle:
-                np.save(handle, np.ascontiguousarray(value), allow_pickle=False)
-            digest = _file_digest(partial)
+            self._ensure_directory()
+            value = np.ascontiguousarray(value)
+            sink = _HashingSink()
+            np.save(sink, value, allow_pickle=False)
+            digest = sink.hexdigest()
             path = self.directory / f"{digest}.npy"
-            os.replace(partial, path)
+            if not (path.is_file() and path.stat().st_size == sink.size):
+                partial = self.directory / f"partial-{os.getpid()}-{index}.tmp"
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    np.save(handle, value, allow_pickle=False)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(partial, path)
             references[key] = f"{path.resolve()}|{digest}"
-        self._remove_unreferenced(references)
+        if references:
+            os.utime(self.directory)  # the run is alive (see sweep_stale_runs)
         return kept, references
 
-    def _remove_unreferenced(self, references: dict[str, str]) -> None:
-        if not self.directory.is_dir():
-            return
-        wanted = {Path(ref.split("|", 1)[0]).name for ref in references.values()}
-        for entry in self.directory.iterdir():
-            if entry.name not in wanted:
-                entry.unlink(missing_ok=True)
-        if not wanted:
-            shutil.rmtree(self.directory, ignore_errors=True)
+    def _checked_path(self, key: str, reference: str) -> tuple[Path, str]:
+        path_text, _, digest = str(reference).rpartition("|")
+        path = Path(path_text)
+        match = _STATE_FILE.match(path.name)
+        if match is None or match.group(1) != digest or path.parent != self.directory.resolve():
+            raise ProtocolAbort(
+                "state", None, f"the state file reference of '{key}' is not a file of this run"
+            )
+        return path, digest
 
-    @staticmethod
-    def load(references: dict[str, str]) -> dict[str, np.ndarray]:
+    def load(self, references: dict[str, str]) -> dict[str, np.ndarray]:
         """Read the referenced arrays back, each checked against its digest.
 
         Raises
         ------
         ProtocolAbort
-            A file is missing or its content is not the one referenced.
+            A reference points outside this run's directory, or a file is missing or its
+            content is not the one referenced.
         """
         out: dict[str, np.ndarray] = {}
         for key, ref in references.items():
-            path_text, _, digest = str(ref).rpartition("|")
-            path = Path(path_text)
+            path, digest = self._checked_path(key, ref)
             try:
-                actual = _file_digest(path)
+                data = path.read_bytes()
             except OSError as exc:
                 raise ProtocolAbort(
                     "state", None, f"the state file of '{key}' cannot be read ({exc.strerror})"
                 ) from exc
-            if actual != digest:
+            if hashlib.sha256(data).hexdigest() != digest:
                 raise ProtocolAbort(
                     "state", None, f"the state file of '{key}' changed on disk: refused"
                 )
-            out[key] = np.load(path, allow_pickle=False)
+            out[key] = np.load(io.BytesIO(data), allow_pickle=False)
         return out
 
+    def collect(self, references: dict[str, str]) -> None:
+        """Remove the files the committed record does not reference (a later message's that
+        never committed, an earlier state's), and the directory when nothing is left."""
+        if not self.directory.is_dir():
+            return
+        wanted = {Path(str(ref).rpartition("|")[0]).name for ref in references.values()}
+        for entry in self.directory.iterdir():
+            if entry.name not in wanted and entry.is_file() and not entry.is_symlink():
+                entry.unlink(missing_ok=True)
+        if not wanted and not any(self.directory.iterdir()):
+            self.directory.rmdir()
 
-def _file_digest(path: Path) -> str:
-    """SHA-256 of a file, read 8 MiB at a time."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    def discard(self) -> None:
+        """Remove the run's directory and every file in it (the run is over)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def sweep_stale_runs(self, retention: float | None = None) -> list[Path]:
+        """Remove sibling ``run-<id>`` directories untouched for ``retention`` seconds
+        (default :data:`STATE_RETENTION_SECONDS`); returns what was removed."""
+        limit = STATE_RETENTION_SECONDS if retention is None else float(retention)
+        parent = self.directory.parent
+        if not parent.is_dir():
+            return []
+        removed = []
+        now = time.time()
+        for entry in parent.iterdir():
+            if (
+                entry != self.directory
+                and _RUN_DIRECTORY.match(entry.name)
+                and entry.is_dir()
+                and not entry.is_symlink()
+                and now - entry.stat().st_mtime > limit
+            ):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+        return removed
+
+
+class _HashingSink:
+    """A write-only file object that hashes (and counts) what :func:`numpy.save` writes."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()

@@ -175,7 +175,10 @@ def every_party_align(ctx: PartyContext) -> None:
         }
         passive_double = {peer: state.array(f"psi.passive_double.{peer}") for peer in passives}
         minimum = min_intersection_of(runtime.agreement, request.job)
-        joint = psi.match_joint_rows(lo_double, passive_double, min_intersection=minimum)
+        own_rows = state.array(TOKENS).size // hm.TOKEN_BYTES
+        joint = psi.match_joint_rows(
+            lo_double, passive_double, min_intersection=minimum, label_owner_rows=own_rows
+        )
         state.set_array(JOINT_ROWS, joint.label_owner_rows)
         if hides_membership(runtime, request):
             layout = hm.build_layouts(

@@ -26,6 +26,7 @@ import numpy as np
 
 from vfm_flower import paillier
 from vfm_flower import private_gradients as pg
+from vfm_flower import private_gradients_label_owner as pg_lo
 from vfm_flower import report as reporting
 from vfm_flower.codec import pack_payload
 from vfm_flower.context import PartyContext, Topic
@@ -209,7 +210,7 @@ def open_final_scores(ctx: PartyContext, label: str, images: dict[str, tuple]) -
         pg.final_image_bits(),
         public.n.bit_length(),
     )
-    return pg.open_image(
+    return pg_lo.open_image(
         private,
         images,
         ctx.label_owner_layout(),
@@ -365,7 +366,7 @@ def release_passive_weights(ctx: PartyContext) -> None:
             if count != passive_features(ctx, peer):
                 raise ValueError(f"{count} weights for {passive_features(ctx, peer)} features")
             masked = ciphertexts_of(arrays["weights"], public, count)
-        values = pg.open_masked_weights(private, masked)
+        values = pg_lo.open_masked_weights(private, masked)
         ctx.send(peer, TOPIC_RELEASED_WEIGHTS, pg.masked_values_payload(values))
 
 

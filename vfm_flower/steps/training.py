@@ -43,6 +43,7 @@ import pandas as pd
 
 from vfm_flower import paillier
 from vfm_flower import private_gradients as pg
+from vfm_flower import private_gradients_label_owner as pg_lo
 from vfm_flower.codec import pack_payload
 from vfm_flower.context import PartyContext, Topic
 from vfm_flower.errors import DataError, ProtocolAbort
@@ -286,7 +287,7 @@ def every_party_prepare(ctx: PartyContext) -> None:
         ctx.state.set("pg.best_round", 0)
     if ctx.passive_parties:
         encryptor = djn.DJNEncryptor(public, private=private)
-        messages = pg.backward_messages(
+        messages = pg_lo.backward_messages(
             encryptor, public, backward, ctx.label_owner_layout(), pg.PassiveControl(0), None
         )
         send_backward(ctx, TOPIC_START, messages)
@@ -396,7 +397,7 @@ def label_owner_iteration(ctx: PartyContext) -> None:
     record_passive_shapes(ctx)  # at the first of this and train.precompute
     messages = {p: receive_forward(ctx, p, TOPIC_FORWARD) for p in ctx.passive_parties}
     features = {p: passive_features(ctx, p) for p in ctx.passive_parties}
-    opened = pg.open_forward(private, messages, layout, features, masks)
+    opened = pg_lo.open_forward(private, messages, layout, features, masks)
     control, backward = coordinator.advance(
         opened.image + optimizer.partial_score(X), opened.scalars + optimizer.forward_scalars()
     )
@@ -416,7 +417,7 @@ def label_owner_iteration(ctx: PartyContext) -> None:
     send_backward(
         ctx,
         TOPIC_BACKWARD,
-        pg.backward_messages(
+        pg_lo.backward_messages(
             encryptor,
             public,
             backward,
