@@ -33,7 +33,7 @@ from vfm_flower.errors import (
 from vfm_flower.jobs import JobRegistry
 from vfm_flower.party import DataLoader, PartyRuntime, PartySettings, StepRegistry
 from vfm_flower.runtime import wire
-from vfm_flower.state import PartyState, StateFiles
+from vfm_flower.state import PartyState, StateFiles, run_directory
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def load_state(context: Context, files: StateFiles | None = None) -> PartyState:
 
 def state_files(settings: PartySettings, context: Context) -> StateFiles:
     """Where this run's large state arrays live: ``work-dir/state/run-<run id>``."""
-    return StateFiles(settings.work_dir / "state" / f"run-{int(context.run_id)}")
+    return StateFiles(run_directory(settings.work_dir, int(context.run_id)))
 
 
 def save_state(context: Context, state: PartyState, files: StateFiles | None = None) -> None:

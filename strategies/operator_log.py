@@ -30,6 +30,8 @@ def format_event(event: str, details: dict[str, Any]) -> str:
             f"({details.get('seconds_per_iteration')} s each, "
             f"about {details.get('eta_seconds')} s left)"
         )
+    if event == "align":
+        return f"alignment round {details.get('round')}/{details.get('of')}"
     if event == "hello":
         rows = details.get("rows", {})
         return "parties ready: " + ", ".join(f"{p} ({rows.get(p)} rows)" for p in rows)

@@ -159,4 +159,5 @@ def build_strategy(agreement: SignedAgreement, settings: ServerSettings) -> Vert
         workdir=settings.workdir,
         round_timeout=settings.round_timeout,
         party_wait_timeout=settings.party_wait_timeout,
+        align_chunk_ids=settings.align_chunk_ids,
     )

@@ -64,6 +64,7 @@ from vfm_flower.policy import (
     check_same_job,
     check_set_size,
 )
+from vfm_flower.psi_chunks import DEFAULT_CHUNK_IDS, ChunkSchedule, check_chunk_ids
 from vfm_flower.session import SessionInfo, server_hello_bytes
 from vfm_flower.steps.governance import charge_privacy_budget
 from vfm_flower.strategies.operator_log import stream_to_operator
@@ -140,6 +141,7 @@ class VerticalSession:
         party_wait_timeout: float = DEFAULT_PARTY_WAIT_TIMEOUT,
         poll_interval: float = 0.5,
         progress: ProgressCallback | None = None,
+        align_chunk_ids: int = DEFAULT_CHUNK_IDS,
     ) -> None:
         self.grid = grid
         self.signed = agreement
@@ -149,6 +151,7 @@ class VerticalSession:
         self.run_id = int(run_id)
         self.workdir = Path(workdir)
         self.party_wait_timeout = float(party_wait_timeout)
+        self.align_chunk_ids = check_chunk_ids(align_chunk_ids)
         self.poll_interval = float(poll_interval)
         self.progress = progress or log_progress
         self.agreement_hash = self.agreement.terms_hash()
@@ -422,18 +425,26 @@ class VerticalSession:
         self.progress("hello", {"parties": sorted(by_party), "rows": dict(self.result.rows)})
 
     def align(self) -> int:
-        """Private set intersection of every party's ids (3 rounds); returns the joint rows.
+        """Private set intersection of every party's ids; returns the joint rows.
 
-        Alignment completes on every party: the label owner's last envelopes (each passive
-        party's positions) reach the passive parties with their next message, whatever step
-        it is, and the party runtime finishes the alignment before that step runs.
+        Three rounds for sets up to ``align_chunk_ids`` ids, one more per further chunk of
+        the largest set (:class:`vfm_flower.psi_chunks.ChunkSchedule`, from the set sizes
+        of the hellos). Alignment completes on every party: the label owner's last
+        envelopes (each passive party's slot map or positions) reach the passive parties
+        with their next message, whatever step it is, and the party runtime finishes the
+        alignment before that step runs.
         """
         lo = self.label_owner
+        schedule = ChunkSchedule(dict(self.result.rows), lo, self.align_chunk_ids)
+        params = {"chunk_ids": schedule.chunk_ids}
         with self.phase("align") as sizes:
-            self.send("query.align", step=1)
-            self.send("query.align", step=2)
-            third = self.send("query.align", to=[lo], step=3)
-            joint = third[lo].public.get("joint_rows")
+            for step in range(1, schedule.match_round + 1):
+                last = self.send(
+                    "query.align", to=schedule.parties_in_round(step), step=step, params=params
+                )
+                if schedule.match_round > 3:
+                    self.progress("align", {"round": step, "of": schedule.match_round})
+            joint = last[lo].public.get("joint_rows")
             if isinstance(joint, bool) or not isinstance(joint, int):
                 raise ProtocolAbort("align", lo, "its reply carries no joint row count")
             self.result.joint_rows = sizes["joint_rows"] = joint

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vfm_flower.errors import ConfigurationError
+from vfm_flower.errors import ConfigurationError, PolicyViolation
 from vfm_flower.jobs import Job, JobKind, JobRegistry
 from vfm_flower.jobs_builtin import builtin_registry
+from vfm_flower.psi_chunks import DEFAULT_CHUNK_IDS, check_chunk_ids
 
 #: The run-config keys of the built-in ServerApp itself (job parameters come on top).
 RUN_CONFIG_KEYS = {
@@ -28,6 +29,7 @@ RUN_CONFIG_KEYS = {
     "(data-sets or data-dir); empty: each party's data-path",
     "round-timeout": "seconds to wait for the replies of one round",
     "party-wait-timeout": "seconds to wait for every party to come online",
+    "align-chunk-ids": "blinded ids per alignment message (a larger set takes more rounds)",
     "demo-dir": "simulation only: a directory made by `vfm demo --prepare-only`",
 }
 
@@ -44,6 +46,7 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "data-set": "",
     "round-timeout": DEFAULT_ROUND_TIMEOUT,
     "party-wait-timeout": DEFAULT_PARTY_WAIT_TIMEOUT,
+    "align-chunk-ids": DEFAULT_CHUNK_IDS,
     "demo-dir": "",
 }
 
@@ -67,6 +70,7 @@ class ServerSettings:
     job_kind: JobKind
     round_timeout: float = DEFAULT_ROUND_TIMEOUT
     party_wait_timeout: float = DEFAULT_PARTY_WAIT_TIMEOUT
+    align_chunk_ids: int = DEFAULT_CHUNK_IDS
 
     @classmethod
     def from_run_config(
@@ -117,7 +121,10 @@ class ServerSettings:
                 party_wait_timeout=float(
                     _get(config, "party-wait-timeout", DEFAULT_PARTY_WAIT_TIMEOUT)
                 ),
+                align_chunk_ids=check_chunk_ids(_get(config, "align-chunk-ids", DEFAULT_CHUNK_IDS)),
             )
+        except PolicyViolation as exc:
+            raise ConfigurationError(f"run-config 'align-chunk-ids': {exc}") from exc
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"run-config has a malformed value: {exc}") from exc
         if not settings.agreement_path.is_file():

@@ -160,3 +160,106 @@ def test_large_alignment_uses_the_process_pool(tmp_path):
     p1_ids = normalize_ids([pd.read_csv(collab.data["p1"])["email"].tolist()], "email")
     lo_rows, p1_rows = joint_rows_of(states, "lo", "lo"), joint_rows_of(states, "p1", "lo")
     assert [lo_ids[i] for i in lo_rows[:500]] == [p1_ids[i] for i in p1_rows[:500]]
+
+
+def _uneven_collab(tmp_path, **terms):
+    """p2 holds far more customers than the others: its set takes more chunks."""
+    from tests.conftest import make_collaboration, synthetic_frames
+
+    frames, shared = synthetic_frames(n_shared=600, n_only=40, seed=5)
+    extra = pd.DataFrame(
+        {"email": [f"extra{i:05d}@example.com" for i in range(700)], "p2_x": np.zeros(700)}
+    )
+    frames["p2"] = pd.concat([frames["p2"], extra], ignore_index=True)
+    terms.setdefault("min_intersection", 50)
+    collab = make_collaboration(tmp_path, frames, label_owner="lo", **terms)
+    collab.shared = shared  # type: ignore[attr-defined]
+    return collab
+
+
+def test_chunked_alignment_same_rows_and_the_rounds_of_its_schedule(tmp_path):
+    """256 ids a message: LO 640 ids (3 chunks), p2 1,340 (6 chunks): 7 rounds, the same
+    joint customers in one common order on every party, nothing of an id in the transcript."""
+    from vfm_flower import psi
+    from vfm_flower.agreement import SignedAgreement
+    from vfm_flower.psi_chunks import ChunkSchedule
+
+    collab = _uneven_collab(tmp_path)
+    grids = []
+    result = collab.run(
+        grid_out=grids, job="train", **{"max-iterations": 1, "align-chunk-ids": 256}
+    )
+    schedule = ChunkSchedule({"lo": 640, "p1": 640, "p2": 1340}, "lo", 256)
+    assert schedule.match_round == 7
+    assert result["phases"]["align"]["rounds"] == 7
+    assert result["joint_rows"] == len(collab.shared)
+    states = _party_states(grids[0])
+    ordered = {}
+    for party in states:
+        frame = pd.read_csv(collab.data[party], dtype={"email": str})
+        ids = normalize_ids([frame["email"].tolist()], "email", party=party)
+        ordered[party] = [ids[i] for i in joint_rows_of(states, party, "lo")]
+    assert sorted(ordered["lo"]) == sorted(collab.shared)
+    assert ordered["p1"] == ordered["lo"] and ordered["p2"] == ordered["lo"]
+    blob = b"".join(m for _, _, m in grids[0].transcript)
+    agreement = SignedAgreement.load(collab.agreement_path).agreement
+    run_key = str(states["lo"].get("run_key"))
+    sample = collab.shared[::60]
+    points = psi.hash_ids_to_points(sample, psi.psi_domain(agreement.agreement_id, run_key))
+    for email, point in zip(sample, points):
+        assert email.encode() not in blob and point.tobytes() not in blob
+
+
+def _relay_editing(monkeypatch, edit):
+    from vfm_flower.strategies.transport import Transport
+
+    original = Transport.post
+    calls = {"n": 0}
+
+    def relay(self, replies):
+        original(self, replies)
+        calls["n"] += 1
+        edit(self._mailbox, calls["n"])
+
+    monkeypatch.setattr(Transport, "post", relay)
+
+
+def test_dropped_alignment_chunk_refused(tmp_path, monkeypatch):
+    """The server holds back p2's second chunk: the LO refuses the round, naming it."""
+    collab = _uneven_collab(tmp_path)
+
+    def drop(mailbox, call):
+        if call == 3:  # the replies of alignment round 2 (after hello and round 1)
+            mailbox.get("lo", {}).pop(("p2", "psi.passive_blinded"), None)
+
+    _relay_editing(monkeypatch, drop)
+    with pytest.raises(ProtocolAbort, match="lo.*psi.passive_blinded.*p2"):
+        collab.run(job="train", **{"align-chunk-ids": 256})
+
+
+def test_alignment_chunk_moved_to_another_round_refused(tmp_path, monkeypatch):
+    """Chunk 0 of p1's set, replayed in place of chunk 1: bound to its round, refused."""
+    collab = _uneven_collab(tmp_path)
+    kept = {}
+
+    def replay(mailbox, call):
+        key = ("p1", "psi.passive_blinded")
+        inbox = mailbox.get("lo", {})
+        if call == 2 and key in inbox:
+            kept["chunk0"] = inbox[key]
+        if call == 3 and key in inbox:
+            inbox[key] = kept["chunk0"]
+
+    _relay_editing(monkeypatch, replay)
+    with pytest.raises(ProtocolAbort, match="lo.*(round|replay)"):
+        collab.run(job="train", **{"align-chunk-ids": 256})
+    # the close after the abort removed every party's spool and state files
+    assert not list((tmp_path / "parties").glob("*/work/state/run-*/psi"))
+
+
+def test_chunk_size_out_of_range_is_a_configuration_error(tmp_path):
+    from vfm_flower.errors import ConfigurationError
+
+    collab = _uneven_collab(tmp_path)
+    with pytest.raises(ConfigurationError, match="align-chunk-ids.*outside"):
+        collab.run(job="train", **{"align-chunk-ids": 100})

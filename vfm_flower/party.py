@@ -143,6 +143,15 @@ class PartyRuntime:
             raise ProtocolAbort("session", self.party, "no session yet: the hello phase must run")
         return str(key)
 
+    def scratch_directory(self, name: str) -> Path:
+        """A private directory (mode 0700) of this run for a step's files that must outlive
+        one message (a spool); removed with the run's state files at its end."""
+        from vfm_flower.state import run_directory
+
+        run = run_directory(self.work_dir, self.flower_run_id or self.run_key)
+        run.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return run / name
+
     def seal(
         self, recipient: str, topic: str, plaintext: bytes, *, phase: str, round: int
     ) -> bytes:

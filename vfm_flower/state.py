@@ -103,6 +103,12 @@ _RUN_DIRECTORY = re.compile(r"^run-[0-9]+$")
 _STATE_FILE = re.compile(r"^([0-9a-f]{64})\.npy$")
 
 
+def run_directory(work_dir: Path, run_id: int | str) -> Path:
+    """A run's private directory in a party's work dir: ``<work-dir>/state/run-<run id>``
+    (its state files, and the spools of steps that span messages, such as the alignment's)."""
+    return Path(work_dir) / "state" / f"run-{run_id}"
+
+
 class StateFiles:
     """The large arrays of a party's per-run state, as ``.npy`` files in its own directory.
 
