@@ -435,7 +435,10 @@ class VerticalSession:
         alignment before that step runs.
         """
         lo = self.label_owner
-        schedule = ChunkSchedule(dict(self.result.rows), lo, self.align_chunk_ids)
+        # the parties check the schedule against the signed hellos; without a hello's count
+        # (a session they will refuse) the server plans one chunk
+        rows = {p: self.result.rows.get(p) or 1 for p in self.parties}
+        schedule = ChunkSchedule(rows, lo, self.align_chunk_ids)
         params = {"chunk_ids": schedule.chunk_ids}
         with self.phase("align") as sizes:
             for step in range(1, schedule.match_round + 1):
@@ -638,6 +641,15 @@ def abort_outcome(phase: str, exc: BaseException, parties: Iterable[str] = ()) -
     return text
 
 
+def _chunk_ids_from(value: int | None, config: Mapping[str, Any]) -> int:
+    """The alignment's chunk size: the argument, else run-config ``align-chunk-ids``."""
+    raw = value if value is not None else config.get("align-chunk-ids", "") or DEFAULT_CHUNK_IDS
+    try:
+        return check_chunk_ids(raw)
+    except VfmError as exc:
+        raise ConfigurationError(f"run-config 'align-chunk-ids': {exc}") from exc
+
+
 @contextmanager
 def vertical_session(
     grid: Grid,
@@ -650,6 +662,7 @@ def vertical_session(
     round_timeout: float = DEFAULT_ROUND_TIMEOUT,
     party_wait_timeout: float = DEFAULT_PARTY_WAIT_TIMEOUT,
     progress: ProgressCallback | None = None,
+    align_chunk_ids: int | None = None,
 ) -> Iterator[VerticalSession]:
     """A :class:`VerticalSession` for a ServerApp's ``main(grid, context)``.
 
@@ -666,6 +679,9 @@ def vertical_session(
     workdir : path, optional
         The server's work dir: audit log, audit key, ``result.json`` (default: run-config
         ``server-workdir``).
+    align_chunk_ids : int, optional
+        Blinded ids per alignment message (default: run-config ``align-chunk-ids``, else
+        2**20): a set of more ids takes a round more per chunk.
     """
     config = context.run_config
     agreement_path = agreement_path or str(config.get("agreement-path", "")).strip()
@@ -685,6 +701,7 @@ def vertical_session(
         round_timeout=round_timeout,
         party_wait_timeout=party_wait_timeout,
         progress=progress,
+        align_chunk_ids=_chunk_ids_from(align_chunk_ids, config),
     )
     with session:
         yield session

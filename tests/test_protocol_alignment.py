@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -254,7 +255,7 @@ def test_alignment_chunk_moved_to_another_round_refused(tmp_path, monkeypatch):
     with pytest.raises(ProtocolAbort, match="lo.*(round|replay)"):
         collab.run(job="train", **{"align-chunk-ids": 256})
     # the close after the abort removed every party's spool and state files
-    assert not list((tmp_path / "parties").glob("*/work/state/run-*/psi"))
+    assert not list((tmp_path / "work" / "parties").glob("*/state/run-*/psi"))
 
 
 def test_chunk_size_out_of_range_is_a_configuration_error(tmp_path):
@@ -263,3 +264,69 @@ def test_chunk_size_out_of_range_is_a_configuration_error(tmp_path):
     collab = _uneven_collab(tmp_path)
     with pytest.raises(ConfigurationError, match="align-chunk-ids.*outside"):
         collab.run(job="train", **{"align-chunk-ids": 100})
+
+
+def test_hellos_changed_after_the_first_round_refused(tmp_path, monkeypatch):
+    """The run key does not cover the hellos: a server that lowers p2's set size in them
+    after round 1 (so the LO would skip its last chunks) is refused by every party."""
+    from vfm_flower.strategies.session import VerticalSession
+
+    collab = _uneven_collab(tmp_path)
+    original = VerticalSession.request
+
+    def request(self, kind, step, **kw):
+        req = original(self, kind, step, **kw)
+        if kind == "query.align" and step >= 2:
+            public, signature = req.session.hellos["p2"]
+            hellos = {**req.session.hellos, "p2": ({**public, "rows": 512}, signature)}
+            req = dataclasses.replace(req, session=dataclasses.replace(req.session, hellos=hellos))
+        return req
+
+    monkeypatch.setattr(VerticalSession, "request", request)
+    with pytest.raises(ProtocolAbort, match="hellos changed"):
+        collab.run(job="train", **{"align-chunk-ids": 256})
+
+
+def test_every_party_checks_every_set_against_the_agreement_bound(tmp_path, monkeypatch):
+    """p2 brings 1,340 ids where the agreement allows 1,000 and the server lets it through
+    (both skip their checks): the other parties refuse before anything is sent."""
+    import vfm_flower.steps.alignment as alignment
+    import vfm_flower.strategies.session as session_module
+    from vfm_flower.normalize import check_unique
+
+    collab = _uneven_collab(tmp_path, max_set_size={"lo": 5000, "p1": 5000, "p2": 1000})
+    monkeypatch.setattr(session_module, "check_set_size", lambda *a, **k: None)
+
+    def load_without_bound(runtime):
+        ids = alignment.id_spec_of(runtime).normalize(runtime.read_table(), party=runtime.party)
+        check_unique(ids, runtime.party)
+        return ids
+
+    monkeypatch.setattr(alignment, "load_normalized_ids", load_without_bound)
+    with pytest.raises(ProtocolAbort, match=r"max_set_size.*p2"):
+        collab.run(job="train", **{"align-chunk-ids": 256})
+
+
+def test_a_passive_party_left_out_of_its_idle_rounds_keeps_no_spool(tmp_path, monkeypatch):
+    """p1's work ends in round 4 (LO: 3 chunks, p1: 3); p2's set travels until round 6.
+    The server leaves p1 out of rounds 5 and 6: the job runs, and p1's spool went at its own
+    last round."""
+    from vfm_flower.strategies.session import VerticalSession
+
+    collab = _uneven_collab(tmp_path)
+    original = VerticalSession.send
+    spools = {}
+
+    def send(self, kind, to=None, *, step=1, **kw):
+        if kind == "query.align" and step in (5, 6):
+            to = [p for p in (to or self.parties) if p != "p1"]
+            spools[step] = sorted(
+                p.parent.parent.parent.name
+                for p in (tmp_path / "work" / "parties").glob("*/state/run-*/psi")
+            )
+        return original(self, kind, to, step=step, **kw)
+
+    monkeypatch.setattr(VerticalSession, "send", send)
+    result = collab.run(job="train", **{"max-iterations": 1, "align-chunk-ids": 256})
+    assert result["joint_rows"] == len(collab.shared)
+    assert spools == {5: ["lo", "p2"], 6: ["lo", "p2"]}

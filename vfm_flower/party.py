@@ -413,6 +413,10 @@ class PartyRuntime:
         key = session.run_key
         if stored and stored != key:
             raise PolicyViolation("session", "the session changed within one run")
+        if stored and self.state.get("hellos_digest") != session.hellos_digest():
+            raise PolicyViolation(
+                "session", "the session's signed hellos changed within one run (set sizes)"
+            )
         if not stored:
             policy.check_operator_signature(
                 self.agreement, session.operator_signature, session.signing_bytes(), "session"
@@ -422,6 +426,7 @@ class PartyRuntime:
                     "session", "the session names another job counter than its hello"
                 )
             self._check_peer_hellos(session)
+            self.state.set("hellos_digest", session.hellos_digest())
         self._check_operator_request(request, key)
         self.state.set("run_key", key)
 

@@ -128,6 +128,13 @@ class ChunkSchedule:
         most = max(self.chunks(p) for p in self.passive_parties)
         return max(self.chunks(self.label_owner) + 1, most)
 
+    def rounds_of(self, party: str) -> int:
+        """``party``'s last round with work: the match for the LO; for a passive party its
+        last chunk sent or the LO's last one returned."""
+        if party == self.label_owner:
+            return self.match_round
+        return max(self.chunks(self.label_owner) + 1, self.chunks(party))
+
     @property
     def match_round(self) -> int:
         """The LO's last round: every chunk of both directions is in, it matches."""

@@ -60,6 +60,19 @@ class SessionInfo:
         digest = hashlib.sha256(canonical_json(self._key_inputs()))
         return digest.hexdigest()[:32]
 
+    def hellos_digest(self) -> str:
+        """SHA-256 of every party's signed hello (public part and signature): a party checks
+        the hellos once, at its first message of the session, and from then on only that the
+        session still carries the very same (the run key does not cover them)."""
+        return hashlib.sha256(
+            canonical_json(
+                {
+                    p: {"public": dict(pub), "signature": base64.b64encode(sig).decode()}
+                    for p, (pub, sig) in sorted(self.hellos.items())
+                }
+            )
+        ).hexdigest()
+
     def to_json(self) -> str:
         return canonical_json(
             {

@@ -31,6 +31,7 @@ Every payload travels in an envelope (``vfm_flower.envelope``): the server sees 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -70,6 +71,8 @@ TOPIC_LO_DOUBLE = "psi.lo_double"
 TOPIC_POSITIONS = "psi.positions"
 TOPIC_SLOTS = "psi.slot_map"
 JOINT_ROWS = "joint_rows"
+#: The alignment's spool, in the run's directory.
+SPOOL = "psi"
 #: The request parameter naming the ids per message (the run-config ``align-chunk-ids``).
 CHUNK_PARAM = "chunk_ids"
 #: Sets from this size get progress lines in the partner's log.
@@ -132,6 +135,8 @@ def alignment_schedule(runtime: PartyRuntime, request: StepRequest) -> ChunkSche
     }
     if set(rows) != set(runtime.agreement.party_names):
         raise ProtocolAbort(ALIGN, runtime.party, "the session lacks a party's signed hello")
+    for party, count in rows.items():  # the agreement's bound on every set, checked here too
+        check_set_size(count, runtime.agreement.party(party).max_set_size, party)
     try:
         return ChunkSchedule(rows, runtime.agreement.label_owner, chunk_ids)
     except DataError as exc:
@@ -181,25 +186,42 @@ def every_party_align(ctx: PartyContext) -> None:
     """Run round ``request.step`` of the chunked alignment (:mod:`vfm_flower.psi_chunks`)."""
     runtime, request = ctx.runtime, ctx.request
     state = runtime.state
-    if request.step == 1 and (
-        "psi.secret" in state or JOINT_ROWS in state or "hm.slot_of_row" in state
-    ):
-        raise PolicyViolation("session", "alignment already ran in this run")
-    if request.step != int(state.get("psi.round", 0)) + 1:
-        raise ProtocolAbort(ALIGN, runtime.party, f"alignment round {request.step} out of order")
-    schedule = alignment_schedule(runtime, request)
-    spool = AlignmentSpool.at(runtime.scratch_directory("psi"))
     try:
-        if request.step == 1:
-            _blind_own_set(ctx, schedule, spool)
-        if runtime.is_label_owner:
-            _label_owner_round(ctx, schedule, spool)
+        if request.step == 1 and (
+            "psi.secret" in state or JOINT_ROWS in state or "hm.slot_of_row" in state
+        ):
+            raise PolicyViolation("session", "alignment already ran in this run")
+        if request.step != int(state.get("psi.round", 0)) + 1:
+            raise ProtocolAbort(
+                ALIGN, runtime.party, f"alignment round {request.step} out of order"
+            )
+        schedule = alignment_schedule(runtime, request)
+        if request.step > schedule.rounds_of(runtime.party):
+            # a passive party whose work is done while a larger set still travels: nothing
+            # to do (the server may as well leave it out of these rounds)
+            if request.step > schedule.passive_last_round:
+                raise ProtocolAbort(
+                    ALIGN, runtime.party, f"no alignment round {request.step} for this party"
+                )
         else:
-            _passive_round(ctx, schedule, spool)
+            spool = AlignmentSpool.at(runtime.scratch_directory(SPOOL))
+            if request.step == 1:
+                _blind_own_set(ctx, schedule, spool)
+            if runtime.is_label_owner:
+                _label_owner_round(ctx, schedule, spool)
+            else:
+                _passive_round(ctx, schedule, spool)
+            if request.step == schedule.rounds_of(runtime.party):
+                spool.remove()
     except BaseException:
-        spool.remove()  # the alignment cannot resume: nothing of it stays on disk
+        remove_spool(runtime)  # the alignment cannot resume: nothing of it stays on disk
         raise
     state.set("psi.round", request.step)
+
+
+def remove_spool(runtime: PartyRuntime) -> None:
+    """Remove this run's alignment spool (its blinded points), if any."""
+    shutil.rmtree(runtime.scratch_directory(SPOOL), ignore_errors=True)
 
 
 def _blind_own_set(ctx: PartyContext, schedule: ChunkSchedule, spool: AlignmentSpool) -> None:
@@ -264,8 +286,6 @@ def _send_own_chunk(
 def _passive_round(ctx: PartyContext, schedule: ChunkSchedule, spool: AlignmentSpool) -> None:
     """P_k: re-blind the LO's chunk of the round before and return it; send its own chunk."""
     runtime, request, step = ctx.runtime, ctx.request, ctx.request.step
-    if step > schedule.passive_last_round:
-        raise ProtocolAbort(ALIGN, runtime.party, f"no alignment round {step} for this party")
     lo = schedule.label_owner
     index = schedule.label_owner_chunk_returned(step)
     if index is not None:
@@ -280,15 +300,11 @@ def _passive_round(ctx: PartyContext, schedule: ChunkSchedule, spool: AlignmentS
             lo, TOPIC_LO_DOUBLE, _payload(double), phase=ALIGN, round=step
         )
     _send_own_chunk(ctx, schedule, spool, schedule.passive_chunk_sent(runtime.party, step))
-    if step == schedule.passive_last_round:
-        spool.remove()
 
 
 def _label_owner_round(ctx: PartyContext, schedule: ChunkSchedule, spool: AlignmentSpool) -> None:
     """LO: keep the chunks of the round before (re-blinding P_k's), send its own; match last."""
     runtime, request, step = ctx.runtime, ctx.request, ctx.request.step
-    if step > schedule.match_round:
-        raise ProtocolAbort(ALIGN, runtime.party, f"no alignment round {step} for this party")
     lo = schedule.label_owner
     due = [
         (peer, index)
@@ -316,7 +332,6 @@ def _label_owner_round(ctx: PartyContext, schedule: ChunkSchedule, spool: Alignm
     _send_own_chunk(ctx, schedule, spool, schedule.label_owner_chunk_sent(step))
     if step == schedule.match_round:
         _match_and_order(ctx, schedule, spool)
-        spool.remove()
 
 
 def _match_and_order(ctx: PartyContext, schedule: ChunkSchedule, spool: AlignmentSpool) -> None:
@@ -334,12 +349,17 @@ def _match_and_order(ctx: PartyContext, schedule: ChunkSchedule, spool: Alignmen
             lo_double[peer],
         )
         passive_double[peer] = spool.path(f"double.{peer}.pts")
-        join_chunk_files(
+        received = join_chunk_files(
             [spool.path(f"double.{peer}.{j}.pts") for j in range(schedule.chunks(peer))],
             passive_double[peer],
         )
+        if received != schedule.rows[peer]:
+            raise ProtocolAbort(
+                ALIGN, runtime.party, f"'{peer}' sent {received} ids, its hello declared "
+                f"{schedule.rows[peer]}",
+            )  # fmt: skip
     minimum = min_intersection_of(runtime.agreement, request.job)
-    own_rows = state.array(TOKENS).size // hm.TOKEN_BYTES
+    own_rows = schedule.rows[schedule.label_owner]
     joint = match_streamed(
         lo_double,
         passive_double,
@@ -413,6 +433,7 @@ def finish_alignment(runtime: PartyRuntime, request: StepRequest) -> np.ndarray:
         )
     )
     rows = psi.local_rows_from_positions(arrays["positions"], state.array("psi.permutation"))
+    remove_spool(runtime)
     state.set_array(JOINT_ROWS, rows)
     state.pop_array("psi.permutation")
     state.pop_array("psi.secret")
@@ -441,6 +462,7 @@ def finish_hidden_alignment(runtime: PartyRuntime, request: StepRequest) -> hm.P
             raise PayloadError(
                 ALIGN, runtime.party, runtime.agreement.label_owner, TOPIC_SLOTS, str(exc)[:200]
             ) from exc
+        remove_spool(runtime)
         state.set_array("hm.slot_of_row", layout.slot_of_row)
         state.set_array("hm.row_of_position", layout.row_of_position)
         state.set("hm.total_slots", layout.total_slots)

@@ -6,7 +6,7 @@ agreement's minimum cohort are withheld. The column's holder sees only Paillier 
 the labels (it learns nothing about them); the server relays envelopes and learns the number
 of released cells.
 
-Steps, after alignment (3 rounds):
+Steps, after alignment (3 rounds up to 2**20 ids a set):
 1. ``query.encrypt_labels`` (label owner): encrypt the 0/1 labels of the joint rows;
 2. ``query.segment_sums`` (the column's holder): per value, the count and the homomorphic sum
    of the encrypted labels (cells under the minimum cohort are not sent);
