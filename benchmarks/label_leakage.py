@@ -141,7 +141,7 @@ def recording(transcript: Transcript, attack=None) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- collaborations
-def _collaboration(root: Path, frames: dict[str, pd.DataFrame], label_owner: str, **terms):
+def write_collaboration(root: Path, frames: dict[str, pd.DataFrame], label_owner: str, **terms):
     root.mkdir(parents=True, exist_ok=True)
     identities = {p: PartyIdentity.generate(p) for p in frames}
     files = {}
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         # 1. breast cancer: one passive party (the strongest case for the LO's image attack)
         frames = breast_cancer_frames(rng=rng)
-        agreement, files = _collaboration(root / "bc", frames, "lo", min_intersection=100)
+        agreement, files = write_collaboration(root / "bc", frames, "lo", min_intersection=100)
         transcript = Transcript()
         done, error = run(agreement, files, root / "bc" / "work", transcript)
         if error:
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = []
         for inflate in (True, False):
             transcript = Transcript()
-            agreement, files = _collaboration(
+            agreement, files = write_collaboration(
                 root / f"cc{int(inflate)}", frames, "lo", min_intersection=100
             )
             done, error = run(
@@ -394,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
 
         # 3. guessed ids: 100 real customers and 5,000 guesses (900 of them right)
         guess_frames = guessed_id_frames(frames, rng)
-        agreement, files = _collaboration(root / "guess", guess_frames, "lo", min_intersection=100)
+        agreement, files = write_collaboration(
+            root / "guess", guess_frames, "lo", min_intersection=100
+        )
         transcript = Transcript()
         done, error = run(
             agreement, files, root / "guess" / "work", transcript, **{"max-iterations": 3}

@@ -42,16 +42,17 @@ from flwr.serverapp import ServerApp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from label_leakage import write_collaboration  # noqa: E402
+
 from vfm_flower import vertical_session  # noqa: E402
-from vfm_flower.agreement import SignedAgreement, init_agreement  # noqa: E402
+from vfm_flower.agreement import SignedAgreement  # noqa: E402
 from vfm_flower.clients.client_app import app as client_app  # noqa: E402
 from vfm_flower.jobs_builtin import builtin_registry  # noqa: E402
-from vfm_flower.keys import PartyIdentity  # noqa: E402
 from vfm_flower.normalize import normalize_ids  # noqa: E402
 from vfm_flower.psi import psi_domain  # noqa: E402
 from vfm_flower.psi_chunks import DEFAULT_CHUNK_IDS  # noqa: E402
 from vfm_flower.psi_stream import align_streaming  # noqa: E402
-from vfm_flower.runtime.local_job import PartyFiles, run_local_app  # noqa: E402
+from vfm_flower.runtime.local_job import run_local_app  # noqa: E402
 
 PARTIES = ("lo", "p1")
 
@@ -67,39 +68,20 @@ def synthetic_ids(n: int, seed: int = 3) -> tuple[dict[str, list[str]], int]:
     return {"lo": lo, "p1": p1}, shared
 
 
-def write_collaboration(root: Path, ids: dict[str, list[str]]) -> tuple[Path, dict, Path]:
-    identities = {p: PartyIdentity.generate(p) for p in PARTIES}
-    files = {}
+def collaboration(root: Path, ids: dict[str, list[str]]) -> tuple[Path, dict, Path]:
+    """The two parties' files and a signed agreement (as the leakage benchmark writes them)."""
     rng = np.random.default_rng(0)
+    frames = {}
     for party in PARTIES:
-        folder = root / "parties" / party
-        key, _ = identities[party].save(folder)
         frame = pd.DataFrame({"email": ids[party], f"{party}_x": rng.normal(size=len(ids[party]))})
         if party == "lo":
             frame["y"] = rng.integers(0, 2, len(frame))
-        data = folder / f"{party}.csv"
-        frame.to_csv(data, index=False)
-        files[party] = PartyFiles(data, key)
-    operator = PartyIdentity.generate("operator")
-    operator_key, _ = operator.save(root / "operator")
-    agreement = init_agreement(
-        purpose="alignment benchmark",
-        label_owner="lo",
-        label_column="y",
-        id_column="email",
-        id_kind="email",
-        parties={p: i.public for p, i in identities.items()},
-        operator=operator.public,
-        positive_class="1",
-        min_intersection=100,
-        max_set_size=max(len(v) for v in ids.values()),
+        frames[party] = frame
+    largest = max(len(v) for v in ids.values())
+    agreement, files = write_collaboration(
+        root, frames, "lo", min_intersection=100, max_set_size=largest
     )
-    signed = SignedAgreement(agreement, {})
-    for identity in (*identities.values(), operator):
-        signed = signed.with_signature(identity)
-    path = root / "agreement.toml"
-    signed.save(path)
-    return path, files, operator_key
+    return agreement, files, root / "operator" / "operator.key"
 
 
 def align_only_app(chunk_ids: int, joint_out: dict) -> ServerApp:
@@ -127,7 +109,7 @@ def main() -> None:
     ids, shared = synthetic_ids(args.ids)
     with tempfile.TemporaryDirectory(prefix="vfm-psi-flower-") as tmp:
         root = Path(tmp)
-        agreement, files, operator_key = write_collaboration(root, ids)
+        agreement, files, operator_key = collaboration(root, ids)
         facts: dict = {}
         grids: list = []
         started = time.perf_counter()
