@@ -91,8 +91,12 @@ def load_state(context: Context, files: StateFiles | None = None) -> PartyState:
     if references or files is not None:
         if files is None:
             files = state_files(settings_from_context(context, data_file=False), context)
-        loaded.update(files.load(references))
         files.collect(references)
+        # each file is read (and checked) when a step first asks for its array
+        return PartyState(
+            values=dict(values) if values is not None else {},
+            arrays=files.load_lazily(references, loaded),
+        )
     return PartyState(values=dict(values) if values is not None else {}, arrays=loaded)
 
 
@@ -107,9 +111,9 @@ def save_state(context: Context, state: PartyState, files: StateFiles | None = N
     SuperNode's memory)."""
     from flwr.app import Array
 
-    arrays, references = dict(state.arrays), {}
+    arrays, references = state.arrays.in_memory(), {}
     if files is not None:
-        arrays, references = files.store(arrays)
+        arrays, references = files.store(state.arrays)
     context.state[_VALUES] = ConfigRecord(dict(state.values))
     context.state[_ARRAYS] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     context.state[_FILES] = ConfigRecord(references)
@@ -121,7 +125,8 @@ def end_of_run_state(context: Context, state: PartyState, files: StateFiles) -> 
     from flwr.app import Array
 
     files.discard()
-    small = {k: v for k, v in state.arrays.items() if v.nbytes < files.min_bytes}
+    memory = state.arrays.in_memory()
+    small = {k: v for k, v in memory.items() if v.nbytes < files.min_bytes}
     context.state[_VALUES] = ConfigRecord(dict(state.values))
     context.state[_ARRAYS] = ArrayRecord({k: Array(v) for k, v in small.items()})
     context.state[_FILES] = ConfigRecord({})

@@ -442,9 +442,9 @@ class VerticalSession:
         params = {"chunk_ids": schedule.chunk_ids}
         with self.phase("align") as sizes:
             for step in range(1, schedule.match_round + 1):
-                last = self.send(
-                    "query.align", to=schedule.parties_in_round(step), step=step, params=params
-                )
+                due = set(schedule.parties_in_round(step))
+                to = [p for p in self.parties if p in due]  # the agreement's order
+                last = self.send("query.align", to=to, step=step, params=params)
                 if schedule.match_round > 3:
                     self.progress("align", {"round": step, "of": schedule.match_round})
             joint = last[lo].public.get("joint_rows")

@@ -125,3 +125,41 @@ def test_a_job_with_every_array_in_files_gives_the_same_result(tmp_path, monkeyp
         assert not list((tmp_path / "w1" / "parties" / party / "state").glob("run-*"))
     for context in grids[0].contexts.values():
         assert len(context.state["vfm.files"]) == 0
+
+
+def test_a_file_is_read_only_when_a_step_asks_for_its_array(tmp_path, monkeypatch):
+    """Lazy state: an array no step reads keeps its reference unread at the next save; the
+    first read checks the digest (a damaged file is refused then); a read array is writable
+    and is the array stored."""
+    files = StateFiles(tmp_path / "run-1", min_bytes=1000)
+    tokens = np.arange(4000, dtype=np.uint8)
+    joint = np.arange(600, dtype=np.int64)
+    _, refs = files.store({"tokens": tokens, "joint": joint})
+    reads = []
+    original = StateFiles._read
+    monkeypatch.setattr(
+        StateFiles, "_read", lambda self, key, ref: reads.append(key) or original(self, key, ref)
+    )
+    arrays = files.load_lazily(refs, {"small": np.zeros(3)})
+    state = state_module.PartyState(arrays=arrays)
+    assert "tokens" in state and "joint" in state and reads == []
+    assert sorted(state.array_keys()) == ["joint", "small", "tokens"]
+    got = state.array("joint")
+    assert np.array_equal(got, joint) and reads == ["joint"]
+    got[0] = 7  # writable, over the one buffer read
+    state.set_array("new", np.ones(200, dtype=np.int64))
+    kept, refs2 = files.store(state.arrays)
+    assert reads == ["joint"]  # tokens was never read, and keeps its reference
+    assert refs2["tokens"] == refs["tokens"] and refs2["joint"] != refs["joint"]
+    assert set(kept) == {"small"} and set(refs2) == {"tokens", "joint", "new"}
+    # a damaged file is refused when first read
+    path = refs["tokens"].split("|")[0]
+    data = bytearray(open(path, "rb").read())
+    data[-1] ^= 1
+    open(path, "wb").write(bytes(data))
+    later = state_module.PartyState(arrays=files.load_lazily(refs2))
+    with pytest.raises(ProtocolAbort, match="changed on disk"):
+        later.array("tokens")
+    # a reference outside the run's directory is refused at once, before any step
+    with pytest.raises(ProtocolAbort, match="not a file of this run"):
+        files.load_lazily({"x": f"/etc/passwd|{'0' * 64}"})

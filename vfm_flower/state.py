@@ -16,7 +16,7 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +27,74 @@ from vfm_flower.errors import ProtocolAbort
 Scalar = int | float | str | bool | bytes
 
 
+class StateArrays(MutableMapping[str, np.ndarray]):
+    """A party's state arrays: those in memory, and those still in their state files, read
+    (and checked against their digests) only when a step first asks for them.
+
+    A message that does not need an array does not read it: the alignment's rounds and the
+    training iterations leave the set-sized tokens and permutations on disk. An array never
+    read keeps its file reference at the next save (:meth:`StateFiles.store`).
+    """
+
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray] | None = None,
+        pending: Mapping[str, Callable[[], np.ndarray]] | None = None,
+    ) -> None:
+        self._loaded: dict[str, np.ndarray] = dict(arrays or {})
+        self._pending: dict[str, Callable[[], np.ndarray]] = dict(pending or {})
+        self._references: dict[str, str] = {}
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._loaded:
+            load = self._pending.pop(key)  # KeyError for an unknown key
+            self._references.pop(key, None)
+            self._loaded[key] = load()
+        return self._loaded[key]
+
+    def __setitem__(self, key: str, value: np.ndarray) -> None:
+        self._pending.pop(key, None)
+        self._references.pop(key, None)
+        self._loaded[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key in self._pending:
+            del self._pending[key]
+            self._references.pop(key, None)
+        else:
+            del self._loaded[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._loaded or key in self._pending
+
+    def __iter__(self) -> Iterator[str]:
+        yield from list(self._loaded)
+        yield from list(self._pending)
+
+    def __len__(self) -> int:
+        return len(self._loaded) + len(self._pending)
+
+    def in_memory(self) -> dict[str, np.ndarray]:
+        """The arrays read or set in this message (the others are still in their files)."""
+        return dict(self._loaded)
+
+    def unread_references(self) -> dict[str, str]:
+        """``key -> reference`` of the file-backed arrays no step read in this message."""
+        return {k: self._references[k] for k in self._pending if k in self._references}
+
+
 class PartyState:
     """Typed key-value store of scalars and numpy arrays."""
 
     def __init__(
         self,
         values: dict[str, Any] | None = None,
-        arrays: dict[str, np.ndarray] | None = None,
+        arrays: Mapping[str, np.ndarray] | StateArrays | None = None,
     ) -> None:
         self.values: dict[str, Any] = dict(values or {})
-        self.arrays: dict[str, np.ndarray] = dict(arrays or {})
+        self.arrays: StateArrays = (
+            arrays if isinstance(arrays, StateArrays) else StateArrays(arrays or {})
+        )
 
     def __contains__(self, key: str) -> bool:
         return key in self.values or key in self.arrays
@@ -70,7 +128,7 @@ class PartyState:
     def group(self, prefix: str) -> dict[str, np.ndarray]:
         """The arrays stored with ``set_group(prefix, ...)``, by their own names."""
         head = f"{prefix}."
-        return {k[len(head) :]: v for k, v in self.arrays.items() if k.startswith(head)}
+        return {k[len(head) :]: self.arrays[k] for k in list(self.arrays) if k.startswith(head)}
 
     def tokens(self, key: str) -> set[str]:
         """A set of strings kept under ``key`` (one per line; tokens hold no newline)."""
@@ -148,8 +206,11 @@ class StateFiles:
         if stat.S_IMODE(info.st_mode) != 0o700:
             self.directory.chmod(0o700)
 
-    def store(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        """Split ``arrays`` into those kept in the record and references to files.
+    def store(
+        self, arrays: Mapping[str, np.ndarray] | StateArrays
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Split ``arrays`` into those kept in the record and references to files (the
+        arrays of a :class:`StateArrays` that no step read keep their references unread).
 
         Returns
         -------
@@ -160,6 +221,9 @@ class StateFiles:
         """
         kept: dict[str, np.ndarray] = {}
         references: dict[str, str] = {}
+        if isinstance(arrays, StateArrays):
+            references.update(arrays.unread_references())
+            arrays = arrays.in_memory()
         for index, (key, value) in enumerate(arrays.items()):
             if value.nbytes < self.min_bytes:
                 kept[key] = value
@@ -202,21 +266,38 @@ class StateFiles:
             A reference points outside this run's directory, or a file is missing or its
             content is not the one referenced.
         """
-        out: dict[str, np.ndarray] = {}
+        return {key: self._read(key, ref) for key, ref in references.items()}
+
+    def load_lazily(
+        self, references: dict[str, str], arrays: Mapping[str, np.ndarray] | None = None
+    ) -> StateArrays:
+        """The referenced arrays as a :class:`StateArrays` that reads (and checks) each file
+        when a step first asks for it; every reference is checked to be a file of this run
+        now, its content when it is read."""
+        pending = {}
         for key, ref in references.items():
-            path, digest = self._checked_path(key, ref)
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise ProtocolAbort(
-                    "state", None, f"the state file of '{key}' cannot be read ({exc.strerror})"
-                ) from exc
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise ProtocolAbort(
-                    "state", None, f"the state file of '{key}' changed on disk: refused"
-                )
-            out[key] = np.load(io.BytesIO(data), allow_pickle=False)
+            self._checked_path(key, ref)
+            pending[key] = lambda key=key, ref=ref: self._read(key, ref)
+        out = StateArrays(arrays, pending)
+        out._references.update(references)
         return out
+
+    def _read(self, key: str, reference: str) -> np.ndarray:
+        """One state file, read once, checked against its digest, parsed from memory."""
+        path, digest = self._checked_path(key, reference)
+        try:
+            with path.open("rb") as handle:
+                data = bytearray(os.fstat(handle.fileno()).st_size)
+                size = handle.readinto(data)
+        except OSError as exc:
+            raise ProtocolAbort(
+                "state", None, f"the state file of '{key}' cannot be read ({exc.strerror})"
+            ) from exc
+        if size != len(data) or hashlib.sha256(data).hexdigest() != digest:
+            raise ProtocolAbort(
+                "state", None, f"the state file of '{key}' changed on disk: refused"
+            )
+        return _array_over(data, key)
 
     def collect(self, references: dict[str, str]) -> None:
         """Remove the files the committed record does not reference (a later message's that
@@ -254,6 +335,28 @@ class StateFiles:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry)
         return removed
+
+
+#: More than any header ``np.save`` writes for the plain dtypes of party state.
+_MAX_HEADER = 1 << 16
+
+
+def _array_over(data: bytearray, key: str) -> np.ndarray:
+    """The array of an ``.npy`` image, over ``data`` itself (writable, no second copy)."""
+    stream = io.BytesIO(bytes(data[:_MAX_HEADER]))  # the header only, not the array
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+    except ValueError as exc:
+        raise ProtocolAbort("state", None, f"the state file of '{key}' is not an array") from exc
+    if dtype.hasobject:
+        raise ProtocolAbort("state", None, f"the state file of '{key}' holds objects: refused")
+    count = int(np.prod(shape, dtype=np.int64))
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
 class _HashingSink:
