@@ -199,15 +199,18 @@ class PartyRuntime:
             )
         self.state.set_tokens("mask_labels", labels | {label})
 
-    def read_table(self) -> pd.DataFrame:
+    def read_table(self, *, id_columns_only: bool = False) -> pd.DataFrame:
         """This party's rows: the app's data loader, else the CSV file of the data set the
-        job names (``data-path`` when it names none)."""
+        job names (``data-path`` when it names none); ``id_columns_only`` keeps (and for a
+        CSV file reads) only the agreement's id columns."""
         id_columns = tuple(self.terms.id_columns)
         data_set = self.request.job.data_set if self.request is not None else None
         path = self.settings.data_path_for(data_set)
         if self.data_loader is None:
             self._check_data_unchanged(path, data_set)
-            return read_party_table(path, party=self.party, id_columns=id_columns)
+            return read_party_table(
+                path, party=self.party, id_columns=id_columns, id_columns_only=id_columns_only
+            )
         frame = self.data_loader(dataclasses.replace(self.settings, data_path=path))
         if not hasattr(frame, "columns") or not hasattr(frame, "iloc"):
             raise ConfigurationError(
@@ -220,7 +223,7 @@ class PartyRuntime:
             )
         if len(frame) == 0:
             raise DataError(f"party '{self.party}': the loaded data has no rows")
-        frame = frame.copy()
+        frame = frame[list(id_columns)].copy() if id_columns_only else frame.copy()
         for column in id_columns:
             frame[column] = frame[column].astype("string").astype(object)
         check_id_lengths(frame, id_columns, self.party)

@@ -16,9 +16,15 @@ MAX_ID_LENGTH = 256
 
 
 def read_party_table(
-    path: Path, *, party: str, required_columns: Sequence[str] = (), id_columns: Sequence[str] = ()
+    path: Path,
+    *,
+    party: str,
+    required_columns: Sequence[str] = (),
+    id_columns: Sequence[str] = (),
+    id_columns_only: bool = False,
 ) -> pd.DataFrame:
-    """Read ``path`` as CSV; id columns are read as text, exactly as written.
+    """Read ``path`` as CSV; id columns are read as text, exactly as written (with
+    ``id_columns_only``, nothing else is read: the alignment's memory is its ids').
 
     Raises
     ------
@@ -27,9 +33,14 @@ def read_party_table(
         :data:`MAX_ID_LENGTH` characters (its line named, never its value).
     """
     try:
+        columns = None
+        if id_columns_only:  # the header first: a missing id column is named below
+            header = pd.read_csv(path, nrows=0).columns
+            columns = [c for c in header if c in set(id_columns)] or list(header)
         frame = pd.read_csv(
             path,
             dtype={c: str for c in id_columns},
+            usecols=columns,
             keep_default_na=True,
             na_values=[""],
         )

@@ -96,8 +96,9 @@ def id_spec_of(runtime: PartyRuntime) -> IdSpec:
 def load_normalized_ids(runtime: PartyRuntime) -> list[str]:
     """Read this party's id columns, normalize them, refuse empties and duplicates."""
     spec = id_spec_of(runtime)
-    frame = runtime.read_table()
+    frame = runtime.read_table(id_columns_only=True)
     ids = spec.normalize(frame, party=runtime.party)
+    del frame
     check_unique(ids, runtime.party)
     check_set_size(len(ids), runtime.terms.max_set_size, runtime.party)
     return ids
