@@ -107,7 +107,13 @@ def test_a_job_written_on_the_public_api_runs_in_the_deployment_engine(tmp_path,
         jobs=[JobTerms.default_for(getattr(sys.modules[example], kind))],
     )
     before = _flower_processes()
-    config = 'party="bank" column="segment"' if example == "segment_stats" else "bins=16"
+    # the stump's alignment runs in chunks of 256 ids (500 a party: 2 chunks, 4 rounds), each
+    # round a fresh ClientApp process reading the spool the one before left
+    config = (
+        'party="bank" column="segment"'
+        if example == "segment_stats"
+        else "bins=16 align-chunk-ids=256"
+    )
     proc = _run_script(
         tmp_path / "deploy",
         VFM_SETUP=str(setup),
@@ -121,6 +127,7 @@ def test_a_job_written_on_the_public_api_runs_in_the_deployment_engine(tmp_path,
     result = json.loads((tmp_path / "deploy" / "server" / "result.json").read_text())
     released = {"segment_stats": ("cells", 3), "stump": ("splits", 1)}[example]
     assert result["public"][released[0]] == released[1]
+    assert result["phases"]["align"]["rounds"] == (3 if example == "segment_stats" else 4)
     name = {"segment_stats": "segments", "stump": "stump"}[example]
     assert (tmp_path / "deploy" / "parties" / "lo" / "results" / name).is_file()
     assert _flower_processes() - before == set()

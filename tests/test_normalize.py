@@ -274,3 +274,23 @@ def test_id_spec_normalize_table() -> None:
     assert spec.normalize({"email": ["C@x.com"]}, party="bank") == ["c@x.com"]
     with pytest.raises(DataError, match="party 'bank': id column\\(s\\) 'mail' not found"):
         IdSpec("email", ("mail",)).normalize(frame, party="bank")
+
+
+def test_blocks_give_the_same_ids_and_the_same_error_as_the_whole_table():
+    from vfm_flower.normalize import normalize_id_blocks
+
+    values = [f" User{i}@Example.COM " for i in range(25)]
+    blocks = list(normalize_id_blocks([values], "email", block=7))
+    assert [len(b) for b in blocks] == [7, 7, 7, 4]
+    assert sum(blocks, []) == normalize_ids([values], "email")
+    broken = list(values)
+    broken[3] = "not an email"
+    broken[20] = ""
+    with pytest.raises(DataError) as whole:
+        normalize_ids([broken], "email", party="bank")
+    got = []
+    with pytest.raises(DataError) as streamed:
+        for block in normalize_id_blocks([broken], "email", block=7, party="bank"):
+            got.append(block)
+    assert str(streamed.value) == str(whole.value)  # counts and rows over the whole table
+    assert len(got) == 4  # reported once every block was read

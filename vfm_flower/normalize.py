@@ -34,7 +34,7 @@ import math
 import numbers
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,9 +206,40 @@ def normalize_ids(
         Empty table, columns of different lengths, or invalid values (the message gives the
         number of bad rows, the first row numbers and the reasons, never a value).
     """
-    _check_kind(kind)
-    sensitive = _default_case_sensitive(kind, case_sensitive)
-    country_code = _check_country_code(default_country_code)
+    columns = _checked_columns(columns, party)
+    one = _row_normalizer(kind, default_country_code, case_sensitive)
+    bad = _BadRows()
+    ids = _normalize_rows(columns, one, 0, bad)
+    bad.raise_if_any(party, kind, len(columns[0]))
+    return ids
+
+
+def normalize_id_blocks(
+    columns: Sequence[Sequence[object]],
+    kind: str,
+    *,
+    block: int,
+    default_country_code: str = "1",
+    case_sensitive: bool | None = None,
+    party: str = "this party",
+) -> Iterator[list[str]]:
+    """:func:`normalize_ids`, ``block`` rows at a time: the same ids, block after block.
+
+    For a set too large to hold normalized whole (the streamed alignment consumes it block
+    by block). Invalid ids are reported as :func:`normalize_ids` reports them (counts and
+    first rows over the whole table), once every block was read: the consumer's work on the
+    blocks before is then discarded with the error.
+    """
+    columns = _checked_columns(columns, party)
+    one = _row_normalizer(kind, default_country_code, case_sensitive)
+    bad = _BadRows()
+    n_rows = len(columns[0])
+    for start in range(0, n_rows, block):
+        yield _normalize_rows([col[start : start + block] for col in columns], one, start, bad)
+    bad.raise_if_any(party, kind, n_rows)
+
+
+def _checked_columns(columns: Sequence[Sequence[object]], party: str) -> list[list[object]]:
     if isinstance(columns, str | bytes) or any(isinstance(c, str | bytes) for c in columns):
         raise ConfigurationError(
             "normalize_ids takes a sequence of id columns: pass [values] for one column"
@@ -225,44 +256,56 @@ def normalize_ids(
         )
     if n_rows == 0:
         raise DataError(f"party '{party}': the id table is empty (no rows to align)")
+    return columns
 
+
+def _row_normalizer(
+    kind: str, default_country_code: str, case_sensitive: bool | None
+) -> Callable[[object], str]:
+    _check_kind(kind)
+    sensitive = _default_case_sensitive(kind, case_sensitive)
+    country_code = _check_country_code(default_country_code)
     if kind == "email":
+        return _normalize_email
+    if kind == "phone":
+        return lambda v: _normalize_phone(v, country_code)
+    return lambda v: _normalize_plain(v, sensitive)
 
-        def one(v: object) -> str:
-            return _normalize_email(v)
 
-    elif kind == "phone":
+class _BadRows:
+    """The invalid rows met so far, and why (reasons counted)."""
 
-        def one(v: object) -> str:
-            return _normalize_phone(v, country_code)
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        self.reasons: dict[str, int] = {}
 
-    else:
-
-        def one(v: object) -> str:
-            return _normalize_plain(v, sensitive)
-
-    bad_rows: list[int] = []
-    reasons: dict[str, int] = {}
-    parts_per_column: list[list[str]] = []
-    for col in columns:
-        out: list[str] = []
-        append = out.append
-        for row, value in enumerate(col):
-            try:
-                append(one(value))
-            except _Bad as bad:
-                append("")
-                bad_rows.append(row)
-                reasons[bad.reason] = reasons.get(bad.reason, 0) + 1
-        parts_per_column.append(out)
-
-    if bad_rows:
-        rows = sorted(set(bad_rows))
-        why = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+    def raise_if_any(self, party: str, kind: str, n_rows: int) -> None:
+        if not self.rows:
+            return
+        rows = sorted(set(self.rows))
+        why = ", ".join(f"{count} {reason}" for reason, count in sorted(self.reasons.items()))
         raise DataError(
             f"party '{party}': {len(rows)} of {n_rows} rows have an invalid {kind} id "
             f"({why}); first rows: {_rows_text(rows)}"
         )
+
+
+def _normalize_rows(
+    columns: list[list[object]], one: Callable[[object], str], first_row: int, bad: _BadRows
+) -> list[str]:
+    """One normalized id per row of ``columns`` (rows numbered from ``first_row``)."""
+    parts_per_column: list[list[str]] = []
+    for col in columns:
+        out: list[str] = []
+        append = out.append
+        for row, value in enumerate(col, start=first_row):
+            try:
+                append(one(value))
+            except _Bad as failure:
+                append("")
+                bad.rows.append(row)
+                bad.reasons[failure.reason] = bad.reasons.get(failure.reason, 0) + 1
+        parts_per_column.append(out)
     if len(parts_per_column) == 1:
         return parts_per_column[0]
     return ["".join(f"{len(p)}:{p}" for p in parts) for parts in zip(*parts_per_column)]
@@ -362,6 +405,28 @@ class IdSpec:
         DataError
             A listed id column is missing, or see :func:`normalize_ids`.
         """
+        return normalize_ids(
+            self._columns_of(table, party),
+            self.kind,
+            default_country_code=self.default_country_code,
+            case_sensitive=self.case_sensitive,
+            party=party,
+        )
+
+    def normalize_blocks(
+        self, table: Mapping[str, Iterable[object]] | Any, *, party: str, block: int
+    ) -> Iterator[list[str]]:
+        """:meth:`normalize`, ``block`` rows at a time (:func:`normalize_id_blocks`)."""
+        return normalize_id_blocks(
+            self._columns_of(table, party),
+            self.kind,
+            block=block,
+            default_country_code=self.default_country_code,
+            case_sensitive=self.case_sensitive,
+            party=party,
+        )
+
+    def _columns_of(self, table: Mapping[str, Iterable[object]] | Any, party: str) -> list:
         available = set(table.keys())
         missing = [c for c in self.columns if c not in available]
         if missing:
@@ -369,13 +434,7 @@ class IdSpec:
                 f"party '{party}': id column(s) {', '.join(repr(c) for c in missing)} "
                 "not found in the data"
             )
-        return normalize_ids(
-            [list(table[c]) for c in self.columns],
-            self.kind,
-            default_country_code=self.default_country_code,
-            case_sensitive=self.case_sensitive,
-            party=party,
-        )
+        return [list(table[c]) for c in self.columns]
 
     def to_dict(self) -> dict[str, object]:
         """A plain, TOML/JSON-friendly dict (``case_sensitive`` left out when unset)."""

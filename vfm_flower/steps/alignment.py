@@ -228,19 +228,26 @@ def remove_spool(runtime: PartyRuntime) -> None:
 def _blind_own_set(ctx: PartyContext, schedule: ChunkSchedule, spool: AlignmentSpool) -> None:
     """Round 1: hash, blind (and for a passive party shuffle) the own set into the spool."""
     runtime, state = ctx.runtime, ctx.runtime.state
-    ids = load_normalized_ids(runtime)
-    if len(ids) != schedule.rows[runtime.party]:
+    frame = runtime.read_table(id_columns_only=True)
+    count = len(frame)
+    check_set_size(count, runtime.terms.max_set_size, runtime.party)
+    if count != schedule.rows[runtime.party]:
         raise ProtocolAbort(
             ALIGN, runtime.party, "its ids changed since its hello: run the job again"
         )
+    # normalized a block at a time as the blinding consumes them (an invalid id is reported
+    # after the last block, a duplicate by the blinded set's uniqueness check)
+    blocks = id_spec_of(runtime).normalize_blocks(
+        frame, party=runtime.party, block=DEFAULT_BLOCK_IDS
+    )
+    del frame
     secret = psi.PsiSecret.generate()
     state.set_bytes("psi.secret", secret.to_bytes())
     state.set("psi.chunk_ids", schedule.chunk_ids)
     state.set("psi.match_round", schedule.match_round)
     domain = psi.psi_domain(runtime.agreement.agreement_id, runtime.run_key)
     token_domain = domain + b"/tokens"
-    blocks = (ids[i : i + DEFAULT_BLOCK_IDS] for i in range(0, len(ids), DEFAULT_BLOCK_IDS))
-    with pool_for(len(ids)) as pool:
+    with pool_for(count) as pool:
         first = stream_first_blind(
             blocks,
             domain,
@@ -250,11 +257,10 @@ def _blind_own_set(ctx: PartyContext, schedule: ChunkSchedule, spool: AlignmentS
             label_owner=runtime.is_label_owner,
             max_set_size=runtime.terms.max_set_size,
             executor=pool,
-            progress=_partner_progress(len(ids)) or _no_progress,
-            total=len(ids),
+            progress=_partner_progress(count) or _no_progress,
+            total=count,
             tokens=lambda block: b"".join(hm.customer_tokens(block, token_domain)),
         )
-    del ids
     tokens = spool.path("tokens.bin")
     state.set_array(TOKENS, np.fromfile(tokens, dtype=np.uint8))
     tokens.unlink()
