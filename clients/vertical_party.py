@@ -111,7 +111,8 @@ def save_state(context: Context, state: PartyState, files: StateFiles | None = N
     SuperNode's memory)."""
     from flwr.app import Array
 
-    arrays, references = state.arrays.in_memory(), {}
+    arrays = {k: state.arrays[k] for k in state.arrays}  # no files: every array in the record
+    references: dict[str, str] = {}
     if files is not None:
         arrays, references = files.store(state.arrays)
     context.state[_VALUES] = ConfigRecord(dict(state.values))

@@ -330,3 +330,20 @@ def test_a_passive_party_left_out_of_its_idle_rounds_keeps_no_spool(tmp_path, mo
     result = collab.run(job="train", **{"max-iterations": 1, "align-chunk-ids": 256})
     assert result["joint_rows"] == len(collab.shared)
     assert spools == {5: ["lo", "p2"], 6: ["lo", "p2"]}
+
+
+def test_a_hello_of_a_party_outside_the_agreement_is_refused(small_collab, monkeypatch):
+    """An unsigned hello for 'mallory' added to the session (it would appear in reports with
+    its made-up row count): refused at the first session message."""
+    from vfm_flower.strategies.session import VerticalSession
+
+    original = VerticalSession.request
+
+    def request(self, kind, step, **kw):
+        req = original(self, kind, step, **kw)
+        hellos = {**req.session.hellos, "mallory": ({"rows": 424242}, b"")}
+        return dataclasses.replace(req, session=dataclasses.replace(req.session, hellos=hellos))
+
+    monkeypatch.setattr(VerticalSession, "request", request)
+    with pytest.raises(ProtocolAbort, match="outside the agreement"):
+        small_collab.run(job="train", **{"max-iterations": 1})

@@ -163,3 +163,37 @@ def test_a_file_is_read_only_when_a_step_asks_for_its_array(tmp_path, monkeypatc
     # a reference outside the run's directory is refused at once, before any step
     with pytest.raises(ProtocolAbort, match="not a file of this run"):
         files.load_lazily({"x": f"/etc/passwd|{'0' * 64}"})
+
+
+def test_lazy_state_refusals_and_reads(tmp_path):
+    """A missing or non-regular referenced file is refused at load (never carried forward);
+    a refused read keeps its key; a dropped array is not read; a malformed header is refused."""
+    files = StateFiles(tmp_path / "run-1", min_bytes=1000)
+    _, refs = files.store({"a": np.arange(600, dtype=np.int64), "b": np.ones(600)})
+    os.unlink(refs["a"].split("|")[0])
+    with pytest.raises(ProtocolAbort, match="'a' cannot be read"):
+        files.load_lazily(refs)
+    _, refs = files.store({"a": np.arange(600, dtype=np.int64)})
+    arrays = files.load_lazily({**refs})
+    path = refs["a"].split("|")[0]
+    data = bytearray(open(path, "rb").read())
+    data[-1] ^= 1
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(ProtocolAbort, match="changed on disk"):
+        arrays["a"]
+    assert "a" in arrays and arrays.unread_references() == refs  # not lost by the refusal
+    state = state_module.PartyState(arrays=arrays)
+    state.drop_array("a")  # a damaged file is not read to be dropped
+    assert "a" not in state and files.store(state.arrays) == ({}, {})
+    # a file whose header promises more than it holds (named by its own digest)
+    import hashlib
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.arange(600, dtype=np.int64))
+    short = buffer.getvalue()[:-8]
+    digest = hashlib.sha256(short).hexdigest()
+    (tmp_path / "run-1" / f"{digest}.npy").write_bytes(short)
+    ref = f"{(tmp_path / 'run-1' / f'{digest}.npy').resolve()}|{digest}"
+    with pytest.raises(ProtocolAbort, match="not a whole array"):
+        files.load_lazily({"c": ref})["c"]

@@ -167,7 +167,8 @@ class PartyContext:
         session = self.request.session
         if session is None:
             return {}
-        return {p: int(public.get("rows", 0)) for p, (public, _) in session.hellos.items()}
+        names = self.runtime.agreement.party_names
+        return {p: int(session.hellos[p][0].get("rows", 0)) for p in names if p in session.hellos}
 
     @property
     def min_cohort(self) -> int:

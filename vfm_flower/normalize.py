@@ -206,8 +206,8 @@ def normalize_ids(
         Empty table, columns of different lengths, or invalid values (the message gives the
         number of bad rows, the first row numbers and the reasons, never a value).
     """
-    columns = _checked_columns(columns, party)
     one = _row_normalizer(kind, default_country_code, case_sensitive)
+    columns = _checked_columns(columns, party)
     bad = _BadRows()
     ids = _normalize_rows(columns, one, 0, bad)
     bad.raise_if_any(party, kind, len(columns[0]))
@@ -228,10 +228,23 @@ def normalize_id_blocks(
     For a set too large to hold normalized whole (the streamed alignment consumes it block
     by block). Invalid ids are reported as :func:`normalize_ids` reports them (counts and
     first rows over the whole table), once every block was read: the consumer's work on the
-    blocks before is then discarded with the error.
+    blocks before is then discarded with the error. The kind, the settings and the columns
+    are checked at once, before the first block.
     """
-    columns = _checked_columns(columns, party)
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ConfigurationError(f"normalize_id_blocks needs a block of at least 1 row: {block!r}")
     one = _row_normalizer(kind, default_country_code, case_sensitive)
+    columns = _checked_columns(columns, party)
+    return _normalized_blocks(columns, one, block, party, kind)
+
+
+def _normalized_blocks(
+    columns: list[list[object]],
+    one: Callable[[object], str],
+    block: int,
+    party: str,
+    kind: str,
+) -> Iterator[list[str]]:
     bad = _BadRows()
     n_rows = len(columns[0])
     for start in range(0, n_rows, block):

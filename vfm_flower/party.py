@@ -464,6 +464,11 @@ class PartyRuntime:
         """Every party's signed hello names this agreement and this job (once per run)."""
         own_hash = self.agreement.terms_hash()
         reported: dict[str, str] = {}
+        extra = sorted(set(session.hellos) - set(self.agreement.party_names))
+        if extra:
+            raise PolicyViolation(
+                "session", f"the session carries hellos of parties outside the agreement: {extra}"
+            )
         for name in self.agreement.party_names:
             hello = session.hellos.get(name)
             if hello is None:

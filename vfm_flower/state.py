@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import re
 import shutil
@@ -47,9 +48,10 @@ class StateArrays(MutableMapping[str, np.ndarray]):
 
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self._loaded:
-            load = self._pending.pop(key)  # KeyError for an unknown key
+            value = self._pending[key]()  # KeyError for an unknown key; a refused file stays
+            del self._pending[key]
             self._references.pop(key, None)
-            self._loaded[key] = load()
+            self._loaded[key] = value
         return self._loaded[key]
 
     def __setitem__(self, key: str, value: np.ndarray) -> None:
@@ -68,11 +70,15 @@ class StateArrays(MutableMapping[str, np.ndarray]):
         return key in self._loaded or key in self._pending
 
     def __iter__(self) -> Iterator[str]:
-        yield from list(self._loaded)
-        yield from list(self._pending)
+        yield from [*self._loaded, *self._pending]  # a snapshot: reading a key moves it
 
     def __len__(self) -> int:
         return len(self._loaded) + len(self._pending)
+
+    def discard(self, key: str) -> None:
+        """Remove ``key`` if present, without reading its file."""
+        if key in self:
+            del self[key]
 
     def in_memory(self) -> dict[str, np.ndarray]:
         """The arrays read or set in this message (the others are still in their files)."""
@@ -116,6 +122,10 @@ class PartyState:
 
     def pop_array(self, key: str) -> np.ndarray | None:
         return self.arrays.pop(key, None)
+
+    def drop_array(self, key: str) -> None:
+        """Remove an array the step no longer needs (its file is not read)."""
+        self.arrays.discard(key)
 
     def array_keys(self) -> Iterator[str]:
         return iter(self.arrays)
@@ -276,7 +286,17 @@ class StateFiles:
         now, its content when it is read."""
         pending = {}
         for key, ref in references.items():
-            self._checked_path(key, ref)
+            path, _ = self._checked_path(key, ref)
+            try:
+                info = path.lstat()
+            except OSError as exc:
+                raise ProtocolAbort(
+                    "state", None, f"the state file of '{key}' cannot be read ({exc.strerror})"
+                ) from exc
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                raise ProtocolAbort(
+                    "state", None, f"the state file of '{key}' is not a file of this party"
+                )
             pending[key] = lambda key=key, ref=ref: self._read(key, ref)
         out = StateArrays(arrays, pending)
         out._references.update(references)
@@ -286,8 +306,14 @@ class StateFiles:
         """One state file, read once, checked against its digest, parsed from memory."""
         path, digest = self._checked_path(key, reference)
         try:
-            with path.open("rb") as handle:
-                data = bytearray(os.fstat(handle.fileno()).st_size)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise ProtocolAbort(
+                        "state", None, f"the state file of '{key}' is not a regular file"
+                    )
+                data = bytearray(info.st_size)
                 size = handle.readinto(data)
         except OSError as exc:
             raise ProtocolAbort(
@@ -354,7 +380,9 @@ def _array_over(data: bytearray, key: str) -> np.ndarray:
         raise ProtocolAbort("state", None, f"the state file of '{key}' is not an array") from exc
     if dtype.hasobject:
         raise ProtocolAbort("state", None, f"the state file of '{key}' holds objects: refused")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(int(d) for d in shape)
+    if any(int(d) < 0 for d in shape) or stream.tell() + count * dtype.itemsize != len(data):
+        raise ProtocolAbort("state", None, f"the state file of '{key}' is not a whole array")
     array = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
     return array.reshape(shape, order="F" if fortran else "C")
 

@@ -32,10 +32,11 @@ def read_party_table(
         Unreadable or empty file, a required column absent (named), or an id longer than
         :data:`MAX_ID_LENGTH` characters (its line named, never its value).
     """
+    columns, width = None, None
     try:
-        columns = None
         if id_columns_only:  # the header first: a missing id column is named below
             header = pd.read_csv(path, nrows=0).columns
+            width = len(header)
             columns = [c for c in header if c in set(id_columns)] or list(header)
         frame = pd.read_csv(
             path,
@@ -48,7 +49,12 @@ def read_party_table(
         raise DataError(f"party '{party}': data file {path} does not exist") from exc
     except PermissionError as exc:
         raise DataError(f"party '{party}': data file {path} is not readable") from exc
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (
+        pd.errors.EmptyDataError,
+        pd.errors.ParserError,
+        UnicodeDecodeError,
+        ValueError,  # id columns only: the file's header changed between its two reads
+    ) as exc:
         raise DataError(f"party '{party}': {path} is not a readable CSV file ({exc})") from exc
     if len(frame) == 0:
         raise DataError(f"party '{party}': {path} has no rows")
@@ -56,7 +62,7 @@ def read_party_table(
     if absent:
         raise DataError(
             f"party '{party}': {path} lacks column(s) {', '.join(map(repr, absent))} "
-            f"(it has {len(frame.columns)} columns)"
+            f"(it has {width if width is not None else len(frame.columns)} columns)"
         )
     check_id_lengths(frame, id_columns, party)
     return frame

@@ -395,7 +395,7 @@ def _match_and_order(ctx: PartyContext, schedule: ChunkSchedule, spool: Alignmen
             reply.outbox[(peer, TOPIC_POSITIONS)] = runtime.seal(
                 peer, TOPIC_POSITIONS, positions, phase=ALIGN, round=request.step
             )
-    state.pop_array("psi.secret")
+    state.drop_array("psi.secret")
     reply.public["joint_rows"] = int(len(joint.label_owner_rows))
 
 
@@ -442,8 +442,8 @@ def finish_alignment(runtime: PartyRuntime, request: StepRequest) -> np.ndarray:
     rows = psi.local_rows_from_positions(arrays["positions"], state.array("psi.permutation"))
     remove_spool(runtime)
     state.set_array(JOINT_ROWS, rows)
-    state.pop_array("psi.permutation")
-    state.pop_array("psi.secret")
+    state.drop_array("psi.permutation")
+    state.drop_array("psi.secret")
     return rows
 
 
@@ -473,8 +473,8 @@ def finish_hidden_alignment(runtime: PartyRuntime, request: StepRequest) -> hm.P
         state.set_array("hm.slot_of_row", layout.slot_of_row)
         state.set_array("hm.row_of_position", layout.row_of_position)
         state.set("hm.total_slots", layout.total_slots)
-        state.pop_array("psi.permutation")
-        state.pop_array("psi.secret")
+        state.drop_array("psi.permutation")
+        state.drop_array("psi.secret")
     return hm.PassiveLayout(
         int(state.get("hm.total_slots")),
         state.array("hm.slot_of_row"),

@@ -162,7 +162,7 @@ def _second_round(ctx: PartyContext, params: OverlapParams) -> None:
             with pool_for(sets.shape[0] * sets.shape[1]) as pool:
                 double = overlap.blind_sets(sets, secret, executor=pool)
             ctx.state.set_array(f"overlap.passive.{peer}", double)
-        ctx.state.pop_array("overlap.secret")
+        ctx.state.drop_array("overlap.secret")
         return
     lo = ctx.label_owner
     sets, _ = _open_sets(ctx, lo, LABEL_OWNER_SET, params, round=1)
@@ -178,8 +178,8 @@ def _second_round(ctx: PartyContext, params: OverlapParams) -> None:
     with pool_for(sets.shape[0] * sets.shape[1]) as pool:
         returned = overlap.permute_returned_sets(sets, secret, seed, executor=pool)
     ctx.send(lo, RETURNED_SET, _payload(returned, {"partitions": count}))
-    ctx.state.pop_array("overlap.secret")
-    ctx.state.pop_array("overlap.group_seed")
+    ctx.state.drop_array("overlap.secret")
+    ctx.state.drop_array("overlap.group_seed")
 
 
 def _count(ctx: PartyContext, params: OverlapParams) -> None:

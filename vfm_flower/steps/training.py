@@ -456,7 +456,7 @@ def precompute_randomness(ctx: PartyContext) -> None:
             public.n.bit_length(),
         )
         encryptor = djn.DJNEncryptor(public)
-    ctx.state.pop_array(OBFUSCATORS)  # an unused earlier pool is dropped, never reused
+    ctx.state.drop_array(OBFUSCATORS)  # an unused earlier pool is dropped, never reused
     encryptor.fill_pool(count)
     ctx.state.set_bytes(OBFUSCATORS, encryptor.export_pool())
 
