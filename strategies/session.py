@@ -68,6 +68,7 @@ from vfm_flower.psi_chunks import DEFAULT_CHUNK_IDS, ChunkSchedule, check_chunk_
 from vfm_flower.session import SessionInfo, server_hello_bytes
 from vfm_flower.steps.governance import charge_privacy_budget
 from vfm_flower.strategies.operator_log import stream_to_operator
+from vfm_flower.strategies.settings import align_chunk_ids_of
 from vfm_flower.strategies.transport import JobResult, PhaseStats, Transport
 
 logger = logging.getLogger(__name__)
@@ -442,8 +443,7 @@ class VerticalSession:
         params = {"chunk_ids": schedule.chunk_ids}
         with self.phase("align") as sizes:
             for step in range(1, schedule.match_round + 1):
-                due = set(schedule.parties_in_round(step))
-                to = [p for p in self.parties if p in due]  # the agreement's order
+                to = schedule.parties_in_round(step)
                 last = self.send("query.align", to=to, step=step, params=params)
                 if schedule.match_round > 3:
                     self.progress("align", {"round": step, "of": schedule.match_round})
@@ -641,15 +641,6 @@ def abort_outcome(phase: str, exc: BaseException, parties: Iterable[str] = ()) -
     return text
 
 
-def _chunk_ids_from(value: int | None, config: Mapping[str, Any]) -> int:
-    """The alignment's chunk size: the argument, else run-config ``align-chunk-ids``."""
-    raw = value if value is not None else config.get("align-chunk-ids", "") or DEFAULT_CHUNK_IDS
-    try:
-        return check_chunk_ids(raw)
-    except VfmError as exc:
-        raise ConfigurationError(f"run-config 'align-chunk-ids': {exc}") from exc
-
-
 @contextmanager
 def vertical_session(
     grid: Grid,
@@ -701,7 +692,7 @@ def vertical_session(
         round_timeout=round_timeout,
         party_wait_timeout=party_wait_timeout,
         progress=progress,
-        align_chunk_ids=_chunk_ids_from(align_chunk_ids, config),
+        align_chunk_ids=align_chunk_ids_of(config, align_chunk_ids),
     )
     with session:
         yield session

@@ -56,6 +56,16 @@ def _get(config: Mapping[str, Any], key: str, default: Any) -> Any:
     return default if value == "" else value
 
 
+def align_chunk_ids_of(config: Mapping[str, Any], value: int | None = None) -> int:
+    """The alignment's ids per message: ``value``, else run-config ``align-chunk-ids``, else
+    the default; out of range is a ``ConfigurationError`` naming the key."""
+    raw = value if value is not None else _get(config, "align-chunk-ids", DEFAULT_CHUNK_IDS)
+    try:
+        return check_chunk_ids(raw)
+    except PolicyViolation as exc:
+        raise ConfigurationError(f"run-config 'align-chunk-ids': {exc}") from exc
+
+
 def job_from_config(config: Mapping[str, Any], kind: JobKind) -> Job:
     """Bind ``kind`` to the operation and parameters named in ``config`` (run-config keys)."""
     operation = str(_get(config, "job", "")).strip()
@@ -121,10 +131,8 @@ class ServerSettings:
                 party_wait_timeout=float(
                     _get(config, "party-wait-timeout", DEFAULT_PARTY_WAIT_TIMEOUT)
                 ),
-                align_chunk_ids=check_chunk_ids(_get(config, "align-chunk-ids", DEFAULT_CHUNK_IDS)),
+                align_chunk_ids=align_chunk_ids_of(config),
             )
-        except PolicyViolation as exc:
-            raise ConfigurationError(f"run-config 'align-chunk-ids': {exc}") from exc
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"run-config has a malformed value: {exc}") from exc
         if not settings.agreement_path.is_file():

@@ -142,11 +142,12 @@ class ChunkSchedule:
         return max(self.chunks(self.label_owner) + 2, most + 1)
 
     def parties_in_round(self, round: int) -> list[str]:
-        """Who gets a message in ``round`` (every party, then the LO alone)."""
+        """Who gets a message in ``round`` (every party, in the order of ``rows``, then the LO
+        alone)."""
         if not 1 <= round <= self.match_round:
             raise DataError(f"the alignment has no round {round}")
         if round <= self.passive_last_round:
-            return [self.label_owner, *self.passive_parties]
+            return list(self.rows)
         return [self.label_owner]
 
     # --- what each round carries (``None``: nothing) ------------------------------------------

@@ -40,29 +40,31 @@ class StateArrays(MutableMapping[str, np.ndarray]):
     def __init__(
         self,
         arrays: Mapping[str, np.ndarray] | None = None,
-        pending: Mapping[str, Callable[[], np.ndarray]] | None = None,
+        references: Mapping[str, str] | None = None,
+        read: Callable[[str, str], np.ndarray] | None = None,
     ) -> None:
         self._loaded: dict[str, np.ndarray] = dict(arrays or {})
-        self._pending: dict[str, Callable[[], np.ndarray]] = dict(pending or {})
-        self._references: dict[str, str] = {}
+        #: key -> file reference of the arrays not read yet; ``read(key, reference)`` reads one
+        self._pending: dict[str, str] = dict(references or {})
+        if self._pending and read is None:
+            raise ValueError("StateArrays with file references needs a read function")
+        self._read = read
 
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self._loaded:
-            value = self._pending[key]()  # KeyError for an unknown key; a refused file stays
+            reference = self._pending[key]  # KeyError for an unknown key
+            assert self._read is not None
+            self._loaded[key] = self._read(key, reference)  # a refused file keeps its key
             del self._pending[key]
-            self._references.pop(key, None)
-            self._loaded[key] = value
         return self._loaded[key]
 
     def __setitem__(self, key: str, value: np.ndarray) -> None:
         self._pending.pop(key, None)
-        self._references.pop(key, None)
         self._loaded[key] = value
 
     def __delitem__(self, key: str) -> None:
         if key in self._pending:
             del self._pending[key]
-            self._references.pop(key, None)
         else:
             del self._loaded[key]
 
@@ -86,7 +88,7 @@ class StateArrays(MutableMapping[str, np.ndarray]):
 
     def unread_references(self) -> dict[str, str]:
         """``key -> reference`` of the file-backed arrays no step read in this message."""
-        return {k: self._references[k] for k in self._pending if k in self._references}
+        return dict(self._pending)
 
 
 class PartyState:
@@ -284,7 +286,6 @@ class StateFiles:
         """The referenced arrays as a :class:`StateArrays` that reads (and checks) each file
         when a step first asks for it; every reference is checked to be a file of this run
         now, its content when it is read."""
-        pending = {}
         for key, ref in references.items():
             path, _ = self._checked_path(key, ref)
             try:
@@ -297,10 +298,7 @@ class StateFiles:
                 raise ProtocolAbort(
                     "state", None, f"the state file of '{key}' is not a file of this party"
                 )
-            pending[key] = lambda key=key, ref=ref: self._read(key, ref)
-        out = StateArrays(arrays, pending)
-        out._references.update(references)
-        return out
+        return StateArrays(arrays, references, read=self._read)
 
     def _read(self, key: str, reference: str) -> np.ndarray:
         """One state file, read once, checked against its digest, parsed from memory."""

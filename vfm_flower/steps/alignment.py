@@ -122,18 +122,15 @@ def _payload(points: np.ndarray) -> bytes:
     return pack_payload({"points": np.ascontiguousarray(points).reshape(-1)})
 
 
-def alignment_schedule(runtime: PartyRuntime, request: StepRequest) -> ChunkSchedule:
+def alignment_schedule(ctx: PartyContext) -> ChunkSchedule:
     """The chunk schedule of this alignment, from the signed hellos' set sizes and the chunk
     size the server asked for (the same in every round)."""
-    chunk_ids = check_chunk_ids(request.params.get(CHUNK_PARAM, DEFAULT_CHUNK_IDS))
+    runtime = ctx.runtime
+    chunk_ids = check_chunk_ids(ctx.request.params.get(CHUNK_PARAM, DEFAULT_CHUNK_IDS))
     kept = runtime.state.get("psi.chunk_ids")
     if kept is not None and int(kept) != chunk_ids:
         raise ProtocolAbort(ALIGN, runtime.party, "the chunk size changed during the alignment")
-    session = request.session
-    hellos = session.hellos if session is not None else {}
-    rows = {
-        p: int(hellos[p][0].get("rows", 0)) for p in runtime.agreement.party_names if p in hellos
-    }
+    rows = ctx.party_rows
     if set(rows) != set(runtime.agreement.party_names):
         raise ProtocolAbort(ALIGN, runtime.party, "the session lacks a party's signed hello")
     for party, count in rows.items():  # the agreement's bound on every set, checked here too
@@ -196,7 +193,7 @@ def every_party_align(ctx: PartyContext) -> None:
             raise ProtocolAbort(
                 ALIGN, runtime.party, f"alignment round {request.step} out of order"
             )
-        schedule = alignment_schedule(runtime, request)
+        schedule = alignment_schedule(ctx)
         if request.step > schedule.rounds_of(runtime.party):
             # a passive party whose work is done while a larger set still travels: nothing
             # to do (the server may as well leave it out of these rounds)
@@ -229,8 +226,7 @@ def _blind_own_set(ctx: PartyContext, schedule: ChunkSchedule, spool: AlignmentS
     """Round 1: hash, blind (and for a passive party shuffle) the own set into the spool."""
     runtime, state = ctx.runtime, ctx.runtime.state
     frame = runtime.read_table(id_columns_only=True)
-    count = len(frame)
-    check_set_size(count, runtime.terms.max_set_size, runtime.party)
+    count = len(frame)  # the schedule checked the hello's count against the agreement's bound
     if count != schedule.rows[runtime.party]:
         raise ProtocolAbort(
             ALIGN, runtime.party, "its ids changed since its hello: run the job again"
