@@ -32,6 +32,8 @@ from vfm_flower.hazmat import (
 from vfm_flower.hazmat import paillier_djn as _djn
 from vfm_flower.hazmat import paillier_dot as _dot
 from vfm_flower.hazmat import paillier_pack as _pack
+from vfm_flower.hazmat.paillier_image import signed_power_products
+from vfm_flower.he_backend import HEBackend
 from vfm_flower.paillier import (  # the key and payload functions this class builds on
     _DEFAULT_INTEGER_BITS,
     _EV_MAGIC,
@@ -89,7 +91,7 @@ def _magnitude_bits(values: Sequence[int]) -> int:
     return max((abs(v) for v in values), default=0).bit_length()
 
 
-class PaillierContext:
+class PaillierContext(HEBackend):
     """Paillier operations on one key, for a vertical-FL job step: the safe entry point.
 
     Built from a public key (any party: encrypt, compute on ciphertexts, re-randomize,
@@ -133,6 +135,7 @@ class PaillierContext:
     array([1, 1])
     """
 
+    name = "paillier"
     __slots__ = ("_public", "_private", "_n", "_nsquare", "_lock", "_encryptor")
 
     def __init__(
@@ -245,6 +248,12 @@ class PaillierContext:
     def key_bits(self) -> int:
         """Size of the modulus in bits."""
         return int(self._n.bit_length())
+
+    @property
+    def security_bits(self) -> int:
+        """Classical security of the modulus by NIST SP 800-57 (2048 bits: 112, 3072: 128)."""
+        bits = self.key_bits
+        return next((s for n, s in ((15360, 256), (7680, 192), (3072, 128)) if bits >= n), 112)
 
     @property
     def ciphertext_width(self) -> int:
@@ -477,6 +486,35 @@ class PaillierContext:
         self._check_bounds(value_bits, fraction_bits)
         dots = _dot.encrypted_dot_products(cts, X_int, self._nsquare, workers=workers)
         return self._result(dots, value_bits, fraction_bits, rerandomize, workers)
+
+    def matvec(self, X: np.ndarray, encrypted: EncryptedVector) -> EncryptedVector:
+        """``[[X w]]``: one ciphertext per row of the integer matrix ``X`` (``rows x m``), for
+        ``[[w]]`` of ``m`` ciphertexts, by Straus multi-exponentiation (the powers of every
+        ``[[w_j]]`` shared by all rows). Not re-randomized: call :meth:`rerandomize` before it
+        goes to the key holder.
+
+        Raises
+        ------
+        ValueError
+            If ``X`` is not an integer matrix with one column per ciphertext.
+        CiphertextError
+            If ``encrypted`` is out of range, or the result's bound would not fit.
+        """
+        cts = self._ciphertexts(encrypted)
+        arr = np.asarray(X)
+        if arr.ndim != 2 or arr.shape[1] != len(cts):
+            raise ValueError(f"X must be rows x {len(cts)}, got shape {arr.shape}")
+        if not (arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError("matvec: X must hold integers (quantize it first)")
+        X_int = arr.astype(np.int64)
+        value_bits = (
+            encrypted.value_bits
+            + _magnitude_bits(X_int.ravel().tolist())
+            + max(len(cts) - 1, 0).bit_length()
+        )
+        self._check_bounds(value_bits, encrypted.fraction_bits)
+        out = signed_power_products(cts, X_int, int(self._nsquare))
+        return EncryptedVector(tuple(out), value_bits, encrypted.fraction_bits)
 
     def grouped_sum(
         self,

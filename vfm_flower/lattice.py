@@ -1,0 +1,656 @@
+"""``LatticeContext``: exact lattice homomorphic encryption (BFV) behind the HE backend API.
+
+The second backend of :class:`vfm_flower.he_backend.HEBackend`, next to Paillier: one
+ciphertext holds ``N`` integers (SIMD *slots*, ``N = 16384`` for the private-gradient
+protocol's needs), so encrypting a million residuals is 62 ciphertexts instead of a million,
+and a plaintext-by-ciphertext product costs microseconds per value. The scheme is BFV from
+Microsoft SEAL 4.1 (through TenSEAL's bindings, :mod:`vfm_flower.hazmat.seal_bfv`): exact
+integer arithmetic modulo a plaintext modulus ``T``, so fixed-point values need no noise
+analysis of their own (CKKS, approximate, would need noise flooding against IND-CPA-D key
+recovery before every decryption; BFV decrypts exactly).
+
+Who holds what: the key holder (the label owner) generates the keys and sends the public
+material (public key and the Galois keys that let others rotate slots); any party then
+encrypts, adds, multiplies by its own plaintext matrices and *re-randomizes*. Only the key
+holder decrypts.
+
+Values and layouts
+------------------
+Every vector carries a public bound ``|v| < 2**value_bits`` (as with Paillier): operations
+derive the bound of their result and refuse one that could wrap modulo ``T``; decryption
+refuses a value outside the bound. ``T`` is a product of up to several 60-bit primes (one
+SEAL context and key per prime, the values combined by the Chinese remainder theorem), so
+the plaintext space is as wide as the caller asks. A vector is either *packed* (value ``i`` in
+slot ``i mod N`` of ciphertext ``i // N``: rows) or *replicated* (one ciphertext per value,
+that value in every slot: weights). ``dot(X, [[d]])`` turns packed rows into replicated
+column sums (slot-wise products, then a rotation sum); ``matvec(X, [[w]])`` turns replicated
+weights into packed rows (slot-wise products with the columns, summed).
+
+Circuit privacy (why a result can go back to the key holder)
+------------------------------------------------------------
+A BFV ciphertext's noise is a function of every plaintext that went into it, and the key
+holder can compute the noise: a product ``X [[d]]`` sent as is would let the label owner solve
+for ``X``. :meth:`LatticeContext.rerandomize` therefore adds a fresh public-key encryption of
+zero (the ciphertext becomes pseudorandom to the key holder, who knows neither the fresh
+secret nor the fresh noise) and switches the modulus down from ``Q`` to the product ``q`` of
+the first few primes. After the switch the noise is ``e q / Q`` plus SEAL's rounding of each
+coefficient; ``e q / Q < 2**-(statistical_bits + log2(N) + 1)``, so the rounding comes out
+differently for two different noises ``e`` only with probability ``2**-statistical_bits``
+over all ``N`` coefficients: the sanitized ciphertext is statistically independent of the
+computation (``statistical_bits = 40``, the protocol's statistical parameter). The test suite
+checks it: a sanitized product has the noise budget of a fresh ciphertext switched down.
+
+Parameters (:func:`lattice_parameters`)
+---------------------------------------
+Chosen from what the computation needs: the plaintext width, the *plaintext-product depth*
+(how many plaintext products in a row: 2 for ``X [[M X^T [[d]]]]``), and the terms summed.
+The function states the slot count and the depth it supports; 128-bit classical security is
+the HE standard's bound on ``log2 Q`` for the ring degree (SEAL's ``MaxBitCount``), checked
+again when a party loads the public parameters.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vfm_flower.errors import CiphertextError, PaillierKeyError
+from vfm_flower.hazmat import seal_bfv as _bfv
+from vfm_flower.he_backend import HEBackend
+from vfm_flower.lattice_parameters import (
+    MAX_KEY_BYTES,
+    LatticeParameters,
+    lattice_parameters,
+    pack_public,
+    pack_secret,
+    unpack_public,
+    unpack_secret,
+)
+
+__all__ = ["LatticeParameters", "LatticeVector", "LatticeContext", "lattice_parameters"]
+
+_VECTOR_MAGIC = b"VFMLATV1"
+_VECTOR_HEADER = struct.Struct("<8sQHBBBBI")
+
+
+@dataclass(frozen=True, eq=False)
+class LatticeVector:
+    """An encrypted vector under one :class:`LatticeContext` (immutable).
+
+    Attributes
+    ----------
+    parts : tuple of tuple
+        Per plaintext prime, its SEAL ciphertexts.
+    length : int
+        Values in the vector.
+    value_bits : int
+        Public bound ``|v| < 2**value_bits``.
+    replicated : bool
+        One ciphertext per value (in every slot) instead of ``N`` values per ciphertext.
+    depth : int
+        Plaintext products this vector went through.
+    sanitized : bool
+        Re-randomized and switched down: it can go to the key holder, and only be added to.
+    """
+
+    parts: tuple[tuple[Any, ...], ...]
+    length: int
+    value_bits: int
+    replicated: bool = False
+    depth: int = 0
+    sanitized: bool = False
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __repr__(self) -> str:
+        layout = "replicated" if self.replicated else "packed"
+        return (
+            f"LatticeVector(len={self.length}, value_bits={self.value_bits}, {layout}, "
+            f"depth={self.depth}, sanitized={self.sanitized})"
+        )
+
+
+def _magnitude_bits(values: np.ndarray) -> int:
+    if values.size == 0:
+        return 0
+    top = max(abs(int(values.max())), abs(int(values.min())))
+    return top.bit_length()
+
+
+def _integers(values: Any, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.int64)
+    if arr.dtype != object and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{what} must be integers (quantize fixed-point values first)")
+    return arr
+
+
+def _residues(values: np.ndarray, modulus: int) -> np.ndarray:
+    """``values mod t`` in ``[0, t)`` as uint64 (int64 or Python-int object arrays)."""
+    if values.dtype == object:
+        return np.array([int(v) % modulus for v in values.ravel()], dtype=np.uint64).reshape(
+            values.shape
+        )
+    return np.mod(values.astype(np.int64, copy=False), np.int64(modulus)).astype(np.uint64)
+
+
+def _crt_centered(residues: list[np.ndarray], moduli: list[int], value_bits: int) -> np.ndarray:
+    """The integers in ``(-T/2, T/2)`` with these residues (Garner), int64 when they fit."""
+    if len(moduli) == 1:
+        t = moduli[0]
+        r = residues[0].astype(object) if value_bits > 62 else residues[0].astype(np.int64)
+        return np.where(r > t // 2, r - t, r)
+    x = residues[0].astype(object)
+    product = moduli[0]
+    for r, t in zip(residues[1:], moduli[1:]):
+        inverse = pow(product % t, -1, t)
+        x = x + product * (((r.astype(object) - x) * inverse) % t)
+        product *= t
+    x = np.where(x > product // 2, x - product, x)
+    if value_bits <= 62:
+        return x.astype(np.int64)
+    return x
+
+
+class LatticeContext(HEBackend):
+    """BFV operations on one key set (one key per plaintext prime): the safe entry point.
+
+    Built by the key holder with :meth:`generate` (it can decrypt) or by any party from
+    :meth:`public_bytes` with :meth:`from_public_bytes`. Immutable. Needs the ``lattice``
+    extra (TenSEAL).
+
+    Examples
+    --------
+    >>> holder = LatticeContext.generate(lattice_parameters(plaintext_bits=40, plain_depth=1))
+    >>> d = holder.encrypt_integers(np.array([3, -1, 2]), value_bits=4)
+    >>> party = LatticeContext.from_public_bytes(holder.public_bytes())
+    >>> g = party.rerandomize(party.dot(np.array([[1, 2], [1, 0], [0, 5]]), d))
+    >>> holder.decrypt(g)
+    array([ 2, 16])
+    """
+
+    name = "bfv"
+    __slots__ = ("_params", "_kits", "_moduli", "_first", "_low", "_public", "_secret")
+
+    def __init__(
+        self,
+        params: LatticeParameters,
+        kits: tuple[_bfv.BFVKit, ...],
+        public: bytes,
+        secret: bytes | None,
+    ) -> None:
+        object.__setattr__(self, "_params", params)
+        object.__setattr__(self, "_kits", kits)
+        object.__setattr__(self, "_moduli", [k.plain_modulus for k in kits])
+        first, low = [], []
+        for kit in kits:  # parms ids differ per plaintext prime
+            levels = _bfv.chain(kit.context)
+            first.append(levels[0][1])
+            low.append(next(pid for primes, pid in levels if primes == params.sanitize_primes))
+        object.__setattr__(self, "_first", tuple(first))
+        object.__setattr__(self, "_low", tuple(low))
+        object.__setattr__(self, "_public", public)
+        object.__setattr__(self, "_secret", secret)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("LatticeContext is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("LatticeContext is immutable")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a LatticeContext is not pickled: send public_bytes()")
+
+    def __repr__(self) -> str:
+        p = self._params
+        return (
+            f"LatticeContext(bfv, N={p.poly_degree}, log2 T={sum(p.plain_bits)}, "
+            f"depth={p.plain_depth}, private={self.has_private_key})"
+        )
+
+    # ------------------------------------------------------------------ keys
+
+    @staticmethod
+    def _contexts(params: LatticeParameters) -> list[tuple[Any, int]]:
+        n = params.poly_degree
+        all_primes = _bfv.primes(n, [*params.coeff_bits, *params.plain_bits])
+        coeff = all_primes[: len(params.coeff_bits)]
+        plain = all_primes[len(params.coeff_bits) :]
+        return [(_bfv.make_context(n, coeff, t), t) for t in plain]
+
+    @classmethod
+    def generate(cls, params: LatticeParameters) -> LatticeContext:
+        """Fresh keys (OS randomness, in SEAL) for ``params``: the key holder's context."""
+        params.check()
+        kits, publics, secrets = [], [], []
+        for context, t in cls._contexts(params):
+            kit, public, galois, secret = _bfv.new_kit(context, t)
+            kits.append(kit)
+            publics.append((public, galois))
+            secrets.append(secret)
+        public = pack_public(params, publics)
+        return cls(params, tuple(kits), public, pack_secret(secrets))
+
+    @classmethod
+    def from_public_bytes(cls, data: bytes) -> LatticeContext:
+        """A context that encrypts and computes but cannot decrypt.
+
+        Raises
+        ------
+        ConfigurationError
+            Parameters below 128-bit security or malformed.
+        CiphertextError
+            Keys SEAL refuses.
+        """
+        params, publics = unpack_public(data)
+        kits = tuple(
+            _bfv.load_kit(ctx, t, pk, gk, None, max_key_bytes=MAX_KEY_BYTES)
+            for (ctx, t), (pk, gk) in zip(cls._contexts(params), publics)
+        )
+        return cls(params, kits, bytes(data), None)
+
+    @classmethod
+    def from_private_bytes(cls, public: bytes, secret: bytes) -> LatticeContext:
+        """The key holder's context again, from :meth:`public_bytes` and :meth:`private_bytes`."""
+        params, publics = unpack_public(public)
+        secrets = unpack_secret(secret, len(publics))
+        kits = tuple(
+            _bfv.load_kit(ctx, t, pk, gk, sk, max_key_bytes=MAX_KEY_BYTES)
+            for (ctx, t), (pk, gk), sk in zip(cls._contexts(params), publics, secrets)
+        )
+        return cls(params, kits, bytes(public), bytes(secret))
+
+    def public_bytes(self) -> bytes:
+        """Parameters, public keys and Galois keys (tens of MB: sent once a run)."""
+        return self._public
+
+    def private_bytes(self) -> bytes:
+        """The secret keys (key holder's private state only)."""
+        if self._secret is None:
+            raise PaillierKeyError("this lattice context holds only the public keys")
+        return self._secret
+
+    def public_context(self) -> LatticeContext:
+        return LatticeContext.from_public_bytes(self._public)
+
+    @property
+    def has_private_key(self) -> bool:
+        return self._secret is not None
+
+    @property
+    def parameters(self) -> LatticeParameters:
+        return self._params
+
+    @property
+    def security_bits(self) -> int:
+        return self._params.security_bits
+
+    @property
+    def slots(self) -> int:
+        return self._params.slots
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_bound(self, value_bits: int) -> None:
+        cap = self._params.value_capacity_bits
+        if value_bits > cap:
+            raise CiphertextError(
+                "bound",
+                f"a result bound of 2**{value_bits} does not fit the plaintext space "
+                f"(2**{cap}): use lattice parameters with wider plaintexts",
+            )
+
+    def _check_depth(self, vector: LatticeVector) -> None:
+        if vector.sanitized:
+            raise CiphertextError("depth", "a re-randomized vector can only be added or decrypted")
+        if vector.depth + 1 > self._params.plain_depth:
+            raise CiphertextError(
+                "depth",
+                f"a product at depth {vector.depth + 1}: these parameters allow "
+                f"{self._params.plain_depth}",
+            )
+
+    def _check_terms(self, terms: int) -> None:
+        if terms > 1 << self._params.terms_bits:
+            raise CiphertextError(
+                "count",
+                f"{terms} products in one sum: these parameters allow "
+                f"{1 << self._params.terms_bits}",
+            )
+
+    def _blocks(self, length: int) -> list[tuple[int, int]]:
+        n = self.slots
+        return [(lo, min(lo + n, length)) for lo in range(0, length, n)]
+
+    # ------------------------------------------------------------------ operations
+
+    def encrypt_integers(
+        self, values: np.ndarray, *, value_bits: int, replicated: bool = False
+    ) -> LatticeVector:
+        """Encrypt signed integers under the public bound ``|v| < 2**value_bits``.
+
+        Parameters
+        ----------
+        values : np.ndarray
+            1-D integers (int64, or Python ints for wide plaintexts).
+        replicated : bool
+            One ciphertext per value, in every slot (weights for :meth:`matvec`).
+
+        Raises
+        ------
+        ValueError
+            If a value breaks the bound or is not an integer.
+        CiphertextError
+            If the bound does not fit the plaintext space.
+        """
+        arr = _integers(values, "values").ravel()
+        self._check_bound(value_bits)
+        if _magnitude_bits(arr) > value_bits:
+            raise ValueError(f"a value breaks the declared bound 2**{value_bits}")
+        parts = []
+        for kit, t in zip(self._kits, self._moduli):
+            res = _residues(arr, t)
+            if replicated:
+                cts = tuple(_bfv.encrypt(kit, np.full(self.slots, r, np.uint64)) for r in res)
+            else:
+                cts = tuple(_bfv.encrypt(kit, res[lo:hi]) for lo, hi in self._blocks(len(arr)))
+            parts.append(cts)
+        return LatticeVector(tuple(parts), len(arr), value_bits, replicated)
+
+    def decrypt(self, encrypted: LatticeVector) -> np.ndarray:
+        """The integers (int64 when the bound is at most ``2**62``, else Python ints).
+
+        Raises
+        ------
+        PaillierKeyError
+            Without the private key.
+        CiphertextError
+            A value outside the vector's bound (another key, a corrupted vector or a wrong
+            bound declared).
+        """
+        if self._secret is None:
+            raise PaillierKeyError("decryption needs the private key")
+        residues = []
+        for kit, cts in zip(self._kits, encrypted.parts):
+            if encrypted.replicated:
+                res = np.array([_bfv.decrypt(kit, ct)[0] for ct in cts], dtype=np.uint64)
+            else:
+                res = np.concatenate([_bfv.decrypt(kit, ct) for ct in cts])[: encrypted.length]
+            residues.append(res)
+        values = _crt_centered(residues, self._moduli, encrypted.value_bits)
+        if _magnitude_bits(np.asarray(values)) > encrypted.value_bits:
+            raise CiphertextError(
+                "bound",
+                f"a decrypted value breaks the vector's bound 2**{encrypted.value_bits}",
+            )
+        return values
+
+    def add(self, a: LatticeVector, b: LatticeVector) -> LatticeVector:
+        """``[[a + b]]`` for vectors of the same length, layout and level."""
+        if (a.length, a.replicated, a.sanitized) != (b.length, b.replicated, b.sanitized):
+            raise ValueError("add: vectors of different lengths, layouts or levels")
+        value_bits = max(a.value_bits, b.value_bits) + 1
+        self._check_bound(value_bits)
+        parts = []
+        for kit, pa, pb in zip(self._kits, a.parts, b.parts):
+            out = []
+            for x, y in zip(pa, pb):
+                z = _bfv.new_ciphertext()
+                kit.evaluator.add(x, y, z)
+                out.append(z)
+            parts.append(tuple(out))
+        return LatticeVector(
+            tuple(parts), a.length, value_bits, a.replicated, max(a.depth, b.depth), a.sanitized
+        )
+
+    def add_plain(self, encrypted: LatticeVector, values: np.ndarray) -> LatticeVector:
+        """``[[v + k]]`` for a plaintext integer vector ``k`` (masks, offsets)."""
+        arr = _integers(values, "values").ravel()
+        if len(arr) != encrypted.length:
+            raise ValueError(f"{len(arr)} values for a vector of {encrypted.length}")
+        value_bits = max(encrypted.value_bits, _magnitude_bits(arr)) + 1
+        self._check_bound(value_bits)
+        parts = []
+        for kit, t, cts in zip(self._kits, self._moduli, encrypted.parts):
+            res = _residues(arr, t)
+            if encrypted.replicated:
+                out = [
+                    _bfv.add_plain(kit, ct, np.full(self.slots, r, np.uint64))
+                    for ct, r in zip(cts, res)
+                ]
+            else:
+                out = [
+                    _bfv.add_plain(kit, ct, res[lo:hi])
+                    for ct, (lo, hi) in zip(cts, self._blocks(len(arr)))
+                ]
+            parts.append(tuple(out))
+        return LatticeVector(
+            tuple(parts),
+            encrypted.length,
+            value_bits,
+            encrypted.replicated,
+            encrypted.depth,
+            encrypted.sanitized,
+        )
+
+    def dot(self, X: np.ndarray, encrypted: LatticeVector) -> LatticeVector:
+        """``[[X^T d]]``: one replicated ciphertext per column of the integer matrix ``X``.
+
+        Slot-wise products of each column with the packed ``[[d]]`` (plaintexts in NTT form),
+        summed over the row blocks, then the sum of all slots by rotations (``log2 N``
+        rotations a column).
+
+        Raises
+        ------
+        ValueError
+            ``X`` is not an integer ``rows x m`` matrix with ``rows = len(d)``, or ``d`` is
+            replicated.
+        CiphertextError
+            The result's bound, the depth or the number of summed terms does not fit.
+        """
+        matrix = _integers(X, "X")
+        if matrix.ndim != 2 or matrix.shape[0] != encrypted.length or encrypted.replicated:
+            raise ValueError("dot: X must be rows x m with one row per packed value")
+        self._check_depth(encrypted)
+        blocks = self._blocks(encrypted.length)
+        self._check_terms(len(blocks))
+        value_bits = (
+            encrypted.value_bits
+            + _magnitude_bits(matrix)
+            + max(encrypted.length - 1, 0).bit_length()
+        )
+        self._check_bound(value_bits)
+        parts = []
+        for kit, t, cts in zip(self._kits, self._moduli, encrypted.parts):
+            res = _residues(matrix, t)
+            ntt = [_bfv.to_ntt(kit, ct) for ct in cts]
+            out = [
+                _bfv.sum_slots(
+                    kit,
+                    _bfv.sum_of_products(
+                        kit, [(ct, res[lo:hi, j]) for ct, (lo, hi) in zip(ntt, blocks)]
+                    ),
+                )
+                for j in range(matrix.shape[1])
+            ]
+            parts.append(tuple(out))
+        return LatticeVector(tuple(parts), matrix.shape[1], value_bits, True, encrypted.depth + 1)
+
+    def matvec(self, X: np.ndarray, encrypted: LatticeVector) -> LatticeVector:
+        """``[[X w]]``, packed by row, for replicated weights ``[[w]]`` (one per column).
+
+        Raises
+        ------
+        ValueError
+            ``X`` is not an integer ``rows x m`` matrix with ``m = len(w)``, or ``w`` is packed.
+        CiphertextError
+            The result's bound, the depth or the number of summed terms does not fit.
+        """
+        matrix = _integers(X, "X")
+        if matrix.ndim != 2 or matrix.shape[1] != encrypted.length or not encrypted.replicated:
+            raise ValueError("matvec: X must be rows x m with one replicated weight per column")
+        self._check_depth(encrypted)
+        self._check_terms(matrix.shape[1])
+        value_bits = (
+            encrypted.value_bits
+            + _magnitude_bits(matrix)
+            + max(matrix.shape[1] - 1, 0).bit_length()
+        )
+        self._check_bound(value_bits)
+        blocks = self._blocks(matrix.shape[0])
+        parts = []
+        for kit, t, cts in zip(self._kits, self._moduli, encrypted.parts):
+            res = _residues(matrix, t)
+            ntt = [_bfv.to_ntt(kit, ct) for ct in cts]
+            out = [
+                _bfv.sum_of_products(kit, [(ct, res[lo:hi, j]) for j, ct in enumerate(ntt)])
+                for lo, hi in blocks
+            ]
+            parts.append(tuple(out))
+        return LatticeVector(tuple(parts), matrix.shape[0], value_bits, False, encrypted.depth + 1)
+
+    def rerandomize(self, encrypted: LatticeVector) -> LatticeVector:
+        """The same values, sanitized for the key holder: a fresh encryption of zero added,
+        then switched down to the low level (see the module docstring). Only :meth:`add` and
+        :meth:`decrypt` apply to the result."""
+        if encrypted.sanitized:
+            raise CiphertextError("depth", "this vector is re-randomized already")
+        parts = []
+        for kit, low, cts in zip(self._kits, self._low, encrypted.parts):
+            parts.append(tuple(_bfv.sanitize(kit, ct, low) for ct in cts))
+        return LatticeVector(
+            tuple(parts),
+            encrypted.length,
+            encrypted.value_bits,
+            encrypted.replicated,
+            encrypted.depth,
+            True,
+        )
+
+    def noise_budget(self, encrypted: LatticeVector) -> int:
+        """The smallest SEAL noise budget (bits) of the vector's ciphertexts (key holder)."""
+        if self._secret is None:
+            raise PaillierKeyError("the noise budget needs the private key")
+        return min(
+            _bfv.noise_budget(kit, ct)
+            for kit, cts in zip(self._kits, encrypted.parts)
+            for ct in cts
+        )
+
+    # ------------------------------------------------------------------ serialization
+
+    def _max_ciphertext_bytes(self, sanitized: bool) -> int:
+        primes = self._params.sanitize_primes if sanitized else len(self._params.coeff_bits) - 1
+        return 2 * self.slots * primes * 8 + 4096
+
+    def ciphertexts_to_bytes(self, encrypted: LatticeVector) -> bytes:
+        """Header (length, bound, layout, depth, level), then every SEAL ciphertext."""
+        count = len(encrypted.parts[0])
+        head = _VECTOR_HEADER.pack(
+            _VECTOR_MAGIC,
+            encrypted.length,
+            encrypted.value_bits,
+            int(encrypted.replicated),
+            encrypted.depth,
+            int(encrypted.sanitized),
+            len(encrypted.parts),
+            count,
+        )
+        chunks = [head]
+        for cts in encrypted.parts:
+            for ct in cts:
+                data = _bfv.to_bytes(ct)
+                chunks.append(struct.pack("<I", len(data)))
+                chunks.append(data)
+        return b"".join(chunks)
+
+    def ciphertexts_from_bytes(
+        self,
+        data: bytes,
+        *,
+        max_count: int,
+        count: int | None = None,
+        sanitized: bool | None = None,
+    ) -> LatticeVector:
+        """Parse :meth:`ciphertexts_to_bytes` output from an untrusted sender.
+
+        Parameters
+        ----------
+        max_count : int
+            Most values accepted (the sender's signed row count, or the column count).
+        count : int, optional
+            Exactly this many values expected.
+        sanitized : bool, optional
+            Require (``True``) or refuse (``False``) a re-randomized vector: the key holder
+            accepts for decryption only what was sanitized.
+
+        Raises
+        ------
+        CiphertextError
+            Malformed header, counts, sizes or levels, or ciphertexts SEAL refuses.
+        """
+        view = memoryview(data)
+        if len(view) < _VECTOR_HEADER.size:
+            raise CiphertextError("header", "a lattice vector needs its header")
+        magic, length, value_bits, rep, depth, san, moduli, cts_count = _VECTOR_HEADER.unpack_from(
+            view
+        )
+        if magic != _VECTOR_MAGIC or rep > 1 or san > 1:
+            raise CiphertextError("header", "not a lattice vector")
+        replicated, is_sanitized = bool(rep), bool(san)
+        if length > max_count or (count is not None and length != count) or length < 1:
+            raise CiphertextError("count", f"{length} values, expected at most {max_count}")
+        if moduli != len(self._kits):
+            raise CiphertextError(
+                "header", f"{moduli} plaintext primes, expected {len(self._kits)}"
+            )
+        expected = length if replicated else len(self._blocks(length))
+        if cts_count != expected:
+            raise CiphertextError("count", f"{cts_count} ciphertexts for {length} values")
+        if value_bits > self._params.value_capacity_bits or depth > self._params.plain_depth:
+            raise CiphertextError("bound", "a bound or depth these parameters do not allow")
+        if sanitized is not None and is_sanitized != sanitized:
+            raise CiphertextError(
+                "header",
+                "a re-randomized vector expected" if sanitized else "a fresh vector expected",
+            )
+        levels = self._low if is_sanitized else self._first
+        primes = self._params.sanitize_primes if is_sanitized else len(self._params.coeff_bits) - 1
+        limit = self._max_ciphertext_bytes(is_sanitized)
+        offset = _VECTOR_HEADER.size
+        parts = []
+        for kit, level in zip(self._kits, levels):
+            out = []
+            for _ in range(cts_count):
+                if offset + 4 > len(view):
+                    raise CiphertextError("length", "the lattice vector is truncated")
+                (size,) = struct.unpack_from("<I", view, offset)
+                offset += 4
+                if size > limit or offset + size > len(view):
+                    raise CiphertextError("length", "a ciphertext is too long or truncated")
+                ct = _bfv.load(
+                    _bfv.new_ciphertext(),
+                    kit.context,
+                    bytes(view[offset : offset + size]),
+                    max_bytes=limit,
+                    what="ciphertext",
+                )
+                offset += size
+                polys, ct_primes, pid = _bfv.ciphertext_shape(ct)
+                if (
+                    polys != 2
+                    or ct_primes != primes
+                    or list(pid) != list(level)
+                    or ct.is_ntt_form()
+                ):
+                    raise CiphertextError("header", "a ciphertext at the wrong level or size")
+                out.append(ct)
+            parts.append(tuple(out))
+        if offset != len(view):
+            raise CiphertextError("length", "trailing bytes after the lattice vector")
+        return LatticeVector(tuple(parts), length, value_bits, replicated, depth, is_sanitized)
