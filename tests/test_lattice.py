@@ -247,3 +247,18 @@ def test_seal_header_is_checked_before_seal_parses():
         seal_bfv.check_seal_header(b"\0" * 64, max_bytes=100, what="x")
     with pytest.raises(CiphertextError, match="at most"):
         seal_bfv.check_seal_header(b"\0" * 101, max_bytes=100, what="x")
+
+
+def test_the_products_on_several_processes_equal_the_one_process_ones(holder, party):
+    rows, m = 40_000, 3  # three row blocks, three columns
+    d = RNG.integers(-(2**10), 2**10, rows)
+    X = RNG.integers(-(2**8), 2**8, (rows, m))
+    enc = holder.encrypt_integers(d, value_bits=11)
+    pooled = party.dot(X, enc, workers=2)
+    alone = party.dot(X, enc, workers=1)
+    assert (pooled.length, pooled.value_bits, pooled.replicated) == (m, alone.value_bits, True)
+    assert np.array_equal(holder.decrypt(pooled), holder.decrypt(alone))
+    w = holder.encrypt_integers(RNG.integers(-100, 100, m), value_bits=7, replicated=True)
+    image = party.matvec(X, w, workers=2)
+    assert len(image.parts[0]) == 3 and len(image) == rows
+    assert np.array_equal(holder.decrypt(image), holder.decrypt(party.matvec(X, w, workers=1)))

@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from vfm_flower.errors import CiphertextError, PaillierKeyError
+from vfm_flower.hazmat import paillier_djn as _djn
 from vfm_flower.hazmat import seal_bfv as _bfv
 from vfm_flower.he_backend import HEBackend
 from vfm_flower.lattice_parameters import (
@@ -72,6 +73,8 @@ from vfm_flower.lattice_parameters import (
 
 __all__ = ["LatticeParameters", "LatticeVector", "LatticeContext", "lattice_parameters"]
 
+#: Plaintext products from which ``dot`` and ``matvec`` use all cores (each ~4 ms at N=16384).
+_POOL_MIN_PRODUCTS = 64
 _VECTOR_MAGIC = b"VFMLATV1"
 _VECTOR_HEADER = struct.Struct("<8sQHBBBBI")
 
@@ -438,7 +441,9 @@ class LatticeContext(HEBackend):
             encrypted.sanitized,
         )
 
-    def dot(self, X: np.ndarray, encrypted: LatticeVector) -> LatticeVector:
+    def dot(
+        self, X: np.ndarray, encrypted: LatticeVector, *, workers: int | None = None
+    ) -> LatticeVector:
         """``[[X^T d]]``: one replicated ciphertext per column of the integer matrix ``X``.
 
         Slot-wise products of each column with the packed ``[[d]]`` (plaintexts in NTT form),
@@ -465,6 +470,9 @@ class LatticeContext(HEBackend):
             + max(encrypted.length - 1, 0).bit_length()
         )
         self._check_bound(value_bits)
+        pooled = self._pooled("dot", matrix, encrypted, workers)
+        if pooled is not None:
+            return pooled
         parts = []
         for kit, t, cts in zip(self._kits, self._moduli, encrypted.parts):
             res = _residues(matrix, t)
@@ -481,7 +489,9 @@ class LatticeContext(HEBackend):
             parts.append(tuple(out))
         return LatticeVector(tuple(parts), matrix.shape[1], value_bits, True, encrypted.depth + 1)
 
-    def matvec(self, X: np.ndarray, encrypted: LatticeVector) -> LatticeVector:
+    def matvec(
+        self, X: np.ndarray, encrypted: LatticeVector, *, workers: int | None = None
+    ) -> LatticeVector:
         """``[[X w]]``, packed by row, for replicated weights ``[[w]]`` (one per column).
 
         Raises
@@ -502,6 +512,9 @@ class LatticeContext(HEBackend):
             + max(matrix.shape[1] - 1, 0).bit_length()
         )
         self._check_bound(value_bits)
+        pooled = self._pooled("matvec", matrix, encrypted, workers)
+        if pooled is not None:
+            return pooled
         blocks = self._blocks(matrix.shape[0])
         parts = []
         for kit, t, cts in zip(self._kits, self._moduli, encrypted.parts):
@@ -513,6 +526,19 @@ class LatticeContext(HEBackend):
             ]
             parts.append(tuple(out))
         return LatticeVector(tuple(parts), matrix.shape[0], value_bits, False, encrypted.depth + 1)
+
+    def _pooled(
+        self, operation: str, matrix: np.ndarray, encrypted: LatticeVector, workers: int | None
+    ) -> LatticeVector | None:
+        """The product on ``workers`` processes (default: all cores from 64 plaintext
+        products on; :mod:`vfm_flower.lattice_pool`), or ``None`` to compute it here."""
+        products = len(self._blocks(matrix.shape[0])) * matrix.shape[1] * len(self._kits)
+        count = _djn.resolve_workers(workers, products, _POOL_MIN_PRODUCTS)
+        if count < 2:
+            return None
+        from vfm_flower.lattice_pool import parallel_product  # noqa: PLC0415 (cycle)
+
+        return parallel_product(self, operation, matrix, encrypted, count)
 
     def rerandomize(self, encrypted: LatticeVector) -> LatticeVector:
         """The same values, sanitized for the key holder: a fresh encryption of zero added,
