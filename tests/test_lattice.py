@@ -262,3 +262,25 @@ def test_the_products_on_several_processes_equal_the_one_process_ones(holder, pa
     image = party.matvec(X, w, workers=2)
     assert len(image.parts[0]) == 3 and len(image) == rows
     assert np.array_equal(holder.decrypt(image), holder.decrypt(party.matvec(X, w, workers=1)))
+
+
+def test_a_lattice_matrix_encodes_once_for_both_products_on_workers(holder, party):
+    from vfm_flower.lattice_matrix import LatticeMatrix  # noqa: PLC0415
+
+    rows, m = 20_000, 3
+    d = RNG.integers(-(2**10), 2**10, rows)
+    X = RNG.integers(-(2**8), 2**8, (rows, m))
+    s = RNG.integers(-(2**8), 2**8, m)
+    enc_d = holder.encrypt_integers(d, value_bits=11)
+    enc_s = holder.encrypt_integers(s, value_bits=9, replicated=True)
+    for workers in (1, 2):
+        with LatticeMatrix(party, X, workers=workers) as matrix:
+            for _ in range(2):  # the second time from the cached plaintexts
+                g = party.dot(matrix, enc_d)
+                image = party.matvec(matrix, enc_s)
+                assert np.array_equal(holder.decrypt(g), X.T @ d)
+                assert np.array_equal(holder.decrypt(image), X @ s)
+    with LatticeMatrix(party, X, workers=1) as matrix:
+        other = LatticeContext.generate(holder.parameters)
+        with pytest.raises(ValueError, match="another key"):
+            other.dot(matrix, other.encrypt_integers(d, value_bits=11))

@@ -51,6 +51,7 @@ again when a party loads the public parameters.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -58,9 +59,9 @@ from typing import Any
 import numpy as np
 
 from vfm_flower.errors import CiphertextError, PaillierKeyError
-from vfm_flower.hazmat import paillier_djn as _djn
 from vfm_flower.hazmat import seal_bfv as _bfv
 from vfm_flower.he_backend import HEBackend
+from vfm_flower.lattice_matrix import LatticeMatrix
 from vfm_flower.lattice_parameters import (
     MAX_KEY_BYTES,
     LatticeParameters,
@@ -73,8 +74,6 @@ from vfm_flower.lattice_parameters import (
 
 __all__ = ["LatticeParameters", "LatticeVector", "LatticeContext", "lattice_parameters"]
 
-#: Plaintext products from which ``dot`` and ``matvec`` use all cores (each ~4 ms at N=16384).
-_POOL_MIN_PRODUCTS = 64
 _VECTOR_MAGIC = b"VFMLATV1"
 _VECTOR_HEADER = struct.Struct("<8sQHBBBBI")
 
@@ -442,13 +441,19 @@ class LatticeContext(HEBackend):
         )
 
     def dot(
-        self, X: np.ndarray, encrypted: LatticeVector, *, workers: int | None = None
+        self,
+        X: np.ndarray | LatticeMatrix,
+        encrypted: LatticeVector,
+        *,
+        workers: int | None = None,
     ) -> LatticeVector:
         """``[[X^T d]]``: one replicated ciphertext per column of the integer matrix ``X``.
 
         Slot-wise products of each column with the packed ``[[d]]`` (plaintexts in NTT form),
         summed over the row blocks, then the sum of all slots by rotations (``log2 N``
-        rotations a column).
+        rotations a column). Pass a :class:`~vfm_flower.lattice_matrix.LatticeMatrix` to
+        reuse its encoded plaintexts and worker processes; an array is encoded for this call
+        (on ``workers`` processes: default all cores for large products).
 
         Raises
         ------
@@ -458,41 +463,30 @@ class LatticeContext(HEBackend):
         CiphertextError
             The result's bound, the depth or the number of summed terms does not fit.
         """
-        matrix = _integers(X, "X")
-        if matrix.ndim != 2 or matrix.shape[0] != encrypted.length or encrypted.replicated:
-            raise ValueError("dot: X must be rows x m with one row per packed value")
-        self._check_depth(encrypted)
-        blocks = self._blocks(encrypted.length)
-        self._check_terms(len(blocks))
-        value_bits = (
-            encrypted.value_bits
-            + _magnitude_bits(matrix)
-            + max(encrypted.length - 1, 0).bit_length()
-        )
-        self._check_bound(value_bits)
-        pooled = self._pooled("dot", matrix, encrypted, workers)
-        if pooled is not None:
-            return pooled
-        parts = []
-        for kit, t, cts in zip(self._kits, self._moduli, encrypted.parts):
-            res = _residues(matrix, t)
-            ntt = [_bfv.to_ntt(kit, ct) for ct in cts]
-            out = [
-                _bfv.sum_slots(
-                    kit,
-                    _bfv.sum_of_products(
-                        kit, [(ct, res[lo:hi, j]) for ct, (lo, hi) in zip(ntt, blocks)]
-                    ),
-                )
-                for j in range(matrix.shape[1])
-            ]
-            parts.append(tuple(out))
-        return LatticeVector(tuple(parts), matrix.shape[1], value_bits, True, encrypted.depth + 1)
+        with self._matrix(X, workers) as matrix:
+            if matrix.shape[0] != encrypted.length or encrypted.replicated:
+                raise ValueError("dot: X must be rows x m with one row per packed value")
+            self._check_depth(encrypted)
+            self._check_terms(len(matrix.blocks))
+            value_bits = (
+                encrypted.value_bits
+                + matrix.magnitude_bits
+                + max(encrypted.length - 1, 0).bit_length()
+            )
+            self._check_bound(value_bits)
+            parts = matrix.dot_parts(encrypted)
+        return LatticeVector(parts, matrix.shape[1], value_bits, True, encrypted.depth + 1)
 
     def matvec(
-        self, X: np.ndarray, encrypted: LatticeVector, *, workers: int | None = None
+        self,
+        X: np.ndarray | LatticeMatrix,
+        encrypted: LatticeVector,
+        *,
+        workers: int | None = None,
     ) -> LatticeVector:
         """``[[X w]]``, packed by row, for replicated weights ``[[w]]`` (one per column).
+
+        ``X`` as for :meth:`dot`.
 
         Raises
         ------
@@ -501,44 +495,39 @@ class LatticeContext(HEBackend):
         CiphertextError
             The result's bound, the depth or the number of summed terms does not fit.
         """
-        matrix = _integers(X, "X")
-        if matrix.ndim != 2 or matrix.shape[1] != encrypted.length or not encrypted.replicated:
-            raise ValueError("matvec: X must be rows x m with one replicated weight per column")
-        self._check_depth(encrypted)
-        self._check_terms(matrix.shape[1])
-        value_bits = (
-            encrypted.value_bits
-            + _magnitude_bits(matrix)
-            + max(matrix.shape[1] - 1, 0).bit_length()
-        )
-        self._check_bound(value_bits)
-        pooled = self._pooled("matvec", matrix, encrypted, workers)
-        if pooled is not None:
-            return pooled
-        blocks = self._blocks(matrix.shape[0])
-        parts = []
-        for kit, t, cts in zip(self._kits, self._moduli, encrypted.parts):
-            res = _residues(matrix, t)
-            ntt = [_bfv.to_ntt(kit, ct) for ct in cts]
-            out = [
-                _bfv.sum_of_products(kit, [(ct, res[lo:hi, j]) for j, ct in enumerate(ntt)])
-                for lo, hi in blocks
-            ]
-            parts.append(tuple(out))
-        return LatticeVector(tuple(parts), matrix.shape[0], value_bits, False, encrypted.depth + 1)
+        with self._matrix(X, workers) as matrix:
+            if matrix.shape[1] != encrypted.length or not encrypted.replicated:
+                raise ValueError("matvec: X must be rows x m with one replicated weight per column")
+            self._check_depth(encrypted)
+            self._check_terms(matrix.shape[1])
+            value_bits = (
+                encrypted.value_bits
+                + matrix.magnitude_bits
+                + max(matrix.shape[1] - 1, 0).bit_length()
+            )
+            self._check_bound(value_bits)
+            parts = matrix.matvec_parts(encrypted)
+        return LatticeVector(parts, matrix.shape[0], value_bits, False, encrypted.depth + 1)
 
-    def _pooled(
-        self, operation: str, matrix: np.ndarray, encrypted: LatticeVector, workers: int | None
-    ) -> LatticeVector | None:
-        """The product on ``workers`` processes (default: all cores from 64 plaintext
-        products on; :mod:`vfm_flower.lattice_pool`), or ``None`` to compute it here."""
-        products = len(self._blocks(matrix.shape[0])) * matrix.shape[1] * len(self._kits)
-        count = _djn.resolve_workers(workers, products, _POOL_MIN_PRODUCTS)
-        if count < 2:
-            return None
-        from vfm_flower.lattice_pool import parallel_product  # noqa: PLC0415 (cycle)
+    def _matrix(
+        self, X: np.ndarray | LatticeMatrix, workers: int | None
+    ) -> contextlib.AbstractContextManager[LatticeMatrix]:
+        """The caller's matrix as is (it stays open), or a one-call matrix (closed after)."""
+        if isinstance(X, LatticeMatrix):
+            if X.context is not self and X.context.public_bytes() != self.public_bytes():
+                raise ValueError("this LatticeMatrix was made for another key")
+            return contextlib.nullcontext(X)
+        return LatticeMatrix(self, X, cache=False, workers=workers)
 
-        return parallel_product(self, operation, matrix, encrypted, count)
+    @property
+    def kits(self) -> tuple[_bfv.BFVKit, ...]:
+        """Hazardous: the SEAL objects per plaintext prime (for ``LatticeMatrix``)."""
+        return self._kits
+
+    @property
+    def plaintext_moduli(self) -> tuple[int, ...]:
+        """The plaintext primes (their product is ``T``)."""
+        return tuple(self._moduli)
 
     def rerandomize(self, encrypted: LatticeVector) -> LatticeVector:
         """The same values, sanitized for the key holder: a fresh encryption of zero added,

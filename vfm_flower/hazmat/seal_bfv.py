@@ -283,12 +283,12 @@ def add_plain(kit: BFVKit, ct: Any, residues: np.ndarray) -> Any:
     return out
 
 
-def sum_of_products(kit: BFVKit, pairs: Sequence[tuple[Any, np.ndarray]]) -> Any:
-    """``sum_k ct_k * p_k`` slot-wise, for NTT-form ciphertexts and plaintext residues (each
-    encoded to NTT form at its ciphertext's level); the result back in coefficient form."""
+def sum_of_products(kit: BFVKit, pairs: Sequence[tuple[Any, Any]]) -> Any:
+    """``sum_k ct_k * p_k`` slot-wise, for NTT-form ciphertexts and plaintexts (NTT form at
+    the ciphertext's level, :func:`encode_ntt`); the result back in coefficient form."""
     acc = None
-    for ct, residues in pairs:
-        product = multiply_plain(kit, ct, encode_ntt(kit, residues, ct.parms_id()))
+    for ct, plain in pairs:
+        product = multiply_plain(kit, ct, plain)
         if acc is None:
             acc = product
         else:
