@@ -33,8 +33,9 @@ a fresh process every round pays this), the second reuses them (``cached_``).
 The last line printed is one JSON object: rows, features, lattice (encrypt, dot, matvec,
 rerandomize, decrypt seconds, iteration_seconds = their sum, the same with ``cached_``,
 workers_start_seconds, bytes of [[d]] and of the two results, public key bytes), paillier
-(the same at paillier_rows, and iteration_seconds_scaled to rows), paillier_protocol (the Paillier protocol's real iteration,
-``benchmarks/vertical_lr.py`` at paillier_rows in this process, and scaled to rows),
+(the same at paillier_rows, and iteration_seconds_scaled to rows), paillier_protocol (the
+Paillier protocol's real iteration, ``benchmarks/vertical_lr.py`` at paillier_rows in this
+process, and scaled to rows),
 speedup_generic, speedup_protocol and speedup_protocol_cached (scaled Paillier over
 lattice), exact, workers,
 peak_rss_mb (this process and, separately, its largest worker).
