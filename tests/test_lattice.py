@@ -284,3 +284,126 @@ def test_a_lattice_matrix_encodes_once_for_both_products_on_workers(holder, part
         other = LatticeContext.generate(holder.parameters)
         with pytest.raises(ValueError, match="another key"):
             other.dot(matrix, other.encrypt_integers(d, value_bits=11))
+
+
+# ---------------------------------------------------------------------------- review findings
+
+
+@pytest.mark.parametrize("bits", [20, 40, 58, 92, 150])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("terms", [0, 10, 18])
+def test_every_chosen_parameter_set_keeps_the_sanitization_margin(bits, depth, terms):
+    params = lattice_parameters(plaintext_bits=bits, plain_depth=depth, terms_bits=terms)
+    need = noise_bits(params.poly_degree, max(params.plain_bits), depth, terms)
+    assert params.max_sanitizable_noise_bits >= need
+    assert params.security_bits == 128
+
+
+def test_parameters_with_too_little_room_above_the_sanitized_level_are_refused():
+    params = lattice_parameters(plaintext_bits=40, plain_depth=2).to_dict()
+    with pytest.raises(ConfigurationError, match="too small"):
+        LatticeParameters.from_dict(dict(params, sanitize_primes=4))
+
+
+def test_additions_are_refused_before_the_noise_outgrows_sanitization(wide):
+    """The noise bound grows with every operation; where it would break the margin the
+    operation is refused, and up to there a sanitized result carries fresh noise only."""
+    X = RNG.integers(-16, 16, (3000, 2))
+    values = RNG.integers(-16, 16, 3000)
+    d = wide.encrypt_integers(values, value_bits=5)
+    acc = wide.matvec(X, wide.dot(X, d))
+    expect, doublings = X @ (X.T @ values), 0
+    fresh = wide.noise_budget(
+        wide.rerandomize(wide.encrypt_integers(np.zeros(3000, np.int64), value_bits=1))
+    )
+    refused = None
+    for _ in range(60):
+        try:
+            grown = wide.add(acc, acc)
+            wide.rerandomize(grown)
+        except CiphertextError as exc:
+            refused = exc
+            break
+        acc, doublings = grown, doublings + 1
+    assert refused is not None and refused.problem == "noise" and doublings > 10
+    assert wide.noise_budget(acc) > 0
+    assert abs(wide.noise_budget(wide.rerandomize(acc)) - fresh) <= 1
+    got = wide.decrypt(wide.rerandomize(acc))
+    assert list(got) == [int(v) << doublings for v in expect]
+
+
+def test_zero_columns_and_zero_blocks_give_zero_sums(holder, party):
+    X = RNG.integers(-8, 8, (20_000, 3))
+    X[:, 1] = 0  # an all-zero column
+    X[:16384, 2] = 0  # a column that is zero over a whole row block
+    d = RNG.integers(-8, 8, 20_000)
+    w = RNG.integers(-8, 8, 3)
+    enc_w = holder.encrypt_integers(w, value_bits=4, replicated=True)
+    assert np.array_equal(
+        holder.decrypt(party.dot(X, holder.encrypt_integers(d, value_bits=4))), X.T @ d
+    )
+    assert np.array_equal(holder.decrypt(party.matvec(X, enc_w)), X @ w)
+    X0 = np.zeros((100, 2), np.int64)
+    assert (
+        list(
+            holder.decrypt(
+                party.matvec(
+                    X0,
+                    enc_w[:2]
+                    if False
+                    else holder.encrypt_integers(w[:2], value_bits=4, replicated=True),
+                )
+            )
+        )
+        == [0] * 100
+    )
+
+
+def test_an_all_zero_ciphertext_is_refused(holder, party):
+    seal = seal_bfv.sealapi()
+    kit = party.kits[0]
+    blank = seal.Ciphertext(kit.context)
+    blank.resize(kit.context, 2)
+    data = bytearray(
+        holder.ciphertexts_to_bytes(holder.encrypt_integers(np.ones(3, np.int64), value_bits=2))
+    )
+    head = bytes(data[:28])
+    body = seal_bfv.to_bytes(blank)
+    forged = head + struct.pack("<I", len(body)) + body
+    with pytest.raises(CiphertextError):
+        party.ciphertexts_from_bytes(forged, max_count=3)
+
+
+def test_declared_bounds_keep_the_data_out_of_the_headers(holder, party):
+    from vfm_flower.lattice_matrix import LatticeMatrix  # noqa: PLC0415
+
+    d = holder.encrypt_integers(RNG.integers(-8, 8, 500), value_bits=4)
+    small, large = np.ones((500, 2), np.int64), np.full((500, 2), 1000, np.int64)
+    bits = set()
+    for X in (small, large):
+        with LatticeMatrix(party, X, workers=1, value_bits=16) as matrix:
+            bits.add(party.dot(matrix, d).value_bits)
+    assert len(bits) == 1
+    with pytest.raises(ValueError, match="declared bound"):
+        LatticeMatrix(party, np.full((5, 1), 2**16), value_bits=16)
+    v = party.add_plain(d, np.ones(500, np.int64), value_bits=30)
+    assert v.value_bits == 31
+
+
+def test_wide_values_under_a_forged_small_bound_fail_cleanly(wide):
+    data = bytearray(
+        wide.ciphertexts_to_bytes(
+            wide.encrypt_integers(np.array([2**80], dtype=object), value_bits=81)
+        )
+    )
+    struct.pack_into("<H", data, 16, 40)
+    forged = wide.ciphertexts_from_bytes(bytes(data), max_count=1)
+    with pytest.raises(CiphertextError, match="bound"):
+        wide.decrypt(forged)
+
+
+def test_floats_in_object_arrays_are_refused_and_wide_unsigned_values_kept(holder, wide):
+    with pytest.raises(ValueError, match="integers"):
+        holder.encrypt_integers(np.array([2.7, 1], dtype=object), value_bits=4)
+    big = np.array([2**63 + 5], dtype=np.uint64)
+    assert list(wide.decrypt(wide.encrypt_integers(big, value_bits=64))) == [2**63 + 5]

@@ -31,14 +31,24 @@ Circuit privacy (why a result can go back to the key holder)
 A BFV ciphertext's noise is a function of every plaintext that went into it, and the key
 holder can compute the noise: a product ``X [[d]]`` sent as is would let the label owner solve
 for ``X``. :meth:`LatticeContext.rerandomize` therefore adds a fresh public-key encryption of
-zero (the ciphertext becomes pseudorandom to the key holder, who knows neither the fresh
-secret nor the fresh noise) and switches the modulus down from ``Q`` to the product ``q`` of
-the first few primes. After the switch the noise is ``e q / Q`` plus SEAL's rounding of each
-coefficient; ``e q / Q < 2**-(statistical_bits + log2(N) + 1)``, so the rounding comes out
-differently for two different noises ``e`` only with probability ``2**-statistical_bits``
-over all ``N`` coefficients: the sanitized ciphertext is statistically independent of the
-computation (``statistical_bits = 40``, the protocol's statistical parameter). The test suite
-checks it: a sanitized product has the noise budget of a fresh ciphertext switched down.
+zero (the ciphertext's ``c1`` becomes pseudorandom to the key holder, who knows neither the
+fresh secret nor the fresh noise: a computational argument, RLWE) and switches the modulus
+down from ``Q`` to the product ``q`` of the first primes. After the switch the noise is
+``e q / Q`` plus SEAL's rounding of each coefficient; with ``e q / Q`` below
+``2**-(statistical_bits + log2(N) + 1)`` the rounding comes out differently for two different
+noises ``e`` only with probability ``2**-statistical_bits`` over all ``N`` coefficients
+(``statistical_bits = 40``, the protocol's statistical parameter). That needs a bound on
+``e``: every vector carries the noise model's bound (``noise_bits``), every operation adds its
+share (:mod:`vfm_flower.lattice_parameters`), and an operation or a re-randomization that
+would break the decryption or the sanitization margin is refused. The test suite checks it:
+a sanitized product has the noise budget of a fresh ciphertext switched down.
+
+The argument assumes the key holder's own ciphertexts carry the noise of an honest
+encryption (semi-honest key holder, the threat model of the whole package): a key holder that
+crafts high-noise ciphertexts defeats any single-key sanitization short of bootstrapping, and
+the receiver cannot measure noise without the secret key. Headers carry public bounds: give
+``LatticeMatrix`` and ``add_plain`` declared bounds (``value_bits``) so that the results'
+headers say nothing about the data.
 
 Parameters (:func:`lattice_parameters`)
 ---------------------------------------
@@ -52,8 +62,6 @@ again when a party loads the public parameters.
 from __future__ import annotations
 
 import contextlib
-import struct
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -61,6 +69,16 @@ import numpy as np
 from vfm_flower.errors import CiphertextError, PaillierKeyError
 from vfm_flower.hazmat import seal_bfv as _bfv
 from vfm_flower.he_backend import HEBackend
+from vfm_flower.lattice_codec import (
+    LatticeVector,
+    crt_centered,
+    declared_bits,
+    integer_values,
+    magnitude_bits,
+    residues_mod,
+    vector_from_bytes,
+    vector_to_bytes,
+)
 from vfm_flower.lattice_matrix import LatticeMatrix
 from vfm_flower.lattice_parameters import (
     MAX_KEY_BYTES,
@@ -68,95 +86,14 @@ from vfm_flower.lattice_parameters import (
     lattice_parameters,
     pack_public,
     pack_secret,
+    product_noise_bits,
+    rotation_sum_noise_bits,
+    sanitized_noise_bits,
     unpack_public,
     unpack_secret,
 )
 
 __all__ = ["LatticeParameters", "LatticeVector", "LatticeContext", "lattice_parameters"]
-
-_VECTOR_MAGIC = b"VFMLATV1"
-_VECTOR_HEADER = struct.Struct("<8sQHBBBBI")
-
-
-@dataclass(frozen=True, eq=False)
-class LatticeVector:
-    """An encrypted vector under one :class:`LatticeContext` (immutable).
-
-    Attributes
-    ----------
-    parts : tuple of tuple
-        Per plaintext prime, its SEAL ciphertexts.
-    length : int
-        Values in the vector.
-    value_bits : int
-        Public bound ``|v| < 2**value_bits``.
-    replicated : bool
-        One ciphertext per value (in every slot) instead of ``N`` values per ciphertext.
-    depth : int
-        Plaintext products this vector went through.
-    sanitized : bool
-        Re-randomized and switched down: it can go to the key holder, and only be added to.
-    """
-
-    parts: tuple[tuple[Any, ...], ...]
-    length: int
-    value_bits: int
-    replicated: bool = False
-    depth: int = 0
-    sanitized: bool = False
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __repr__(self) -> str:
-        layout = "replicated" if self.replicated else "packed"
-        return (
-            f"LatticeVector(len={self.length}, value_bits={self.value_bits}, {layout}, "
-            f"depth={self.depth}, sanitized={self.sanitized})"
-        )
-
-
-def _magnitude_bits(values: np.ndarray) -> int:
-    if values.size == 0:
-        return 0
-    top = max(abs(int(values.max())), abs(int(values.min())))
-    return top.bit_length()
-
-
-def _integers(values: Any, what: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.int64)
-    if arr.dtype != object and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{what} must be integers (quantize fixed-point values first)")
-    return arr
-
-
-def _residues(values: np.ndarray, modulus: int) -> np.ndarray:
-    """``values mod t`` in ``[0, t)`` as uint64 (int64 or Python-int object arrays)."""
-    if values.dtype == object:
-        return np.array([int(v) % modulus for v in values.ravel()], dtype=np.uint64).reshape(
-            values.shape
-        )
-    return np.mod(values.astype(np.int64, copy=False), np.int64(modulus)).astype(np.uint64)
-
-
-def _crt_centered(residues: list[np.ndarray], moduli: list[int], value_bits: int) -> np.ndarray:
-    """The integers in ``(-T/2, T/2)`` with these residues (Garner), int64 when they fit."""
-    if len(moduli) == 1:
-        t = moduli[0]
-        r = residues[0].astype(object) if value_bits > 62 else residues[0].astype(np.int64)
-        return np.where(r > t // 2, r - t, r)
-    x = residues[0].astype(object)
-    product = moduli[0]
-    for r, t in zip(residues[1:], moduli[1:]):
-        inverse = pow(product % t, -1, t)
-        x = x + product * (((r.astype(object) - x) * inverse) % t)
-        product *= t
-    x = np.where(x > product // 2, x - product, x)
-    if value_bits <= 62:
-        return x.astype(np.int64)
-    return x
 
 
 class LatticeContext(HEBackend):
@@ -307,6 +244,21 @@ class LatticeContext(HEBackend):
                 f"(2**{cap}): use lattice parameters with wider plaintexts",
             )
 
+    @property
+    def _t_bits(self) -> int:
+        return max(self._params.plain_bits)
+
+    def _checked_noise(self, noise: int, sanitized: bool) -> int:
+        """``noise`` if a ciphertext with it still decrypts at its level, else refuse."""
+        room = self._params.max_decryptable_noise_bits(sanitized)
+        if noise > room:
+            raise CiphertextError(
+                "noise",
+                f"the result's noise (up to 2**{noise}) would not decrypt: these parameters "
+                f"hold 2**{room} at this level",
+            )
+        return noise
+
     def _check_depth(self, vector: LatticeVector) -> None:
         if vector.sanitized:
             raise CiphertextError("depth", "a re-randomized vector can only be added or decrypted")
@@ -350,13 +302,13 @@ class LatticeContext(HEBackend):
         CiphertextError
             If the bound does not fit the plaintext space.
         """
-        arr = _integers(values, "values").ravel()
+        arr = integer_values(values, "values").ravel()
         self._check_bound(value_bits)
-        if _magnitude_bits(arr) > value_bits:
+        if magnitude_bits(arr) > value_bits:
             raise ValueError(f"a value breaks the declared bound 2**{value_bits}")
         parts = []
         for kit, t in zip(self._kits, self._moduli):
-            res = _residues(arr, t)
+            res = residues_mod(arr, t)
             if replicated:
                 cts = tuple(_bfv.encrypt(kit, np.full(self.slots, r, np.uint64)) for r in res)
             else:
@@ -384,13 +336,7 @@ class LatticeContext(HEBackend):
             else:
                 res = np.concatenate([_bfv.decrypt(kit, ct) for ct in cts])[: encrypted.length]
             residues.append(res)
-        values = _crt_centered(residues, self._moduli, encrypted.value_bits)
-        if _magnitude_bits(np.asarray(values)) > encrypted.value_bits:
-            raise CiphertextError(
-                "bound",
-                f"a decrypted value breaks the vector's bound 2**{encrypted.value_bits}",
-            )
-        return values
+        return crt_centered(residues, self._moduli, encrypted.value_bits)
 
     def add(self, a: LatticeVector, b: LatticeVector) -> LatticeVector:
         """``[[a + b]]`` for vectors of the same length, layout and level."""
@@ -398,6 +344,7 @@ class LatticeContext(HEBackend):
             raise ValueError("add: vectors of different lengths, layouts or levels")
         value_bits = max(a.value_bits, b.value_bits) + 1
         self._check_bound(value_bits)
+        noise = self._checked_noise(max(a.noise_bits, b.noise_bits) + 1, a.sanitized)
         parts = []
         for kit, pa, pb in zip(self._kits, a.parts, b.parts):
             out = []
@@ -407,19 +354,33 @@ class LatticeContext(HEBackend):
                 out.append(z)
             parts.append(tuple(out))
         return LatticeVector(
-            tuple(parts), a.length, value_bits, a.replicated, max(a.depth, b.depth), a.sanitized
+            tuple(parts),
+            a.length,
+            value_bits,
+            a.replicated,
+            max(a.depth, b.depth),
+            a.sanitized,
+            noise,
         )
 
-    def add_plain(self, encrypted: LatticeVector, values: np.ndarray) -> LatticeVector:
-        """``[[v + k]]`` for a plaintext integer vector ``k`` (masks, offsets)."""
-        arr = _integers(values, "values").ravel()
+    def add_plain(
+        self, encrypted: LatticeVector, values: np.ndarray, *, value_bits: int | None = None
+    ) -> LatticeVector:
+        """``[[v + k]]`` for a plaintext integer vector ``k`` (masks, offsets).
+
+        ``value_bits`` declares the public bound ``|k| < 2**value_bits``; without it the bound
+        is taken from ``k`` itself, and the result's header then reveals ``k``'s magnitude.
+        """
+        arr = integer_values(values, "values").ravel()
         if len(arr) != encrypted.length:
             raise ValueError(f"{len(arr)} values for a vector of {encrypted.length}")
-        value_bits = max(encrypted.value_bits, _magnitude_bits(arr)) + 1
+        k_bits = declared_bits(arr, value_bits, "values")
+        value_bits = max(encrypted.value_bits, k_bits) + 1
         self._check_bound(value_bits)
+        noise = self._checked_noise(encrypted.noise_bits + 1, encrypted.sanitized)
         parts = []
         for kit, t, cts in zip(self._kits, self._moduli, encrypted.parts):
-            res = _residues(arr, t)
+            res = residues_mod(arr, t)
             if encrypted.replicated:
                 out = [
                     _bfv.add_plain(kit, ct, np.full(self.slots, r, np.uint64))
@@ -438,6 +399,7 @@ class LatticeContext(HEBackend):
             encrypted.replicated,
             encrypted.depth,
             encrypted.sanitized,
+            noise,
         )
 
     def dot(
@@ -469,13 +431,19 @@ class LatticeContext(HEBackend):
             self._check_depth(encrypted)
             self._check_terms(len(matrix.blocks))
             value_bits = (
-                encrypted.value_bits
-                + matrix.magnitude_bits
-                + max(encrypted.length - 1, 0).bit_length()
+                encrypted.value_bits + matrix.value_bits + max(encrypted.length - 1, 0).bit_length()
             )
             self._check_bound(value_bits)
+            noise = self._checked_noise(
+                encrypted.noise_bits
+                + product_noise_bits(self.slots, self._t_bits, len(matrix.blocks))
+                + rotation_sum_noise_bits(self.slots),
+                False,
+            )
             parts = matrix.dot_parts(encrypted)
-        return LatticeVector(parts, matrix.shape[1], value_bits, True, encrypted.depth + 1)
+        return LatticeVector(
+            parts, matrix.shape[1], value_bits, True, encrypted.depth + 1, False, noise
+        )
 
     def matvec(
         self,
@@ -501,13 +469,18 @@ class LatticeContext(HEBackend):
             self._check_depth(encrypted)
             self._check_terms(matrix.shape[1])
             value_bits = (
-                encrypted.value_bits
-                + matrix.magnitude_bits
-                + max(matrix.shape[1] - 1, 0).bit_length()
+                encrypted.value_bits + matrix.value_bits + max(matrix.shape[1] - 1, 0).bit_length()
             )
             self._check_bound(value_bits)
+            noise = self._checked_noise(
+                encrypted.noise_bits
+                + product_noise_bits(self.slots, self._t_bits, matrix.shape[1]),
+                False,
+            )
             parts = matrix.matvec_parts(encrypted)
-        return LatticeVector(parts, matrix.shape[0], value_bits, False, encrypted.depth + 1)
+        return LatticeVector(
+            parts, matrix.shape[0], value_bits, False, encrypted.depth + 1, False, noise
+        )
 
     def _matrix(
         self, X: np.ndarray | LatticeMatrix, workers: int | None
@@ -535,6 +508,13 @@ class LatticeContext(HEBackend):
         :meth:`decrypt` apply to the result."""
         if encrypted.sanitized:
             raise CiphertextError("depth", "this vector is re-randomized already")
+        if encrypted.noise_bits > self._params.max_sanitizable_noise_bits:
+            raise CiphertextError(
+                "noise",
+                f"noise up to 2**{encrypted.noise_bits} cannot be sanitized with these "
+                f"parameters (at most 2**{self._params.max_sanitizable_noise_bits}): fewer "
+                "additions or products, or parameters with more depth",
+            )
         parts = []
         for kit, low, cts in zip(self._kits, self._low, encrypted.parts):
             parts.append(tuple(_bfv.sanitize(kit, ct, low) for ct in cts))
@@ -545,6 +525,7 @@ class LatticeContext(HEBackend):
             encrypted.replicated,
             encrypted.depth,
             True,
+            sanitized_noise_bits(self.slots),
         )
 
     def noise_budget(self, encrypted: LatticeVector) -> int:
@@ -559,30 +540,13 @@ class LatticeContext(HEBackend):
 
     # ------------------------------------------------------------------ serialization
 
-    def _max_ciphertext_bytes(self, sanitized: bool) -> int:
-        primes = self._params.sanitize_primes if sanitized else len(self._params.coeff_bits) - 1
-        return 2 * self.slots * primes * 8 + 4096
+    def level_ids(self, sanitized: bool) -> tuple[Any, ...]:
+        """SEAL's parameter ids, per plaintext prime, of the full (or the sanitized) level."""
+        return self._low if sanitized else self._first
 
     def ciphertexts_to_bytes(self, encrypted: LatticeVector) -> bytes:
-        """Header (length, bound, layout, depth, level), then every SEAL ciphertext."""
-        count = len(encrypted.parts[0])
-        head = _VECTOR_HEADER.pack(
-            _VECTOR_MAGIC,
-            encrypted.length,
-            encrypted.value_bits,
-            int(encrypted.replicated),
-            encrypted.depth,
-            int(encrypted.sanitized),
-            len(encrypted.parts),
-            count,
-        )
-        chunks = [head]
-        for cts in encrypted.parts:
-            for ct in cts:
-                data = _bfv.to_bytes(ct)
-                chunks.append(struct.pack("<I", len(data)))
-                chunks.append(data)
-        return b"".join(chunks)
+        """Header (length, bound, layout, depth, level, noise), then every SEAL ciphertext."""
+        return vector_to_bytes(encrypted)
 
     def ciphertexts_from_bytes(
         self,
@@ -592,80 +556,13 @@ class LatticeContext(HEBackend):
         count: int | None = None,
         sanitized: bool | None = None,
     ) -> LatticeVector:
-        """Parse :meth:`ciphertexts_to_bytes` output from an untrusted sender.
-
-        Parameters
-        ----------
-        max_count : int
-            Most values accepted (the sender's signed row count, or the column count).
-        count : int, optional
-            Exactly this many values expected.
-        sanitized : bool, optional
-            Require (``True``) or refuse (``False``) a re-randomized vector: the key holder
-            accepts for decryption only what was sanitized.
+        """Parse :meth:`ciphertexts_to_bytes` output from an untrusted sender
+        (:func:`vfm_flower.lattice_codec.vector_from_bytes`: ``max_count`` values at most,
+        exactly ``count`` if given, and ``sanitized`` required or refused if given).
 
         Raises
         ------
         CiphertextError
             Malformed header, counts, sizes or levels, or ciphertexts SEAL refuses.
         """
-        view = memoryview(data)
-        if len(view) < _VECTOR_HEADER.size:
-            raise CiphertextError("header", "a lattice vector needs its header")
-        magic, length, value_bits, rep, depth, san, moduli, cts_count = _VECTOR_HEADER.unpack_from(
-            view
-        )
-        if magic != _VECTOR_MAGIC or rep > 1 or san > 1:
-            raise CiphertextError("header", "not a lattice vector")
-        replicated, is_sanitized = bool(rep), bool(san)
-        if length > max_count or (count is not None and length != count) or length < 1:
-            raise CiphertextError("count", f"{length} values, expected at most {max_count}")
-        if moduli != len(self._kits):
-            raise CiphertextError(
-                "header", f"{moduli} plaintext primes, expected {len(self._kits)}"
-            )
-        expected = length if replicated else len(self._blocks(length))
-        if cts_count != expected:
-            raise CiphertextError("count", f"{cts_count} ciphertexts for {length} values")
-        if value_bits > self._params.value_capacity_bits or depth > self._params.plain_depth:
-            raise CiphertextError("bound", "a bound or depth these parameters do not allow")
-        if sanitized is not None and is_sanitized != sanitized:
-            raise CiphertextError(
-                "header",
-                "a re-randomized vector expected" if sanitized else "a fresh vector expected",
-            )
-        levels = self._low if is_sanitized else self._first
-        primes = self._params.sanitize_primes if is_sanitized else len(self._params.coeff_bits) - 1
-        limit = self._max_ciphertext_bytes(is_sanitized)
-        offset = _VECTOR_HEADER.size
-        parts = []
-        for kit, level in zip(self._kits, levels):
-            out = []
-            for _ in range(cts_count):
-                if offset + 4 > len(view):
-                    raise CiphertextError("length", "the lattice vector is truncated")
-                (size,) = struct.unpack_from("<I", view, offset)
-                offset += 4
-                if size > limit or offset + size > len(view):
-                    raise CiphertextError("length", "a ciphertext is too long or truncated")
-                ct = _bfv.load(
-                    _bfv.new_ciphertext(),
-                    kit.context,
-                    bytes(view[offset : offset + size]),
-                    max_bytes=limit,
-                    what="ciphertext",
-                )
-                offset += size
-                polys, ct_primes, pid = _bfv.ciphertext_shape(ct)
-                if (
-                    polys != 2
-                    or ct_primes != primes
-                    or list(pid) != list(level)
-                    or ct.is_ntt_form()
-                ):
-                    raise CiphertextError("header", "a ciphertext at the wrong level or size")
-                out.append(ct)
-            parts.append(tuple(out))
-        if offset != len(view):
-            raise CiphertextError("length", "trailing bytes after the lattice vector")
-        return LatticeVector(tuple(parts), length, value_bits, replicated, depth, is_sanitized)
+        return vector_from_bytes(self, data, max_count=max_count, count=count, sanitized=sanitized)

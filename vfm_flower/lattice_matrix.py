@@ -25,9 +25,10 @@ import numpy as np
 
 from vfm_flower.hazmat import paillier_djn as _pool
 from vfm_flower.hazmat import seal_bfv as _bfv
+from vfm_flower.lattice_codec import LatticeVector
 
 if TYPE_CHECKING:
-    from vfm_flower.lattice import LatticeContext, LatticeVector
+    from vfm_flower.lattice import LatticeContext
 
 __all__ = ["LatticeMatrix"]
 
@@ -56,6 +57,10 @@ class LatticeMatrix:
     workers : int, optional
         Worker processes (default: all cores for matrices of 64 blocks x columns or more;
         ``1``: in this process).
+    value_bits : int, optional
+        The public bound ``|x| < 2**value_bits`` the products' headers carry. Without it the
+        bound is ``X``'s own largest magnitude, which the results' headers then reveal to the
+        key holder: a protocol declares it.
     """
 
     def __init__(
@@ -65,15 +70,19 @@ class LatticeMatrix:
         *,
         cache: bool = True,
         workers: int | None = None,
+        value_bits: int | None = None,
     ) -> None:
         matrix = integer_matrix(X)
         self.context = context
         self.shape: tuple[int, int] = (int(matrix.shape[0]), int(matrix.shape[1]))
-        self.magnitude_bits = (
+        magnitude = (
             0
             if matrix.size == 0
             else int(max(abs(int(matrix.max())), abs(int(matrix.min())))).bit_length()
         )
+        if value_bits is not None and magnitude > value_bits:
+            raise ValueError(f"X breaks the declared bound 2**{value_bits}")
+        self.value_bits = magnitude if value_bits is None else int(value_bits)
         slots = context.slots
         self.blocks = [
             (lo, min(lo + slots, self.shape[0])) for lo in range(0, self.shape[0], slots)
@@ -175,8 +184,6 @@ class LatticeMatrix:
 
     def _ask(self, operation: str, encrypted: LatticeVector) -> list[LatticeVector]:
         """Send every worker its share of the request, collect the shares in column order."""
-        from vfm_flower.lattice import LatticeVector  # noqa: PLC0415 (cycle)
-
         context = self.context
         if operation == "dot":
             vector = context.ciphertexts_to_bytes(encrypted)
@@ -190,6 +197,8 @@ class LatticeMatrix:
                     encrypted.value_bits,
                     True,
                     encrypted.depth,
+                    False,
+                    encrypted.noise_bits,
                 )
                 requests.append(context.ciphertexts_to_bytes(share))
         for worker, request in zip(self._workers, requests):

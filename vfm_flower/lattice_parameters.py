@@ -26,6 +26,10 @@ __all__ = [
     "LatticeParameters",
     "lattice_parameters",
     "noise_bits",
+    "product_noise_bits",
+    "rotation_sum_noise_bits",
+    "sanitized_noise_bits",
+    "FRESH_NOISE_BITS",
     "PRIME_BITS",
     "STATISTICAL_BITS",
     "SECURITY_BITS",
@@ -118,17 +122,34 @@ class LatticeParameters:
                 f"lattice parameters below {SECURITY_BITS}-bit security: log2 Q = "
                 f"{sum(self.coeff_bits)} exceeds {_bfv.max_coeff_bits(n)} for N = {n}"
             )
-        need = _required_data_bits(
-            n, max(self.plain_bits), self.plain_depth, self.terms_bits, self.statistical_bits
-        )
-        data = self.coeff_bits[:-1]
-        if sum(data) < need or sum(data[: self.sanitize_primes]) < _sanitize_bits(
-            n, max(self.plain_bits)
+        t_bits = max(self.plain_bits)
+        need = noise_bits(n, t_bits, self.plain_depth, self.terms_bits)
+        if self.max_sanitizable_noise_bits < need or self.level_bits(True) < _sanitize_bits(
+            n, t_bits
         ):
             raise ConfigurationError(
                 "lattice parameters: the ciphertext primes are too small for the declared "
                 "depth (noise would not decrypt or not be sanitized)"
             )
+
+    def level_bits(self, sanitized: bool) -> int:
+        """``log2`` of the ciphertext modulus at the full (or the sanitized) level."""
+        data = self.coeff_bits[:-1]
+        return sum(data[: self.sanitize_primes]) if sanitized else sum(data)
+
+    def max_decryptable_noise_bits(self, sanitized: bool) -> int:
+        """Noise a ciphertext at that level may carry and still decrypt (below ``q / 2t``)."""
+        return self.level_bits(sanitized) - max(self.plain_bits) - 2
+
+    @property
+    def max_sanitizable_noise_bits(self) -> int:
+        """Noise a vector may carry and still be sanitized with the statistical margin:
+        ``log2(Q / q)`` less that margin."""
+        return (
+            self.level_bits(False)
+            - self.level_bits(True)
+            - _switch_margin_bits(self.poly_degree, self.statistical_bits)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,27 +172,47 @@ class LatticeParameters:
         return params
 
 
+#: The per-operation noise model (log2 of a bound on a ciphertext's noise; the tests check it
+#: from above against SEAL's noise budget). A fresh public-key encryption has about 2**10.
+FRESH_NOISE_BITS = 12
+#: Additions a parameter set leaves room for (``2**ADD_HEADROOM_BITS`` terms) beyond its products.
+ADD_HEADROOM_BITS = 8
+
+
+def product_noise_bits(n: int, t_bits: int, terms: int) -> int:
+    """Noise bits a slot-wise product with a batched plaintext (coefficients below ``t``)
+    adds, summed over ``terms`` products: ``t sqrt(N)`` times a small factor, times ``terms``."""
+    return t_bits + (n.bit_length() - 1) // 2 + 4 + max(terms - 1, 0).bit_length()
+
+
+def rotation_sum_noise_bits(n: int) -> int:
+    """Noise bits a sum of all slots adds (``log2 N`` doublings and key switching)."""
+    return (n.bit_length() - 1) + 2
+
+
+def sanitized_noise_bits(n: int) -> int:
+    """Noise bits of a sanitized ciphertext: SEAL's rounding, below ``N``."""
+    return (n.bit_length() - 1) + 2
+
+
 def noise_bits(n: int, t_bits: int, depth: int, terms_bits: int) -> int:
-    """A bound (from above: the tests check it against SEAL's noise budget) on ``log2`` of the
-    noise after ``depth`` plaintext products, sums of ``2**terms_bits`` terms and a rotation
-    sum: a fresh encryption has about 2**10; a product with a batched plaintext (coefficients
-    below ``t``) multiplies it by at most ``t sqrt(N)`` times a small factor; a rotation sum
-    adds ``log2(N)`` doublings."""
-    log_n = n.bit_length() - 1
-    return 12 + depth * (t_bits + log_n // 2 + 4) + terms_bits + log_n + 2
+    """The noise a parameter set must hold: ``depth`` products each summing up to
+    ``2**terms_bits`` terms, a rotation sum, and ``2**ADD_HEADROOM_BITS`` additions."""
+    per_product = product_noise_bits(n, t_bits, 1 << terms_bits)
+    return FRESH_NOISE_BITS + depth * per_product + rotation_sum_noise_bits(n) + ADD_HEADROOM_BITS
 
 
 def _sanitize_bits(n: int, t_bits: int) -> int:
     """``log2 q`` a sanitized ciphertext needs to decrypt: its rounding noise is below ``N``
     and must stay under ``q / (2 t)``, with 10 bits to spare for sums of such ciphertexts."""
-    return t_bits + (n.bit_length() - 1) + 12
+    return t_bits + sanitized_noise_bits(n) + 10
 
 
-def _required_data_bits(n: int, t_bits: int, depth: int, terms_bits: int, stat: int) -> int:
-    """``log2 Q`` of the data primes: the sanitized level, plus the noise, plus the margin
-    that makes ``e q / Q`` negligible over all ``N`` coefficients."""
-    log_n = n.bit_length() - 1
-    return _sanitize_bits(n, t_bits) + noise_bits(n, t_bits, depth, terms_bits) + log_n + 1 + stat
+def _switch_margin_bits(n: int, stat: int) -> int:
+    """How far below ``Q / q`` the noise must stay for the sanitization: ``e q / Q`` below
+    ``2**-(stat + log2 N + 1)`` (the rounding of all ``N`` coefficients then differs between
+    two noises with probability at most ``2**-stat``)."""
+    return (n.bit_length() - 1) + 1 + stat
 
 
 def lattice_parameters(
@@ -217,11 +258,19 @@ def lattice_parameters(
     count = math.ceil((plaintext_bits + 1) / (PRIME_BITS - 1))
     t_bits = max(20, math.ceil((plaintext_bits + 1) / count) + 1)
     for n in RING_DEGREES:
-        sanitize = _sanitize_bits(n, t_bits)
-        data = _required_data_bits(n, t_bits, plain_depth, terms_bits, statistical_bits)
-        low = math.ceil(sanitize / PRIME_BITS)
-        rest = math.ceil((data - low * PRIME_BITS) / PRIME_BITS)
-        coeff = (PRIME_BITS,) * (low + max(rest, 1)) + (PRIME_BITS,)
+        # the sanitized level and the primes above it, each group split into equal primes
+        # of at most 60 bits; the special (key-switching) prime last, at 60
+        low_bits = _sanitize_bits(n, t_bits)
+        low = math.ceil(low_bits / PRIME_BITS)
+        above_bits = noise_bits(n, t_bits, plain_depth, terms_bits) + _switch_margin_bits(
+            n, statistical_bits
+        )
+        above = math.ceil(above_bits / PRIME_BITS)
+        coeff = (
+            (max(20, math.ceil(low_bits / low)),) * low
+            + (max(20, math.ceil(above_bits / above)),) * above
+            + (PRIME_BITS,)
+        )
         if sum(coeff) <= _bfv.max_coeff_bits(n):
             params = LatticeParameters(
                 poly_degree=n,

@@ -47,8 +47,13 @@ def sealapi() -> Any:
 @contextlib.contextmanager
 def _scratch_path() -> Iterator[str]:
     """A path SEAL can write to and read from that never reaches a disk where possible."""
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("vfm-seal", 0)
+    fd = -1
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        try:
+            fd = os.memfd_create("vfm-seal", os.MFD_CLOEXEC)
+        except OSError:
+            fd = -1
+    if fd >= 0:
         try:
             yield f"/proc/self/fd/{fd}"
         finally:
@@ -285,16 +290,23 @@ def add_plain(kit: BFVKit, ct: Any, residues: np.ndarray) -> Any:
 
 def sum_of_products(kit: BFVKit, pairs: Sequence[tuple[Any, Any]]) -> Any:
     """``sum_k ct_k * p_k`` slot-wise, for NTT-form ciphertexts and plaintexts (NTT form at
-    the ciphertext's level, :func:`encode_ntt`); the result back in coefficient form."""
+    the ciphertext's level, :func:`encode_ntt`); the result back in coefficient form. Zero
+    plaintexts are skipped; if every one is zero the result is a fresh encryption of zero."""
     acc = None
     for ct, plain in pairs:
+        if plain.is_zero():  # SEAL refuses a product that is transparent (all zero)
+            continue
         product = multiply_plain(kit, ct, plain)
         if acc is None:
             acc = product
         else:
             kit.evaluator.add_inplace(acc, product)
     if acc is None:
-        raise ValueError("sum_of_products: no terms")
+        if not pairs:
+            raise ValueError("sum_of_products: no terms")
+        zero = sealapi().Ciphertext()  # an all-zero column block: a fresh encryption of 0
+        kit.encryptor.encrypt_zero(pairs[0][0].parms_id(), zero)
+        return zero
     return from_ntt(kit, acc)
 
 
